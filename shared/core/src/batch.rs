@@ -1,0 +1,55 @@
+//! Batching streamed text into delta events, so a long draft costs a bounded number of writes.
+
+/// Gathers chunks and says when to flush: after `max_chars` characters or `max_age_ms`
+/// milliseconds since the first unflushed chunk, whichever comes first.
+#[derive(Debug, Clone)]
+pub struct DeltaBatcher {
+    buf: String,
+    first_at_ms: Option<u64>,
+    max_chars: usize,
+    max_age_ms: u64,
+}
+
+impl DeltaBatcher {
+    pub fn new(max_chars: usize, max_age_ms: u64) -> Self {
+        Self {
+            buf: String::new(),
+            first_at_ms: None,
+            max_chars,
+            max_age_ms,
+        }
+    }
+
+    /// Adds a chunk; returns the batch to write if it is due.
+    pub fn push(&mut self, chunk: &str, now_ms: u64) -> Option<String> {
+        if chunk.is_empty() {
+            return self.due(now_ms);
+        }
+        self.first_at_ms.get_or_insert(now_ms);
+        self.buf.push_str(chunk);
+        self.due(now_ms)
+    }
+
+    /// The batch if its age or size says so.
+    pub fn due(&mut self, now_ms: u64) -> Option<String> {
+        let old = self
+            .first_at_ms
+            .is_some_and(|t| now_ms.saturating_sub(t) >= self.max_age_ms);
+        if self.buf.len() >= self.max_chars || (old && !self.buf.is_empty()) {
+            self.flush()
+        } else {
+            None
+        }
+    }
+
+    /// Whatever is pending, now.
+    pub fn flush(&mut self) -> Option<String> {
+        self.first_at_ms = None;
+        (!self.buf.is_empty()).then(|| std::mem::take(&mut self.buf))
+    }
+
+    /// When the pending batch falls due, if any is pending.
+    pub fn deadline_ms(&self) -> Option<u64> {
+        self.first_at_ms.map(|t| t + self.max_age_ms)
+    }
+}

@@ -1,0 +1,299 @@
+//! The events a run emits, and their Server-Sent Events wire encoding (DESIGN.md, "The SSE
+//! contract").
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::patch::PlanPatch;
+use crate::types::RunStatus;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Planning,
+    Analysis,
+    Generation,
+    Qa,
+    Finalization,
+}
+
+impl Phase {
+    /// The phase a capability's work belongs to.
+    pub fn of_capability(capability: &str) -> Phase {
+        match capability {
+            "strategy" => Phase::Analysis,
+            "qa" => Phase::Qa,
+            "finalize" => Phase::Finalization,
+            _ => Phase::Generation,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HandoffStage {
+    Requested,
+    Occurred,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Handoff {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    pub to: String,
+    pub capability_id: String,
+    pub step_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanUpdate {
+    pub patch: PlanPatch,
+    pub version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepRef {
+    pub step_id: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenCounts {
+    pub input: u64,
+    pub output: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricsScope {
+    pub step_id: String,
+    pub capability_id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HitlKind {
+    Approval,
+    Clarify,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HitlRequest {
+    pub checkpoint_id: String,
+    pub kind: HitlKind,
+    pub question: String,
+    /// RFC 3339, UTC.
+    pub expires_at: String,
+}
+
+/// One event's payload; `type` on the wire is the variant name in snake_case.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(
+    tag = "type",
+    rename_all = "snake_case",
+    rename_all_fields = "camelCase"
+)]
+pub enum EventKind {
+    Start {
+        message: String,
+    },
+    Phase {
+        phase: Phase,
+        message: String,
+    },
+    PlanUpdate {
+        data: PlanUpdate,
+    },
+    Handoff {
+        message: HandoffStage,
+        data: Handoff,
+    },
+    Delta {
+        message: String,
+        data: StepRef,
+    },
+    ToolCall {
+        message: String,
+        data: Value,
+    },
+    ToolResult {
+        message: String,
+        data: Value,
+    },
+    Message {
+        message: String,
+    },
+    Warning {
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        data: Option<Value>,
+    },
+    Error {
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        data: Option<Value>,
+    },
+    Metrics {
+        tokens: TokenCounts,
+        duration_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        data: Option<MetricsScope>,
+    },
+    HitlRequest {
+        data: HitlRequest,
+    },
+    Complete {
+        data: Value,
+        duration_ms: u64,
+        status: RunStatus,
+    },
+}
+
+impl EventKind {
+    /// The SSE `event:` name, equal to the JSON `type`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::Start { .. } => "start",
+            EventKind::Phase { .. } => "phase",
+            EventKind::PlanUpdate { .. } => "plan_update",
+            EventKind::Handoff { .. } => "handoff",
+            EventKind::Delta { .. } => "delta",
+            EventKind::ToolCall { .. } => "tool_call",
+            EventKind::ToolResult { .. } => "tool_result",
+            EventKind::Message { .. } => "message",
+            EventKind::Warning { .. } => "warning",
+            EventKind::Error { .. } => "error",
+            EventKind::Metrics { .. } => "metrics",
+            EventKind::HitlRequest { .. } => "hitl_request",
+            EventKind::Complete { .. } => "complete",
+        }
+    }
+
+    pub fn warning(message: impl Into<String>, data: Option<Value>) -> Self {
+        EventKind::Warning {
+            message: message.into(),
+            data,
+        }
+    }
+}
+
+/// An event as stored and sent: the payload plus the run it belongs to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    #[serde(flatten)]
+    pub kind: EventKind,
+    pub correlation_id: String,
+    pub run_id: String,
+}
+
+/// An event with its place in the run's log: seq is 1, 2, 3... per run, without gaps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Frame {
+    pub seq: u64,
+    pub event: Event,
+}
+
+/// What every stream starts with.
+pub const SSE_PROLOGUE: &str = ":\n\n";
+/// The keep-alive comment.
+pub const SSE_PING: &str = ": ping\n\n";
+
+impl Frame {
+    /// `id: <seq>\nevent: <type>\ndata: <one-line JSON>\n\n`
+    pub fn to_sse(&self) -> String {
+        // serde_json escapes control characters inside strings, so the JSON is one line.
+        let data = serde_json::to_string(&self.event).unwrap_or_else(|e| {
+            format!(r#"{{"type":"error","message":"unencodable event: {e}"}}"#)
+        });
+        format!(
+            "id: {}\nevent: {}\ndata: {}\n\n",
+            self.seq,
+            self.event.kind.name(),
+            data
+        )
+    }
+}
+
+/// One frame read back from an SSE byte stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseFrame {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: String,
+}
+
+/// An incremental SSE parser (comments are dropped); for clients and tests.
+#[derive(Debug, Default)]
+pub struct SseParser {
+    buf: String,
+}
+
+impl SseParser {
+    /// Feeds bytes (as text) and returns the frames completed by them.
+    pub fn push(&mut self, chunk: &str) -> Vec<SseFrame> {
+        self.buf.push_str(chunk);
+        let mut out = Vec::new();
+        while let Some(end) = self.buf.find("\n\n") {
+            let block: String = self.buf.drain(..end + 2).collect();
+            let mut frame = SseFrame {
+                id: None,
+                event: None,
+                data: String::new(),
+            };
+            let mut has_field = false;
+            for line in block.lines() {
+                if line.starts_with(':') || line.is_empty() {
+                    continue;
+                }
+                let (field, value) = line.split_once(':').unwrap_or((line, ""));
+                let value = value.strip_prefix(' ').unwrap_or(value);
+                has_field = true;
+                match field {
+                    "id" => frame.id = Some(value.to_owned()),
+                    "event" => frame.event = Some(value.to_owned()),
+                    "data" => {
+                        if !frame.data.is_empty() {
+                            frame.data.push('\n');
+                        }
+                        frame.data.push_str(value);
+                    }
+                    _ => {}
+                }
+            }
+            if has_field {
+                out.push(frame);
+            }
+        }
+        out
+    }
+}
+
+/// Formats milliseconds since the Unix epoch as RFC 3339 UTC (`2026-11-25T04:15:02.123Z`).
+pub fn rfc3339_ms(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
