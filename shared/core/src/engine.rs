@@ -538,6 +538,18 @@ impl Engine {
             match serde_json::from_value::<QualityVerdict>(result.output.clone()) {
                 Ok(verdict) => {
                     let opts = &state.request.options;
+                    out.emit(EventKind::Message {
+                        message: format!(
+                            "QA score {:.2} (threshold {:.2}): {}",
+                            verdict.score,
+                            opts.quality_threshold,
+                            if verdict.score >= opts.quality_threshold {
+                                "pass"
+                            } else {
+                                "below threshold"
+                            }
+                        ),
+                    });
                     if verdict.score < opts.quality_threshold {
                         if state.revisions < opts.max_revision_cycles {
                             replan = Some(ReplanReason::QualityBelowThreshold {
@@ -777,6 +789,11 @@ impl Engine {
     }
 
     fn on_resumed(&self, state: &mut RunState, now_ms: u64, out: &mut Out) -> bool {
+        // A run whose start was never applied has nothing in flight: start it, rather than let
+        // `schedule` find an empty plan and report the run completed.
+        if state.plan.version == 0 && state.planner == PlannerState::Idle {
+            return self.on_started(state, now_ms, out);
+        }
         if let PlannerState::Awaiting { reason } = &state.planner {
             out.0.push(Action::CallPlanner {
                 reason: reason.clone(),

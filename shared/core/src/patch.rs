@@ -196,6 +196,8 @@ const REMOVE_KEYS: &[&str] = &[
 /// Ids for new steps: `s<N>`, never reusing one the plan (or the patch) already has.
 struct IdGen {
     taken: HashSet<String>,
+    /// Ids the steps being read name themselves; generated ids avoid them too.
+    reserved: HashSet<String>,
     next: u32,
 }
 
@@ -209,6 +211,7 @@ impl IdGen {
             + 1;
         Self {
             taken: existing.iter().cloned().collect(),
+            reserved: HashSet::new(),
             next,
         }
     }
@@ -216,7 +219,7 @@ impl IdGen {
         loop {
             let id = format!("s{}", self.next);
             self.next += 1;
-            if self.taken.insert(id.clone()) {
+            if !self.reserved.contains(&id) && self.taken.insert(id.clone()) {
                 return id;
             }
         }
@@ -371,6 +374,11 @@ fn from_json_patch(ops: &[Value], ids: &mut IdGen) -> Result<PlanPatch, PatchErr
 }
 
 fn new_steps(items: &[Value], ids: &mut IdGen) -> Result<Vec<PlanStep>, PatchError> {
+    ids.reserved = items
+        .iter()
+        .filter_map(|i| i.as_object())
+        .filter_map(|o| first(o, &["id", "stepId", "step_id"]).and_then(as_text))
+        .collect();
     // First pass: ids and labels, so dependencies can name a step by label or position.
     let steps = items
         .iter()
@@ -414,7 +422,10 @@ fn new_step(index: usize, item: &Value, ids: &mut IdGen) -> Result<PlanStep, Pat
     };
     match item {
         Value::String(text) if !text.trim().is_empty() => {
-            let capability = capability_from_text(text);
+            let capability = capability_from_text(text).ok_or_else(|| {
+                invalid("its text names no capability (research, write, review, finalize)")
+            })?;
+            let capability = Some(capability);
             let action =
                 (capability.as_deref() == Some("finalize")).then_some(StepAction::Finalize);
             Ok(PlanStep {
@@ -460,6 +471,7 @@ fn new_step(index: usize, item: &Value, ids: &mut IdGen) -> Result<PlanStep, Pat
             )
             .and_then(Value::as_str)
             .map(canonical_capability)
+            .filter(|c| !c.is_empty())
             .or_else(|| label.as_deref().and_then(capability_from_text));
             let action = action.or_else(|| {
                 (capability.as_deref() == Some("finalize")).then_some(StepAction::Finalize)

@@ -1,0 +1,73 @@
+//! Configuration from the environment, read once at start-up.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provider {
+    Offline,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub provider: Provider,
+    /// Where the SQLite database lives (`--db` overrides).
+    pub db: Option<PathBuf>,
+    /// Pause between chunks the offline model streams.
+    pub offline_chunk_delay: Duration,
+}
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+impl Config {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let provider = match var("MODEL_PROVIDER")
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("offline") => Provider::Offline,
+            Some(p @ ("openai" | "bedrock")) => bail!(
+                "MODEL_PROVIDER={p} is not available in this build yet (see the README's list of what is missing); unset MODEL_PROVIDER to use the built-in offline model"
+            ),
+            Some(other) => {
+                bail!("MODEL_PROVIDER={other:?} is unknown; use offline, openai or bedrock")
+            }
+        };
+        match var("ORCHESTRATOR_STORE")
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("sqlite") => {}
+            Some("dynamodb") => bail!(
+                "ORCHESTRATOR_STORE=dynamodb is not available in this build yet; unset it to use SQLite"
+            ),
+            Some(other) => bail!("ORCHESTRATOR_STORE={other:?} is unknown; use sqlite or dynamodb"),
+        }
+        let offline_chunk_delay = match var("ORCHESTRATOR_OFFLINE_CHUNK_MS") {
+            None => Duration::from_millis(3),
+            Some(ms) => Duration::from_millis(ms.parse().with_context(|| {
+                format!("ORCHESTRATOR_OFFLINE_CHUNK_MS={ms:?} is not a number of milliseconds")
+            })?),
+        };
+        Ok(Self {
+            provider,
+            db: var("ORCHESTRATOR_DB").map(PathBuf::from),
+            offline_chunk_delay,
+        })
+    }
+
+    /// `--db`, else ORCHESTRATOR_DB, else the user's data directory.
+    pub fn db_path(&self, flag: Option<PathBuf>) -> PathBuf {
+        flag.or_else(|| self.db.clone()).unwrap_or_else(|| {
+            dirs::data_dir()
+                .map(|d| d.join("orchestrator").join("orchestrator.db"))
+                .unwrap_or_else(|| PathBuf::from("orchestrator.db"))
+        })
+    }
+}

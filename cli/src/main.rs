@@ -1,0 +1,436 @@
+//! `orchestrator`: runs the multi-agent engine on one machine with an embedded SQLite store.
+
+mod config;
+mod render;
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use clap::{Parser, Subcommand, ValueEnum};
+use orchestrator_agents::{Planner, default_specialists};
+use orchestrator_core::ports::{Model, SystemClock};
+use orchestrator_core::types::{Budget, Mode, RunRequest, RunStatus};
+use orchestrator_llm::OfflineModel;
+use orchestrator_runner::{Delivered, Launch, RunError, Runner, RunnerConfig, Started};
+use orchestrator_store::SqliteStore;
+
+use crate::config::{Config, Provider};
+use crate::render::{Human, Render, Sse};
+
+#[derive(Parser)]
+#[command(
+    name = "orchestrator",
+    version,
+    about = "A multi-agent orchestrator: a planner, specialists and a critic, streamed live"
+)]
+struct Cli {
+    /// SQLite database file [env: ORCHESTRATOR_DB] [default: <data dir>/orchestrator/orchestrator.db]
+    #[arg(long, global = true)]
+    db: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ModeArg {
+    App,
+    Chat,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run an objective to the end, rendering it live
+    Run {
+        /// What the run should achieve
+        objective: Option<String>,
+        #[arg(long, value_enum, default_value = "app")]
+        mode: ModeArg,
+        /// Print the exact SSE frames instead of the rendered run
+        #[arg(long)]
+        json: bool,
+        /// Read the whole RunRequest (camelCase JSON) from this file instead
+        #[arg(long, conflicts_with = "objective")]
+        request: Option<PathBuf>,
+        /// QA score a draft needs (0..1)
+        #[arg(long)]
+        threshold: Option<f64>,
+        /// Revision cycles the critic may ask for
+        #[arg(long)]
+        max_revisions: Option<u32>,
+        /// An acceptance criterion QA must report on (repeatable)
+        #[arg(long = "criterion")]
+        criteria: Vec<String>,
+        /// The agent that answers in chat mode
+        #[arg(long)]
+        agent: Option<String>,
+        /// Pause for approval before the final step
+        #[arg(long)]
+        require_approval: bool,
+        #[arg(long)]
+        max_tokens: Option<u64>,
+        #[arg(long)]
+        max_seconds: Option<u64>,
+        #[arg(long)]
+        max_steps: Option<u32>,
+    },
+    /// Continue a run whose process stopped, from its last finished step
+    Resume {
+        run_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Answer a run waiting at a checkpoint, then continue it
+    Approve {
+        run_id: String,
+        checkpoint_id: String,
+        /// Reject instead of approve (the run ends cancelled)
+        #[arg(long)]
+        reject: bool,
+        #[arg(long)]
+        comment: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List recent runs
+    Runs {
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Print a run's RunReport (JSON)
+    Show {
+        run_id: String,
+        /// Print the run's event log as SSE frames instead
+        #[arg(long)]
+        events: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn request_from(cmd: &Command) -> anyhow::Result<Option<RunRequest>> {
+    let Command::Run {
+        objective,
+        mode,
+        request,
+        threshold,
+        max_revisions,
+        criteria,
+        agent,
+        require_approval,
+        max_tokens,
+        max_seconds,
+        max_steps,
+        ..
+    } = cmd
+    else {
+        return Ok(None);
+    };
+    let mut req = match (request, objective) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the request file {}", path.display()))?;
+            serde_json::from_str::<RunRequest>(&text).map_err(|e| {
+                anyhow!(
+                    "the request file {} is not a valid RunRequest: {e}",
+                    path.display()
+                )
+            })?
+        }
+        (None, Some(objective)) => RunRequest::new(objective.clone()),
+        (None, None) => {
+            return Err(anyhow!(
+                "objective: missing; pass it as the first argument, e.g. orchestrator run \"Write a launch post for ...\""
+            ));
+        }
+    };
+    if request.is_none() {
+        req.mode = match mode {
+            ModeArg::App => Mode::App,
+            ModeArg::Chat => Mode::Chat,
+        };
+    }
+    let o = &mut req.options;
+    if let Some(t) = threshold {
+        o.quality_threshold = *t;
+    }
+    if let Some(m) = max_revisions {
+        o.max_revision_cycles = *m;
+    }
+    o.acceptance_criteria.extend(criteria.iter().cloned());
+    if agent.is_some() {
+        o.target_agent_id = agent.clone();
+    }
+    o.require_approval |= *require_approval;
+    let b = &mut o.budget;
+    *b = Budget {
+        max_tokens: max_tokens.or(b.max_tokens),
+        max_seconds: max_seconds.or(b.max_seconds),
+        max_steps: max_steps.or(b.max_steps),
+    };
+    // Checked before the database is touched: a bad request writes nothing.
+    req.validate().map_err(|e| anyhow!("{e}"))?;
+    Ok(Some(req))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = Config::from_env()?;
+    let request = request_from(&cli.command)?;
+    let db = config.db_path(cli.db.clone());
+    if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| {
+            format!(
+                "cannot create the database directory {}; pass --db with a writable path",
+                dir.display()
+            )
+        })?;
+    }
+    let store = SqliteStore::open(&db).with_context(|| {
+        format!(
+            "cannot open the database {}; pass --db with another path",
+            db.display()
+        )
+    })?;
+    let store = Arc::new(store);
+    let model: Arc<dyn Model> = match config.provider {
+        Provider::Offline => Arc::new(OfflineModel::new(config.offline_chunk_delay)),
+    };
+    let offline = config.provider == Provider::Offline;
+    let notices = if offline {
+        vec!["Using the built-in offline model: deterministic sample output, not a real LLM. Set MODEL_PROVIDER to use one.".to_owned()]
+    } else {
+        Vec::new()
+    };
+    let runner = Runner::new(
+        store.clone(),
+        Planner::new(model.clone()),
+        default_specialists(model),
+        Arc::new(SystemClock),
+        RunnerConfig {
+            notices,
+            ..RunnerConfig::default()
+        },
+    );
+
+    match cli.command {
+        Command::Run { json, .. } => {
+            let request = request.ok_or_else(|| anyhow!("no request"))?;
+            if offline && !json {
+                eprintln!(
+                    "note: no MODEL_PROVIDER set: using the built-in offline model (deterministic sample output)"
+                );
+            }
+            runner.validate(&request).map_err(|e| anyhow!("{e}"))?;
+            let mode = request.mode;
+            let started = runner.start(request, None).await.map_err(explain)?;
+            let launch = match started {
+                Started::New(launch) => *launch,
+                Started::Existing { run_id } => {
+                    eprintln!("note: the idempotency key names run {run_id}; showing it");
+                    return follow(&runner, &run_id, None, mode, json).await;
+                }
+            };
+            let run_id = launch.state.run_id.clone();
+            follow(&runner, &run_id, Some(launch), mode, json).await
+        }
+        Command::Resume { run_id, json } => {
+            let launch = runner.resume(&run_id).await.map_err(explain)?;
+            let mode = launch.state.request.mode;
+            follow(&runner, &run_id, Some(launch), mode, json).await
+        }
+        Command::Approve {
+            run_id,
+            checkpoint_id,
+            reject,
+            comment,
+            json,
+        } => {
+            let delivered = runner
+                .answer(&run_id, &checkpoint_id, !reject, comment)
+                .await
+                .map_err(explain)?;
+            let Delivered::Applied(launch) = delivered else {
+                eprintln!("the run is being driven by another command in this process");
+                return Ok(ExitCode::SUCCESS);
+            };
+            let mode = launch.state.request.mode;
+            follow(&runner, &run_id, Some(*launch), mode, json).await
+        }
+        Command::Runs { limit } => {
+            let runs = runner.store().list_runs(limit, None).await?;
+            if runs.is_empty() {
+                println!(
+                    "no runs yet in {}; start one with: orchestrator run \"<objective>\"",
+                    db.display()
+                );
+            }
+            for r in runs {
+                let when = humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + Duration::from_millis(r.created_at_ms),
+                );
+                let objective: String = r.objective.chars().take(60).collect();
+                println!(
+                    "{}  {}  {:<16} {:<4} {}",
+                    r.run_id,
+                    when,
+                    r.status.as_str(),
+                    r.mode,
+                    objective
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Show { run_id, events } => {
+            if events {
+                let mut out = Sse::new(std::io::stdout().lock());
+                let mut after = 0;
+                loop {
+                    let frames = runner.store().read_after(&run_id, after, 1000).await?;
+                    if frames.is_empty() {
+                        break;
+                    }
+                    for f in &frames {
+                        out.frame(f)?;
+                    }
+                    after = frames.last().map_or(after, |f| f.seq);
+                }
+                if after == 0 {
+                    return Err(explain(RunError::NotFound(run_id)));
+                }
+            } else {
+                let report = runner.report(&run_id).await.map_err(explain)?;
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn explain(e: RunError) -> anyhow::Error {
+    match e {
+        RunError::NotFound(id) => anyhow!("run {id} not found; list runs with `orchestrator runs`"),
+        RunError::Finished { run_id, status } => anyhow!(
+            "run {run_id} has already finished ({status}); see it with `orchestrator show {run_id}`"
+        ),
+        other => anyhow!("{other}"),
+    }
+}
+
+/// Drives the launch (if any) while rendering the run's log from the start; returns the exit
+/// code for the run's status.
+async fn follow(
+    runner: &Runner,
+    run_id: &str,
+    launch: Option<Launch>,
+    mode: Mode,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let driver = launch.map(|l| {
+        let r = runner.clone();
+        tokio::spawn(async move { r.drive(l).await })
+    });
+    let stdout = std::io::stdout();
+    let mut render: Box<dyn Render> = if json {
+        Box::new(Sse::new(stdout.lock()))
+    } else {
+        Box::new(Human::new(stdout.lock(), mode))
+    };
+    let store = runner.store().clone();
+    let mut after = 0;
+    let mut driver = driver;
+    let mut outcome: Option<Result<RunStatus, RunError>> = None;
+    loop {
+        let frames = store.read_after(run_id, after, 1000).await?;
+        for f in &frames {
+            after = f.seq;
+            if render.frame(f)? {
+                if let Some(d) = driver.take() {
+                    outcome = Some(d.await?);
+                }
+                let status = match outcome {
+                    Some(Err(e)) => return Err(explain(e)),
+                    _ => runner.report(run_id).await.map_err(explain)?.status,
+                };
+                return Ok(if status == RunStatus::Completed {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                });
+            }
+        }
+        if !frames.is_empty() {
+            continue;
+        }
+        if let Some(d) = driver.as_ref()
+            && d.is_finished()
+            && let Some(d) = driver.take()
+        {
+            outcome = Some(d.await?);
+            continue; // drain what the driver wrote last
+        }
+        if driver.is_none() {
+            // Nothing drives the run here: paused, or an idempotent replay of another run.
+            return match outcome {
+                Some(Err(e)) => Err(explain(e)),
+                _ => paused(runner, run_id).await,
+            };
+        }
+        store
+            .wait_beyond(run_id, after, Duration::from_millis(500))
+            .await?;
+    }
+}
+
+async fn paused(runner: &Runner, run_id: &str) -> anyhow::Result<ExitCode> {
+    let state = runner
+        .store()
+        .load_run(run_id)
+        .await?
+        .ok_or_else(|| anyhow!("run {run_id} vanished"))?;
+    if let Some(cp) = &state.checkpoint {
+        let mut err = std::io::stderr();
+        writeln!(
+            err,
+            "The run is paused at checkpoint {}. Continue it with:\n  orchestrator approve {run_id} {}\nor end it with:\n  orchestrator approve {run_id} {} --reject",
+            cp.id, cp.id, cp.id
+        )?;
+        if std::io::stdin().is_terminal() {
+            writeln!(
+                err,
+                "(approve or reject from another terminal, or run the command above)"
+            )?;
+        }
+    } else {
+        eprintln!(
+            "run {run_id} is {}; continue it with `orchestrator resume {run_id}`",
+            state.status
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,238 @@
+//! Renders a run's frames for a person (or, with --json, as the exact SSE frames).
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+
+use orchestrator_core::event::{EventKind, Frame, HandoffStage, SSE_PROLOGUE};
+use orchestrator_core::types::{FinalBundle, Mode, Plan, StepStatus};
+
+pub trait Render {
+    /// Shows one frame; returns true when the run's stream is complete.
+    fn frame(&mut self, frame: &Frame) -> io::Result<bool>;
+}
+
+/// The wire contract, byte for byte.
+pub struct Sse<W: Write> {
+    out: W,
+    opened: bool,
+}
+
+impl<W: Write> Sse<W> {
+    pub fn new(out: W) -> Self {
+        Self { out, opened: false }
+    }
+}
+
+impl<W: Write> Render for Sse<W> {
+    fn frame(&mut self, frame: &Frame) -> io::Result<bool> {
+        if !self.opened {
+            self.out.write_all(SSE_PROLOGUE.as_bytes())?;
+            self.opened = true;
+        }
+        self.out.write_all(frame.to_sse().as_bytes())?;
+        self.out.flush()?;
+        Ok(matches!(frame.event.kind, EventKind::Complete { .. }))
+    }
+}
+
+/// A checklist that is re-printed when the plan changes, the draft as it streams, QA verdicts,
+/// and the result with time and tokens at the end.
+pub struct Human<W: Write> {
+    out: W,
+    mode: Mode,
+    plan: Plan,
+    status: HashMap<String, StepStatus>,
+    streaming: Option<String>,
+    streamed: bool,
+}
+
+impl<W: Write> Human<W> {
+    pub fn new(out: W, mode: Mode) -> Self {
+        Self {
+            out,
+            mode,
+            plan: Plan::default(),
+            status: HashMap::new(),
+            streaming: None,
+            streamed: false,
+        }
+    }
+
+    fn end_stream(&mut self) -> io::Result<()> {
+        if self.streaming.take().is_some() {
+            writeln!(self.out)?;
+        }
+        Ok(())
+    }
+
+    fn checklist(&mut self) -> io::Result<()> {
+        for step in &self.plan.steps {
+            let status = self.status.get(&step.id).copied().unwrap_or(step.status);
+            let mark = match status {
+                StepStatus::Pending => "[ ]",
+                StepStatus::InProgress => "[~]",
+                StepStatus::Done => "[x]",
+                StepStatus::Skipped => "[-]",
+                StepStatus::Failed => "[!]",
+            };
+            let who = step.capability().unwrap_or("approval");
+            writeln!(
+                self.out,
+                "  {mark} {:<4} {:<11} {}",
+                step.id,
+                who,
+                step.title()
+            )?;
+        }
+        Ok(())
+    }
+
+    fn result(&mut self, bundle: &FinalBundle) -> io::Result<()> {
+        writeln!(self.out, "\n── Result ({}) ──", bundle.result.platform)?;
+        writeln!(self.out, "{}", bundle.result.content.trim_end())?;
+        writeln!(self.out, "──")?;
+        writeln!(
+            self.out,
+            "Quality {:.2} ({}) · acceptance {:?}",
+            bundle.quality.score,
+            if bundle.quality.pass {
+                "pass"
+            } else {
+                "below threshold"
+            },
+            bundle.acceptance_report.overall
+        )?;
+        for c in &bundle.acceptance_report.criteria {
+            writeln!(
+                self.out,
+                "  {} {} {}",
+                if c.passed { "✓" } else { "✗" },
+                c.id,
+                c.details.as_deref().unwrap_or("")
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl<W: Write> Render for Human<W> {
+    fn frame(&mut self, frame: &Frame) -> io::Result<bool> {
+        let kind = &frame.event.kind;
+        if !matches!(kind, EventKind::Delta { .. }) {
+            self.end_stream()?;
+        }
+        match kind {
+            EventKind::Start { message } => {
+                writeln!(self.out, "▶ {message} · run {}", frame.event.run_id)?
+            }
+            EventKind::Phase { message, .. } => writeln!(self.out, "… {message}")?,
+            EventKind::PlanUpdate { data } => {
+                if let Ok(next) = self.plan.apply_patch(&data.patch) {
+                    self.plan = next;
+                }
+                self.plan.version = data.version;
+                match &data.reason {
+                    Some(reason) => writeln!(self.out, "Plan v{} ({reason}):", data.version)?,
+                    None => writeln!(self.out, "Plan v{}:", data.version)?,
+                }
+                self.checklist()?;
+            }
+            EventKind::Handoff { message, data } => {
+                if *message == HandoffStage::Requested {
+                    self.status
+                        .insert(data.step_id.clone(), StepStatus::InProgress);
+                }
+            }
+            EventKind::Delta { message, data } => {
+                if self.streaming.as_deref() != Some(data.step_id.as_str()) {
+                    self.end_stream()?;
+                    if self.mode == Mode::App {
+                        writeln!(self.out, "  ┌ draft from {}", data.step_id)?;
+                    }
+                    write!(self.out, "  │ ")?;
+                    self.streaming = Some(data.step_id.clone());
+                }
+                self.streamed = true;
+                write!(self.out, "{}", message.replace('\n', "\n  │ "))?;
+            }
+            EventKind::Message { message } => {
+                if !(self.mode == Mode::Chat && self.streamed) {
+                    writeln!(self.out, "  {message}")?;
+                }
+            }
+            EventKind::Warning { message, .. } => {
+                if let Some(step) = frame.event.kind.clone().warning_step_failed() {
+                    self.status.insert(step, StepStatus::Failed);
+                }
+                writeln!(self.out, "⚠ {message}")?;
+            }
+            EventKind::Error { message, .. } => writeln!(self.out, "✗ {message}")?,
+            EventKind::ToolCall { message, .. } => writeln!(self.out, "  tool {message}")?,
+            EventKind::ToolResult { message, .. } => writeln!(self.out, "  tool {message} done")?,
+            EventKind::HitlRequest { data } => writeln!(
+                self.out,
+                "⏸ Waiting for approval at {}: {} (expires {})",
+                data.checkpoint_id, data.question, data.expires_at
+            )?,
+            EventKind::Metrics {
+                tokens,
+                duration_ms,
+                data,
+            } => match data {
+                Some(scope) => {
+                    self.status.insert(scope.step_id.clone(), StepStatus::Done);
+                    writeln!(
+                        self.out,
+                        "✓ {} ({}) done in {} ms · {} tokens in, {} out",
+                        scope.step_id,
+                        scope.capability_id,
+                        duration_ms,
+                        tokens.input,
+                        tokens.output
+                    )?;
+                }
+                None => writeln!(
+                    self.out,
+                    "Σ {:.1} s · {} tokens ({} in, {} out)",
+                    *duration_ms as f64 / 1000.0,
+                    tokens.input + tokens.output,
+                    tokens.input,
+                    tokens.output
+                )?,
+            },
+            EventKind::Complete { data, status, .. } => {
+                if self.mode == Mode::App && !self.plan.steps.is_empty() {
+                    writeln!(self.out, "Plan v{} at the end:", self.plan.version)?;
+                    self.checklist()?;
+                }
+                if let Ok(bundle) = serde_json::from_value::<FinalBundle>(data.clone()) {
+                    self.result(&bundle)?;
+                }
+                writeln!(self.out, "■ Run {status}")?;
+                self.out.flush()?;
+                return Ok(true);
+            }
+        }
+        self.out.flush()?;
+        Ok(false)
+    }
+}
+
+trait WarningStep {
+    fn warning_step_failed(self) -> Option<String>;
+}
+
+impl WarningStep for EventKind {
+    /// The step a "Step X failed" warning is about.
+    fn warning_step_failed(self) -> Option<String> {
+        match self {
+            EventKind::Warning {
+                message,
+                data: Some(data),
+            } if message.contains("failed:") && !message.contains("retrying") => {
+                data.get("stepId")?.as_str().map(str::to_owned)
+            }
+            _ => None,
+        }
+    }
+}

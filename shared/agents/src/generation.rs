@@ -1,0 +1,107 @@
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use orchestrator_core::ports::{ChatMessage, Model, ModelError, ModelRequest, Purpose, StreamItem};
+use orchestrator_core::types::{Mode, Usage};
+use serde_json::{Value, json};
+
+use crate::{AgentError, DeltaSink, SpecialistOutput, StepContext, prompts};
+
+/// The writer: streams a draft (or, in chat mode, the answer) as it is produced.
+pub struct Generation {
+    model: Arc<dyn Model>,
+}
+
+impl Generation {
+    pub fn new(model: Arc<dyn Model>) -> Self {
+        Self { model }
+    }
+}
+
+#[async_trait]
+impl crate::Specialist for Generation {
+    fn capability(&self) -> &'static str {
+        "generation"
+    }
+
+    async fn run(
+        &self,
+        ctx: &StepContext,
+        sink: &dyn DeltaSink,
+    ) -> Result<SpecialistOutput, AgentError> {
+        let chat = ctx.request.mode == Mode::Chat;
+        let platform = ctx.platform().unwrap_or_else(|| "blog".into());
+        let (purpose, default_prompt, context) = if chat {
+            (
+                Purpose::Chat,
+                prompts::CHAT,
+                json!({ "objective": ctx.request.objective }),
+            )
+        } else {
+            // A revision sees the previous draft and the latest QA issues; nothing else of the run.
+            let feedback = ctx
+                .latest("qa")
+                .and_then(|q| q.get("issues"))
+                .cloned()
+                .unwrap_or(Value::Null);
+            let previous = ctx
+                .latest("generation")
+                .and_then(|g| g.get("text"))
+                .cloned()
+                .unwrap_or(Value::Null);
+            (
+                Purpose::Generate,
+                prompts::WRITER,
+                json!({
+                    "objective": ctx.request.objective,
+                    "task": ctx.step.label,
+                    "platform": platform,
+                    "strategy": ctx.latest("strategy"),
+                    "brief": ctx.request.state.brief,
+                    "acceptanceCriteria": ctx.acceptance_criteria(),
+                    "previousDraft": previous,
+                    "feedback": feedback,
+                }),
+            )
+        };
+        let system = ctx
+            .request
+            .options
+            .system_prompt_override
+            .clone()
+            .unwrap_or_else(|| default_prompt.to_owned());
+        let request = ModelRequest {
+            purpose,
+            system,
+            messages: vec![ChatMessage::user(context.to_string())],
+            temperature: ctx.request.options.temperature,
+            max_tokens: Some(4_000),
+            json: false,
+        };
+        let mut stream = self.model.stream(request);
+        let mut text = String::new();
+        let mut usage = None;
+        while let Some(item) = stream.next().await {
+            match item? {
+                StreamItem::Text(chunk) => {
+                    sink.delta(&chunk).await;
+                    text.push_str(&chunk);
+                }
+                StreamItem::Usage(u) => usage = Some(u),
+            }
+        }
+        if text.trim().is_empty() {
+            return Err(AgentError::Model(ModelError::Invalid(
+                "the model returned no text".into(),
+            )));
+        }
+        let usage: Usage = usage.unwrap_or_default();
+        let output = if chat {
+            json!({ "text": text })
+        } else {
+            json!({ "text": text, "platform": platform })
+        };
+        Ok(SpecialistOutput { output, usage })
+    }
+}

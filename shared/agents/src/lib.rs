@@ -1,0 +1,152 @@
+//! The planner and the specialists. Each builds its request from its own prompt and only the
+//! context its step needs (never the planner's prompt), calls the Model port, and validates what
+//! comes back before anything reaches the engine.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use orchestrator_core::ports::{Model, ModelError};
+use orchestrator_core::types::{PlanStep, RunRequest, Usage};
+use serde_json::Value;
+
+mod finalize;
+mod generation;
+mod json;
+mod planner;
+mod qa;
+mod strategy;
+
+pub use finalize::Finalize;
+pub use generation::Generation;
+pub use json::extract_json;
+pub use planner::{PlanContext, PlanOutcome, Planner};
+pub use qa::Qa;
+pub use strategy::Strategy;
+
+/// The system prompts, versioned with the code.
+pub mod prompts {
+    pub const PLANNER: &str = include_str!("../prompts/planner.v1.md");
+    pub const STRATEGY: &str = include_str!("../prompts/strategy.v1.md");
+    pub const WRITER: &str = include_str!("../prompts/writer.v1.md");
+    pub const QA: &str = include_str!("../prompts/qa.v1.md");
+    pub const CHAT: &str = include_str!("../prompts/chat.v1.md");
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The reply could not be used, even after the repair request.
+    #[error("unusable reply: {0}")]
+    Invalid(String),
+    /// The step cannot run with what it was given.
+    #[error("missing input: {0}")]
+    MissingInput(String),
+}
+
+impl AgentError {
+    pub fn retryable(&self) -> bool {
+        match self {
+            AgentError::Model(e) => e.retryable(),
+            AgentError::Invalid(_) | AgentError::MissingInput(_) => false,
+        }
+    }
+}
+
+/// The output of a finished step of an ancestor, handed to a later step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PriorOutput {
+    pub step_id: String,
+    pub capability_id: String,
+    pub output: Value,
+}
+
+/// Everything a specialist gets: its step, the request, and its ancestors' outputs, in plan
+/// order. Nothing of the planner.
+#[derive(Debug, Clone)]
+pub struct StepContext {
+    pub run_id: String,
+    pub request: RunRequest,
+    pub step: PlanStep,
+    pub attempt: u32,
+    pub inputs: Vec<PriorOutput>,
+}
+
+impl StepContext {
+    /// The latest output of an ancestor with this capability.
+    pub fn latest(&self, capability: &str) -> Option<&Value> {
+        self.inputs
+            .iter()
+            .rev()
+            .find(|p| p.capability_id == capability)
+            .map(|p| &p.output)
+    }
+
+    /// Acceptance criteria of the request and of the step.
+    pub fn acceptance_criteria(&self) -> Vec<String> {
+        let mut all = self.request.options.acceptance_criteria.clone();
+        all.extend(self.step.acceptance_criteria.iter().cloned());
+        all
+    }
+
+    pub fn platform(&self) -> Option<String> {
+        let from_brief = self
+            .request
+            .state
+            .brief
+            .as_ref()
+            .and_then(|b| b.get("platform"))
+            .and_then(Value::as_str);
+        let from_strategy = self
+            .latest("strategy")
+            .and_then(|s| s.get("platform"))
+            .and_then(Value::as_str);
+        from_brief.or(from_strategy).map(str::to_owned)
+    }
+}
+
+/// Where streamed text goes (batched into delta events by the driver).
+#[async_trait]
+pub trait DeltaSink: Send + Sync {
+    async fn delta(&self, text: &str);
+}
+
+/// A sink that drops everything, for steps whose caller does not stream.
+pub struct NoDeltas;
+
+#[async_trait]
+impl DeltaSink for NoDeltas {
+    async fn delta(&self, _text: &str) {}
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpecialistOutput {
+    pub output: Value,
+    pub usage: Usage,
+}
+
+#[async_trait]
+pub trait Specialist: Send + Sync {
+    fn capability(&self) -> &'static str;
+    async fn run(
+        &self,
+        ctx: &StepContext,
+        sink: &dyn DeltaSink,
+    ) -> Result<SpecialistOutput, AgentError>;
+}
+
+pub type Specialists = BTreeMap<String, Arc<dyn Specialist>>;
+
+/// The reference team: strategy, generation, qa and finalize, on one model.
+pub fn default_specialists(model: Arc<dyn Model>) -> Specialists {
+    let team: Vec<Arc<dyn Specialist>> = vec![
+        Arc::new(Strategy::new(model.clone())),
+        Arc::new(Generation::new(model.clone())),
+        Arc::new(Qa::new(model)),
+        Arc::new(Finalize),
+    ];
+    team.into_iter()
+        .map(|s| (s.capability().to_owned(), s))
+        .collect()
+}

@@ -1,0 +1,130 @@
+use std::sync::Arc;
+
+use orchestrator_core::engine::ReplanReason;
+use orchestrator_core::patch::{PlanPatch, normalize_patch};
+use orchestrator_core::ports::{ChatMessage, ChatRole, Model, ModelRequest, Purpose};
+use orchestrator_core::types::{Plan, RunRequest, StepAction, Usage};
+use serde_json::json;
+
+use crate::{AgentError, extract_json, prompts};
+
+pub struct PlanContext<'a> {
+    pub request: &'a RunRequest,
+    pub plan: &'a Plan,
+    pub reason: Option<&'a ReplanReason>,
+    pub capabilities: &'a [String],
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanOutcome {
+    pub patch: PlanPatch,
+    pub usage: Usage,
+    /// The first reply was unusable and the repair request fixed it.
+    pub repaired: bool,
+}
+
+/// Turns the objective (or a replan reason) into a validated plan patch.
+pub struct Planner {
+    model: Arc<dyn Model>,
+}
+
+impl Planner {
+    pub fn new(model: Arc<dyn Model>) -> Self {
+        Self { model }
+    }
+
+    /// Asks for a patch; an unusable reply gets one repair request quoting the problem.
+    pub async fn plan(&self, ctx: PlanContext<'_>) -> Result<PlanOutcome, AgentError> {
+        let context = json!({
+            "objective": ctx.request.objective,
+            "capabilities": ctx.capabilities,
+            "plan": ctx.plan,
+            "replanReason": ctx.reason,
+            "acceptanceCriteria": ctx.request.options.acceptance_criteria,
+            "requireApproval": ctx.request.options.require_approval,
+            "brief": ctx.request.state.brief,
+        });
+        let mut request = ModelRequest {
+            purpose: Purpose::Plan,
+            system: prompts::PLANNER.to_owned(),
+            messages: vec![ChatMessage::user(context.to_string())],
+            temperature: Some(0.0),
+            max_tokens: Some(2_000),
+            json: true,
+        };
+        let mut usage = Usage::default();
+        let first = self.model.complete(request.clone()).await?;
+        usage.add(first.usage);
+        let problem = match self.validate(&first.text, &ctx) {
+            Ok(patch) => {
+                return Ok(PlanOutcome {
+                    patch,
+                    usage,
+                    repaired: false,
+                });
+            }
+            Err(problem) => problem,
+        };
+        tracing::warn!(%problem, "planner reply unusable; asking for a repair");
+        request.messages.push(ChatMessage {
+            role: ChatRole::Assistant,
+            content: first.text,
+        });
+        request.messages.push(ChatMessage::user(format!(
+            "Your reply could not be used: {problem}. Reply again with only the corrected JSON plan patch."
+        )));
+        let second = self.model.complete(request).await?;
+        usage.add(second.usage);
+        self.validate(&second.text, &ctx)
+            .map(|patch| PlanOutcome {
+                patch,
+                usage,
+                repaired: true,
+            })
+            .map_err(|problem| {
+                AgentError::Invalid(format!("planner reply, after one repair: {problem}"))
+            })
+    }
+
+    /// Parses, normalises and dry-runs the patch against the current plan.
+    fn validate(&self, reply: &str, ctx: &PlanContext<'_>) -> Result<PlanPatch, String> {
+        let raw = extract_json(reply)?;
+        let existing: Vec<String> = ctx.plan.steps.iter().map(|s| s.id.clone()).collect();
+        let mut patch = normalize_patch(&raw, &existing).map_err(|e| e.to_string())?;
+        let next = ctx.plan.apply_patch(&patch).map_err(|e| e.to_string())?;
+        if let Some(step) = next.steps.iter().find(|s| {
+            s.status == orchestrator_core::types::StepStatus::Pending
+                && s.capability()
+                    .is_some_and(|c| !ctx.capabilities.iter().any(|k| k == c))
+        }) {
+            return Err(format!(
+                "step {} uses capability {:?}; the capabilities are {}",
+                step.id,
+                step.capability().unwrap_or_default(),
+                ctx.capabilities.join(", ")
+            ));
+        }
+        // Every plan ends in a finalize step; add one after the leaves if the planner forgot.
+        let has_pending_finalize = next
+            .steps
+            .iter()
+            .any(|s| s.action == Some(StepAction::Finalize) && !s.status.is_settled());
+        if !has_pending_finalize && ctx.plan.version == 0 {
+            let leaves: Vec<String> = next
+                .steps
+                .iter()
+                .filter(|s| !next.steps.iter().any(|o| o.depends_on.contains(&s.id)))
+                .map(|s| s.id.clone())
+                .collect();
+            let mut ids = existing.clone();
+            ids.extend(patch.steps_add.iter().map(|s| s.id.clone()));
+            let extra = normalize_patch(
+                &json!({"stepsAdd": [{"action": "finalize", "label": "Assemble the final result", "dependsOn": leaves}]}),
+                &ids,
+            )
+            .map_err(|e| e.to_string())?;
+            patch.steps_add.extend(extra.steps_add);
+        }
+        Ok(patch)
+    }
+}

@@ -1,0 +1,111 @@
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use orchestrator_core::ports::{ChatMessage, ChatRole, Model, ModelRequest, Purpose};
+use orchestrator_core::types::{CriterionResult, QualityVerdict};
+use serde_json::json;
+
+use crate::{AgentError, DeltaSink, SpecialistOutput, StepContext, extract_json, prompts};
+
+/// The critic: scores the latest draft and reports on every acceptance criterion.
+pub struct Qa {
+    model: Arc<dyn Model>,
+}
+
+impl Qa {
+    pub fn new(model: Arc<dyn Model>) -> Self {
+        Self { model }
+    }
+}
+
+#[async_trait]
+impl crate::Specialist for Qa {
+    fn capability(&self) -> &'static str {
+        "qa"
+    }
+
+    async fn run(
+        &self,
+        ctx: &StepContext,
+        _sink: &dyn DeltaSink,
+    ) -> Result<SpecialistOutput, AgentError> {
+        let draft = ctx
+            .latest("generation")
+            .and_then(|g| g.get("text"))
+            .and_then(|t| t.as_str())
+            .ok_or_else(|| {
+                AgentError::MissingInput(format!(
+                    "step {} has no draft to review: it must depend on a generation step",
+                    ctx.step.id
+                ))
+            })?;
+        let criteria = ctx.acceptance_criteria();
+        let threshold = ctx.request.options.quality_threshold;
+        let context = json!({
+            "objective": ctx.request.objective,
+            "draft": draft,
+            "strategy": ctx.latest("strategy"),
+            "acceptanceCriteria": criteria,
+            "threshold": threshold,
+        });
+        let mut request = ModelRequest {
+            purpose: Purpose::Review,
+            system: prompts::QA.to_owned(),
+            messages: vec![ChatMessage::user(context.to_string())],
+            temperature: Some(0.0),
+            max_tokens: Some(1_500),
+            json: true,
+        };
+        let first = self.model.complete(request.clone()).await?;
+        let mut usage = first.usage;
+        let verdict = match parse(&first.text, &criteria, threshold) {
+            Ok(v) => v,
+            Err(problem) => {
+                request.messages.push(ChatMessage {
+                    role: ChatRole::Assistant,
+                    content: first.text,
+                });
+                request.messages.push(ChatMessage::user(format!(
+                    "Your reply could not be used: {problem}. Reply again with only the JSON verdict."
+                )));
+                let second = self.model.complete(request).await?;
+                usage.add(second.usage);
+                parse(&second.text, &criteria, threshold)
+                    .map_err(|p| AgentError::Invalid(format!("QA reply, after one repair: {p}")))?
+            }
+        };
+        let output =
+            serde_json::to_value(&verdict).map_err(|e| AgentError::Invalid(e.to_string()))?;
+        Ok(SpecialistOutput { output, usage })
+    }
+}
+
+/// A verdict with a score in range, `pass` consistent with the threshold, and one entry per
+/// acceptance criterion (a criterion QA did not report on counts as not passed).
+fn parse(reply: &str, criteria: &[String], threshold: f64) -> Result<QualityVerdict, String> {
+    let raw = extract_json(reply)?;
+    let mut v: QualityVerdict =
+        serde_json::from_value(raw).map_err(|e| format!("not a QA verdict: {e}"))?;
+    if !(0.0..=1.0).contains(&v.score) {
+        return Err(format!("score {} is outside 0..1", v.score));
+    }
+    v.pass = v.score >= threshold;
+    let reported = std::mem::take(&mut v.criteria);
+    v.criteria = criteria
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            let id = format!("ac{}", i + 1);
+            reported
+                .iter()
+                .find(|c| c.id == id)
+                .cloned()
+                .unwrap_or(CriterionResult {
+                    id,
+                    passed: false,
+                    details: Some(format!("{text}: not reported by QA")),
+                })
+        })
+        .collect();
+    Ok(v)
+}

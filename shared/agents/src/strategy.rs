@@ -1,0 +1,82 @@
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use orchestrator_core::ports::{ChatMessage, ChatRole, Model, ModelRequest, Purpose};
+use serde_json::{Value, json};
+
+use crate::{AgentError, DeltaSink, SpecialistOutput, StepContext, extract_json, prompts};
+
+/// Audience, angle and key messages for the writer.
+pub struct Strategy {
+    model: Arc<dyn Model>,
+}
+
+impl Strategy {
+    pub fn new(model: Arc<dyn Model>) -> Self {
+        Self { model }
+    }
+}
+
+#[async_trait]
+impl crate::Specialist for Strategy {
+    fn capability(&self) -> &'static str {
+        "strategy"
+    }
+
+    async fn run(
+        &self,
+        ctx: &StepContext,
+        _sink: &dyn DeltaSink,
+    ) -> Result<SpecialistOutput, AgentError> {
+        let context = json!({
+            "objective": ctx.request.objective,
+            "task": ctx.step.label,
+            "brief": ctx.request.state.brief,
+            "clientProfile": ctx.request.state.client_profile,
+            "platform": ctx.platform(),
+        });
+        let mut request = ModelRequest {
+            purpose: Purpose::Strategy,
+            system: prompts::STRATEGY.to_owned(),
+            messages: vec![ChatMessage::user(context.to_string())],
+            temperature: ctx.request.options.temperature,
+            max_tokens: Some(1_000),
+            json: true,
+        };
+        let first = self.model.complete(request.clone()).await?;
+        let mut usage = first.usage;
+        match parse(&first.text) {
+            Ok(output) => Ok(SpecialistOutput { output, usage }),
+            Err(problem) => {
+                request.messages.push(ChatMessage {
+                    role: ChatRole::Assistant,
+                    content: first.text,
+                });
+                request.messages.push(ChatMessage::user(format!(
+                    "Your reply could not be used: {problem}. Reply again with only the JSON object."
+                )));
+                let second = self.model.complete(request).await?;
+                usage.add(second.usage);
+                let output = parse(&second.text).map_err(|p| {
+                    AgentError::Invalid(format!("strategy reply, after one repair: {p}"))
+                })?;
+                Ok(SpecialistOutput { output, usage })
+            }
+        }
+    }
+}
+
+fn parse(reply: &str) -> Result<Value, String> {
+    let v = extract_json(reply)?;
+    let obj = v.as_object().ok_or("the strategy must be a JSON object")?;
+    for key in ["audience", "angle"] {
+        let present = obj
+            .get(key)
+            .and_then(Value::as_str)
+            .is_some_and(|s| !s.trim().is_empty());
+        if !present {
+            return Err(format!("the field {key:?} is missing or empty"));
+        }
+    }
+    Ok(v)
+}

@@ -1,0 +1,685 @@
+//! A SQLite adapter for the [`RunStore`] and [`EventLog`] ports: the store behind local runs,
+//! the CLI and tests. One file holds runs (state snapshots), plan versions, step results,
+//! reports and the per-run event log.
+//!
+//! rusqlite is blocking, so every call runs on tokio's blocking pool against one connection
+//! behind a mutex. Writers take `BEGIN IMMEDIATE` transactions, so seqs stay gap-free and
+//! ordered even when several processes write the same file (SQLite serialises them; the busy
+//! timeout makes the others wait instead of failing).
+//!
+//! [`EventLog::wait_beyond`] is woken in-process by every write that appends events, with no
+//! polling delay. Writes from another process on the same file do not wake it; it re-checks
+//! the database every [`CROSS_PROCESS_POLL`] (configurable) to see those.
+
+mod schema;
+
+use std::fmt;
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use orchestrator_core::engine::RunState;
+use orchestrator_core::event::{Event, Frame};
+use orchestrator_core::ports::{Clock, Created, EventLog, RunStore, StoreError, SystemClock};
+use orchestrator_core::types::{Mode, Plan, RunReport, RunStatus, RunSummary, StepResult};
+use rusqlite::{
+    Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior, params,
+};
+use tokio::sync::watch;
+
+pub use schema::SCHEMA_VERSION;
+
+/// How long a writer waits for another connection's lock before giving up with
+/// [`StoreError::Unavailable`].
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often [`EventLog::wait_beyond`] re-reads the database while it waits, by default, to
+/// see events that another process appended (in-process appends wake it at once).
+pub const CROSS_PROCESS_POLL: Duration = Duration::from_millis(250);
+
+/// Runs, plans, step results, reports and event logs in one SQLite database.
+///
+/// Cheap to clone: clones share the connection and the append notifications.
+#[derive(Clone)]
+pub struct SqliteStore {
+    shared: Arc<Shared>,
+    clock: Arc<dyn Clock>,
+    poll: Duration,
+}
+
+struct Shared {
+    conn: Mutex<Connection>,
+    /// Bumped after every committed write that appended events; `wait_beyond` watches it.
+    appended: watch::Sender<u64>,
+    /// The file (or `:memory:`), for error messages and `Debug`.
+    location: String,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("location", &self.shared.location)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file at `path` and brings its schema up to
+    /// date. The parent directory must exist. Errors name the path: a file that is not a
+    /// SQLite database is [`StoreError::Corrupt`]; one that cannot be opened for writing, or
+    /// was written by a newer build, is [`StoreError::Unavailable`].
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let location = path.display().to_string();
+        let conn = Connection::open(path).map_err(|e| open_error(&location, e))?;
+        if conn
+            .is_readonly(rusqlite::MAIN_DB)
+            .map_err(|e| open_error(&location, e))?
+        {
+            return Err(StoreError::Unavailable(format!(
+                "cannot open the database {location} for writing: the file is read-only"
+            )));
+        }
+        Self::init(conn, location)
+    }
+
+    /// A private database in memory, gone when the last clone is dropped. For tests.
+    pub fn open_in_memory() -> Result<Self, StoreError> {
+        let location = ":memory:".to_owned();
+        let conn = Connection::open_in_memory().map_err(|e| open_error(&location, e))?;
+        Self::init(conn, location)
+    }
+
+    /// Uses `clock` for the runs' `updated_at_ms` (the default is the system clock).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// How often a waiting [`EventLog::wait_beyond`] re-reads the database for events that
+    /// another process appended (default [`CROSS_PROCESS_POLL`]). In-process appends wake it
+    /// at once regardless.
+    pub fn with_cross_process_poll(mut self, every: Duration) -> Self {
+        self.poll = every;
+        self
+    }
+
+    fn init(mut conn: Connection, location: String) -> Result<Self, StoreError> {
+        configure(&conn).map_err(|e| open_error(&location, e))?;
+        schema::migrate(&mut conn).map_err(|e| match e {
+            schema::MigrateError::TooNew { found } => StoreError::Unavailable(format!(
+                "the database {location} has schema version {found}, newer than the {SCHEMA_VERSION} this build knows: use a newer build or another file"
+            )),
+            schema::MigrateError::Sqlite(e) => open_error(&location, e),
+        })?;
+        let (appended, _) = watch::channel(0);
+        Ok(Self {
+            shared: Arc::new(Shared {
+                conn: Mutex::new(conn),
+                appended,
+                location,
+            }),
+            clock: Arc::new(SystemClock),
+            poll: CROSS_PROCESS_POLL,
+        })
+    }
+
+    /// Every plan version stored for the run, oldest first (each as it was when first
+    /// committed). Empty for an unknown run.
+    pub async fn plan_versions(&self, run_id: &str) -> Result<Vec<Plan>, StoreError> {
+        let run_id = run_id.to_owned();
+        self.call(move |conn| {
+            let mut stmt = conn
+                .prepare("SELECT plan_json FROM plan_versions WHERE run_id = ?1 ORDER BY version")
+                .map_err(db_error)?;
+            let rows = stmt
+                .query_map([&run_id], |r| r.get::<_, String>(0))
+                .map_err(db_error)?;
+            rows.map(|json| decode(&json.map_err(db_error)?, "plan", &run_id))
+                .collect()
+        })
+        .await
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let shared = Arc::clone(&self.shared);
+        tokio::task::spawn_blocking(move || {
+            // A panic while the lock was held rolled its transaction back (rusqlite's
+            // `Transaction` rolls back on drop), so the connection is still usable.
+            let mut conn = shared.conn.lock().unwrap_or_else(PoisonError::into_inner);
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("the store's worker task failed: {e}")))?
+    }
+
+    /// Wakes the `wait_beyond` callers of this store and its clones.
+    fn poke(&self) {
+        self.shared.appended.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    async fn has_beyond(&self, run_id: &str, after: u64) -> Result<bool, StoreError> {
+        let run_id = run_id.to_owned();
+        self.call(move |conn| {
+            conn.query_row(
+                "SELECT EXISTS (SELECT 1 FROM events WHERE run_id = ?1 AND seq > ?2)",
+                params![run_id, saturating_i64(after)],
+                |r| r.get(0),
+            )
+            .map_err(db_error)
+        })
+        .await
+    }
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // An in-memory database answers "memory"; either way the answer is not an error.
+    let _mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    Ok(())
+}
+
+fn open_error(location: &str, e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => StoreError::Corrupt(format!(
+            "{location} is not a usable SQLite database ({e}): move it aside or choose another file"
+        )),
+        _ => StoreError::Unavailable(format!("cannot open the database {location}: {e}")),
+    }
+}
+
+fn db_error(e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+            StoreError::Unavailable(format!("the database is busy: {e}"))
+        }
+        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => {
+            StoreError::Corrupt(e.to_string())
+        }
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+fn saturating_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn to_u64(n: i64, what: &str) -> Result<u64, StoreError> {
+    u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("negative {what}: {n}")))
+}
+
+fn encode<T: serde::Serialize + ?Sized>(value: &T, what: &str) -> Result<String, StoreError> {
+    serde_json::to_string(value)
+        .map_err(|e| StoreError::Corrupt(format!("cannot encode the {what}: {e}")))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    json: &str,
+    what: &str,
+    run_id: &str,
+) -> Result<T, StoreError> {
+    serde_json::from_str(json)
+        .map_err(|e| StoreError::Corrupt(format!("run {run_id}: stored {what} is unreadable: {e}")))
+}
+
+fn immediate(conn: &mut Connection) -> Result<Transaction<'_>, StoreError> {
+    conn.transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db_error)
+}
+
+fn run_exists(tx: &Transaction<'_>, run_id: &str) -> Result<bool, StoreError> {
+    tx.query_row("SELECT 1 FROM runs WHERE run_id = ?1", [run_id], |_| Ok(()))
+        .optional()
+        .map(|found| found.is_some())
+        .map_err(db_error)
+}
+
+/// Events must belong to the run whose log they go to: a mismatch is a caller's bug that
+/// would put a foreign `runId` on the wire.
+fn check_events(run_id: &str, events: &[Event]) -> Result<(), StoreError> {
+    match events.iter().find(|e| e.run_id != run_id) {
+        Some(e) => Err(StoreError::Conflict(format!(
+            "an event of run {} cannot go to the log of run {run_id}",
+            e.run_id
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Appends `events` after the run's last seq; the caller holds a write transaction.
+fn append_events(
+    tx: &Transaction<'_>,
+    run_id: &str,
+    events: Vec<Event>,
+) -> Result<Vec<Frame>, StoreError> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let last: i64 = tx
+        .query_row(
+            "SELECT COALESCE(MAX(seq), 0) FROM events WHERE run_id = ?1",
+            [run_id],
+            |r| r.get(0),
+        )
+        .map_err(db_error)?;
+    let mut seq = to_u64(last, "seq")?;
+    let mut stmt = tx
+        .prepare_cached("INSERT INTO events (run_id, seq, event_json) VALUES (?1, ?2, ?3)")
+        .map_err(db_error)?;
+    let mut frames = Vec::with_capacity(events.len());
+    for event in events {
+        seq += 1;
+        let json = encode(&event, "event")?;
+        stmt.execute(params![run_id, saturating_i64(seq), json])
+            .map_err(db_error)?;
+        frames.push(Frame { seq, event });
+    }
+    Ok(frames)
+}
+
+fn insert_plan(
+    tx: &Transaction<'_>,
+    run_id: &str,
+    plan: Option<&(u32, String)>,
+) -> Result<(), StoreError> {
+    if let Some((version, json)) = plan {
+        tx.execute(
+            "INSERT INTO plan_versions (run_id, version, plan_json) VALUES (?1, ?2, ?3)
+             ON CONFLICT (run_id, version) DO NOTHING",
+            params![run_id, version, json],
+        )
+        .map_err(db_error)?;
+    }
+    Ok(())
+}
+
+/// What a state write stores, encoded before it goes to the blocking pool.
+struct StateRow {
+    run_id: String,
+    idempotency_key: Option<String>,
+    mode: String,
+    objective: String,
+    status: &'static str,
+    created_at_ms: i64,
+    updated_at_ms: i64,
+    state_json: String,
+    /// The plan, when it has a version (version 0 is "no plan yet").
+    plan: Option<(u32, String)>,
+}
+
+impl StateRow {
+    fn new(state: &RunState, now_ms: u64) -> Result<Self, StoreError> {
+        let plan = if state.plan.version > 0 {
+            Some((state.plan.version, encode(&state.plan, "plan")?))
+        } else {
+            None
+        };
+        Ok(Self {
+            run_id: state.run_id.clone(),
+            idempotency_key: state.request.idempotency_key.clone(),
+            mode: state.request.mode.to_string(),
+            objective: state.request.objective.clone(),
+            status: state.status.as_str(),
+            created_at_ms: saturating_i64(state.started_at_ms),
+            updated_at_ms: saturating_i64(now_ms),
+            state_json: encode(state, "run state")?,
+            plan,
+        })
+    }
+}
+
+#[async_trait]
+impl RunStore for SqliteStore {
+    async fn create_run(&self, state: &RunState, events: &[Event]) -> Result<Created, StoreError> {
+        check_events(&state.run_id, events)?;
+        let row = StateRow::new(state, self.clock.now_ms())?;
+        let events = events.to_vec();
+        let created = self
+            .call(move |conn| {
+                let tx = immediate(conn)?;
+                if let Some(key) = &row.idempotency_key {
+                    let existing: Option<String> = tx
+                        .query_row(
+                            "SELECT run_id FROM runs WHERE idempotency_key = ?1",
+                            [key],
+                            |r| r.get(0),
+                        )
+                        .optional()
+                        .map_err(db_error)?;
+                    if let Some(run_id) = existing {
+                        return Ok(Created::Existing { run_id });
+                    }
+                }
+                if run_exists(&tx, &row.run_id)? {
+                    return Err(StoreError::Conflict(format!(
+                        "run {} already exists",
+                        row.run_id
+                    )));
+                }
+                tx.execute(
+                    "INSERT INTO runs (run_id, idempotency_key, mode, objective, status,
+                                       created_at_ms, updated_at_ms, state_json)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![
+                        row.run_id,
+                        row.idempotency_key,
+                        row.mode,
+                        row.objective,
+                        row.status,
+                        row.created_at_ms,
+                        row.updated_at_ms,
+                        row.state_json,
+                    ],
+                )
+                .map_err(db_error)?;
+                insert_plan(&tx, &row.run_id, row.plan.as_ref())?;
+                let frames = append_events(&tx, &row.run_id, events)?;
+                tx.commit().map_err(db_error)?;
+                Ok(Created::New { frames })
+            })
+            .await?;
+        if matches!(&created, Created::New { frames } if !frames.is_empty()) {
+            self.poke();
+        }
+        Ok(created)
+    }
+
+    async fn commit(&self, state: &RunState, events: &[Event]) -> Result<Vec<Frame>, StoreError> {
+        check_events(&state.run_id, events)?;
+        let row = StateRow::new(state, self.clock.now_ms())?;
+        let events = events.to_vec();
+        let frames = self
+            .call(move |conn| {
+                let tx = immediate(conn)?;
+                let updated = tx
+                    .execute(
+                        "UPDATE runs SET state_json = ?1, status = ?2, updated_at_ms = ?3
+                         WHERE run_id = ?4",
+                        params![row.state_json, row.status, row.updated_at_ms, row.run_id],
+                    )
+                    .map_err(db_error)?;
+                if updated == 0 {
+                    return Err(StoreError::NotFound(row.run_id));
+                }
+                insert_plan(&tx, &row.run_id, row.plan.as_ref())?;
+                let frames = append_events(&tx, &row.run_id, events)?;
+                tx.commit().map_err(db_error)?;
+                Ok(frames)
+            })
+            .await?;
+        if !frames.is_empty() {
+            self.poke();
+        }
+        Ok(frames)
+    }
+
+    async fn load_run(&self, run_id: &str) -> Result<Option<RunState>, StoreError> {
+        let run_id = run_id.to_owned();
+        self.call(move |conn| {
+            let json: Option<String> = conn
+                .query_row(
+                    "SELECT state_json FROM runs WHERE run_id = ?1",
+                    [&run_id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db_error)?;
+            json.map(|json| decode(&json, "state", &run_id)).transpose()
+        })
+        .await
+    }
+
+    async fn list_runs(
+        &self,
+        limit: usize,
+        before_ms: Option<u64>,
+    ) -> Result<Vec<RunSummary>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let before = before_ms.map(saturating_i64);
+        self.call(move |conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT run_id, mode, objective, status, created_at_ms, updated_at_ms
+                     FROM runs
+                     WHERE ?1 IS NULL OR created_at_ms < ?1
+                     ORDER BY created_at_ms DESC, run_id DESC
+                     LIMIT ?2",
+                )
+                .map_err(db_error)?;
+            let rows = stmt
+                .query_map(params![before, limit], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, i64>(5)?,
+                    ))
+                })
+                .map_err(db_error)?;
+            rows.map(|row| {
+                let (run_id, mode, objective, status, created, updated) = row.map_err(db_error)?;
+                let mode: Mode = serde_json::from_value(serde_json::Value::String(mode.clone()))
+                    .map_err(|_| {
+                        StoreError::Corrupt(format!("run {run_id}: unknown mode {mode:?}"))
+                    })?;
+                let status: RunStatus = status
+                    .parse()
+                    .map_err(|e| StoreError::Corrupt(format!("run {run_id}: {e}")))?;
+                Ok(RunSummary {
+                    mode,
+                    objective,
+                    status,
+                    created_at_ms: to_u64(created, "created_at_ms")?,
+                    updated_at_ms: to_u64(updated, "updated_at_ms")?,
+                    run_id,
+                })
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn put_step_result(
+        &self,
+        run_id: &str,
+        result: &StepResult,
+    ) -> Result<StepResult, StoreError> {
+        let run_id = run_id.to_owned();
+        let step_id = result.step_id.clone();
+        let attempt = result.attempt;
+        let json = encode(result, "step result")?;
+        self.call(move |conn| {
+            let tx = immediate(conn)?;
+            if !run_exists(&tx, &run_id)? {
+                return Err(StoreError::NotFound(run_id));
+            }
+            tx.execute(
+                "INSERT INTO step_results (run_id, step_id, attempt, result_json)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (run_id, step_id, attempt) DO NOTHING",
+                params![run_id, step_id, attempt, json],
+            )
+            .map_err(db_error)?;
+            let stored: String = tx
+                .query_row(
+                    "SELECT result_json FROM step_results
+                     WHERE run_id = ?1 AND step_id = ?2 AND attempt = ?3",
+                    params![run_id, step_id, attempt],
+                    |r| r.get(0),
+                )
+                .map_err(db_error)?;
+            tx.commit().map_err(db_error)?;
+            decode(&stored, "step result", &run_id)
+        })
+        .await
+    }
+
+    async fn get_step_result(
+        &self,
+        run_id: &str,
+        step_id: &str,
+        attempt: u32,
+    ) -> Result<Option<StepResult>, StoreError> {
+        let run_id = run_id.to_owned();
+        let step_id = step_id.to_owned();
+        self.call(move |conn| {
+            let json: Option<String> = conn
+                .query_row(
+                    "SELECT result_json FROM step_results
+                     WHERE run_id = ?1 AND step_id = ?2 AND attempt = ?3",
+                    params![run_id, step_id, attempt],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db_error)?;
+            json.map(|json| decode(&json, "step result", &run_id))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn step_results(&self, run_id: &str) -> Result<Vec<StepResult>, StoreError> {
+        let run_id = run_id.to_owned();
+        self.call(move |conn| {
+            let mut stmt = conn
+                .prepare("SELECT result_json FROM step_results WHERE run_id = ?1 ORDER BY rowid")
+                .map_err(db_error)?;
+            let rows = stmt
+                .query_map([&run_id], |r| r.get::<_, String>(0))
+                .map_err(db_error)?;
+            rows.map(|json| decode(&json.map_err(db_error)?, "step result", &run_id))
+                .collect()
+        })
+        .await
+    }
+
+    async fn put_report(&self, report: &RunReport) -> Result<(), StoreError> {
+        let run_id = report.run_id.clone();
+        let json = encode(report, "report")?;
+        self.call(move |conn| {
+            let tx = immediate(conn)?;
+            if !run_exists(&tx, &run_id)? {
+                return Err(StoreError::NotFound(run_id));
+            }
+            tx.execute(
+                "INSERT INTO reports (run_id, report_json) VALUES (?1, ?2)
+                 ON CONFLICT (run_id) DO UPDATE SET report_json = excluded.report_json",
+                params![run_id, json],
+            )
+            .map_err(db_error)?;
+            tx.commit().map_err(db_error)
+        })
+        .await
+    }
+
+    async fn get_report(&self, run_id: &str) -> Result<Option<RunReport>, StoreError> {
+        let run_id = run_id.to_owned();
+        self.call(move |conn| {
+            let json: Option<String> = conn
+                .query_row(
+                    "SELECT report_json FROM reports WHERE run_id = ?1",
+                    [&run_id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db_error)?;
+            json.map(|json| decode(&json, "report", &run_id))
+                .transpose()
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl EventLog for SqliteStore {
+    async fn append(&self, run_id: &str, events: &[Event]) -> Result<Vec<Frame>, StoreError> {
+        check_events(run_id, events)?;
+        let run_id = run_id.to_owned();
+        let events = events.to_vec();
+        let frames = self
+            .call(move |conn| {
+                let tx = immediate(conn)?;
+                if !run_exists(&tx, &run_id)? {
+                    return Err(StoreError::NotFound(run_id));
+                }
+                let frames = append_events(&tx, &run_id, events)?;
+                tx.commit().map_err(db_error)?;
+                Ok(frames)
+            })
+            .await?;
+        if !frames.is_empty() {
+            self.poke();
+        }
+        Ok(frames)
+    }
+
+    async fn read_after(
+        &self,
+        run_id: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Frame>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let run_id = run_id.to_owned();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.call(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT seq, event_json FROM events
+                     WHERE run_id = ?1 AND seq > ?2
+                     ORDER BY seq
+                     LIMIT ?3",
+                )
+                .map_err(db_error)?;
+            let rows = stmt
+                .query_map(params![run_id, saturating_i64(after), limit], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                })
+                .map_err(db_error)?;
+            rows.map(|row| {
+                let (seq, json) = row.map_err(db_error)?;
+                Ok(Frame {
+                    seq: to_u64(seq, "seq")?,
+                    event: decode(&json, "event", &run_id)?,
+                })
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn wait_beyond(
+        &self,
+        run_id: &str,
+        after: u64,
+        timeout: Duration,
+    ) -> Result<(), StoreError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        // Subscribe before looking, so an append that lands between the look and the wait
+        // still wakes us (the receiver has seen only the value current at subscription).
+        let mut appended = self.shared.appended.subscribe();
+        loop {
+            if self.has_beyond(run_id, after).await? {
+                return Ok(());
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(());
+            }
+            let nap = (deadline - now).min(self.poll.max(Duration::from_millis(10)));
+            // Woken, timed out or (never, while `self` lives) closed: look again either way.
+            let _ = tokio::time::timeout(nap, appended.changed()).await;
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! The SQLite schema and its migrations. `PRAGMA user_version` holds the number of migrations
+//! applied; opening a database applies the missing ones, each in its own transaction.
+
+use rusqlite::Connection;
+
+/// Migration `i` takes the schema from version `i` to `i + 1`. Append only: never edit a
+/// migration that has shipped.
+const MIGRATIONS: &[&str] = &[
+    // 1: runs, plan versions, step results, reports and the event log.
+    "CREATE TABLE runs (
+         run_id          TEXT PRIMARY KEY NOT NULL,
+         idempotency_key TEXT UNIQUE,
+         mode            TEXT NOT NULL,
+         objective       TEXT NOT NULL,
+         status          TEXT NOT NULL,
+         created_at_ms   INTEGER NOT NULL,
+         updated_at_ms   INTEGER NOT NULL,
+         state_json      TEXT NOT NULL
+     );
+     CREATE INDEX runs_by_created ON runs (created_at_ms DESC, run_id DESC);
+     CREATE TABLE plan_versions (
+         run_id    TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+         version   INTEGER NOT NULL,
+         plan_json TEXT NOT NULL,
+         PRIMARY KEY (run_id, version)
+     );
+     CREATE TABLE step_results (
+         run_id      TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+         step_id     TEXT NOT NULL,
+         attempt     INTEGER NOT NULL,
+         result_json TEXT NOT NULL,
+         PRIMARY KEY (run_id, step_id, attempt)
+     );
+     CREATE TABLE reports (
+         run_id      TEXT PRIMARY KEY NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+         report_json TEXT NOT NULL
+     );
+     CREATE TABLE events (
+         run_id     TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+         seq        INTEGER NOT NULL,
+         event_json TEXT NOT NULL,
+         PRIMARY KEY (run_id, seq)
+     ) WITHOUT ROWID;",
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+pub enum MigrateError {
+    /// The file was written by a newer build.
+    TooNew {
+        found: u32,
+    },
+    Sqlite(rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for MigrateError {
+    fn from(e: rusqlite::Error) -> Self {
+        MigrateError::Sqlite(e)
+    }
+}
+
+/// Brings the schema up to [`SCHEMA_VERSION`].
+pub fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
+    loop {
+        // Read the version inside an immediate transaction, so two processes opening a new file
+        // at once do not both apply the same migration.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let found: u32 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if found > SCHEMA_VERSION {
+            return Err(MigrateError::TooNew { found });
+        }
+        let Some(sql) = MIGRATIONS.get(found as usize) else {
+            return Ok(());
+        };
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", found + 1)?;
+        tx.commit()?;
+    }
+}

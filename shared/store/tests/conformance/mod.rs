@@ -1,0 +1,616 @@
+//! The behaviour every `RunStore + EventLog` adapter must show, written once and run against
+//! each adapter (SQLite here; DynamoDB later) with a fresh, empty store per check.
+//!
+//! Each check takes the store (or a way to open it) and panics on a violation.
+
+// Helpers, not #[test] fns, so clippy's allow-unwrap-in-tests does not cover them: a panic is the assertion.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use orchestrator_core::engine::RunState;
+use orchestrator_core::event::{Event, EventKind, Frame};
+use orchestrator_core::ports::{Created, EventLog, RunStore, StoreError};
+use orchestrator_core::types::{
+    Plan, PlanStep, ReportSummary, RunReport, RunRequest, RunStatus, StepMetrics, StepResult,
+    StepStatus, Usage,
+};
+use serde_json::json;
+
+/// A new run's state, started at `started_at_ms`.
+pub fn state(run_id: &str, started_at_ms: u64) -> RunState {
+    RunState::new(
+        run_id,
+        format!("corr-{run_id}"),
+        RunRequest::new(format!("objective of {run_id}")),
+        started_at_ms,
+    )
+}
+
+pub fn state_with_key(run_id: &str, key: &str) -> RunState {
+    let mut request = RunRequest::new(format!("objective of {run_id}"));
+    request.idempotency_key = Some(key.to_owned());
+    RunState::new(run_id, format!("corr-{run_id}"), request, 1_000)
+}
+
+pub fn message(run_id: &str, text: &str) -> Event {
+    Event {
+        kind: EventKind::Message {
+            message: text.to_owned(),
+        },
+        correlation_id: format!("corr-{run_id}"),
+        run_id: run_id.to_owned(),
+    }
+}
+
+pub fn messages(run_id: &str, texts: &[&str]) -> Vec<Event> {
+    texts.iter().map(|t| message(run_id, t)).collect()
+}
+
+pub fn step_result(step_id: &str, attempt: u32, output: serde_json::Value) -> StepResult {
+    StepResult {
+        step_id: step_id.to_owned(),
+        attempt,
+        output,
+        error: None,
+        metrics: StepMetrics {
+            duration_ms: 12,
+            attempt,
+            capability_id: "copy".to_owned(),
+            input_tokens: 10,
+            output_tokens: 20,
+        },
+    }
+}
+
+fn seqs(frames: &[Frame]) -> Vec<u64> {
+    frames.iter().map(|f| f.seq).collect()
+}
+
+fn texts(frames: &[Frame]) -> Vec<String> {
+    frames
+        .iter()
+        .map(|f| match &f.event.kind {
+            EventKind::Message { message } => message.clone(),
+            other => panic!("unexpected event {other:?}"),
+        })
+        .collect()
+}
+
+async fn create_new<S: RunStore>(s: &S, state: &RunState, events: &[Event]) -> Vec<Frame> {
+    match s.create_run(state, events).await.expect("create_run") {
+        Created::New { frames } => frames,
+        Created::Existing { run_id } => panic!("expected a new run, got existing {run_id}"),
+    }
+}
+
+pub async fn create_once<S: RunStore + EventLog>(s: &S) {
+    // GIVEN a run created with an idempotency key and two events
+    let first = state_with_key("run-a", "key-1");
+    let frames = create_new(s, &first, &messages("run-a", &["hello", "world"])).await;
+    // THEN the events are numbered from 1 and the state is stored
+    assert_eq!(seqs(&frames), vec![1, 2]);
+    assert_eq!(texts(&frames), vec!["hello", "world"]);
+    assert_eq!(s.load_run("run-a").await.unwrap(), Some(first.clone()));
+
+    // WHEN another run is created with the same key
+    let second = state_with_key("run-b", "key-1");
+    let created = s
+        .create_run(&second, &messages("run-b", &["again"]))
+        .await
+        .unwrap();
+
+    // THEN the first run is named and nothing of the second is written
+    assert_eq!(
+        created,
+        Created::Existing {
+            run_id: "run-a".to_owned()
+        }
+    );
+    assert_eq!(s.load_run("run-b").await.unwrap(), None);
+    assert!(s.read_after("run-b", 0, 100).await.unwrap().is_empty());
+    assert_eq!(s.read_after("run-a", 0, 100).await.unwrap(), frames);
+    assert_eq!(s.list_runs(10, None).await.unwrap().len(), 1);
+
+    // AND a retry of the very same create also gets the existing run
+    let again = s
+        .create_run(&first, &messages("run-a", &["hello", "world"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        Created::Existing {
+            run_id: "run-a".to_owned()
+        }
+    );
+    assert_eq!(s.read_after("run-a", 0, 100).await.unwrap().len(), 2);
+}
+
+pub async fn create_same_id_conflicts<S: RunStore + EventLog>(s: &S) {
+    // GIVEN a run without an idempotency key
+    let first = state("run-1", 1_000);
+    create_new(s, &first, &messages("run-1", &["one"])).await;
+
+    // WHEN a run with the same id is created again
+    let mut other = state("run-1", 2_000);
+    other.request.objective = "something else".to_owned();
+    let err = s
+        .create_run(&other, &messages("run-1", &["two"]))
+        .await
+        .unwrap_err();
+
+    // THEN it conflicts and the first run is untouched
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert_eq!(s.load_run("run-1").await.unwrap(), Some(first));
+    assert_eq!(
+        texts(&s.read_after("run-1", 0, 100).await.unwrap()),
+        vec!["one"]
+    );
+}
+
+pub async fn commit_appends_gap_free<S: RunStore + EventLog>(s: &S) {
+    // GIVEN a run with two events
+    let mut st = state("run-c", 1_000);
+    create_new(s, &st, &messages("run-c", &["a", "b"])).await;
+
+    // WHEN a transition with a plan and three events is committed
+    st.plan = Plan {
+        version: 1,
+        steps: vec![PlanStep {
+            id: "s1".to_owned(),
+            capability_id: Some("copy".to_owned()),
+            action: None,
+            label: Some("Write".to_owned()),
+            status: StepStatus::InProgress,
+            depends_on: Vec::new(),
+            note: None,
+            acceptance_criteria: Vec::new(),
+        }],
+    };
+    st.usage = Usage {
+        input_tokens: 5,
+        output_tokens: 7,
+    };
+    let frames = s
+        .commit(&st, &messages("run-c", &["c", "d", "e"]))
+        .await
+        .unwrap();
+
+    // THEN the events follow on without a gap and the state is stored
+    assert_eq!(seqs(&frames), vec![3, 4, 5]);
+    assert_eq!(s.load_run("run-c").await.unwrap(), Some(st.clone()));
+
+    // WHEN a transition without events and then one more are committed
+    st.status = RunStatus::Completed;
+    st.finished_at_ms = Some(9_000);
+    assert!(s.commit(&st, &[]).await.unwrap().is_empty());
+    let frames = s.commit(&st, &messages("run-c", &["f"])).await.unwrap();
+
+    // THEN the seqs still have no gap, and the log reads back whole, in order
+    assert_eq!(seqs(&frames), vec![6]);
+    let all = s.read_after("run-c", 0, 100).await.unwrap();
+    assert_eq!(seqs(&all), vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(texts(&all), vec!["a", "b", "c", "d", "e", "f"]);
+    assert_eq!(s.load_run("run-c").await.unwrap(), Some(st));
+    let listed = s.list_runs(10, None).await.unwrap();
+    assert_eq!(listed[0].status, RunStatus::Completed);
+}
+
+/// `writers` tasks append concurrently through their own handles (clones of one store, or
+/// stores opened on the same backing storage); `open` gives each writer its handle.
+pub async fn concurrent_appends<S, F>(open: F)
+where
+    S: RunStore + EventLog + 'static,
+    F: Fn() -> Arc<S>,
+{
+    const WRITERS: usize = 4;
+    const BATCHES: usize = 25;
+
+    // GIVEN a run with one event
+    let first = open();
+    create_new(
+        &*first,
+        &state("run-p", 1_000),
+        &messages("run-p", &["start"]),
+    )
+    .await;
+
+    // WHEN four writers each append 25 batches of one or two events at once
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let s = open();
+        tasks.push(tokio::spawn(async move {
+            let mut returned = Vec::new();
+            for b in 0..BATCHES {
+                let batch: Vec<Event> = (0..=(b % 2))
+                    .map(|i| message("run-p", &format!("w{w}-b{b}-{i}")))
+                    .collect();
+                let frames = s.append("run-p", &batch).await.expect("append");
+                assert_eq!(frames.len(), batch.len());
+                // a batch's frames are consecutive
+                for pair in frames.windows(2) {
+                    assert_eq!(pair[1].seq, pair[0].seq + 1);
+                }
+                returned.extend(frames);
+            }
+            returned
+        }));
+    }
+    let mut returned: Vec<Frame> = Vec::new();
+    for t in tasks {
+        returned.extend(t.await.unwrap());
+    }
+
+    // THEN the log holds seqs 1..=n with no gap and no duplicate
+    let all = first.read_after("run-p", 0, 10_000).await.unwrap();
+    let per_writer = BATCHES / 2 + BATCHES; // batches alternate one and two events
+    let n = 1 + WRITERS * per_writer;
+    assert_eq!(seqs(&all), (1..=n as u64).collect::<Vec<_>>());
+
+    // AND every frame an append returned is the frame stored under its seq
+    let by_seq: BTreeMap<u64, &Frame> = all.iter().map(|f| (f.seq, f)).collect();
+    assert_eq!(returned.len(), n - 1);
+    for f in &returned {
+        assert_eq!(by_seq.get(&f.seq), Some(&f), "seq {}", f.seq);
+    }
+
+    // AND each writer's events are in the order it appended them
+    for w in 0..WRITERS {
+        let prefix = format!("w{w}-");
+        let mine: Vec<String> = texts(&all)
+            .into_iter()
+            .filter(|t| t.starts_with(&prefix))
+            .collect();
+        let expected: Vec<String> = (0..BATCHES)
+            .flat_map(|b| (0..=(b % 2)).map(move |i| format!("w{w}-b{b}-{i}")))
+            .collect();
+        assert_eq!(mine, expected);
+    }
+}
+
+pub async fn read_after_pages<S: RunStore + EventLog>(s: &S) {
+    // GIVEN a run with five events, and another run with its own
+    create_new(
+        s,
+        &state("run-r", 1_000),
+        &messages("run-r", &["1", "2", "3", "4", "5"]),
+    )
+    .await;
+    create_new(s, &state("run-x", 1_000), &messages("run-x", &["x"])).await;
+
+    // WHEN reading after a seq, with and without a limit
+    // THEN only the frames after it come, in order, up to the limit
+    assert_eq!(
+        seqs(&s.read_after("run-r", 0, 100).await.unwrap()),
+        vec![1, 2, 3, 4, 5]
+    );
+    assert_eq!(
+        seqs(&s.read_after("run-r", 2, 100).await.unwrap()),
+        vec![3, 4, 5]
+    );
+    let page = s.read_after("run-r", 1, 2).await.unwrap();
+    assert_eq!(seqs(&page), vec![2, 3]);
+    assert_eq!(texts(&page), vec!["2", "3"]);
+    assert!(s.read_after("run-r", 5, 100).await.unwrap().is_empty());
+    assert!(s.read_after("run-r", 500, 100).await.unwrap().is_empty());
+    assert!(s.read_after("run-r", 0, 0).await.unwrap().is_empty());
+    assert_eq!(
+        seqs(&s.read_after("run-r", 0, 1).await.unwrap()),
+        vec![1],
+        "limit 1"
+    );
+
+    // AND a frame reads back as it was appended (kind, correlation id, run id)
+    let frame = &s.read_after("run-x", 0, 10).await.unwrap()[0];
+    assert_eq!(frame.event, message("run-x", "x"));
+}
+
+pub async fn wait_beyond_wakes_on_append<S: RunStore + EventLog + 'static>(s: Arc<S>) {
+    // GIVEN a run with one event and a reader waiting for more
+    create_new(&*s, &state("run-w", 1_000), &messages("run-w", &["1"])).await;
+    let waiter = {
+        let s = Arc::clone(&s);
+        tokio::spawn(async move {
+            let started = Instant::now();
+            s.wait_beyond("run-w", 1, Duration::from_secs(10))
+                .await
+                .expect("wait_beyond");
+            started.elapsed()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiter.is_finished(), "returned before anything came");
+
+    // WHEN another event is appended
+    s.append("run-w", &messages("run-w", &["2"])).await.unwrap();
+
+    // THEN the reader wakes well before its timeout
+    let waited = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("the waiter did not wake")
+        .unwrap();
+    assert!(waited < Duration::from_secs(5), "waited {waited:?}");
+
+    // AND waiting for a seq that is already there returns at once
+    let started = Instant::now();
+    s.wait_beyond("run-w", 0, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(1));
+
+    // AND a commit's events wake a waiter too
+    let waiter = {
+        let s = Arc::clone(&s);
+        tokio::spawn(async move { s.wait_beyond("run-w", 2, Duration::from_secs(10)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    s.commit(&state("run-w", 1_000), &messages("run-w", &["3"]))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("the waiter did not wake on commit")
+        .unwrap()
+        .unwrap();
+}
+
+pub async fn wait_beyond_times_out<S: RunStore + EventLog>(s: &S) {
+    // GIVEN a run whose log ends at seq 1, and an append to another run
+    create_new(s, &state("run-t", 1_000), &messages("run-t", &["1"])).await;
+    create_new(s, &state("run-o", 1_000), &messages("run-o", &["1", "2"])).await;
+
+    // WHEN waiting for more than is there, with a short timeout
+    let started = Instant::now();
+    s.wait_beyond("run-t", 1, Duration::from_millis(300))
+        .await
+        .unwrap();
+
+    // THEN it returns after the timeout, not before and not much after
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(300), "waited {waited:?}");
+    assert!(waited < Duration::from_secs(3), "waited {waited:?}");
+
+    // AND for an unknown run it also just times out
+    s.wait_beyond("nope", 0, Duration::from_millis(50))
+        .await
+        .unwrap();
+}
+
+/// `open` opens the same backing storage each time; the store from one call is dropped
+/// before the next.
+pub async fn resume_after_restart<S, F, Fut>(open: F)
+where
+    S: RunStore + EventLog,
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = S>,
+{
+    // GIVEN a run with a committed transition, a step result and a report
+    let mut st = state("run-z", 1_000);
+    let report = RunReport {
+        run_id: "run-z".to_owned(),
+        status: RunStatus::Completed,
+        steps: vec![step_result("s1", 1, json!({"text": "done"}))],
+        summary: ReportSummary {
+            steps: 1,
+            failures: 0,
+            duration_ms: 5,
+            tokens: Usage::default(),
+        },
+        final_bundle: None,
+        message: Some("bye".to_owned()),
+    };
+    {
+        let s = open().await;
+        create_new(&s, &st, &messages("run-z", &["a", "b"])).await;
+        st.revisions = 1;
+        st.status = RunStatus::Completed;
+        s.commit(&st, &messages("run-z", &["c"])).await.unwrap();
+        s.put_step_result("run-z", &step_result("s1", 1, json!({"text": "done"})))
+            .await
+            .unwrap();
+        s.put_report(&report).await.unwrap();
+        // WHEN the store goes away
+    }
+
+    // AND the storage is opened again
+    let s = open().await;
+
+    // THEN the state, the events, the results and the report are all there
+    assert_eq!(s.load_run("run-z").await.unwrap(), Some(st.clone()));
+    let all = s.read_after("run-z", 0, 100).await.unwrap();
+    assert_eq!(seqs(&all), vec![1, 2, 3]);
+    assert_eq!(texts(&all), vec!["a", "b", "c"]);
+    assert_eq!(
+        s.get_step_result("run-z", "s1", 1).await.unwrap(),
+        Some(step_result("s1", 1, json!({"text": "done"})))
+    );
+    assert_eq!(s.get_report("run-z").await.unwrap(), Some(report));
+
+    // AND appending goes on from the last seq
+    let frames = s.commit(&st, &messages("run-z", &["d"])).await.unwrap();
+    assert_eq!(seqs(&frames), vec![4]);
+}
+
+pub async fn large_output_round_trip<S: RunStore + EventLog>(s: &S) {
+    // GIVEN a run and a step whose output is 1 MB of text (with some non-ASCII)
+    create_new(s, &state("run-l", 1_000), &[]).await;
+    let big: String = "abcdéfgh\n".repeat(1024 * 1024 / 10);
+    assert!(big.len() >= 1_000_000);
+    let result = step_result("s1", 1, json!({"content": big, "n": 1}));
+
+    // WHEN it is stored and read back
+    let stored = s.put_step_result("run-l", &result).await.unwrap();
+
+    // THEN nothing is cut or changed
+    assert_eq!(stored, result);
+    assert_eq!(
+        s.get_step_result("run-l", "s1", 1).await.unwrap(),
+        Some(result.clone())
+    );
+    assert_eq!(s.step_results("run-l").await.unwrap(), vec![result]);
+
+    // AND a 1 MB event round-trips as well
+    let frames = s.append("run-l", &[message("run-l", &big)]).await.unwrap();
+    assert_eq!(s.read_after("run-l", 0, 10).await.unwrap(), frames);
+}
+
+pub async fn step_result_first_writer_wins<S: RunStore + EventLog>(s: &S) {
+    // GIVEN a run and a stored result for (s1, attempt 1)
+    create_new(s, &state("run-s", 1_000), &[]).await;
+    let first = step_result("s1", 1, json!({"text": "first"}));
+    assert_eq!(s.put_step_result("run-s", &first).await.unwrap(), first);
+
+    // WHEN a retried invocation writes another result for the same (step, attempt)
+    let second = step_result("s1", 1, json!({"text": "second"}));
+    let got = s.put_step_result("run-s", &second).await.unwrap();
+
+    // THEN it gets the first back, and the first stays stored
+    assert_eq!(got, first);
+    assert_eq!(
+        s.get_step_result("run-s", "s1", 1).await.unwrap(),
+        Some(first.clone())
+    );
+
+    // AND other attempts and steps are separate, listed in the order they were written
+    let retry = step_result("s1", 2, json!({"text": "retry"}));
+    let other = step_result("s0", 1, json!({"text": "other"}));
+    s.put_step_result("run-s", &retry).await.unwrap();
+    s.put_step_result("run-s", &other).await.unwrap();
+    assert_eq!(
+        s.step_results("run-s").await.unwrap(),
+        vec![first, retry, other]
+    );
+    assert_eq!(s.get_step_result("run-s", "s1", 3).await.unwrap(), None);
+}
+
+pub async fn reports_upsert<S: RunStore + EventLog>(s: &S) {
+    // GIVEN a run without a report
+    create_new(s, &state("run-q", 1_000), &[]).await;
+    assert_eq!(s.get_report("run-q").await.unwrap(), None);
+    let mut report = RunReport {
+        run_id: "run-q".to_owned(),
+        status: RunStatus::Running,
+        steps: Vec::new(),
+        summary: ReportSummary {
+            steps: 0,
+            failures: 0,
+            duration_ms: 0,
+            tokens: Usage::default(),
+        },
+        final_bundle: None,
+        message: None,
+    };
+
+    // WHEN a report is put, then replaced
+    s.put_report(&report).await.unwrap();
+    assert_eq!(s.get_report("run-q").await.unwrap(), Some(report.clone()));
+    report.status = RunStatus::Completed;
+    report.message = Some("done".to_owned());
+    s.put_report(&report).await.unwrap();
+
+    // THEN the latest one is stored
+    assert_eq!(s.get_report("run-q").await.unwrap(), Some(report));
+}
+
+pub async fn unknown_run<S: RunStore + EventLog>(s: &S) {
+    // GIVEN an empty store
+    // WHEN reading a run that does not exist
+    // THEN reads find nothing
+    assert_eq!(s.load_run("ghost").await.unwrap(), None);
+    assert_eq!(s.get_report("ghost").await.unwrap(), None);
+    assert_eq!(s.get_step_result("ghost", "s1", 1).await.unwrap(), None);
+    assert!(s.step_results("ghost").await.unwrap().is_empty());
+    assert!(s.read_after("ghost", 0, 10).await.unwrap().is_empty());
+    assert!(s.list_runs(10, None).await.unwrap().is_empty());
+
+    // AND writes to it are NotFound, and leave nothing behind
+    let nf = |r: Result<_, StoreError>| match r {
+        Err(StoreError::NotFound(id)) => assert_eq!(id, "ghost"),
+        Err(other) => panic!("expected NotFound, got {other:?}"),
+        Ok(_) => panic!("expected NotFound, got Ok"),
+    };
+    nf(s.commit(&state("ghost", 1_000), &messages("ghost", &["x"]))
+        .await
+        .map(|_| ()));
+    nf(s.append("ghost", &messages("ghost", &["x"]))
+        .await
+        .map(|_| ()));
+    nf(s.put_step_result("ghost", &step_result("s1", 1, json!({})))
+        .await
+        .map(|_| ()));
+    let report = RunReport {
+        run_id: "ghost".to_owned(),
+        status: RunStatus::Failed,
+        steps: Vec::new(),
+        summary: ReportSummary {
+            steps: 0,
+            failures: 0,
+            duration_ms: 0,
+            tokens: Usage::default(),
+        },
+        final_bundle: None,
+        message: None,
+    };
+    nf(s.put_report(&report).await);
+    assert!(s.read_after("ghost", 0, 10).await.unwrap().is_empty());
+    assert_eq!(s.load_run("ghost").await.unwrap(), None);
+}
+
+pub async fn events_must_belong_to_the_run<S: RunStore + EventLog>(s: &S) {
+    // GIVEN two runs
+    create_new(s, &state("run-1", 1_000), &[]).await;
+    create_new(s, &state("run-2", 1_000), &[]).await;
+
+    // WHEN an event of run-2 is appended to run-1's log
+    let err = s
+        .append("run-1", &messages("run-2", &["stray"]))
+        .await
+        .unwrap_err();
+
+    // THEN it is refused and nothing is written
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert!(s.read_after("run-1", 0, 10).await.unwrap().is_empty());
+}
+
+pub async fn list_runs_newest_first<S: RunStore + EventLog>(s: &S) {
+    // GIVEN five runs created at 1000, 2000, ... 5000 ms, inserted out of order
+    for (id, at) in [
+        ("r3", 3_000),
+        ("r1", 1_000),
+        ("r5", 5_000),
+        ("r2", 2_000),
+        ("r4", 4_000),
+    ] {
+        create_new(s, &state(id, at), &[]).await;
+    }
+    let mut finished = state("r2", 2_000);
+    finished.status = RunStatus::Failed;
+    s.commit(&finished, &[]).await.unwrap();
+
+    let ids = |rows: Vec<orchestrator_core::types::RunSummary>| -> Vec<String> {
+        rows.into_iter().map(|r| r.run_id).collect()
+    };
+
+    // WHEN listing two at a time, paging by the last one's creation time
+    let page1 = s.list_runs(2, None).await.unwrap();
+    let page2 = s.list_runs(2, Some(page1[1].created_at_ms)).await.unwrap();
+    let page3 = s.list_runs(2, Some(page2[1].created_at_ms)).await.unwrap();
+
+    // THEN the runs come newest first, each once
+    assert_eq!(ids(page1.clone()), vec!["r5", "r4"]);
+    assert_eq!(ids(page2.clone()), vec!["r3", "r2"]);
+    assert_eq!(ids(page3), vec!["r1"]);
+
+    // AND a row carries the run's mode, objective, status and creation time
+    let r5 = &page1[0];
+    assert_eq!(r5.objective, "objective of r5");
+    assert_eq!(r5.mode, orchestrator_core::types::Mode::App);
+    assert_eq!(r5.status, RunStatus::Running);
+    assert_eq!(r5.created_at_ms, 5_000);
+    assert_eq!(page2[1].status, RunStatus::Failed);
+
+    // AND a limit of zero lists nothing
+    assert!(s.list_runs(0, None).await.unwrap().is_empty());
+}

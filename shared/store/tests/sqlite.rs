@@ -1,0 +1,418 @@
+//! The conformance suite against SQLite, plus what only a file-backed store has: restarts,
+//! several connections on one file, corrupt files, plan versions and notification latency.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is the assertion
+
+mod conformance;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use conformance::{message, messages, state};
+use orchestrator_core::event::EventKind;
+use orchestrator_core::ports::{Created, EventLog, RunStore, StoreError};
+use orchestrator_core::types::{Plan, PlanStep, StepStatus};
+use orchestrator_store::SqliteStore;
+use tempfile::TempDir;
+
+/// A fresh store on a new file; keep the directory alive as long as the store.
+fn fresh() -> (TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&db_path(&dir)).unwrap();
+    (dir, store)
+}
+
+fn db_path(dir: &TempDir) -> PathBuf {
+    dir.path().join("orchestrator.db")
+}
+
+#[tokio::test]
+async fn create_once() {
+    let (_dir, s) = fresh();
+    conformance::create_once(&s).await;
+}
+
+#[tokio::test]
+async fn create_same_id_conflicts() {
+    let (_dir, s) = fresh();
+    conformance::create_same_id_conflicts(&s).await;
+}
+
+#[tokio::test]
+async fn commit_appends_gap_free() {
+    let (_dir, s) = fresh();
+    conformance::commit_appends_gap_free(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_appends_through_one_store() {
+    let (_dir, s) = fresh();
+    let s = Arc::new(s);
+    conformance::concurrent_appends(|| Arc::clone(&s)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_appends_through_separate_connections() {
+    // Each writer opens the file itself, as separate processes would: BEGIN IMMEDIATE and the
+    // busy timeout must keep the seqs gap-free.
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    conformance::concurrent_appends(|| Arc::new(SqliteStore::open(&path).unwrap())).await;
+}
+
+#[tokio::test]
+async fn read_after_pages() {
+    let (_dir, s) = fresh();
+    conformance::read_after_pages(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_beyond_wakes_on_append() {
+    let (_dir, s) = fresh();
+    conformance::wait_beyond_wakes_on_append(Arc::new(s)).await;
+}
+
+#[tokio::test]
+async fn wait_beyond_times_out() {
+    let (_dir, s) = fresh();
+    conformance::wait_beyond_times_out(&s).await;
+}
+
+#[tokio::test]
+async fn resume_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    conformance::resume_after_restart(|| {
+        let path = path.clone();
+        async move { SqliteStore::open(&path).unwrap() }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn large_output_round_trip() {
+    let (_dir, s) = fresh();
+    conformance::large_output_round_trip(&s).await;
+}
+
+#[tokio::test]
+async fn step_result_first_writer_wins() {
+    let (_dir, s) = fresh();
+    conformance::step_result_first_writer_wins(&s).await;
+}
+
+#[tokio::test]
+async fn reports_upsert() {
+    let (_dir, s) = fresh();
+    conformance::reports_upsert(&s).await;
+}
+
+#[tokio::test]
+async fn unknown_run() {
+    let (_dir, s) = fresh();
+    conformance::unknown_run(&s).await;
+}
+
+#[tokio::test]
+async fn events_must_belong_to_the_run() {
+    let (_dir, s) = fresh();
+    conformance::events_must_belong_to_the_run(&s).await;
+}
+
+#[tokio::test]
+async fn list_runs_newest_first() {
+    let (_dir, s) = fresh();
+    conformance::list_runs_newest_first(&s).await;
+}
+
+#[tokio::test]
+async fn in_memory_store_passes_the_basics() {
+    // GIVEN an in-memory store
+    let s = SqliteStore::open_in_memory().unwrap();
+    // THEN it behaves like a file-backed one
+    conformance::create_once(&s).await;
+    let s = SqliteStore::open_in_memory().unwrap();
+    conformance::commit_appends_gap_free(&s).await;
+}
+
+fn assert_corrupt_naming(err: StoreError, path: &Path) {
+    match &err {
+        StoreError::Corrupt(msg) => {
+            assert!(
+                msg.contains(&path.display().to_string()),
+                "message does not name the path: {msg}"
+            );
+            assert!(msg.contains("not a database"), "{msg}");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+#[test]
+fn corrupt_file_is_a_clear_error_naming_the_path() {
+    // GIVEN a file that is not a SQLite database
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    std::fs::write(
+        &path,
+        "this is not a database, just some text\n".repeat(200),
+    )
+    .unwrap();
+
+    // WHEN it is opened as the store
+    let err = SqliteStore::open(&path).unwrap_err();
+
+    // THEN the error says so and names the file
+    assert_corrupt_naming(err, &path);
+    // AND the file is left as it was
+    assert!(
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .starts_with("this is not")
+    );
+}
+
+#[test]
+fn short_garbage_file_is_also_corrupt() {
+    // GIVEN a tiny file of garbage (shorter than a SQLite header)
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    std::fs::write(&path, "garbage").unwrap();
+
+    // WHEN it is opened THEN the error names the path
+    assert_corrupt_naming(SqliteStore::open(&path).unwrap_err(), &path);
+}
+
+#[test]
+fn missing_directory_is_unavailable_naming_the_path() {
+    // GIVEN a path whose directory does not exist
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("no-such-dir").join("orchestrator.db");
+
+    // WHEN it is opened
+    let err = SqliteStore::open(&path).unwrap_err();
+
+    // THEN the store is unavailable, and the error names the path
+    match err {
+        StoreError::Unavailable(msg) => {
+            assert!(msg.contains(&path.display().to_string()), "{msg}");
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+}
+
+#[test]
+fn newer_schema_is_refused() {
+    // GIVEN a database written by a build with a newer schema
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    drop(SqliteStore::open(&path).unwrap());
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", orchestrator_store::SCHEMA_VERSION + 1)
+            .unwrap();
+    }
+
+    // WHEN this build opens it
+    let err = SqliteStore::open(&path).unwrap_err();
+
+    // THEN it refuses, naming the file and the versions
+    match err {
+        StoreError::Unavailable(msg) => {
+            assert!(msg.contains(&path.display().to_string()), "{msg}");
+            assert!(msg.contains("newer"), "{msg}");
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+}
+
+#[test]
+fn open_sets_wal_and_the_schema_version() {
+    // GIVEN a new store file
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    drop(SqliteStore::open(&path).unwrap());
+    // WHEN it is opened twice (the second open migrates nothing)
+    drop(SqliteStore::open(&path).unwrap());
+
+    // THEN the file is in WAL mode at the current schema version
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let version: u32 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, orchestrator_store::SCHEMA_VERSION);
+}
+
+#[tokio::test]
+async fn corrupt_state_json_is_reported_as_corrupt() {
+    // GIVEN a run whose stored state was damaged behind the store's back
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    let s = SqliteStore::open(&path).unwrap();
+    s.create_run(&state("run-bad", 1_000), &messages("run-bad", &["1"]))
+        .await
+        .unwrap();
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute(
+            "UPDATE runs SET state_json = '{\"runId\": 42' WHERE run_id = 'run-bad'",
+            [],
+        )
+        .unwrap();
+        conn.execute(
+            "UPDATE events SET event_json = 'nope' WHERE run_id = 'run-bad'",
+            [],
+        )
+        .unwrap();
+    }
+
+    // WHEN it is loaded, or its events read
+    // THEN the store says the data is corrupt, naming the run
+    match s.load_run("run-bad").await {
+        Err(StoreError::Corrupt(msg)) => assert!(msg.contains("run-bad"), "{msg}"),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert!(matches!(
+        s.read_after("run-bad", 0, 10).await,
+        Err(StoreError::Corrupt(_))
+    ));
+}
+
+#[tokio::test]
+async fn commit_stores_each_new_plan_version_once() {
+    // GIVEN a run without a plan
+    let (_dir, s) = fresh();
+    let mut st = state("run-v", 1_000);
+    s.create_run(&st, &[]).await.unwrap();
+    assert!(s.plan_versions("run-v").await.unwrap().is_empty());
+
+    // WHEN plan version 1 is committed, then changed without a new version, then version 2
+    let step = |id: &str, status| PlanStep {
+        id: id.to_owned(),
+        capability_id: Some("copy".to_owned()),
+        action: None,
+        label: None,
+        status,
+        depends_on: Vec::new(),
+        note: None,
+        acceptance_criteria: Vec::new(),
+    };
+    let v1 = Plan {
+        version: 1,
+        steps: vec![step("s1", StepStatus::Pending)],
+    };
+    st.plan = v1.clone();
+    s.commit(&st, &[]).await.unwrap();
+    st.plan.steps[0].status = StepStatus::Done;
+    s.commit(&st, &[]).await.unwrap();
+    let v2 = Plan {
+        version: 2,
+        steps: vec![
+            step("s1", StepStatus::Done),
+            step("s2", StepStatus::Pending),
+        ],
+    };
+    st.plan = v2.clone();
+    s.commit(&st, &[]).await.unwrap();
+
+    // THEN each version is stored once, as first committed; the state has the latest plan
+    assert_eq!(
+        s.plan_versions("run-v").await.unwrap(),
+        vec![v1, v2.clone()]
+    );
+    assert_eq!(s.load_run("run-v").await.unwrap().unwrap().plan, v2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_beyond_is_woken_without_polling() {
+    // GIVEN a store that would poll only once an hour, and a reader waiting on a run
+    let (_dir, s) = fresh();
+    let s = s.with_cross_process_poll(Duration::from_secs(3600));
+    s.create_run(&state("run-n", 1_000), &[]).await.unwrap();
+    let waiter = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            s.wait_beyond("run-n", 0, Duration::from_secs(30))
+                .await
+                .unwrap();
+            Instant::now()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // WHEN a clone of the store appends
+    let before = Instant::now();
+    s.append("run-n", &[message("run-n", "hi")]).await.unwrap();
+
+    // THEN the reader wakes at once, not at its next poll
+    let woke = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("not woken by the append")
+        .unwrap();
+    assert!(woke.duration_since(before) < Duration::from_secs(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_beyond_sees_another_connections_append_by_polling() {
+    // GIVEN two stores on one file (as two processes would have), a reader waiting on one
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    let reader = SqliteStore::open(&path)
+        .unwrap()
+        .with_cross_process_poll(Duration::from_millis(20));
+    let writer = SqliteStore::open(&path).unwrap();
+    writer
+        .create_run(&state("run-x", 1_000), &[])
+        .await
+        .unwrap();
+    let waiter = tokio::spawn(async move {
+        reader
+            .wait_beyond("run-x", 0, Duration::from_secs(30))
+            .await
+            .unwrap();
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    // WHEN the other store appends
+    writer
+        .append("run-x", &[message("run-x", "hi")])
+        .await
+        .unwrap();
+
+    // THEN the reader notices within a few polls
+    tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("the reader never saw the append")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn created_frames_carry_the_events() {
+    // GIVEN a new run with a start event
+    let (_dir, s) = fresh();
+    let start = orchestrator_core::event::Event {
+        kind: EventKind::Start {
+            message: "go".to_owned(),
+        },
+        correlation_id: "c".to_owned(),
+        run_id: "run-f".to_owned(),
+    };
+    // WHEN it is created
+    let created = s
+        .create_run(&state("run-f", 1_000), std::slice::from_ref(&start))
+        .await
+        .unwrap();
+    // THEN the frame is seq 1 with the event, and encodes as SSE with id 1
+    let Created::New { frames } = created else {
+        panic!("expected a new run")
+    };
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0].seq, 1);
+    assert_eq!(frames[0].event, start);
+    assert!(frames[0].to_sse().starts_with("id: 1\nevent: start\n"));
+}
