@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is the assertion in a test
+
 //! End to end on one machine: the real `orchestrator` binary, the offline model and a SQLite
 //! file, as a newcomer runs it.
 

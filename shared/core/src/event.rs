@@ -232,9 +232,43 @@ pub struct SseFrame {
 #[derive(Debug, Default)]
 pub struct SseParser {
     buf: String,
+    /// The start of a UTF-8 character whose remaining bytes have not arrived yet.
+    partial: Vec<u8>,
 }
 
 impl SseParser {
+    /// Feeds raw bytes as they come off the network; a chunk may end inside a character.
+    /// Invalid UTF-8 is read as U+FFFD.
+    pub fn push_bytes(&mut self, chunk: &[u8]) -> Vec<SseFrame> {
+        self.partial.extend_from_slice(chunk);
+        let mut text = String::new();
+        let mut rest = std::mem::take(&mut self.partial);
+        loop {
+            match std::str::from_utf8(&rest) {
+                Ok(valid) => {
+                    text.push_str(valid);
+                    break;
+                }
+                Err(e) => {
+                    let (valid, tail) = rest.split_at(e.valid_up_to());
+                    text.push_str(&String::from_utf8_lossy(valid));
+                    match e.error_len() {
+                        // Incomplete character at the end: keep it for the next chunk.
+                        None => {
+                            self.partial = tail.to_vec();
+                            break;
+                        }
+                        Some(bad) => {
+                            text.push(char::REPLACEMENT_CHARACTER);
+                            rest = tail[bad..].to_vec();
+                        }
+                    }
+                }
+            }
+        }
+        self.push(&text)
+    }
+
     /// Feeds bytes (as text) and returns the frames completed by them.
     pub fn push(&mut self, chunk: &str) -> Vec<SseFrame> {
         self.buf.push_str(chunk);

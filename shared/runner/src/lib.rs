@@ -259,7 +259,9 @@ impl Runner {
         {
             return Ok(Delivered::Live);
         }
-        Ok(Delivered::Applied(Box::new(self.transition(state, input).await?)))
+        Ok(Delivered::Applied(Box::new(
+            self.transition(state, input).await?,
+        )))
     }
 
     async fn load(&self, run_id: &str) -> Result<RunState, RunError> {
