@@ -135,6 +135,9 @@ pub enum Input {
     Started,
     PlanProposed {
         patch: PlanPatch,
+        /// Tokens the planner spent on it; they count against the run's budget.
+        #[serde(default)]
+        usage: Usage,
     },
     /// The planner gave no usable patch, even after its repair retry.
     PlanFailed {
@@ -309,7 +312,9 @@ impl Engine {
         }
         let changed = match input {
             Input::Started => self.on_started(&mut state, now_ms, &mut out),
-            Input::PlanProposed { patch } => self.on_plan(&mut state, patch, now_ms, &mut out),
+            Input::PlanProposed { patch, usage } => {
+                self.on_plan(&mut state, patch, usage, now_ms, &mut out)
+            }
             Input::PlanFailed { error } => self.on_plan_failed(&mut state, error, now_ms, &mut out),
             Input::StepFinished { result } => {
                 self.on_step_finished(&mut state, result, now_ms, &mut out)
@@ -392,10 +397,18 @@ impl Engine {
         true
     }
 
-    fn on_plan(&self, state: &mut RunState, patch: PlanPatch, now_ms: u64, out: &mut Out) -> bool {
+    fn on_plan(
+        &self,
+        state: &mut RunState,
+        patch: PlanPatch,
+        usage: Usage,
+        now_ms: u64,
+        out: &mut Out,
+    ) -> bool {
         let PlannerState::Awaiting { reason } = state.planner.clone() else {
             return false;
         };
+        state.usage.add(usage);
         let next = match state.plan.apply_patch(&patch) {
             Ok(next) => next,
             Err(e) => {

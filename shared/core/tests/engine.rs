@@ -77,13 +77,19 @@ impl Run {
 
 fn plan_input(raw: Value) -> Input {
     let patch = normalize_patch(&raw, &[]).unwrap_or_else(|e| panic!("{e}"));
-    Input::PlanProposed { patch }
+    Input::PlanProposed {
+        patch,
+        usage: Default::default(),
+    }
 }
 
 fn replan_input(run: &Run, raw: Value) -> Input {
     let existing: Vec<String> = run.state.plan.steps.iter().map(|s| s.id.clone()).collect();
     let patch = normalize_patch(&raw, &existing).unwrap_or_else(|e| panic!("{e}"));
-    Input::PlanProposed { patch }
+    Input::PlanProposed {
+        patch,
+        usage: Default::default(),
+    }
 }
 
 fn finished(step_id: &str, attempt: u32, output: Value, tokens: u64) -> Input {

@@ -199,7 +199,14 @@ fn every_app_mode_event_type_is_named_as_the_wire_expects() {
     let (state, mut actions) = engine.apply(state, Input::Started, 1);
     let patch = normalize_patch(&json!({ "steps": [{ "capability": "strategy" }] }), &[])
         .unwrap_or_else(|e| panic!("{e}"));
-    let (_, more) = engine.apply(state, Input::PlanProposed { patch }, 2);
+    let (_, more) = engine.apply(
+        state,
+        Input::PlanProposed {
+            patch,
+            usage: Default::default(),
+        },
+        2,
+    );
     actions.extend(more);
     // WHEN they are encoded
     let names: Vec<String> = actions

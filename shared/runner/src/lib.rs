@@ -391,6 +391,7 @@ impl Runner {
         match self.planner.plan(ctx).await {
             Ok(outcome) => Input::PlanProposed {
                 patch: outcome.patch,
+                usage: outcome.usage,
             },
             Err(e) => Input::PlanFailed {
                 error: e.to_string(),
