@@ -15,3 +15,6 @@ pub use engine::{
 pub use event::{Event, EventKind, Frame};
 pub use patch::{PlanPatch, normalize_patch};
 pub use types::*;
+
+#[cfg(feature = "test-util")]
+pub mod fakes;
