@@ -17,6 +17,29 @@ pub struct Config {
     pub db: Option<PathBuf>,
     /// Pause between chunks the offline model streams.
     pub offline_chunk_delay: Duration,
+    pub serve: ServeConfig,
+}
+
+/// What `orchestrator serve` reads.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub addr: String,
+    pub api_key: Option<String>,
+    pub cors_origins: Vec<String>,
+    pub ping: Duration,
+    pub max_streams: usize,
+    pub max_runs: usize,
+    pub max_body_bytes: usize,
+}
+
+fn number<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
+    match var(name) {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{name}={v:?} is not a valid number")),
+    }
 }
 
 fn var(name: &str) -> Option<String> {
@@ -55,10 +78,31 @@ impl Config {
                 format!("ORCHESTRATOR_OFFLINE_CHUNK_MS={ms:?} is not a number of milliseconds")
             })?),
         };
+        let ping_seconds: u64 = number("ORCHESTRATOR_PING_SECONDS", 15)?;
+        if ping_seconds == 0 {
+            bail!("ORCHESTRATOR_PING_SECONDS must be at least 1");
+        }
+        let serve = ServeConfig {
+            addr: var("ORCHESTRATOR_ADDR").unwrap_or_else(|| "127.0.0.1:8080".into()),
+            api_key: var("API_KEY"),
+            cors_origins: var("ORCHESTRATOR_CORS_ORIGINS")
+                .map(|v| {
+                    v.split(',')
+                        .map(|o| o.trim().to_owned())
+                        .filter(|o| !o.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            ping: Duration::from_secs(ping_seconds),
+            max_streams: number("ORCHESTRATOR_MAX_STREAMS", 1024)?,
+            max_runs: number("ORCHESTRATOR_MAX_RUNS", 256)?,
+            max_body_bytes: number("ORCHESTRATOR_MAX_BODY_BYTES", 64 * 1024)?,
+        };
         Ok(Self {
             provider,
             db: var("ORCHESTRATOR_DB").map(PathBuf::from),
             offline_chunk_delay,
+            serve,
         })
     }
 

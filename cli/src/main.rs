@@ -95,6 +95,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the HTTP/SSE API (and run what it starts) on this machine
+    Serve {
+        /// Address to listen on [env: ORCHESTRATOR_ADDR] [default: 127.0.0.1:8080]
+        #[arg(long)]
+        addr: Option<String>,
+    },
     /// List recent runs
     Runs {
         #[arg(long, default_value_t = 20)]
@@ -289,6 +295,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mode = launch.state.request.mode;
             follow(&runner, &run_id, Some(*launch), mode, json).await
         }
+        Command::Serve { addr } => serve(runner, config.serve, addr, offline).await,
         Command::Runs { limit } => {
             let runs = runner.store().list_runs(limit, None).await?;
             if runs.is_empty() {
@@ -337,6 +344,62 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn serve(
+    runner: Runner,
+    config: config::ServeConfig,
+    addr: Option<String>,
+    offline: bool,
+) -> anyhow::Result<ExitCode> {
+    let addr = addr.unwrap_or(config.addr);
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {addr}; pass --addr with a free address, e.g. --addr 127.0.0.1:0"
+            )
+        })?;
+    let store = runner.store().clone();
+    let control = orchestrator_api::LocalControl::new(runner, config.max_runs);
+    let recovered = control
+        .recover()
+        .await
+        .map_err(|e| anyhow!("resuming interrupted runs: {e}"))?;
+    let auth = config.api_key.is_some();
+    let app = orchestrator_api::router(
+        Arc::new(control),
+        store,
+        orchestrator_api::ApiConfig {
+            api_key: config.api_key,
+            ping_interval: config.ping,
+            max_streams: config.max_streams,
+            max_body_bytes: config.max_body_bytes,
+            cors_origins: config.cors_origins,
+        },
+    );
+    let local = listener.local_addr()?;
+    eprintln!(
+        "orchestrator listening on http://{local} ({}{}){}",
+        if auth {
+            "bearer API_KEY required"
+        } else {
+            "no auth: set API_KEY to require a bearer token"
+        },
+        if offline { ", offline model" } else { "" },
+        if recovered.is_empty() {
+            String::new()
+        } else {
+            format!("; resumed {} interrupted run(s)", recovered.len())
+        }
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .context("the server stopped")?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn explain(e: RunError) -> anyhow::Error {

@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 use crate::types::{Plan, PlanStep, StepAction, StepStatus};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct StepUpdate {
     pub id: String,
@@ -20,6 +21,7 @@ pub struct StepUpdate {
 
 /// A change to a plan: the only way a plan changes, and what `plan_update` frames carry.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct PlanPatch {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -274,12 +274,23 @@ impl Runner {
     /// One engine step outside a driver: apply, commit, hand back the actions.
     async fn transition(&self, state: RunState, input: Input) -> Result<Launch, RunError> {
         let (state, actions) = self.engine.apply(state, input, self.clock.now_ms());
-        if actions.contains(&Action::Persist) {
-            self.store
-                .commit(&state, &events_of(&state, &actions))
-                .await?;
-        }
+        self.persist(&state, &actions).await?;
         Ok(Launch { state, actions })
+    }
+
+    /// Saves a transition. A final one writes the report first, so whoever sees `complete`
+    /// (or the final status) can read the report.
+    async fn persist(&self, state: &RunState, actions: &[Action]) -> Result<(), RunError> {
+        if !actions.contains(&Action::Persist) {
+            return Ok(());
+        }
+        if state.status.is_terminal() {
+            let results = self.store.step_results(&state.run_id).await?;
+            let report = build_report(state, results, self.clock.now_ms());
+            self.store.put_report(&report).await?;
+        }
+        self.store.commit(state, &events_of(state, actions)).await?;
+        Ok(())
     }
 
     /// The run's report, built from the stored state and results when it has none yet.
@@ -333,10 +344,8 @@ impl Runner {
                         }
                     }
                     Action::Finish { .. } => {
+                        // The report was written with the final state (see `persist`).
                         tasks.abort_all();
-                        let results = self.store.step_results(&run_id).await?;
-                        let report = build_report(&state, results, self.clock.now_ms());
-                        self.store.put_report(&report).await?;
                         return Ok(state.status);
                     }
                     Action::AwaitApproval { .. } | Action::Emit { .. } | Action::Persist => {}
@@ -365,11 +374,7 @@ impl Runner {
                 _ = tick.tick() => Input::BudgetTick,
             };
             let (next, actions) = self.engine.apply(state, input, self.clock.now_ms());
-            if actions.contains(&Action::Persist) {
-                self.store
-                    .commit(&next, &events_of(&next, &actions))
-                    .await?;
-            }
+            self.persist(&next, &actions).await?;
             state = next;
             pending = actions;
         }

@@ -1,0 +1,182 @@
+//! How the API starts and steers runs. Locally a [`LocalControl`] drives them in-process; on
+//! AWS the streamer starts Step Functions executions instead.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use orchestrator_core::types::{RunRequest, RunStatus, ValidationError};
+use orchestrator_runner::{Delivered, Launch, RunError, Runner, Started};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::error::ApiError;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartedRun {
+    pub run_id: String,
+    /// False when an idempotency key named an existing run.
+    pub created: bool,
+}
+
+#[async_trait]
+pub trait Control: Send + Sync + 'static {
+    /// Every check a request must pass; nothing is started or stored when it fails.
+    fn validate(&self, request: &RunRequest) -> Result<(), ValidationError>;
+    async fn start(
+        &self,
+        request: RunRequest,
+        correlation_id: String,
+    ) -> Result<StartedRun, ApiError>;
+    async fn cancel(&self, run_id: &str, reason: String) -> Result<(), ApiError>;
+    async fn answer(
+        &self,
+        run_id: &str,
+        checkpoint_id: &str,
+        approve: bool,
+        comment: Option<String>,
+    ) -> Result<(), ApiError>;
+}
+
+impl From<RunError> for ApiError {
+    fn from(e: RunError) -> Self {
+        match e {
+            RunError::Invalid(v) => v.into(),
+            RunError::Store(s) => s.into(),
+            RunError::NotFound(id) => ApiError::NotFound(format!("run {id} not found")),
+            RunError::Finished { run_id, status } => {
+                ApiError::Conflict(format!("run {run_id} has already finished ({status})"))
+            }
+            RunError::NoSuchCheckpoint {
+                run_id,
+                checkpoint_id,
+            } => ApiError::Conflict(format!(
+                "run {run_id} is not waiting at checkpoint {checkpoint_id}"
+            )),
+        }
+    }
+}
+
+/// Runs driven by tasks of this process, at most `max_active` at once.
+#[derive(Clone)]
+pub struct LocalControl {
+    runner: Runner,
+    active: Arc<Semaphore>,
+    retry_after_secs: u64,
+}
+
+impl LocalControl {
+    pub fn new(runner: Runner, max_active: usize) -> Self {
+        Self {
+            runner,
+            active: Arc::new(Semaphore::new(max_active)),
+            retry_after_secs: 2,
+        }
+    }
+
+    pub fn runner(&self) -> &Runner {
+        &self.runner
+    }
+
+    fn permit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        self.active
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ApiError::Overloaded {
+                message: "too many runs in progress; retry later".into(),
+                retry_after_secs: self.retry_after_secs,
+            })
+    }
+
+    fn spawn(&self, launch: Launch, permit: Option<OwnedSemaphorePermit>) {
+        let runner = self.runner.clone();
+        tokio::spawn(async move {
+            let run_id = launch.state.run_id.clone();
+            match runner.drive(launch).await {
+                Ok(status) => tracing::info!(%run_id, %status, "run driven"),
+                Err(e) => tracing::error!(%run_id, error = %e, "run stopped with an error"),
+            }
+            drop(permit);
+        });
+    }
+
+    /// Picks up runs a previous process left in progress (not those waiting on a person).
+    pub async fn recover(&self) -> Result<Vec<String>, ApiError> {
+        let mut resumed = Vec::new();
+        let mut before = None;
+        loop {
+            let page = self.runner.store().list_runs(200, before).await?;
+            let Some(last) = page.last() else { break };
+            before = Some(last.created_at_ms);
+            for run in page.iter().filter(|r| r.status == RunStatus::Running) {
+                let permit = self.permit()?;
+                let launch = self.runner.resume(&run.run_id).await?;
+                self.spawn(launch, Some(permit));
+                resumed.push(run.run_id.clone());
+            }
+            if page.len() < 200 {
+                break;
+            }
+        }
+        Ok(resumed)
+    }
+
+    async fn delivered(&self, delivered: Delivered) -> Result<(), ApiError> {
+        if let Delivered::Applied(launch) = delivered {
+            // A run that just ended only needs its report written: no slot needed for that.
+            let permit = if launch.state.status.is_terminal() {
+                None
+            } else {
+                Some(self.permit()?)
+            };
+            self.spawn(*launch, permit);
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Control for LocalControl {
+    fn validate(&self, request: &RunRequest) -> Result<(), ValidationError> {
+        self.runner.validate(request)
+    }
+
+    async fn start(
+        &self,
+        request: RunRequest,
+        correlation_id: String,
+    ) -> Result<StartedRun, ApiError> {
+        let permit = self.permit()?;
+        match self.runner.start(request, Some(correlation_id)).await? {
+            Started::New(launch) => {
+                let run_id = launch.state.run_id.clone();
+                self.spawn(*launch, Some(permit));
+                Ok(StartedRun {
+                    run_id,
+                    created: true,
+                })
+            }
+            Started::Existing { run_id } => Ok(StartedRun {
+                run_id,
+                created: false,
+            }),
+        }
+    }
+
+    async fn cancel(&self, run_id: &str, reason: String) -> Result<(), ApiError> {
+        let delivered = self.runner.cancel(run_id, reason).await?;
+        self.delivered(delivered).await
+    }
+
+    async fn answer(
+        &self,
+        run_id: &str,
+        checkpoint_id: &str,
+        approve: bool,
+        comment: Option<String>,
+    ) -> Result<(), ApiError> {
+        let delivered = self
+            .runner
+            .answer(run_id, checkpoint_id, approve, comment)
+            .await?;
+        self.delivered(delivered).await
+    }
+}

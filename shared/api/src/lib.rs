@@ -1,0 +1,524 @@
+//! The HTTP/SSE API of DESIGN.md ("The SSE contract"): one axum Router over the ports, so the
+//! same Router serves `orchestrator serve` locally and the streamer function on AWS.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use orchestrator_core::engine::Checkpoint;
+use orchestrator_core::types::{Mode, Plan, RunReport, RunRequest, RunStatus, RunSummary};
+use orchestrator_runner::Store;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+pub mod control;
+pub mod error;
+pub mod openapi;
+mod sse;
+
+pub use control::{Control, LocalControl, StartedRun};
+pub use error::{ApiError, ErrorBody};
+
+/// The API's knobs, read once by the binary that serves it.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// When set, every /api route needs `Authorization: Bearer <key>`.
+    pub api_key: Option<String>,
+    pub ping_interval: Duration,
+    /// Open event streams at most; past it, 503 with Retry-After.
+    pub max_streams: usize,
+    pub max_body_bytes: usize,
+    /// Origins allowed by CORS; empty means no CORS headers, `*` any origin.
+    pub cors_origins: Vec<String>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            api_key: None,
+            ping_interval: Duration::from_secs(15),
+            max_streams: 1024,
+            max_body_bytes: 64 * 1024,
+            cors_origins: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    control: Arc<dyn Control>,
+    store: Arc<dyn Store>,
+    config: Arc<ApiConfig>,
+    streams: Arc<Semaphore>,
+}
+
+/// The Router: `/api/v1/...`, `/healthz`, `/openapi.json`.
+pub fn router(control: Arc<dyn Control>, store: Arc<dyn Store>, config: ApiConfig) -> Router {
+    let state = AppState {
+        control,
+        store,
+        streams: Arc::new(Semaphore::new(config.max_streams)),
+        config: Arc::new(config),
+    };
+    let api = Router::new()
+        .route("/agent/run.stream", post(run_stream))
+        .route("/runs", post(start_run).get(list_runs))
+        .route("/runs/{id}", get(get_run))
+        .route("/runs/{id}/events", get(run_events))
+        .route("/runs/{id}/cancel", post(cancel_run))
+        .route("/runs/{id}/approvals/{checkpoint}", post(answer_checkpoint))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    let mut app = Router::new()
+        .nest("/api/v1", api)
+        .route("/healthz", get(healthz))
+        .route("/openapi.json", get(openapi_json))
+        .fallback(not_found)
+        .with_state(state.clone());
+    if let Some(cors) = cors_layer(&state.config.cors_origins) {
+        app = app.layer(cors);
+    }
+    app
+}
+
+fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::HeaderName::from_static("last-event-id"),
+                header::HeaderName::from_static("idempotency-key"),
+                header::HeaderName::from_static("x-correlation-id"),
+            ]),
+    )
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such route; see /openapi.json".into())
+}
+
+async fn auth(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(key) = state.config.api_key.as_deref() else {
+        return next.run(request).await;
+    };
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        None => ApiError::Unauthorized.into_response(),
+        Some(token)
+            if bool::from(subtle::ConstantTimeEq::ct_eq(
+                token.as_bytes(),
+                key.as_bytes(),
+            )) =>
+        {
+            next.run(request).await
+        }
+        Some(_) => ApiError::Forbidden.into_response(),
+    }
+}
+
+#[derive(Serialize, schemars::JsonSchema)]
+struct Health {
+    status: &'static str,
+}
+
+async fn healthz() -> axum::Json<Health> {
+    axum::Json(Health { status: "ok" })
+}
+
+async fn openapi_json() -> axum::Json<serde_json::Value> {
+    axum::Json(openapi::document())
+}
+
+/// Reads a JSON body within the size limit, naming the field at fault when it does not fit the
+/// type: 400 for JSON that does not parse, 422 for JSON of the wrong shape, 413 when too big.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    body: Body,
+    limit: usize,
+) -> Result<T, ApiError> {
+    let bytes: Bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::TooLarge(limit))?;
+    if bytes.is_empty() {
+        return Err(ApiError::Malformed {
+            field: None,
+            message: "the request body is empty; send a JSON object".into(),
+        });
+    }
+    // Syntax first (400), then shape (422): a JSON array is well-formed but not a request.
+    let json: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::Malformed {
+            field: None,
+            message: format!("the body is not valid JSON: {e}"),
+        })?;
+    if !json.is_object() {
+        return Err(ApiError::Invalid {
+            field: ".".into(),
+            message: "the body must be a JSON object".into(),
+        });
+    }
+    let value = serde_path_to_error::deserialize::<_, T>(json).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.into_inner().to_string();
+        // serde names the unknown or missing field in the message; put it in the path.
+        let named = ["unknown field `", "missing field `"].iter().find_map(|p| {
+            message
+                .split(p)
+                .nth(1)?
+                .split('`')
+                .next()
+                .map(str::to_owned)
+        });
+        // The path already ends at an unknown field; a missing one is named only in the message.
+        let field = match (path.as_str(), named) {
+            (".", Some(name)) => name,
+            (p, Some(name)) if !p.ends_with(&name) => format!("{p}.{name}"),
+            (p, _) => p.to_owned(),
+        };
+        ApiError::Invalid { field, message }
+    })?;
+    Ok(value)
+}
+
+fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(v) => v.to_str().map(Some).map_err(|_| ApiError::Malformed {
+            field: Some(name.to_owned()),
+            message: format!("the {name} header is not visible ASCII"),
+        }),
+    }
+}
+
+fn correlation_id(headers: &HeaderMap) -> Result<String, ApiError> {
+    match header_text(headers, "x-correlation-id")? {
+        None => Ok(uuid::Uuid::new_v4().to_string()),
+        Some(id)
+            if !id.is_empty()
+                && id.len() <= 128
+                && id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c)) =>
+        {
+            Ok(id.to_owned())
+        }
+        Some(_) => Err(ApiError::Invalid {
+            field: "x-correlation-id".into(),
+            message: "must be 1 to 128 characters of letters, digits and - _ . :".into(),
+        }),
+    }
+}
+
+/// The request from the body, with the Idempotency-Key header folded in, fully validated.
+async fn run_request(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<RunRequest, ApiError> {
+    let mut request: RunRequest = read_json(body, state.config.max_body_bytes).await?;
+    if let Some(key) = header_text(headers, "idempotency-key")? {
+        match &request.idempotency_key {
+            Some(body_key) if body_key != key => {
+                return Err(ApiError::Invalid {
+                    field: "idempotencyKey".into(),
+                    message: "differs from the Idempotency-Key header; send one or make them equal"
+                        .into(),
+                });
+            }
+            _ => request.idempotency_key = Some(key.to_owned()),
+        }
+    }
+    state.control.validate(&request)?;
+    Ok(request)
+}
+
+fn stream_permit(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    state
+        .streams
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::Overloaded {
+            message: "too many open streams; retry later".into(),
+            retry_after_secs: 2,
+        })
+}
+
+fn sse_response(body: Body) -> Response {
+    let mut response = Response::new(body);
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+async fn run_stream(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let request = run_request(&state, &headers, body).await?;
+    let correlation_id = correlation_id(&headers)?;
+    // Taken before the run starts: a run nobody can watch is not started.
+    let permit = stream_permit(&state)?;
+    let cancel_on_drop =
+        request.options.on_disconnect == orchestrator_core::types::OnDisconnect::Cancel;
+    let started = state.control.start(request, correlation_id).await?;
+    let guard = (cancel_on_drop && started.created)
+        .then(|| sse::CancelOnDrop::new(state.control.clone(), started.run_id.clone()));
+    let frames = sse::frames(
+        state.store.clone(),
+        started.run_id,
+        0,
+        state.config.ping_interval,
+        permit,
+        guard,
+    );
+    Ok(sse_response(Body::from_stream(frames)))
+}
+
+/// The answer to a start without streaming.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StartResponse {
+    pub run_id: String,
+    /// False when the idempotency key named an existing run.
+    pub created: bool,
+    pub events_url: String,
+    pub run_url: String,
+}
+
+async fn start_run(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let request = run_request(&state, &headers, body).await?;
+    let correlation_id = correlation_id(&headers)?;
+    let started = state.control.start(request, correlation_id).await?;
+    let status = if started.created {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    let body = StartResponse {
+        events_url: format!("/api/v1/runs/{}/events", started.run_id),
+        run_url: format!("/api/v1/runs/{}", started.run_id),
+        run_id: started.run_id,
+        created: started.created,
+    };
+    Ok((status, axum::Json(body)).into_response())
+}
+
+/// A run as GET /api/v1/runs/{id} shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunView {
+    pub run_id: String,
+    pub mode: Mode,
+    pub objective: String,
+    pub status: RunStatus,
+    pub started_at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at_ms: Option<u64>,
+    pub plan: Plan,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<Checkpoint>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<RunReport>,
+}
+
+async fn get_run(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<RunView>, ApiError> {
+    let run = state
+        .store
+        .load_run(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("run {id} not found")))?;
+    let report = state.store.get_report(&id).await?;
+    Ok(axum::Json(RunView {
+        run_id: run.run_id,
+        mode: run.request.mode,
+        objective: run.request.objective,
+        status: run.status,
+        started_at_ms: run.started_at_ms,
+        finished_at_ms: run.finished_at_ms,
+        plan: run.plan,
+        checkpoint: run.checkpoint,
+        error: run.error,
+        report,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    limit: Option<usize>,
+    before: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunList {
+    pub runs: Vec<RunSummary>,
+    /// Pass as `before` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_before: Option<u64>,
+}
+
+async fn list_runs(
+    State(state): State<AppState>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<axum::Json<RunList>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::Invalid {
+        field: "query".into(),
+        message: e.body_text(),
+    })?;
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::Invalid {
+            field: "limit".into(),
+            message: "must be between 1 and 200".into(),
+        });
+    }
+    let runs = state.store.list_runs(limit, q.before).await?;
+    let next_before = (runs.len() == limit)
+        .then(|| runs.last().map(|r| r.created_at_ms))
+        .flatten();
+    Ok(axum::Json(RunList { runs, next_before }))
+}
+
+#[derive(Debug, Deserialize)]
+struct EventsQuery {
+    after: Option<String>,
+}
+
+async fn run_events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<EventsQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let parse = |field: &str, v: &str| {
+        v.trim().parse::<u64>().map_err(|_| ApiError::Invalid {
+            field: field.to_owned(),
+            message: format!("{v:?} is not a sequence number"),
+        })
+    };
+    let after = match (header_text(&headers, "last-event-id")?, q.after.as_deref()) {
+        (Some(v), _) => parse("Last-Event-ID", v)?,
+        (None, Some(v)) => parse("after", v)?,
+        (None, None) => 0,
+    };
+    if state.store.load_run(&id).await?.is_none() {
+        return Err(ApiError::NotFound(format!("run {id} not found")));
+    }
+    let permit = stream_permit(&state)?;
+    let frames = sse::frames(
+        state.store.clone(),
+        id,
+        after,
+        state.config.ping_interval,
+        permit,
+        None,
+    );
+    Ok(sse_response(Body::from_stream(frames)))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Accepted {
+    pub run_id: String,
+    pub status: String,
+}
+
+async fn cancel_run(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    state
+        .control
+        .cancel(&id, "cancelled by request".into())
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(Accepted {
+            run_id: id,
+            status: "cancelling".into(),
+        }),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    Approve,
+    Reject,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApprovalRequest {
+    pub decision: Decision,
+    #[serde(default)]
+    pub comment: Option<String>,
+}
+
+async fn answer_checkpoint(
+    State(state): State<AppState>,
+    Path((id, checkpoint)): Path<(String, String)>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let answer: ApprovalRequest = read_json(body, state.config.max_body_bytes).await?;
+    if answer
+        .comment
+        .as_ref()
+        .is_some_and(|c| c.chars().count() > 2000)
+    {
+        return Err(ApiError::Invalid {
+            field: "comment".into(),
+            message: "must be at most 2000 characters".into(),
+        });
+    }
+    let approve = answer.decision == Decision::Approve;
+    state
+        .control
+        .answer(&id, &checkpoint, approve, answer.comment)
+        .await?;
+    let status = if approve { "resuming" } else { "rejected" };
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(Accepted {
+            run_id: id,
+            status: status.into(),
+        }),
+    )
+        .into_response())
+}
