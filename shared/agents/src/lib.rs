@@ -15,6 +15,7 @@ mod generation;
 mod json;
 mod planner;
 mod qa;
+mod repair;
 mod strategy;
 
 pub use finalize::Finalize;

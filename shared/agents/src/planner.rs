@@ -2,8 +2,10 @@ use std::sync::Arc;
 
 use orchestrator_core::engine::ReplanReason;
 use orchestrator_core::patch::{PlanPatch, normalize_patch};
-use orchestrator_core::ports::{ChatMessage, ChatRole, Model, ModelRequest, Purpose};
+use orchestrator_core::ports::{ChatMessage, Model, ModelRequest, Purpose};
 use orchestrator_core::types::{Plan, RunRequest, StepAction, Usage};
+
+use crate::repair::{Repaired, complete_with_repair};
 use serde_json::json;
 
 use crate::{AgentError, extract_json, prompts};
@@ -44,7 +46,7 @@ impl Planner {
             "requireApproval": ctx.request.options.require_approval,
             "brief": ctx.request.state.brief,
         });
-        let mut request = ModelRequest {
+        let request = ModelRequest {
             purpose: Purpose::Plan,
             system: prompts::PLANNER.to_owned(),
             messages: vec![ChatMessage::user(context.to_string())],
@@ -52,38 +54,19 @@ impl Planner {
             max_tokens: Some(2_000),
             json: true,
         };
-        let mut usage = Usage::default();
-        let first = self.model.complete(request.clone()).await?;
-        usage.add(first.usage);
-        let problem = match self.validate(&first.text, &ctx) {
-            Ok(patch) => {
-                return Ok(PlanOutcome {
-                    patch,
-                    usage,
-                    repaired: false,
-                });
-            }
-            Err(problem) => problem,
-        };
-        tracing::warn!(%problem, "planner reply unusable; asking for a repair");
-        request.messages.push(ChatMessage {
-            role: ChatRole::Assistant,
-            content: first.text,
-        });
-        request.messages.push(ChatMessage::user(format!(
-            "Your reply could not be used: {problem}. Reply again with only the corrected JSON plan patch."
-        )));
-        let second = self.model.complete(request).await?;
-        usage.add(second.usage);
-        self.validate(&second.text, &ctx)
-            .map(|patch| PlanOutcome {
-                patch,
-                usage,
-                repaired: true,
-            })
-            .map_err(|problem| {
-                AgentError::Invalid(format!("planner reply, after one repair: {problem}"))
-            })
+        let Repaired {
+            value: patch,
+            usage,
+            repaired,
+        } = complete_with_repair(self.model.as_ref(), request, "planner", |reply| {
+            self.validate(reply, &ctx)
+        })
+        .await?;
+        Ok(PlanOutcome {
+            patch,
+            usage,
+            repaired,
+        })
     }
 
     /// Parses, normalises and dry-runs the patch against the current plan.

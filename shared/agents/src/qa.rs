@@ -1,10 +1,11 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use orchestrator_core::ports::{ChatMessage, ChatRole, Model, ModelRequest, Purpose};
+use orchestrator_core::ports::{ChatMessage, Model, ModelRequest, Purpose};
 use orchestrator_core::types::{CriterionResult, QualityVerdict};
 use serde_json::json;
 
+use crate::repair::{Repaired, complete_with_repair};
 use crate::{AgentError, DeltaSink, SpecialistOutput, StepContext, extract_json, prompts};
 
 /// The critic: scores the latest draft and reports on every acceptance criterion.
@@ -48,7 +49,7 @@ impl crate::Specialist for Qa {
             "acceptanceCriteria": criteria,
             "threshold": threshold,
         });
-        let mut request = ModelRequest {
+        let request = ModelRequest {
             purpose: Purpose::Review,
             system: prompts::QA.to_owned(),
             messages: vec![ChatMessage::user(context.to_string())],
@@ -56,24 +57,14 @@ impl crate::Specialist for Qa {
             max_tokens: Some(1_500),
             json: true,
         };
-        let first = self.model.complete(request.clone()).await?;
-        let mut usage = first.usage;
-        let verdict = match parse(&first.text, &criteria, threshold) {
-            Ok(v) => v,
-            Err(problem) => {
-                request.messages.push(ChatMessage {
-                    role: ChatRole::Assistant,
-                    content: first.text,
-                });
-                request.messages.push(ChatMessage::user(format!(
-                    "Your reply could not be used: {problem}. Reply again with only the JSON verdict."
-                )));
-                let second = self.model.complete(request).await?;
-                usage.add(second.usage);
-                parse(&second.text, &criteria, threshold)
-                    .map_err(|p| AgentError::Invalid(format!("QA reply, after one repair: {p}")))?
-            }
-        };
+        let Repaired {
+            value: verdict,
+            usage,
+            ..
+        } = complete_with_repair(self.model.as_ref(), request, "QA", |reply| {
+            parse(reply, &criteria, threshold)
+        })
+        .await?;
         let output =
             serde_json::to_value(&verdict).map_err(|e| AgentError::Invalid(e.to_string()))?;
         Ok(SpecialistOutput { output, usage })

@@ -1,9 +1,10 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use orchestrator_core::ports::{ChatMessage, ChatRole, Model, ModelRequest, Purpose};
+use orchestrator_core::ports::{ChatMessage, Model, ModelRequest, Purpose};
 use serde_json::{Value, json};
 
+use crate::repair::{Repaired, complete_with_repair};
 use crate::{AgentError, DeltaSink, SpecialistOutput, StepContext, extract_json, prompts};
 
 /// Audience, angle and key messages for the writer.
@@ -35,7 +36,7 @@ impl crate::Specialist for Strategy {
             "clientProfile": ctx.request.state.client_profile,
             "platform": ctx.platform(),
         });
-        let mut request = ModelRequest {
+        let request = ModelRequest {
             purpose: Purpose::Strategy,
             system: prompts::STRATEGY.to_owned(),
             messages: vec![ChatMessage::user(context.to_string())],
@@ -43,26 +44,12 @@ impl crate::Specialist for Strategy {
             max_tokens: Some(1_000),
             json: true,
         };
-        let first = self.model.complete(request.clone()).await?;
-        let mut usage = first.usage;
-        match parse(&first.text) {
-            Ok(output) => Ok(SpecialistOutput { output, usage }),
-            Err(problem) => {
-                request.messages.push(ChatMessage {
-                    role: ChatRole::Assistant,
-                    content: first.text,
-                });
-                request.messages.push(ChatMessage::user(format!(
-                    "Your reply could not be used: {problem}. Reply again with only the JSON object."
-                )));
-                let second = self.model.complete(request).await?;
-                usage.add(second.usage);
-                let output = parse(&second.text).map_err(|p| {
-                    AgentError::Invalid(format!("strategy reply, after one repair: {p}"))
-                })?;
-                Ok(SpecialistOutput { output, usage })
-            }
-        }
+        let Repaired { value, usage, .. } =
+            complete_with_repair(self.model.as_ref(), request, "strategy", parse).await?;
+        Ok(SpecialistOutput {
+            output: value,
+            usage,
+        })
     }
 }
 
