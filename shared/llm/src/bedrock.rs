@@ -1,0 +1,308 @@
+//! Amazon Bedrock through the Converse and ConverseStream APIs of `aws-sdk-bedrockruntime`.
+//!
+//! Retries (exponential backoff with jitter on throttling and 5xx, none on other 4xx) and the
+//! connect and per-attempt timeouts are the SDK's own, configured from `Resilience`; this adapter
+//! maps the SDK's errors and events onto the Model port and checks that a stream reached its
+//! `messageStop`.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_bedrockruntime::Client;
+use aws_sdk_bedrockruntime::config::http::HttpResponse;
+use aws_sdk_bedrockruntime::config::retry::RetryConfig;
+use aws_sdk_bedrockruntime::config::timeout::TimeoutConfig;
+use aws_sdk_bedrockruntime::config::{BehaviorVersion, Region};
+use aws_sdk_bedrockruntime::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_bedrockruntime::operation::converse_stream::ConverseStreamOutput as StreamOutput;
+use aws_sdk_bedrockruntime::types::{
+    ContentBlock, ContentBlockDelta, ConversationRole, ConverseOutput, ConverseStreamOutput,
+    InferenceConfiguration, Message, SystemContentBlock, TokenUsage,
+};
+use futures::StreamExt;
+use futures::stream::{self, BoxStream};
+use orchestrator_core::ports::{
+    ChatRole, Model, ModelError, ModelInfo, ModelRequest, ModelResponse, Purpose, StreamItem,
+};
+use orchestrator_core::types::Usage;
+
+use crate::config::{LlmConfig, Resilience};
+use crate::telemetry::record_usage;
+
+const GEN_AI_SYSTEM: &str = "aws.bedrock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BedrockBuildError {
+    #[error(
+        "AWS_REGION is not set and no AWS profile names a region: set AWS_REGION (e.g. us-east-1) for Bedrock"
+    )]
+    NoRegion,
+}
+
+pub struct BedrockModel {
+    client: Client,
+    model_id: String,
+    request_timeout: Duration,
+}
+
+impl BedrockModel {
+    /// Loads credentials and region the AWS way (env, profile, container or instance role).
+    pub async fn from_config(config: &LlmConfig) -> Result<Self, BedrockBuildError> {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if let Some(region) = &config.aws_region {
+            loader = loader.region(Region::new(region.clone()));
+        }
+        let sdk = loader.load().await;
+        if sdk.region().is_none() {
+            return Err(BedrockBuildError::NoRegion);
+        }
+        let builder = aws_sdk_bedrockruntime::config::Builder::from(&sdk);
+        Ok(Self::with_sdk_config(
+            builder,
+            config.model.clone(),
+            &config.resilience,
+        ))
+    }
+
+    /// Builds on a client configuration the caller prepared (a test points it at a local
+    /// endpoint with static credentials), adding this crate's retries and timeouts.
+    pub fn with_sdk_config(
+        builder: aws_sdk_bedrockruntime::config::Builder,
+        model_id: impl Into<String>,
+        resilience: &Resilience,
+    ) -> Self {
+        let config = builder
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(resilience.max_retries + 1)
+                    .with_initial_backoff(resilience.base_delay)
+                    .with_max_backoff(resilience.max_delay),
+            )
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(resilience.connect_timeout)
+                    .operation_attempt_timeout(resilience.request_timeout)
+                    .read_timeout(resilience.request_timeout)
+                    .build(),
+            )
+            .build();
+        Self {
+            client: Client::from_conf(config),
+            model_id: model_id.into(),
+            request_timeout: resilience.request_timeout,
+        }
+    }
+
+    fn parts(
+        &self,
+        request: &ModelRequest,
+    ) -> Result<
+        (
+            Vec<SystemContentBlock>,
+            Vec<Message>,
+            InferenceConfiguration,
+        ),
+        ModelError,
+    > {
+        let system = if request.system.is_empty() {
+            Vec::new()
+        } else {
+            vec![SystemContentBlock::Text(request.system.clone())]
+        };
+        let messages = request
+            .messages
+            .iter()
+            .map(|m| {
+                Message::builder()
+                    .role(match m.role {
+                        ChatRole::User => ConversationRole::User,
+                        ChatRole::Assistant => ConversationRole::Assistant,
+                    })
+                    .content(ContentBlock::Text(m.content.clone()))
+                    .build()
+                    .map_err(|e| ModelError::Invalid(format!("cannot build the request: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        // Converse has no JSON mode for every model; the prompts of JSON calls ask for JSON.
+        let inference = InferenceConfiguration::builder()
+            .set_max_tokens(request.max_tokens.map(|t| t.min(i32::MAX as u32) as i32))
+            .set_temperature(request.temperature)
+            .build();
+        Ok((system, messages, inference))
+    }
+
+    async fn open_stream(
+        &self,
+        request: ModelRequest,
+    ) -> Result<BoxStream<'_, Result<StreamItem, ModelError>>, ModelError> {
+        let (system, messages, inference) = self.parts(&request)?;
+        let out: StreamOutput = self
+            .client
+            .converse_stream()
+            .model_id(&self.model_id)
+            .set_system(Some(system))
+            .set_messages(Some(messages))
+            .inference_config(inference)
+            .send()
+            .await
+            .map_err(|e| sdk_error(e, self.request_timeout))?;
+        let state = StreamState {
+            receiver: out.stream,
+            stopped: false,
+            usage: None,
+            done: false,
+            model: &self.model_id,
+            purpose: request.purpose,
+            timeout: self.request_timeout,
+        };
+        Ok(stream::unfold(state, |mut st| async move {
+            loop {
+                if st.done {
+                    return None;
+                }
+                let next = tokio::time::timeout(st.timeout, st.receiver.recv()).await;
+                let event = match next {
+                    Err(_) => {
+                        st.done = true;
+                        let why = format!(
+                            "no event for {} s in the middle of the reply",
+                            st.timeout.as_secs()
+                        );
+                        return Some((Err(ModelError::StreamBroken(why)), st));
+                    }
+                    Ok(Err(e)) => {
+                        st.done = true;
+                        let why = DisplayErrorContext(&e).to_string();
+                        return Some((Err(ModelError::StreamBroken(why)), st));
+                    }
+                    Ok(Ok(None)) => {
+                        st.done = true;
+                        if !st.stopped {
+                            let why = "the stream ended before messageStop".to_owned();
+                            return Some((Err(ModelError::StreamBroken(why)), st));
+                        }
+                        let usage = st.usage.unwrap_or_default();
+                        record_usage(GEN_AI_SYSTEM, st.model, st.purpose, true, usage);
+                        return Some((Ok(StreamItem::Usage(usage)), st));
+                    }
+                    Ok(Ok(Some(event))) => event,
+                };
+                match event {
+                    ConverseStreamOutput::ContentBlockDelta(d) => {
+                        if let Some(ContentBlockDelta::Text(text)) = d.delta
+                            && !text.is_empty()
+                        {
+                            return Some((Ok(StreamItem::Text(text)), st));
+                        }
+                    }
+                    ConverseStreamOutput::MessageStop(stop) => {
+                        if stop.stop_reason.as_str() == "max_tokens" {
+                            tracing::warn!(gen_ai.request.model = %st.model, "the reply hit max_tokens");
+                        }
+                        st.stopped = true;
+                    }
+                    ConverseStreamOutput::Metadata(meta) => {
+                        st.usage = meta.usage.as_ref().map(usage_of);
+                    }
+                    _ => {}
+                }
+            }
+        })
+        .boxed())
+    }
+}
+
+struct StreamState<'a> {
+    receiver: aws_sdk_bedrockruntime::primitives::event_stream::EventReceiver<
+        ConverseStreamOutput,
+        aws_sdk_bedrockruntime::types::error::ConverseStreamOutputError,
+    >,
+    /// `messageStop` came: the text is whole.
+    stopped: bool,
+    usage: Option<Usage>,
+    done: bool,
+    model: &'a str,
+    purpose: Purpose,
+    timeout: Duration,
+}
+
+fn usage_of(u: &TokenUsage) -> Usage {
+    Usage {
+        input_tokens: u.input_tokens.max(0) as u64,
+        output_tokens: u.output_tokens.max(0) as u64,
+    }
+}
+
+/// Maps the SDK's error (after its own retries) onto the port's.
+fn sdk_error<E>(e: SdkError<E, HttpResponse>, timeout: Duration) -> ModelError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match &e {
+        SdkError::TimeoutError(_) => ModelError::Timeout(timeout.as_millis() as u64),
+        SdkError::DispatchFailure(d) if d.is_timeout() => {
+            ModelError::Timeout(timeout.as_millis() as u64)
+        }
+        SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            ModelError::Transport(DisplayErrorContext(&e).to_string())
+        }
+        SdkError::ServiceError(service) => {
+            let err = service.err();
+            let code = err.code().unwrap_or("UnknownError");
+            let message = format!("{code}: {}", err.message().unwrap_or("(no message)"));
+            let status = service.raw().status().as_u16();
+            if code == "ThrottlingException" || status == 429 {
+                ModelError::Throttled(message)
+            } else {
+                ModelError::Provider { status, message }
+            }
+        }
+        _ => ModelError::Invalid(DisplayErrorContext(&e).to_string()),
+    }
+}
+
+#[async_trait]
+impl Model for BedrockModel {
+    fn info(&self) -> ModelInfo {
+        ModelInfo {
+            provider: "bedrock".into(),
+            model: self.model_id.clone(),
+        }
+    }
+
+    async fn complete(&self, request: ModelRequest) -> Result<ModelResponse, ModelError> {
+        let (system, messages, inference) = self.parts(&request)?;
+        let out = self
+            .client
+            .converse()
+            .model_id(&self.model_id)
+            .set_system(Some(system))
+            .set_messages(Some(messages))
+            .inference_config(inference)
+            .send()
+            .await
+            .map_err(|e| sdk_error(e, self.request_timeout))?;
+        let text = match out.output() {
+            Some(ConverseOutput::Message(m)) => m
+                .content()
+                .iter()
+                .filter_map(|b| b.as_text().ok())
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(""),
+            _ => return Err(ModelError::Invalid("the reply has no message".into())),
+        };
+        let usage = out.usage().map(usage_of).unwrap_or_default();
+        record_usage(GEN_AI_SYSTEM, &self.model_id, request.purpose, false, usage);
+        Ok(ModelResponse { text, usage })
+    }
+
+    fn stream(&self, request: ModelRequest) -> BoxStream<'_, Result<StreamItem, ModelError>> {
+        stream::once(self.open_stream(request))
+            .flat_map(|opened| match opened {
+                Ok(s) => s,
+                Err(e) => stream::iter([Err(e)]).boxed(),
+            })
+            .boxed()
+    }
+}

@@ -1,0 +1,511 @@
+//! Any OpenAI-compatible chat completions endpoint (OpenAI, vLLM, Ollama, LM Studio, ...).
+//!
+//! A small client on reqwest rather than a full SDK: the compatible servers disagree on the shape
+//! of error bodies, and this adapter must classify every failure by its HTTP status (429 and 5xx
+//! retried, other 4xx not) and must see whether a stream reached its finish marker. The wire
+//! types below are the few fields this needs and stay private.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::{self, BoxStream};
+use futures::{StreamExt, TryStreamExt};
+use orchestrator_core::event::SseParser;
+use orchestrator_core::ports::{
+    ChatRole, Model, ModelError, ModelInfo, ModelRequest, ModelResponse, Purpose, StreamItem,
+};
+use orchestrator_core::types::Usage;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::config::{ApiKey, Resilience};
+use crate::telemetry::record_usage;
+
+const GEN_AI_SYSTEM: &str = "openai";
+/// Provider error bodies are quoted in errors (and so in warning events); keep them short.
+const MAX_ERROR_CHARS: usize = 400;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenAiBuildError {
+    #[error("cannot build the HTTP client: {0}")]
+    Client(String),
+}
+
+pub struct OpenAiModel {
+    http: reqwest::Client,
+    /// `<base>/chat/completions`; never logged, it may carry a secret.
+    endpoint: String,
+    key: Option<ApiKey>,
+    model: String,
+    resilience: Resilience,
+    /// Cleared when the endpoint refuses `response_format`, so later calls do not ask again.
+    json_mode: AtomicBool,
+}
+
+impl OpenAiModel {
+    pub fn new(
+        base_url: &str,
+        key: Option<ApiKey>,
+        model: impl Into<String>,
+        resilience: Resilience,
+    ) -> Result<Self, OpenAiBuildError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(resilience.connect_timeout)
+            // Per read, so a long stream is fine as long as it keeps moving.
+            .read_timeout(resilience.request_timeout)
+            .build()
+            .map_err(|e| OpenAiBuildError::Client(e.to_string()))?;
+        Ok(Self {
+            http,
+            endpoint: format!("{}/chat/completions", base_url.trim_end_matches('/')),
+            key,
+            model: model.into(),
+            resilience,
+            json_mode: AtomicBool::new(true),
+        })
+    }
+
+    fn body(&self, request: &ModelRequest, stream: bool) -> Value {
+        let mut messages = Vec::with_capacity(request.messages.len() + 1);
+        if !request.system.is_empty() {
+            messages.push(WireMessage {
+                role: "system",
+                content: &request.system,
+            });
+        }
+        messages.extend(request.messages.iter().map(|m| WireMessage {
+            role: match m.role {
+                ChatRole::User => "user",
+                ChatRole::Assistant => "assistant",
+            },
+            content: &m.content,
+        }));
+        let body = WireRequest {
+            model: &self.model,
+            messages,
+            temperature: request.temperature,
+            max_tokens: request.max_tokens,
+            stream,
+            stream_options: stream.then_some(StreamOptions {
+                include_usage: true,
+            }),
+            response_format: (request.json && self.json_mode.load(Ordering::Relaxed)).then_some(
+                ResponseFormat {
+                    kind: "json_object",
+                },
+            ),
+        };
+        serde_json::to_value(body).unwrap_or(Value::Null)
+    }
+
+    /// Sends until a 2xx: retries 429, 5xx and refused connections with backoff; returns any
+    /// other failure at once.
+    async fn send(
+        &self,
+        mut body: Value,
+        stream: bool,
+        purpose: Purpose,
+    ) -> Result<reqwest::Response, ModelError> {
+        let mut retry = 0;
+        loop {
+            let mut req = self.http.post(&self.endpoint).json(&body);
+            if let Some(key) = &self.key {
+                req = req.bearer_auth(key.expose());
+            }
+            let timeout = self.resilience.request_timeout;
+            let sent = if stream {
+                // Only the headers: the body is read chunk by chunk under the read timeout.
+                match tokio::time::timeout(timeout, req.send()).await {
+                    Ok(r) => r.map_err(|e| transport(e, timeout)),
+                    Err(_) => Err(ModelError::Timeout(timeout.as_millis() as u64)),
+                }
+            } else {
+                req.timeout(timeout)
+                    .send()
+                    .await
+                    .map_err(|e| transport(e, timeout))
+            };
+            let (err, retry_after) = match sent {
+                Ok(resp) if resp.status().is_success() => return Ok(resp),
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    let retry_after = resp
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map(Duration::from_secs);
+                    let text = resp.text().await.unwrap_or_default();
+                    let message = error_message(&text);
+                    if status == 400
+                        && body.get("response_format").is_some()
+                        && message.contains("response_format")
+                    {
+                        // The endpoint has no JSON mode: the prompts ask for JSON anyway.
+                        tracing::warn!(
+                            gen_ai.system = GEN_AI_SYSTEM,
+                            "the endpoint refused response_format; asking without it from now on"
+                        );
+                        self.json_mode.store(false, Ordering::Relaxed);
+                        if let Some(obj) = body.as_object_mut() {
+                            obj.remove("response_format");
+                        }
+                        continue;
+                    }
+                    let err = if status == 429 {
+                        ModelError::Throttled(message)
+                    } else {
+                        ModelError::Provider { status, message }
+                    };
+                    (err, retry_after)
+                }
+                Err(e) => (e, None),
+            };
+            let worth_retrying = match &err {
+                ModelError::Throttled(_) => true,
+                ModelError::Provider { status, .. } => *status >= 500,
+                // Refused or reset before the request reached the model: nothing was spent.
+                ModelError::Transport(_) => true,
+                // A timeout has already cost the whole budget once; the engine's step retry
+                // decides whether to spend it again.
+                _ => false,
+            };
+            if !worth_retrying || retry >= self.resilience.max_retries {
+                return Err(err);
+            }
+            let delay = self.resilience.backoff(retry, retry_after);
+            tracing::warn!(
+                gen_ai.system = GEN_AI_SYSTEM,
+                gen_ai.request.model = %self.model,
+                purpose = ?purpose,
+                retry = retry + 1,
+                delay_ms = delay.as_millis() as u64,
+                error = %err,
+                "model call failed; retrying"
+            );
+            tokio::time::sleep(delay).await;
+            retry += 1;
+        }
+    }
+
+    async fn open_stream(
+        &self,
+        request: ModelRequest,
+    ) -> Result<BoxStream<'_, Result<StreamItem, ModelError>>, ModelError> {
+        let resp = self
+            .send(self.body(&request, true), true, request.purpose)
+            .await?;
+        let timeout = self.resilience.request_timeout;
+        let body = resp
+            .bytes_stream()
+            .map_err(move |e| {
+                if e.is_timeout() {
+                    ModelError::StreamBroken(format!(
+                        "no data for {} s in the middle of the reply",
+                        timeout.as_secs()
+                    ))
+                } else {
+                    ModelError::StreamBroken(e.to_string())
+                }
+            })
+            .boxed();
+        let state = StreamState {
+            body,
+            parser: SseParser::default(),
+            queue: VecDeque::new(),
+            finished: false,
+            usage: None,
+            done: false,
+            model: &self.model,
+            purpose: request.purpose,
+        };
+        Ok(stream::unfold(state, |mut st| async move {
+            loop {
+                if let Some(item) = st.queue.pop_front() {
+                    return Some((item, st));
+                }
+                if st.done {
+                    return None;
+                }
+                match st.body.next().await {
+                    Some(Ok(bytes)) => st.feed(&bytes),
+                    Some(Err(e)) => {
+                        st.done = true;
+                        st.queue.push_back(Err(e));
+                    }
+                    None => st.end(),
+                }
+            }
+        })
+        .boxed())
+    }
+}
+
+/// The reader of one streamed reply.
+struct StreamState<'a> {
+    body: BoxStream<'a, Result<Bytes, ModelError>>,
+    parser: SseParser,
+    queue: VecDeque<Result<StreamItem, ModelError>>,
+    /// A choice reported its finish_reason: the text is whole.
+    finished: bool,
+    usage: Option<Usage>,
+    done: bool,
+    model: &'a str,
+    purpose: Purpose,
+}
+
+impl StreamState<'_> {
+    fn feed(&mut self, bytes: &[u8]) {
+        // CR is only a line terminator in SSE; dropping it lets "\r\n" servers parse too.
+        let clean: Vec<u8> = bytes.iter().copied().filter(|b| *b != b'\r').collect();
+        for frame in self.parser.push_bytes(&clean) {
+            if self.done {
+                return;
+            }
+            let data = frame.data.trim();
+            if data == "[DONE]" {
+                self.end();
+                return;
+            }
+            let chunk: WireChunk = match serde_json::from_str(data) {
+                Ok(c) => c,
+                Err(e) => {
+                    self.fail(format!("unreadable chunk: {e}"));
+                    return;
+                }
+            };
+            if let Some(err) = chunk.error {
+                self.fail(format!("the provider reported: {}", error_text(&err)));
+                return;
+            }
+            for choice in chunk.choices {
+                if let Some(text) = choice.delta.and_then(|d| d.content)
+                    && !text.is_empty()
+                {
+                    self.queue.push_back(Ok(StreamItem::Text(text)));
+                }
+                if let Some(reason) = choice.finish_reason {
+                    if reason == "length" {
+                        tracing::warn!(gen_ai.request.model = %self.model, "the reply hit max_tokens");
+                    }
+                    self.finished = true;
+                }
+            }
+            if let Some(u) = chunk.usage {
+                self.usage = Some(u.into());
+            }
+        }
+    }
+
+    fn fail(&mut self, why: String) {
+        self.done = true;
+        self.queue.push_back(Err(ModelError::StreamBroken(why)));
+    }
+
+    /// The stream is over ([DONE] or end of body): whole only if a finish_reason came.
+    fn end(&mut self) {
+        if self.done {
+            return;
+        }
+        if !self.finished {
+            self.fail("the stream ended before the model finished its reply".into());
+            return;
+        }
+        self.done = true;
+        let usage = self.usage.unwrap_or_default();
+        record_usage(GEN_AI_SYSTEM, self.model, self.purpose, true, usage);
+        self.queue.push_back(Ok(StreamItem::Usage(usage)));
+    }
+}
+
+#[async_trait]
+impl Model for OpenAiModel {
+    fn info(&self) -> ModelInfo {
+        ModelInfo {
+            provider: "openai".into(),
+            model: self.model.clone(),
+        }
+    }
+
+    async fn complete(&self, request: ModelRequest) -> Result<ModelResponse, ModelError> {
+        let timeout = self.resilience.request_timeout;
+        let resp = self
+            .send(self.body(&request, false), false, request.purpose)
+            .await?;
+        let bytes = resp.bytes().await.map_err(|e| transport(e, timeout))?;
+        let reply: WireResponse = serde_json::from_slice(&bytes)
+            .map_err(|e| ModelError::Invalid(format!("not a chat completion: {e}")))?;
+        let text = reply
+            .choices
+            .into_iter()
+            .next()
+            .and_then(|c| c.message)
+            .and_then(|m| m.content)
+            .ok_or_else(|| ModelError::Invalid("the completion has no message content".into()))?;
+        let usage = reply.usage.map(Usage::from).unwrap_or_default();
+        record_usage(GEN_AI_SYSTEM, &self.model, request.purpose, false, usage);
+        Ok(ModelResponse { text, usage })
+    }
+
+    fn stream(&self, request: ModelRequest) -> BoxStream<'_, Result<StreamItem, ModelError>> {
+        stream::once(self.open_stream(request))
+            .flat_map(|opened| match opened {
+                Ok(s) => s,
+                Err(e) => stream::iter([Err(e)]).boxed(),
+            })
+            .boxed()
+    }
+}
+
+fn transport(e: reqwest::Error, timeout: Duration) -> ModelError {
+    if e.is_timeout() {
+        return ModelError::Timeout(timeout.as_millis() as u64);
+    }
+    // Without the URL: it may carry a secret. The causes say what went wrong.
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    ModelError::Transport(text)
+}
+
+/// The message of an error body, whatever its shape: OpenAI's `{"error": {"message"}}`,
+/// Ollama's `{"error": "..."}`, vLLM's `{"message"}`, or plain text.
+fn error_message(body: &str) -> String {
+    let text = match serde_json::from_str::<Value>(body) {
+        Ok(v) => v
+            .get("error")
+            .map(error_text)
+            .or_else(|| v.get("message").and_then(Value::as_str).map(str::to_owned))
+            .unwrap_or_else(|| body.to_owned()),
+        Err(_) => body.trim().to_owned(),
+    };
+    let text = if text.is_empty() {
+        "(no body)".to_owned()
+    } else {
+        text
+    };
+    text.chars().take(MAX_ERROR_CHARS).collect()
+}
+
+fn error_text(err: &Value) -> String {
+    match err {
+        Value::String(s) => s.clone(),
+        other => other
+            .get("message")
+            .and_then(Value::as_str)
+            .map_or_else(|| other.to_string(), str::to_owned),
+    }
+}
+
+#[derive(Serialize)]
+struct WireRequest<'a> {
+    model: &'a str,
+    messages: Vec<WireMessage<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u32>,
+    stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<StreamOptions>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_format: Option<ResponseFormat>,
+}
+
+#[derive(Serialize)]
+struct WireMessage<'a> {
+    role: &'static str,
+    content: &'a str,
+}
+
+#[derive(Serialize)]
+struct StreamOptions {
+    include_usage: bool,
+}
+
+#[derive(Serialize)]
+struct ResponseFormat {
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+#[derive(Deserialize)]
+struct WireResponse {
+    #[serde(default)]
+    choices: Vec<WireChoice>,
+    usage: Option<WireUsage>,
+}
+
+#[derive(Deserialize)]
+struct WireChoice {
+    message: Option<WireContent>,
+}
+
+#[derive(Deserialize)]
+struct WireContent {
+    content: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireChunk {
+    #[serde(default)]
+    choices: Vec<WireChunkChoice>,
+    usage: Option<WireUsage>,
+    error: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct WireChunkChoice {
+    delta: Option<WireContent>,
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+struct WireUsage {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+}
+
+impl From<WireUsage> for Usage {
+    fn from(u: WireUsage) -> Self {
+        Usage {
+            input_tokens: u.prompt_tokens,
+            output_tokens: u.completion_tokens,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_bodies_of_every_dialect_give_their_message() {
+        // GIVEN the error shapes of OpenAI, Ollama, vLLM and a plain proxy
+        // WHEN read THEN the message comes out
+        assert_eq!(
+            error_message(r#"{"error":{"message":"bad model","type":"invalid_request_error"}}"#),
+            "bad model"
+        );
+        assert_eq!(
+            error_message(r#"{"error":"model not found"}"#),
+            "model not found"
+        );
+        assert_eq!(
+            error_message(r#"{"object":"error","message":"too long","code":400}"#),
+            "too long"
+        );
+        assert_eq!(error_message("Bad Gateway\n"), "Bad Gateway");
+        assert_eq!(error_message(""), "(no body)");
+    }
+}

@@ -1,0 +1,267 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is the assertion in a test
+
+//! The Bedrock adapter against a local endpoint (the SDK's endpoint_url), answering with real
+//! `application/vnd.amazon.eventstream` frames.
+
+mod support;
+
+use std::time::Duration;
+
+use aws_sdk_bedrockruntime::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_bedrockruntime::primitives::event_stream::{Header, HeaderValue, Message};
+use axum::body::Bytes;
+use futures::StreamExt;
+use orchestrator_core::ports::{ChatMessage, Model, ModelError, ModelRequest, Purpose, StreamItem};
+use orchestrator_core::types::Usage;
+use orchestrator_llm::{BedrockModel, Resilience};
+use serde_json::{Value, json};
+use support::{MockServer, Reply};
+
+const MODEL: &str = "anthropic.claude-3-5-haiku-20241022-v1:0";
+
+fn model(server: &MockServer) -> BedrockModel {
+    let builder = aws_sdk_bedrockruntime::config::Builder::new()
+        .behavior_version(BehaviorVersion::latest())
+        .endpoint_url(&server.url)
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "test"));
+    BedrockModel::with_sdk_config(
+        builder,
+        MODEL,
+        &Resilience {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
+            max_retries: 2,
+            base_delay: Duration::from_millis(5),
+            max_delay: Duration::from_millis(20),
+        },
+    )
+}
+
+fn request() -> ModelRequest {
+    ModelRequest {
+        purpose: Purpose::Generate,
+        system: "You are the writer.".into(),
+        messages: vec![ChatMessage::user("Write about Acme Sync")],
+        temperature: Some(0.2),
+        max_tokens: Some(100),
+        json: false,
+    }
+}
+
+/// One event of a ConverseStream reply, encoded as the service sends it.
+fn event(kind: &'static str, payload: Value) -> Bytes {
+    let message = Message::new(payload.to_string().into_bytes())
+        .add_header(Header::new(
+            ":message-type",
+            HeaderValue::String("event".into()),
+        ))
+        .add_header(Header::new(":event-type", HeaderValue::String(kind.into())))
+        .add_header(Header::new(
+            ":content-type",
+            HeaderValue::String("application/json".into()),
+        ));
+    let mut buf = Vec::new();
+    aws_smithy_eventstream::frame::write_message_to(&message, &mut buf).unwrap();
+    Bytes::from(buf)
+}
+
+fn delta(text: &str) -> Bytes {
+    event(
+        "contentBlockDelta",
+        json!({"contentBlockIndex": 0, "delta": {"text": text}}),
+    )
+}
+
+fn stream_reply(events: Vec<Bytes>) -> Reply {
+    Reply::binary("application/vnd.amazon.eventstream", events)
+}
+
+fn full_stream() -> Vec<Bytes> {
+    vec![
+        event("messageStart", json!({"role": "assistant"})),
+        delta("Intro"),
+        delta("ducing "),
+        delta("Acme Sync"),
+        event("contentBlockStop", json!({"contentBlockIndex": 0})),
+        event("messageStop", json!({"stopReason": "end_turn"})),
+        event(
+            "metadata",
+            json!({"usage": {"inputTokens": 31, "outputTokens": 4, "totalTokens": 35}, "metrics": {"latencyMs": 12}}),
+        ),
+    ]
+}
+
+fn throttled() -> Reply {
+    Reply::json(
+        429,
+        json!({"message": "Too many requests, please wait before trying again."}),
+    )
+    .header(
+        "x-amzn-errortype",
+        "ThrottlingException:http://internal.amazon.com/coral/com.amazon.bedrock/",
+    )
+}
+
+#[tokio::test]
+async fn converse_stream_text_arrives_in_order_with_usage() {
+    // GIVEN a local Bedrock endpoint streaming three pieces, messageStop and metadata
+    let server = MockServer::script(vec![stream_reply(full_stream())]).await;
+    let model = model(&server);
+
+    // WHEN the reply is streamed
+    let items: Vec<_> = model.stream(request()).collect().await;
+
+    // THEN the text comes in order, then the usage
+    let items: Vec<StreamItem> = items.into_iter().map(Result::unwrap).collect();
+    assert_eq!(
+        items,
+        vec![
+            StreamItem::Text("Intro".into()),
+            StreamItem::Text("ducing ".into()),
+            StreamItem::Text("Acme Sync".into()),
+            StreamItem::Usage(Usage {
+                input_tokens: 31,
+                output_tokens: 4
+            }),
+        ]
+    );
+    // AND the SDK called ConverseStream for the configured model, with system and messages
+    let sent = server.requests();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        sent[0].path,
+        format!("/model/{}/converse-stream", MODEL.replace(':', "%3A"))
+    );
+    let body = sent[0].json();
+    assert_eq!(body["system"], json!([{"text": "You are the writer."}]));
+    assert_eq!(body["messages"][0]["role"], "user");
+    assert_eq!(body["inferenceConfig"]["maxTokens"], 100);
+}
+
+#[tokio::test]
+async fn throttling_is_retried_then_the_stream_succeeds() {
+    // GIVEN an endpoint that throttles once, then streams
+    let server = MockServer::script(vec![throttled(), stream_reply(full_stream())]).await;
+    let model = model(&server);
+
+    // WHEN the reply is streamed
+    let items: Vec<_> = model.stream(request()).collect().await;
+
+    // THEN it succeeded on the second attempt
+    assert_eq!(server.requests().len(), 2);
+    assert!(items.iter().all(Result::is_ok), "{items:?}");
+    assert_eq!(
+        items.last().unwrap(),
+        &Ok(StreamItem::Usage(Usage {
+            input_tokens: 31,
+            output_tokens: 4
+        }))
+    );
+}
+
+#[tokio::test]
+async fn throttling_that_persists_is_a_retryable_throttled_error() {
+    // GIVEN an endpoint that keeps throttling
+    let server = MockServer::script(vec![throttled()]).await;
+    let model = model(&server);
+
+    // WHEN a completion is asked for
+    let err = model.complete(request()).await.unwrap_err();
+
+    // THEN 1 + max_retries attempts, then Throttled
+    assert_eq!(server.requests().len(), 3);
+    assert!(matches!(err, ModelError::Throttled(_)), "{err:?}");
+    assert!(err.retryable());
+}
+
+#[tokio::test]
+async fn a_validation_error_is_not_retried() {
+    // GIVEN an endpoint that refuses the request
+    let server = MockServer::script(vec![
+        Reply::json(400, json!({"message": "The model ID is invalid"}))
+            .header("x-amzn-errortype", "ValidationException"),
+    ])
+    .await;
+    let model = model(&server);
+
+    // WHEN a completion is asked for
+    let err = model.complete(request()).await.unwrap_err();
+
+    // THEN one attempt, a final 400
+    assert_eq!(server.requests().len(), 1);
+    assert!(
+        matches!(err, ModelError::Provider { status: 400, .. }),
+        "{err:?}"
+    );
+    assert!(!err.retryable());
+}
+
+#[tokio::test]
+async fn converse_returns_text_and_usage() {
+    // GIVEN an endpoint answering Converse
+    let server = MockServer::script(vec![Reply::json(
+        200,
+        json!({"output": {"message": {"role": "assistant", "content": [{"text": "{\"ok\":true}"}]}},
+               "stopReason": "end_turn",
+               "usage": {"inputTokens": 12, "outputTokens": 5, "totalTokens": 17},
+               "metrics": {"latencyMs": 10}}),
+    )])
+    .await;
+    let model = model(&server);
+
+    // WHEN a completion is asked for
+    let reply = model.complete(request()).await.unwrap();
+
+    // THEN text and usage come back
+    assert_eq!(reply.text, "{\"ok\":true}");
+    assert_eq!(
+        reply.usage,
+        Usage {
+            input_tokens: 12,
+            output_tokens: 5
+        }
+    );
+    assert!(server.requests()[0].path.ends_with("/converse"));
+}
+
+#[tokio::test]
+async fn a_stream_without_message_stop_is_broken() {
+    // GIVEN an endpoint whose stream ends after two pieces, without messageStop
+    let server = MockServer::script(vec![stream_reply(vec![
+        event("messageStart", json!({"role": "assistant"})),
+        delta("Intro"),
+        delta("ducing"),
+    ])])
+    .await;
+    let model = model(&server);
+
+    // WHEN the reply is streamed
+    let items: Vec<_> = model.stream(request()).collect().await;
+
+    // THEN the pieces are followed by StreamBroken, not a usage
+    assert_eq!(items[0], Ok(StreamItem::Text("Intro".into())));
+    assert!(
+        matches!(items.last(), Some(Err(ModelError::StreamBroken(_)))),
+        "{items:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_cut_mid_frame_is_broken() {
+    // GIVEN an endpoint that drops the connection in the middle of a frame
+    let mut events = full_stream();
+    let half = events[2].slice(..events[2].len() / 2);
+    events.truncate(2);
+    events.push(half);
+    let server = MockServer::script(vec![stream_reply(events).cut()]).await;
+    let model = model(&server);
+
+    // WHEN the reply is streamed
+    let items: Vec<_> = model.stream(request()).collect().await;
+
+    // THEN it ends in a retryable StreamBroken
+    let last = items.last().unwrap().clone().unwrap_err();
+    assert!(matches!(last, ModelError::StreamBroken(_)), "{last:?}");
+    assert!(last.retryable());
+}

@@ -1,0 +1,415 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is the assertion in a test
+
+//! The OpenAI-compatible adapter against a real HTTP server on loopback.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use orchestrator_agents::{PlanContext, Planner};
+use orchestrator_core::ports::{ChatMessage, Model, ModelError, ModelRequest, Purpose, StreamItem};
+use orchestrator_core::types::{Plan, RunRequest, Usage};
+use orchestrator_llm::{ApiKey, OpenAiModel, Resilience};
+use serde_json::{Value, json};
+use support::{MockServer, Reply};
+
+fn fast() -> Resilience {
+    Resilience {
+        connect_timeout: Duration::from_secs(5),
+        request_timeout: Duration::from_secs(5),
+        max_retries: 2,
+        base_delay: Duration::from_millis(5),
+        max_delay: Duration::from_millis(20),
+    }
+}
+
+fn model(server: &MockServer, resilience: Resilience) -> OpenAiModel {
+    OpenAiModel::new(
+        &format!("{}/v1", server.url),
+        Some(ApiKey::new("sk-test")),
+        "test-model",
+        resilience,
+    )
+    .unwrap()
+}
+
+fn request(json: bool) -> ModelRequest {
+    ModelRequest {
+        purpose: Purpose::Generate,
+        system: "You are the writer.".into(),
+        messages: vec![ChatMessage::user("Write about Acme Sync")],
+        temperature: Some(0.2),
+        max_tokens: Some(100),
+        json,
+    }
+}
+
+fn chunk(text: &str) -> String {
+    json!({"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}]})
+        .to_string()
+}
+
+fn finish() -> String {
+    json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}).to_string()
+}
+
+fn usage(input: u64, output: u64) -> String {
+    json!({"choices": [], "usage": {"prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output}}).to_string()
+}
+
+fn completion(text: &str) -> Value {
+    json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+           "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}})
+}
+
+async fn collect(model: &OpenAiModel, req: ModelRequest) -> Vec<Result<StreamItem, ModelError>> {
+    model.stream(req).collect().await
+}
+
+#[tokio::test]
+async fn a_stream_is_assembled_in_order_with_its_usage() {
+    // GIVEN a server streaming three pieces, the finish marker, usage and [DONE]
+    let server = MockServer::script(vec![Reply::sse(&[
+        chunk("Intro"),
+        chunk("ducing "),
+        chunk("Acme Sync"),
+        finish(),
+        usage(42, 3),
+        "[DONE]".into(),
+    ])])
+    .await;
+    let model = model(&server, fast());
+
+    // WHEN the reply is streamed
+    let items = collect(&model, request(false)).await;
+
+    // THEN the text comes in order, then the usage, and nothing else
+    let items: Vec<StreamItem> = items.into_iter().map(Result::unwrap).collect();
+    assert_eq!(
+        items,
+        vec![
+            StreamItem::Text("Intro".into()),
+            StreamItem::Text("ducing ".into()),
+            StreamItem::Text("Acme Sync".into()),
+            StreamItem::Usage(Usage {
+                input_tokens: 42,
+                output_tokens: 3
+            }),
+        ]
+    );
+    // AND the request asked for a stream with usage, with the key and the messages in order
+    let sent = server.requests();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].path, "/v1/chat/completions");
+    assert_eq!(sent[0].headers["authorization"], "Bearer sk-test");
+    let body = sent[0].json();
+    assert_eq!(body["model"], "test-model");
+    assert_eq!(body["stream"], true);
+    assert_eq!(body["stream_options"]["include_usage"], true);
+    assert_eq!(
+        body["messages"][0],
+        json!({"role": "system", "content": "You are the writer."})
+    );
+    assert_eq!(
+        body["messages"][1],
+        json!({"role": "user", "content": "Write about Acme Sync"})
+    );
+    assert_eq!(body["max_tokens"], 100);
+    assert!(body.get("response_format").is_none());
+}
+
+#[tokio::test]
+async fn a_completion_returns_text_and_usage_and_asks_for_json_mode() {
+    // GIVEN a server answering one completion
+    let server = MockServer::script(vec![Reply::json(200, completion("{\"ok\":true}"))]).await;
+    let model = model(&server, fast());
+
+    // WHEN a JSON reply is asked for
+    let reply = model.complete(request(true)).await.unwrap();
+
+    // THEN text and usage come back, and the request used response_format json_object
+    assert_eq!(reply.text, "{\"ok\":true}");
+    assert_eq!(
+        reply.usage,
+        Usage {
+            input_tokens: 11,
+            output_tokens: 7
+        }
+    );
+    let body = server.requests()[0].json();
+    assert_eq!(body["response_format"], json!({"type": "json_object"}));
+    assert_eq!(body["stream"], false);
+}
+
+#[tokio::test]
+async fn an_endpoint_without_json_mode_is_asked_again_without_it() {
+    // GIVEN a server that refuses response_format, then answers
+    let server = MockServer::script(vec![
+        Reply::json(400, json!({"error": {"message": "Unrecognized request argument supplied: response_format"}})),
+        Reply::json(200, completion("{}")),
+    ])
+    .await;
+    let model = model(&server, fast());
+
+    // WHEN two JSON calls are made
+    model.complete(request(true)).await.unwrap();
+    model.complete(request(true)).await.unwrap();
+
+    // THEN the refused option is dropped, then never sent again
+    let sent = server.requests();
+    assert_eq!(sent.len(), 3);
+    assert!(sent[0].json().get("response_format").is_some());
+    assert!(sent[1].json().get("response_format").is_none());
+    assert!(sent[2].json().get("response_format").is_none());
+}
+
+#[tokio::test]
+async fn throttling_is_retried_until_success() {
+    // GIVEN a server that throttles twice, then answers
+    let throttled = Reply::json(
+        429,
+        json!({"error": {"message": "Rate limit reached", "type": "requests"}}),
+    )
+    .header("retry-after", "0");
+    let server = MockServer::script(vec![
+        throttled.clone(),
+        throttled,
+        Reply::json(200, completion("done")),
+    ])
+    .await;
+    let model = model(&server, fast());
+
+    // WHEN one completion is asked for
+    let reply = model.complete(request(false)).await.unwrap();
+
+    // THEN it succeeded on the third attempt
+    assert_eq!(reply.text, "done");
+    assert_eq!(server.requests().len(), 3);
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_and_stay_retryable_when_they_persist() {
+    // GIVEN a server that keeps answering 503
+    let server = MockServer::script(vec![Reply::json(503, json!({"error": "overloaded"}))]).await;
+    let model = model(&server, fast());
+
+    // WHEN a stream is opened
+    let items = collect(&model, request(false)).await;
+
+    // THEN it was tried 1 + max_retries times, and the error is retryable for the engine
+    assert_eq!(server.requests().len(), 3);
+    assert_eq!(items.len(), 1);
+    let err = items[0].clone().unwrap_err();
+    assert_eq!(
+        err,
+        ModelError::Provider {
+            status: 503,
+            message: "overloaded".into()
+        }
+    );
+    assert!(err.retryable());
+}
+
+#[tokio::test]
+async fn a_bad_request_is_not_retried() {
+    // GIVEN a server that answers 400
+    let server = MockServer::script(vec![Reply::json(
+        400,
+        json!({"error": {"message": "max_tokens is too large", "type": "invalid_request_error"}}),
+    )])
+    .await;
+    let model = model(&server, fast());
+
+    // WHEN a completion is asked for
+    let err = model.complete(request(false)).await.unwrap_err();
+
+    // THEN one request only, and a final error naming the problem
+    assert_eq!(server.requests().len(), 1);
+    assert_eq!(
+        err,
+        ModelError::Provider {
+            status: 400,
+            message: "max_tokens is too large".into()
+        }
+    );
+    assert!(!err.retryable());
+}
+
+#[tokio::test]
+async fn a_stream_cut_in_the_middle_is_an_error_not_a_short_draft() {
+    // GIVEN a server that drops the connection after two pieces
+    let server = MockServer::script(vec![
+        Reply::sse(&[chunk("Introducing "), chunk("Acme")]).cut(),
+    ])
+    .await;
+    let model = model(&server, fast());
+
+    // WHEN the reply is streamed
+    let items = collect(&model, request(false)).await;
+
+    // THEN the pieces that came are followed by a retryable StreamBroken, and no usage
+    let last = items.last().unwrap().clone();
+    assert!(matches!(last, Err(ModelError::StreamBroken(_))), "{last:?}");
+    assert!(last.unwrap_err().retryable());
+    assert!(!items.iter().any(|i| matches!(i, Ok(StreamItem::Usage(_)))));
+    assert_eq!(
+        server.requests().len(),
+        1,
+        "a started stream is not retried here"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_that_ends_without_its_finish_marker_is_broken() {
+    // GIVEN a server whose body ends cleanly, but before any finish_reason
+    let server =
+        MockServer::script(vec![Reply::sse(&[chunk("Introducing "), chunk("Acme")])]).await;
+    let model = model(&server, fast());
+
+    // WHEN the reply is streamed
+    let items = collect(&model, request(false)).await;
+
+    // THEN it ends in StreamBroken, never in a silent success
+    assert!(
+        matches!(items.last(), Some(Err(ModelError::StreamBroken(_)))),
+        "{items:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_server_that_does_not_answer_times_out() {
+    // GIVEN a server that answers long after the request timeout
+    let server = MockServer::script(vec![
+        Reply::json(200, completion("late")).delayed(Duration::from_secs(30)),
+    ])
+    .await;
+    let model = model(
+        &server,
+        Resilience {
+            request_timeout: Duration::from_millis(200),
+            ..fast()
+        },
+    );
+
+    // WHEN a completion and a stream are asked for
+    let err = model.complete(request(false)).await.unwrap_err();
+    let items = collect(&model, request(false)).await;
+
+    // THEN both fail with Timeout (retryable by the engine), not retried here
+    assert_eq!(err, ModelError::Timeout(200));
+    assert!(err.retryable());
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].clone().unwrap_err(), ModelError::Timeout(200));
+    assert_eq!(server.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn a_stream_that_stalls_mid_way_is_broken() {
+    // GIVEN a server that sends one piece, then goes silent
+    let server = MockServer::script(vec![
+        Reply::sse(&[chunk("Intro"), chunk("ducing"), finish(), "[DONE]".into()])
+            .stalled(Duration::from_secs(30)),
+    ])
+    .await;
+    let model = model(
+        &server,
+        Resilience {
+            request_timeout: Duration::from_millis(300),
+            ..fast()
+        },
+    );
+
+    // WHEN the reply is streamed
+    let items = collect(&model, request(false)).await;
+
+    // THEN the first piece arrives, then StreamBroken
+    assert_eq!(items[0], Ok(StreamItem::Text("Intro".into())));
+    assert!(
+        matches!(items.last(), Some(Err(ModelError::StreamBroken(_)))),
+        "{items:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_a_transport_error() {
+    // GIVEN a port nobody listens on
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    drop(listener);
+    let model = OpenAiModel::new(
+        &url,
+        None,
+        "m",
+        Resilience {
+            max_retries: 1,
+            ..fast()
+        },
+    )
+    .unwrap();
+
+    // WHEN a completion is asked for
+    let err = model.complete(request(false)).await.unwrap_err();
+
+    // THEN a retryable Transport error that does not quote the URL
+    assert!(matches!(err, ModelError::Transport(_)), "{err:?}");
+    assert!(!err.to_string().contains(&url), "{err}");
+}
+
+#[tokio::test]
+async fn the_planner_repairs_invalid_json_through_the_real_adapter() {
+    // GIVEN an endpoint whose first planner reply is not JSON and whose second is a valid plan
+    let plan = json!({"stepsAdd": [
+        {"id": "s1", "capabilityId": "generation", "label": "Write the draft"},
+        {"id": "s2", "action": "finalize", "label": "Assemble", "dependsOn": ["s1"]}
+    ]});
+    let server = MockServer::script(vec![
+        Reply::json(
+            200,
+            completion("Sure! Here is the plan: step 1, write; step 2, finish."),
+        ),
+        Reply::json(200, completion(&plan.to_string())),
+    ])
+    .await;
+    let planner = Planner::new(Arc::new(model(&server, fast())));
+    let request = RunRequest::new("Write a launch post for Acme Sync");
+    let capabilities = vec!["generation".to_owned(), "finalize".to_owned()];
+
+    // WHEN the planner plans
+    let outcome = planner
+        .plan(PlanContext {
+            request: &request,
+            plan: &Plan::default(),
+            reason: None,
+            capabilities: &capabilities,
+        })
+        .await
+        .unwrap();
+
+    // THEN the repair request fixed it, quoting the problem, and both calls' tokens count
+    assert!(outcome.repaired);
+    assert_eq!(outcome.patch.steps_add.len(), 2);
+    assert_eq!(
+        outcome.usage,
+        Usage {
+            input_tokens: 22,
+            output_tokens: 14
+        }
+    );
+    let sent = server.requests();
+    assert_eq!(sent.len(), 2);
+    let messages = sent[1].json()["messages"].as_array().unwrap().clone();
+    assert_eq!(
+        messages.len(),
+        4,
+        "system, context, the bad reply, the repair request"
+    );
+    assert_eq!(messages[2]["role"], "assistant");
+    assert!(
+        messages[3]["content"]
+            .as_str()
+            .unwrap()
+            .contains("could not be used")
+    );
+}
