@@ -6,16 +6,21 @@ use orchestrator_core::ports::{ChatMessage, Model, ModelError, ModelRequest, Pur
 use orchestrator_core::types::{Mode, Usage};
 use serde_json::{Value, json};
 
-use crate::{AgentError, DeltaSink, SpecialistOutput, StepContext, prompts};
+use crate::{AgentError, DeltaSink, SpecialistOutput, StepContext};
 
 /// The writer: streams a draft (or, in chat mode, the answer) as it is produced.
 pub struct Generation {
     model: Arc<dyn Model>,
+    prompts: Arc<crate::Prompts>,
 }
 
 impl Generation {
     pub fn new(model: Arc<dyn Model>) -> Self {
-        Self { model }
+        Self::with_prompts(model, Arc::new(crate::Prompts::builtin()))
+    }
+
+    pub fn with_prompts(model: Arc<dyn Model>, prompts: Arc<crate::Prompts>) -> Self {
+        Self { model, prompts }
     }
 }
 
@@ -35,7 +40,7 @@ impl crate::Specialist for Generation {
         let (purpose, default_prompt, context) = if chat {
             (
                 Purpose::Chat,
-                prompts::CHAT,
+                self.prompts.chat.as_str(),
                 json!({ "objective": ctx.request.objective }),
             )
         } else {
@@ -52,7 +57,7 @@ impl crate::Specialist for Generation {
                 .unwrap_or(Value::Null);
             (
                 Purpose::Generate,
-                prompts::WRITER,
+                self.prompts.writer.as_str(),
                 json!({
                     "objective": ctx.request.objective,
                     "task": ctx.step.label,

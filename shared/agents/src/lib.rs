@@ -14,6 +14,7 @@ mod finalize;
 mod generation;
 mod json;
 mod planner;
+mod prompt_set;
 mod qa;
 mod repair;
 mod strategy;
@@ -22,6 +23,7 @@ pub use finalize::Finalize;
 pub use generation::Generation;
 pub use json::extract_json;
 pub use planner::{PlanContext, PlanOutcome, Planner};
+pub use prompt_set::{PROMPT_FILES, Prompts, PromptsError};
 pub use qa::Qa;
 pub use strategy::Strategy;
 
@@ -141,10 +143,15 @@ pub type Specialists = BTreeMap<String, Arc<dyn Specialist>>;
 
 /// The reference team: strategy, generation, qa and finalize, on one model.
 pub fn default_specialists(model: Arc<dyn Model>) -> Specialists {
+    specialists_with_prompts(model, Arc::new(Prompts::builtin()))
+}
+
+/// The reference team with these system prompts.
+pub fn specialists_with_prompts(model: Arc<dyn Model>, prompts: Arc<Prompts>) -> Specialists {
     let team: Vec<Arc<dyn Specialist>> = vec![
-        Arc::new(Strategy::new(model.clone())),
-        Arc::new(Generation::new(model.clone())),
-        Arc::new(Qa::new(model)),
+        Arc::new(Strategy::with_prompts(model.clone(), prompts.clone())),
+        Arc::new(Generation::with_prompts(model.clone(), prompts.clone())),
+        Arc::new(Qa::with_prompts(model, prompts)),
         Arc::new(Finalize),
     ];
     team.into_iter()

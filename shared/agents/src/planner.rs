@@ -8,7 +8,7 @@ use orchestrator_core::types::{Plan, RunRequest, StepAction, Usage};
 use crate::repair::{Repaired, complete_with_repair};
 use serde_json::json;
 
-use crate::{AgentError, extract_json, prompts};
+use crate::{AgentError, extract_json};
 
 pub struct PlanContext<'a> {
     pub request: &'a RunRequest,
@@ -28,11 +28,16 @@ pub struct PlanOutcome {
 /// Turns the objective (or a replan reason) into a validated plan patch.
 pub struct Planner {
     model: Arc<dyn Model>,
+    prompts: Arc<crate::Prompts>,
 }
 
 impl Planner {
     pub fn new(model: Arc<dyn Model>) -> Self {
-        Self { model }
+        Self::with_prompts(model, Arc::new(crate::Prompts::builtin()))
+    }
+
+    pub fn with_prompts(model: Arc<dyn Model>, prompts: Arc<crate::Prompts>) -> Self {
+        Self { model, prompts }
     }
 
     /// Asks for a patch; an unusable reply gets one repair request quoting the problem.
@@ -48,7 +53,7 @@ impl Planner {
         });
         let request = ModelRequest {
             purpose: Purpose::Plan,
-            system: prompts::PLANNER.to_owned(),
+            system: self.prompts.planner.clone(),
             messages: vec![ChatMessage::user(context.to_string())],
             temperature: Some(0.0),
             max_tokens: Some(2_000),

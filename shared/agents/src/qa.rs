@@ -6,16 +6,21 @@ use orchestrator_core::types::{CriterionResult, QualityVerdict};
 use serde_json::json;
 
 use crate::repair::{Repaired, complete_with_repair};
-use crate::{AgentError, DeltaSink, SpecialistOutput, StepContext, extract_json, prompts};
+use crate::{AgentError, DeltaSink, SpecialistOutput, StepContext, extract_json};
 
 /// The critic: scores the latest draft and reports on every acceptance criterion.
 pub struct Qa {
     model: Arc<dyn Model>,
+    prompts: Arc<crate::Prompts>,
 }
 
 impl Qa {
     pub fn new(model: Arc<dyn Model>) -> Self {
-        Self { model }
+        Self::with_prompts(model, Arc::new(crate::Prompts::builtin()))
+    }
+
+    pub fn with_prompts(model: Arc<dyn Model>, prompts: Arc<crate::Prompts>) -> Self {
+        Self { model, prompts }
     }
 }
 
@@ -51,7 +56,7 @@ impl crate::Specialist for Qa {
         });
         let request = ModelRequest {
             purpose: Purpose::Review,
-            system: prompts::QA.to_owned(),
+            system: self.prompts.qa.clone(),
             messages: vec![ChatMessage::user(context.to_string())],
             temperature: Some(0.0),
             max_tokens: Some(1_500),

@@ -5,16 +5,21 @@ use orchestrator_core::ports::{ChatMessage, Model, ModelRequest, Purpose};
 use serde_json::{Value, json};
 
 use crate::repair::{Repaired, complete_with_repair};
-use crate::{AgentError, DeltaSink, SpecialistOutput, StepContext, extract_json, prompts};
+use crate::{AgentError, DeltaSink, SpecialistOutput, StepContext, extract_json};
 
 /// Audience, angle and key messages for the writer.
 pub struct Strategy {
     model: Arc<dyn Model>,
+    prompts: Arc<crate::Prompts>,
 }
 
 impl Strategy {
     pub fn new(model: Arc<dyn Model>) -> Self {
-        Self { model }
+        Self::with_prompts(model, Arc::new(crate::Prompts::builtin()))
+    }
+
+    pub fn with_prompts(model: Arc<dyn Model>, prompts: Arc<crate::Prompts>) -> Self {
+        Self { model, prompts }
     }
 }
 
@@ -38,7 +43,7 @@ impl crate::Specialist for Strategy {
         });
         let request = ModelRequest {
             purpose: Purpose::Strategy,
-            system: prompts::STRATEGY.to_owned(),
+            system: self.prompts.strategy.clone(),
             messages: vec![ChatMessage::user(context.to_string())],
             temperature: ctx.request.options.temperature,
             max_tokens: Some(1_000),
