@@ -3,20 +3,14 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Provider {
-    Offline,
-}
+use anyhow::bail;
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub provider: Provider,
+    /// The model provider, its model, timeouts, retries and prompts folder.
+    pub llm: orchestrator_llm::LlmConfig,
     /// Where the SQLite database lives (`--db` overrides).
     pub db: Option<PathBuf>,
-    /// Pause between chunks the offline model streams.
-    pub offline_chunk_delay: Duration,
     pub serve: ServeConfig,
 }
 
@@ -48,19 +42,9 @@ fn var(name: &str) -> Option<String> {
 
 impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
-        let provider = match var("MODEL_PROVIDER")
-            .as_deref()
-            .map(str::to_ascii_lowercase)
-            .as_deref()
-        {
-            None | Some("offline") => Provider::Offline,
-            Some(p @ ("openai" | "bedrock")) => bail!(
-                "MODEL_PROVIDER={p} is not available in this build yet (see the README's list of what is missing); unset MODEL_PROVIDER to use the built-in offline model"
-            ),
-            Some(other) => {
-                bail!("MODEL_PROVIDER={other:?} is unknown; use offline, openai or bedrock")
-            }
-        };
+        // MODEL_PROVIDER, MODEL_ID, OPENAI_*, MODEL_*_SECS, MODEL_MAX_RETRIES, AWS_REGION,
+        // ORCHESTRATOR_OFFLINE_CHUNK_MS and ORCHESTRATOR_PROMPTS_DIR are the llm crate's.
+        let llm = orchestrator_llm::LlmConfig::from_env()?;
         match var("ORCHESTRATOR_STORE")
             .as_deref()
             .map(str::to_ascii_lowercase)
@@ -72,12 +56,6 @@ impl Config {
             ),
             Some(other) => bail!("ORCHESTRATOR_STORE={other:?} is unknown; use sqlite or dynamodb"),
         }
-        let offline_chunk_delay = match var("ORCHESTRATOR_OFFLINE_CHUNK_MS") {
-            None => Duration::from_millis(3),
-            Some(ms) => Duration::from_millis(ms.parse().with_context(|| {
-                format!("ORCHESTRATOR_OFFLINE_CHUNK_MS={ms:?} is not a number of milliseconds")
-            })?),
-        };
         let ping_seconds: u64 = number("ORCHESTRATOR_PING_SECONDS", 15)?;
         if ping_seconds == 0 {
             bail!("ORCHESTRATOR_PING_SECONDS must be at least 1");
@@ -99,9 +77,8 @@ impl Config {
             max_body_bytes: number("ORCHESTRATOR_MAX_BODY_BYTES", 64 * 1024)?,
         };
         Ok(Self {
-            provider,
+            llm,
             db: var("ORCHESTRATOR_DB").map(PathBuf::from),
-            offline_chunk_delay,
             serve,
         })
     }

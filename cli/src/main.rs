@@ -11,14 +11,14 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use clap::{Parser, Subcommand, ValueEnum};
-use orchestrator_agents::{Planner, default_specialists};
+use orchestrator_agents::{Planner, Prompts, specialists_with_prompts};
 use orchestrator_core::ports::{Model, SystemClock};
 use orchestrator_core::types::{Budget, Mode, RunRequest, RunStatus};
-use orchestrator_llm::OfflineModel;
+use orchestrator_llm::Provider;
 use orchestrator_runner::{Delivered, Launch, RunError, Runner, RunnerConfig, Started};
 use orchestrator_store::SqliteStore;
 
-use crate::config::{Config, Provider};
+use crate::config::Config;
 use crate::render::{Human, Render, Sse};
 
 #[derive(Parser)]
@@ -231,22 +231,45 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         )
     })?;
     let store = Arc::new(store);
-    let model: Arc<dyn Model> = match config.provider {
-        Provider::Offline => Arc::new(OfflineModel::new(config.offline_chunk_delay)),
-    };
-    let offline = config.provider == Provider::Offline;
-    let notices = if offline {
-        vec!["Using the built-in offline model: deterministic sample output, not a real LLM. Set MODEL_PROVIDER to use one.".to_owned()]
+    let model: Arc<dyn Model> = orchestrator_llm::build_model(&config.llm).await?;
+    let offline = config.llm.provider == Provider::Offline;
+    let info = model.info();
+    // Says which model ran, in every run's log; the offline model keeps its warning instead.
+    let (notices, messages) = if offline {
+        (vec!["Using the built-in offline model: deterministic sample output, not a real LLM. Set MODEL_PROVIDER to use one.".to_owned()], Vec::new())
     } else {
-        Vec::new()
+        (
+            Vec::new(),
+            vec![format!("Model: {}/{}", info.provider, info.model)],
+        )
     };
+    let prompts = match &config.llm.prompts_dir {
+        None => Prompts::builtin(),
+        Some(dir) => {
+            let (prompts, used) = Prompts::from_dir(dir)
+                .context("ORCHESTRATOR_PROMPTS_DIR names a folder that cannot be used")?;
+            eprintln!(
+                "note: prompts from {}: {}",
+                dir.display(),
+                if used.is_empty() {
+                    "none of planner.md, strategy.md, writer.md, qa.md, chat.md; all built in"
+                        .to_owned()
+                } else {
+                    used.join(", ")
+                }
+            );
+            prompts
+        }
+    };
+    let prompts = Arc::new(prompts);
     let runner = Runner::new(
         store.clone(),
-        Planner::new(model.clone()),
-        default_specialists(model),
+        Planner::with_prompts(model.clone(), prompts.clone()),
+        specialists_with_prompts(model, prompts),
         Arc::new(SystemClock),
         RunnerConfig {
             notices,
+            messages,
             ..RunnerConfig::default()
         },
     );
@@ -258,6 +281,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!(
                     "note: no MODEL_PROVIDER set: using the built-in offline model (deterministic sample output)"
                 );
+            } else if !offline {
+                eprintln!("note: model {}/{}", info.provider, info.model);
             }
             runner.validate(&request).map_err(|e| anyhow!("{e}"))?;
             let mode = request.mode;

@@ -52,6 +52,8 @@ pub struct RunnerConfig {
     pub tick: Duration,
     /// Warnings every run states right after `start` (e.g. that the offline model is in use).
     pub notices: Vec<String>,
+    /// Messages every run states right after `start` (e.g. which provider and model run it).
+    pub messages: Vec<String>,
 }
 
 impl Default for RunnerConfig {
@@ -61,6 +63,7 @@ impl Default for RunnerConfig {
             delta_max_age_ms: 50,
             tick: Duration::from_secs(1),
             notices: Vec::new(),
+            messages: Vec::new(),
         }
     }
 }
@@ -183,8 +186,18 @@ impl Runner {
         let state = RunState::new(run_id, correlation_id, request, now);
         let (state, actions) = self.engine.apply(state, Input::Started, now);
         let mut events = events_of(&state, &actions);
-        let notices = self.config.notices.iter().map(|n| Event {
-            kind: EventKind::warning(n.clone(), None),
+        let messages = self
+            .config
+            .messages
+            .iter()
+            .map(|m| EventKind::Message { message: m.clone() });
+        let warnings = self
+            .config
+            .notices
+            .iter()
+            .map(|n| EventKind::warning(n.clone(), None));
+        let notices = messages.chain(warnings).map(|kind| Event {
+            kind,
             correlation_id: state.correlation_id.clone(),
             run_id: state.run_id.clone(),
         });
