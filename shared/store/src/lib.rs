@@ -11,6 +11,7 @@
 //! polling delay. Writes from another process on the same file do not wake it; it re-checks
 //! the database every [`CROSS_PROCESS_POLL`] (configurable) to see those.
 
+mod dynamodb;
 mod schema;
 
 use std::fmt;
@@ -28,6 +29,10 @@ use rusqlite::{
 };
 use tokio::sync::watch;
 
+pub use dynamodb::{
+    ConfigError, DEFAULT_EVENTS_TTL_DAYS, DEFAULT_MAX_ATTEMPTS, DEFAULT_TABLE, DynamoDbConfig,
+    DynamoDbStore,
+};
 pub use schema::SCHEMA_VERSION;
 
 /// How long a writer waits for another connection's lock before giving up with
@@ -284,6 +289,42 @@ fn append_events(
     Ok(frames)
 }
 
+/// A finished run keeps its outcome, and plan versions only move forward: a late writer
+/// (a retried transition, a cancel racing the end) gets a conflict instead of undoing them.
+fn check_transition(tx: &Transaction<'_>, row: &StateRow) -> Result<(), StoreError> {
+    let stored: Option<(String, i64)> = tx
+        .query_row(
+            "SELECT status,
+                    (SELECT COALESCE(MAX(version), 0) FROM plan_versions WHERE run_id = ?1)
+             FROM runs WHERE run_id = ?1",
+            [&row.run_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(db_error)?;
+    // An unknown run is reported as NotFound by the update that follows.
+    let Some((status, plan_version)) = stored else {
+        return Ok(());
+    };
+    let status: RunStatus = status
+        .parse()
+        .map_err(|e| StoreError::Corrupt(format!("run {}: {e}", row.run_id)))?;
+    if status.is_terminal() && status.as_str() != row.status {
+        return Err(StoreError::Conflict(format!(
+            "run {} has finished ({status}); its status cannot change to {}",
+            row.run_id, row.status
+        )));
+    }
+    let new_version = row.plan.as_ref().map_or(0, |(v, _)| i64::from(*v));
+    if new_version < plan_version {
+        return Err(StoreError::Conflict(format!(
+            "run {} is at plan version {plan_version}; a commit cannot take it back to {new_version}",
+            row.run_id
+        )));
+    }
+    Ok(())
+}
+
 fn insert_plan(
     tx: &Transaction<'_>,
     run_id: &str,
@@ -398,6 +439,7 @@ impl RunStore for SqliteStore {
         let frames = self
             .call(move |conn| {
                 let tx = immediate(conn)?;
+                check_transition(&tx, &row)?;
                 let updated = tx
                     .execute(
                         "UPDATE runs SET state_json = ?1, status = ?2, updated_at_ms = ?3

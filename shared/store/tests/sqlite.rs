@@ -416,3 +416,9 @@ async fn created_frames_carry_the_events() {
     assert_eq!(frames[0].event, start);
     assert!(frames[0].to_sse().starts_with("id: 1\nevent: start\n"));
 }
+
+#[tokio::test]
+async fn status_transition_refused() {
+    let (_dir, s) = fresh();
+    conformance::status_transition_refused(&s).await;
+}

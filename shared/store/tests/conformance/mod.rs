@@ -1,5 +1,5 @@
 //! The behaviour every `RunStore + EventLog` adapter must show, written once and run against
-//! each adapter (SQLite here; DynamoDB later) with a fresh, empty store per check.
+//! each adapter (tests/sqlite.rs, tests/dynamodb.rs) with a fresh, empty store per check.
 //!
 //! Each check takes the store (or a way to open it) and panics on a violation.
 
@@ -613,4 +613,53 @@ pub async fn list_runs_newest_first<S: RunStore + EventLog>(s: &S) {
 
     // AND a limit of zero lists nothing
     assert!(s.list_runs(0, None).await.unwrap().is_empty());
+}
+
+pub async fn status_transition_refused<S: RunStore + EventLog>(s: &S) {
+    // GIVEN a run that has completed, at plan version 2
+    let mut st = state("run-f", 1_000);
+    create_new(s, &st, &messages("run-f", &["start"])).await;
+    st.plan = Plan {
+        version: 2,
+        steps: Vec::new(),
+    };
+    st.status = RunStatus::Completed;
+    st.finished_at_ms = Some(2_000);
+    s.commit(&st, &messages("run-f", &["complete"]))
+        .await
+        .unwrap();
+
+    // WHEN a late writer commits it as running again, or with another final status
+    let mut late = st.clone();
+    late.status = RunStatus::Running;
+    late.finished_at_ms = None;
+    let back = s
+        .commit(&late, &messages("run-f", &["late"]))
+        .await
+        .unwrap_err();
+    late.status = RunStatus::Cancelled;
+    let other = s.commit(&late, &[]).await.unwrap_err();
+
+    // THEN both are refused, and neither the state nor the log changes
+    assert!(matches!(back, StoreError::Conflict(_)), "{back:?}");
+    assert!(matches!(other, StoreError::Conflict(_)), "{other:?}");
+    assert_eq!(s.load_run("run-f").await.unwrap(), Some(st.clone()));
+    assert_eq!(
+        texts(&s.read_after("run-f", 0, 10).await.unwrap()),
+        vec!["start", "complete"]
+    );
+
+    // AND a plan version cannot go back either
+    let mut older = st.clone();
+    older.plan.version = 1;
+    let err = s.commit(&older, &[]).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+
+    // AND the finished run may still be committed with its own status (e.g. a final event)
+    let frames = s.commit(&st, &messages("run-f", &["bye"])).await.unwrap();
+    assert_eq!(seqs(&frames), vec![3]);
+    assert_eq!(
+        s.list_runs(10, None).await.unwrap()[0].status,
+        RunStatus::Completed
+    );
 }

@@ -1,0 +1,112 @@
+//! The table's key layout and attribute names, in one place (DYNAMODB.md describes the design).
+//!
+//! Numbers inside sort keys are zero-padded to a fixed width, so that string order is number
+//! order and a `Query` returns events, plan versions and blob parts in sequence.
+
+/// Partition key of every item: `RUN#<runId>` or `IDEM#<key>`.
+pub const PK: &str = "pk";
+/// Sort key: `META`, `EV#<seq>`, `PLAN#<version>`, `STEP#<stepId>#<attempt>`, `REPORT`,
+/// `BLOB#<token>#<part>` (and `IDEM` on idempotency items).
+pub const SK: &str = "sk";
+/// The runs-by-creation index: a constant partition and `<createdAt>#<runId>`.
+pub const GSI1: &str = "byCreated";
+pub const GSI1_PK: &str = "gsi1pk";
+pub const GSI1_SK: &str = "gsi1sk";
+/// The one partition of [`GSI1`]: every run's meta item, newest first by its sort key.
+pub const GSI1_PARTITION: &str = "RUNS";
+
+pub const META: &str = "META";
+pub const REPORT: &str = "REPORT";
+pub const IDEM_SK: &str = "IDEM";
+pub const EVENT_PREFIX: &str = "EV#";
+pub const PLAN_PREFIX: &str = "PLAN#";
+pub const STEP_PREFIX: &str = "STEP#";
+pub const BLOB_PREFIX: &str = "BLOB#";
+
+// Attributes of the run meta item.
+pub const RUN_ID: &str = "runId";
+pub const STATUS: &str = "status";
+pub const MODE: &str = "mode";
+pub const OBJECTIVE: &str = "objective";
+pub const CREATED_AT: &str = "createdAt";
+pub const UPDATED_AT: &str = "updatedAt";
+pub const IDEM_KEY: &str = "idemKey";
+/// The last event seq handed out; moved forward in the same transaction as the events.
+pub const LAST_SEQ: &str = "lastSeq";
+/// Bumped by every write of the meta item's state or seq: the optimistic lock.
+pub const REV: &str = "rev";
+pub const PLAN_VERSION: &str = "planVersion";
+/// How many step results the run has: their write order.
+pub const STEP_COUNT: &str = "stepCount";
+
+// Attributes of items that carry a JSON document.
+/// The JSON inline, when it is small enough.
+pub const BODY: &str = "body";
+/// Otherwise the token of its parts, and how many there are.
+pub const BLOB: &str = "blob";
+pub const PARTS: &str = "parts";
+/// One part's bytes.
+pub const DATA: &str = "data";
+
+pub const SEQ: &str = "seq";
+pub const VERSION: &str = "version";
+pub const ORD: &str = "ord";
+/// Epoch seconds after which DynamoDB may delete the item (events and their parts).
+pub const TTL: &str = "ttl";
+
+pub fn run_pk(run_id: &str) -> String {
+    format!("RUN#{run_id}")
+}
+
+pub fn idem_pk(key: &str) -> String {
+    format!("IDEM#{key}")
+}
+
+/// 20 digits hold any u64.
+pub fn event_sk(seq: u64) -> String {
+    format!("{EVENT_PREFIX}{seq:020}")
+}
+
+pub fn plan_sk(version: u32) -> String {
+    format!("{PLAN_PREFIX}{version:010}")
+}
+
+pub fn step_sk(step_id: &str, attempt: u32) -> String {
+    format!("{STEP_PREFIX}{step_id}#{attempt:010}")
+}
+
+pub fn blob_prefix(token: &str) -> String {
+    format!("{BLOB_PREFIX}{token}#")
+}
+
+pub fn blob_sk(token: &str, part: usize) -> String {
+    format!("{BLOB_PREFIX}{token}#{part:06}")
+}
+
+/// Sorts runs by creation time, then id, like the SQLite store's `ORDER BY`.
+pub fn created_sk(created_at_ms: u64, run_id: &str) -> String {
+    format!("{created_at_ms:020}#{run_id}")
+}
+
+/// Every [`created_sk`] of a run created before `before_ms` sorts below this.
+pub fn created_before(before_ms: u64) -> String {
+    format!("{before_ms:020}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn padded_keys_sort_like_numbers() {
+        // GIVEN seqs and creation times of different widths
+        // THEN their keys sort as the numbers do
+        assert!(event_sk(9) < event_sk(10));
+        assert!(event_sk(10) < event_sk(u64::MAX));
+        assert!(plan_sk(2) < plan_sk(10));
+        assert!(created_sk(999, "z") < created_sk(1_000, "a"));
+        // AND a run created at exactly `before` is not "before" it
+        assert!(created_sk(4_999, "r") < created_before(5_000));
+        assert!(created_sk(5_000, "r") > created_before(5_000));
+    }
+}
