@@ -77,6 +77,7 @@ pub fn router(control: Arc<dyn Control>, store: Arc<dyn Store>, config: ApiConfi
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     let mut app = Router::new()
         .nest("/api/v1", api)
+        .route("/", get(viewer))
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi_json))
         .fallback(not_found)
@@ -144,6 +145,20 @@ struct Health {
 
 async fn healthz() -> axum::Json<Health> {
     axum::Json(Health { status: "ok" })
+}
+
+/// The run viewer: one static page, embedded in the binary.
+const VIEWER_HTML: &str = include_str!("../static/index.html");
+
+async fn viewer() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        VIEWER_HTML,
+    )
+        .into_response()
 }
 
 async fn openapi_json() -> axum::Json<serde_json::Value> {
@@ -345,6 +360,9 @@ pub struct RunView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at_ms: Option<u64>,
     pub plan: Plan,
+    /// The budget the run was started with.
+    pub budget: orchestrator_core::types::Budget,
+    pub quality_threshold: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<Checkpoint>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -371,6 +389,8 @@ async fn get_run(
         started_at_ms: run.started_at_ms,
         finished_at_ms: run.finished_at_ms,
         plan: run.plan,
+        budget: run.request.options.budget.clone(),
+        quality_threshold: run.request.options.quality_threshold,
         checkpoint: run.checkpoint,
         error: run.error,
         report,

@@ -636,6 +636,16 @@ fn paths(s: &mut Schemas) -> Value {
                 &[&auth[..], &[BAD_REQUEST, NOT_FOUND, CONFLICT, TOO_LARGE, INVALID, INTERNAL, UNAVAILABLE]].concat(),
             ),
         }},
+        "/": {"get": {
+            "operationId": "viewer",
+            "tags": ["meta"],
+            "summary": "The run viewer: a page to start runs and watch them live",
+            "security": [],
+            "responses": {"200": {
+                "description": "The viewer page (the API key, if any, is entered in the page).",
+                "content": {"text/html": {"schema": {"type": "string"}}},
+            }},
+        }},
         "/healthz": {"get": {
             "operationId": "health",
             "tags": ["meta"],
@@ -860,7 +870,6 @@ mod tests {
             }
         }
         for url in [
-            "/",
             "/api/v1",
             "/api/v1/runs/x/nope",
             "/api/v1/agent/run",
@@ -1106,7 +1115,8 @@ mod tests {
                 content_type.starts_with(media.as_str()),
                 "{template} {status}: {content_type}, documented {media}"
             );
-            if let Some(body) = body {
+            // The viewer page is HTML; everything else the API answers is JSON.
+            if let Some(body) = body.filter(|_| media != "text/html") {
                 assert_eq!(media, "application/json");
                 let value: Value = serde_json::from_slice(body).unwrap();
                 let v = validator(&self.doc, &media_type["schema"]);
@@ -1153,7 +1163,10 @@ mod tests {
             }
             let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
             self.check(&method, &uri, parts.status, &parts.headers, Some(&bytes));
-            Answer::Json(parts.status, serde_json::from_slice(&bytes).unwrap())
+            // The viewer page is not JSON: the test sees it as its text.
+            let value = serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+            Answer::Json(parts.status, value)
         }
 
         async fn json(&mut self, app: &Router, request: Request<Body>) -> (StatusCode, Value) {

@@ -594,15 +594,6 @@ async fn a_field_of_the_wrong_type_is_422_naming_it() {
         Some("mode"),
     )
     .await;
-    // AND a body that is JSON but not an object
-    refused(
-        &server,
-        "[1, 2]",
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid_request",
-        Some("."),
-    )
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

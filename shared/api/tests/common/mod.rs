@@ -49,7 +49,7 @@ impl Setup {
     /// A model slow enough that a run is still in progress while a test acts on it.
     pub fn slow() -> Self {
         Self {
-            chunk_delay: Duration::from_millis(10),
+            chunk_delay: Duration::from_millis(3),
             ..Self::default()
         }
     }
