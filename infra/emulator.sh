@@ -29,7 +29,7 @@ mkdir -p "$state_dir"
 answers() {
   "$python" - "$endpoint" <<'PY' >/dev/null 2>&1
 import sys, urllib.request
-urllib.request.urlopen(sys.argv[1] + "/moto-api/data.json", timeout=1).read()
+urllib.request.urlopen(sys.argv[1] + "/moto-api/", timeout=3).read()
 PY
 }
 
@@ -51,7 +51,7 @@ if ! "$python" -c 'import moto.server, werkzeug' 2>/dev/null; then
   "$python" -m pip install --quiet --disable-pip-version-check 'moto[server]' >&2
 fi
 
-MOTO_PORT="$port" nohup "$python" - "$port" >"$log_file" 2>&1 <<'PY' &
+MOTO_PORT="$port" nohup "$python" - "$port" >>"$log_file" 2>&1 <<'PY' &
 import sys, threading
 from werkzeug.serving import run_simple
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
@@ -66,16 +66,17 @@ def serialised(environ, start_response):
 
 run_simple("127.0.0.1", int(sys.argv[1]), serialised, threaded=True)
 PY
-echo $! >"$pid_file"
+pid=$!
 
 for _ in $(seq 1 100); do
   if answers; then
+    echo "$pid" >"$pid_file"
     echo "$endpoint"
     exit 0
   fi
-  if ! kill -0 "$(cat "$pid_file")" 2>/dev/null; then
-    echo "the emulator exited; its log (${log_file}):" >&2
-    cat "$log_file" >&2
+  if ! kill -0 "$pid" 2>/dev/null; then
+    echo "the emulator exited (is port ${port} taken by something that is not answering?); its log (${log_file}):" >&2
+    tail -n 20 "$log_file" >&2
     exit 1
   fi
   sleep 0.2

@@ -11,7 +11,20 @@ pub struct Config {
     pub llm: orchestrator_llm::LlmConfig,
     /// Where the SQLite database lives (`--db` overrides).
     pub db: Option<PathBuf>,
+    /// Which store keeps runs (`--store` overrides).
+    pub store: StoreKind,
+    /// The DynamoDB table and client settings, used when the store is DynamoDB.
+    pub dynamodb: orchestrator_store::DynamoDbConfig,
     pub serve: ServeConfig,
+}
+
+/// Where runs, events and reports are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    /// A local SQLite file.
+    Sqlite,
+    /// A DynamoDB table (TABLE_NAME, AWS_REGION, AWS_ENDPOINT_URL).
+    Dynamodb,
 }
 
 /// What `orchestrator serve` reads.
@@ -45,17 +58,18 @@ impl Config {
         // MODEL_PROVIDER, MODEL_ID, OPENAI_*, MODEL_*_SECS, MODEL_MAX_RETRIES, AWS_REGION,
         // ORCHESTRATOR_OFFLINE_CHUNK_MS and ORCHESTRATOR_PROMPTS_DIR are the llm crate's.
         let llm = orchestrator_llm::LlmConfig::from_env()?;
-        match var("ORCHESTRATOR_STORE")
+        let store = match var("ORCHESTRATOR_STORE")
             .as_deref()
             .map(str::to_ascii_lowercase)
             .as_deref()
         {
-            None | Some("sqlite") => {}
-            Some("dynamodb") => bail!(
-                "ORCHESTRATOR_STORE=dynamodb is not available in this build yet; unset it to use SQLite"
-            ),
+            None | Some("sqlite") => StoreKind::Sqlite,
+            Some("dynamodb") => StoreKind::Dynamodb,
             Some(other) => bail!("ORCHESTRATOR_STORE={other:?} is unknown; use sqlite or dynamodb"),
-        }
+        };
+        // TABLE_NAME, AWS_REGION, AWS_ENDPOINT_URL, AWS_MAX_ATTEMPTS and
+        // ORCHESTRATOR_EVENTS_TTL_DAYS are the store crate's.
+        let dynamodb = orchestrator_store::DynamoDbConfig::from_env()?;
         let ping_seconds: u64 = number("ORCHESTRATOR_PING_SECONDS", 15)?;
         if ping_seconds == 0 {
             bail!("ORCHESTRATOR_PING_SECONDS must be at least 1");
@@ -79,6 +93,8 @@ impl Config {
         Ok(Self {
             llm,
             db: var("ORCHESTRATOR_DB").map(PathBuf::from),
+            store,
+            dynamodb,
             serve,
         })
     }

@@ -1,4 +1,5 @@
-//! `orchestrator`: runs the multi-agent engine on one machine with an embedded SQLite store.
+//! `orchestrator`: runs the multi-agent engine on one machine, with an embedded SQLite store
+//! (the default) or a DynamoDB table (`--store dynamodb`).
 
 mod config;
 mod render;
@@ -15,10 +16,10 @@ use orchestrator_agents::{Planner, Prompts, specialists_with_prompts};
 use orchestrator_core::ports::{Model, SystemClock};
 use orchestrator_core::types::{Budget, Mode, RunRequest, RunStatus};
 use orchestrator_llm::Provider;
-use orchestrator_runner::{Delivered, Launch, RunError, Runner, RunnerConfig, Started};
-use orchestrator_store::SqliteStore;
+use orchestrator_runner::{Delivered, Launch, RunError, Runner, RunnerConfig, Started, Store};
+use orchestrator_store::{DynamoDbStore, SqliteStore};
 
-use crate::config::Config;
+use crate::config::{Config, StoreKind};
 use crate::render::{Human, Render, Sse};
 
 #[derive(Parser)]
@@ -31,6 +32,13 @@ struct Cli {
     /// SQLite database file [env: ORCHESTRATOR_DB] [default: <data dir>/orchestrator/orchestrator.db]
     #[arg(long, global = true)]
     db: Option<PathBuf>,
+    /// Where runs are kept: sqlite (a local file) or dynamodb (TABLE_NAME at AWS_REGION, or at
+    /// AWS_ENDPOINT_URL for an emulator) [env: ORCHESTRATOR_STORE] [default: sqlite]
+    #[arg(long, global = true, value_enum)]
+    store: Option<StoreKind>,
+    /// With --store dynamodb: create the table (index, TTL, on-demand billing) if it is missing
+    #[arg(long, global = true)]
+    create_table: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -212,25 +220,50 @@ fn request_from(cmd: &Command) -> anyhow::Result<Option<RunRequest>> {
     Ok(Some(req))
 }
 
+/// The store `--store` (else ORCHESTRATOR_STORE) names, and where it is, for messages.
+async fn open_store(config: &Config, cli: &Cli) -> anyhow::Result<(Arc<dyn Store>, String)> {
+    match cli.store.unwrap_or(config.store) {
+        StoreKind::Sqlite => {
+            let db = config.db_path(cli.db.clone());
+            if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).with_context(|| {
+                    format!(
+                        "cannot create the database directory {}; pass --db with a writable path",
+                        dir.display()
+                    )
+                })?;
+            }
+            let store = SqliteStore::open(&db).with_context(|| {
+                format!(
+                    "cannot open the database {}; pass --db with another path",
+                    db.display()
+                )
+            })?;
+            Ok((Arc::new(store), db.display().to_string()))
+        }
+        StoreKind::Dynamodb => {
+            let dynamodb = &config.dynamodb;
+            let store = DynamoDbStore::connect(dynamodb).await;
+            if cli.create_table {
+                store.create_table().await?;
+            } else {
+                // Fails fast, naming the table and how to create it, before anything runs.
+                store.check_table().await?;
+            }
+            let location = format!(
+                "the DynamoDB table {} at {}",
+                dynamodb.table_name,
+                dynamodb.location()
+            );
+            Ok((Arc::new(store), location))
+        }
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = Config::from_env()?;
     let request = request_from(&cli.command)?;
-    let db = config.db_path(cli.db.clone());
-    if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| {
-            format!(
-                "cannot create the database directory {}; pass --db with a writable path",
-                dir.display()
-            )
-        })?;
-    }
-    let store = SqliteStore::open(&db).with_context(|| {
-        format!(
-            "cannot open the database {}; pass --db with another path",
-            db.display()
-        )
-    })?;
-    let store = Arc::new(store);
+    let (store, location) = open_store(&config, &cli).await?;
     let model: Arc<dyn Model> = orchestrator_llm::build_model(&config.llm).await?;
     let offline = config.llm.provider == Provider::Offline;
     let info = model.info();
@@ -325,8 +358,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let runs = runner.store().list_runs(limit, None).await?;
             if runs.is_empty() {
                 println!(
-                    "no runs yet in {}; start one with: orchestrator run \"<objective>\"",
-                    db.display()
+                    "no runs yet in {location}; start one with: orchestrator run \"<objective>\""
                 );
             }
             for r in runs {
