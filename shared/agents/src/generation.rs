@@ -1,17 +1,18 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use futures::StreamExt;
-use orchestrator_core::ports::{ChatMessage, Model, ModelError, ModelRequest, Purpose, StreamItem};
-use orchestrator_core::types::{Mode, Usage};
+use orchestrator_core::ports::{ChatMessage, Model, ModelError, ModelRequest, Purpose};
+use orchestrator_core::types::Mode;
 use serde_json::{Value, json};
 
+use crate::tools::Turns;
 use crate::{AgentError, DeltaSink, SpecialistOutput, StepContext};
 
 /// The writer: streams a draft (or, in chat mode, the answer) as it is produced.
 pub struct Generation {
     model: Arc<dyn Model>,
     prompts: Arc<crate::Prompts>,
+    tools: Arc<crate::ToolRegistry>,
 }
 
 impl Generation {
@@ -20,8 +21,26 @@ impl Generation {
     }
 
     pub fn with_prompts(model: Arc<dyn Model>, prompts: Arc<crate::Prompts>) -> Self {
-        Self { model, prompts }
+        Self {
+            model,
+            prompts,
+            tools: Arc::new(crate::ToolRegistry::builtin()),
+        }
     }
+
+    /// Draws its tools from this registry instead of the built-in one.
+    pub fn with_tools(mut self, tools: Arc<crate::ToolRegistry>) -> Self {
+        self.tools = tools;
+        self
+    }
+
+    /// The tools this specialist may use (before the request's policy and allowlist).
+    pub const TOOLS: &'static [&'static str] = &[
+        "platform_constraints",
+        "text_stats",
+        "read_artifact",
+        "hitl_request",
+    ];
 }
 
 #[async_trait]
@@ -83,25 +102,26 @@ impl crate::Specialist for Generation {
             temperature: ctx.request.options.temperature,
             max_tokens: Some(4_000),
             json: false,
+            tools: Vec::new(),
+            tool_choice: Default::default(),
         };
-        let mut stream = self.model.stream(request);
-        let mut text = String::new();
-        let mut usage = None;
-        while let Some(item) = stream.next().await {
-            match item? {
-                StreamItem::Text(chunk) => {
-                    sink.delta(&chunk).await;
-                    text.push_str(&chunk);
-                }
-                StreamItem::Usage(u) => usage = Some(u),
-            }
+        // The draft is the last reply: text written before a tool call streams, but is not
+        // part of it.
+        let finished = Turns {
+            model: self.model.as_ref(),
+            ctx,
+            sink,
+            tools: self.tools.for_step(Self::TOOLS, &ctx.request.options),
+            stream: true,
         }
+        .run(request)
+        .await?;
+        let (text, usage) = (finished.text, finished.usage);
         if text.trim().is_empty() {
             return Err(AgentError::Model(ModelError::Invalid(
                 "the model returned no text".into(),
             )));
         }
-        let usage: Usage = usage.unwrap_or_default();
         let output = if chat {
             json!({ "text": text })
         } else {

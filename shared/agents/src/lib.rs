@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use orchestrator_core::event::EventKind;
 use orchestrator_core::ports::{Model, ModelError};
+use orchestrator_core::tools::{HumanRequest, Resume};
 use orchestrator_core::types::{PlanStep, RunRequest, Usage};
 use serde_json::Value;
 
@@ -18,6 +20,7 @@ mod prompt_set;
 mod qa;
 mod repair;
 mod strategy;
+pub mod tools;
 
 pub use finalize::Finalize;
 pub use generation::Generation;
@@ -26,6 +29,7 @@ pub use planner::{PlanContext, PlanOutcome, Planner};
 pub use prompt_set::{PROMPT_FILES, Prompts, PromptsError};
 pub use qa::Qa;
 pub use strategy::Strategy;
+pub use tools::{Tool, ToolError, ToolRegistry, Toolset};
 
 /// The system prompts, versioned with the code.
 pub mod prompts {
@@ -36,7 +40,7 @@ pub mod prompts {
     pub const CHAT: &str = include_str!("../prompts/chat.v1.md");
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum AgentError {
     #[error(transparent)]
     Model(#[from] ModelError),
@@ -46,13 +50,19 @@ pub enum AgentError {
     /// The step cannot run with what it was given.
     #[error("missing input: {0}")]
     MissingInput(String),
+    /// Not a failure: the specialist asked a person (`hitl_request`) and stops here. The engine
+    /// opens a checkpoint; the step runs again from this conversation with the answer.
+    #[error("waiting for a person: {}", .0.question)]
+    NeedsHuman(Box<HumanRequest>),
 }
 
 impl AgentError {
     pub fn retryable(&self) -> bool {
         match self {
             AgentError::Model(e) => e.retryable(),
-            AgentError::Invalid(_) | AgentError::MissingInput(_) => false,
+            AgentError::Invalid(_) | AgentError::MissingInput(_) | AgentError::NeedsHuman(_) => {
+                false
+            }
         }
     }
 }
@@ -74,6 +84,10 @@ pub struct StepContext {
     pub step: PlanStep,
     pub attempt: u32,
     pub inputs: Vec<PriorOutput>,
+    /// Requests for a person this run still allows (`hitl_request`); past them, denied.
+    pub hitl_remaining: u32,
+    /// Set when the step paused for a person and is now answered: where it carries on.
+    pub resume: Option<Resume>,
 }
 
 impl StepContext {
@@ -113,6 +127,8 @@ impl StepContext {
 #[async_trait]
 pub trait DeltaSink: Send + Sync {
     async fn delta(&self, text: &str);
+    /// Any other event of the step (tool calls and results, warnings), after the text so far.
+    async fn event(&self, _event: EventKind) {}
 }
 
 /// A sink that drops everything, for steps whose caller does not stream.

@@ -58,6 +58,8 @@ impl Planner {
             temperature: Some(0.0),
             max_tokens: Some(2_000),
             json: true,
+            tools: Vec::new(),
+            tool_choice: Default::default(),
         };
         let Repaired {
             value: patch,

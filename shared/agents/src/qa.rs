@@ -5,13 +5,15 @@ use orchestrator_core::ports::{ChatMessage, Model, ModelRequest, Purpose};
 use orchestrator_core::types::{CriterionResult, QualityVerdict};
 use serde_json::json;
 
-use crate::repair::{Repaired, complete_with_repair};
+use crate::repair::{Repaired, converse_with_repair};
+use crate::tools::Turns;
 use crate::{AgentError, DeltaSink, SpecialistOutput, StepContext, extract_json};
 
 /// The critic: scores the latest draft and reports on every acceptance criterion.
 pub struct Qa {
     model: Arc<dyn Model>,
     prompts: Arc<crate::Prompts>,
+    tools: Arc<crate::ToolRegistry>,
 }
 
 impl Qa {
@@ -20,8 +22,26 @@ impl Qa {
     }
 
     pub fn with_prompts(model: Arc<dyn Model>, prompts: Arc<crate::Prompts>) -> Self {
-        Self { model, prompts }
+        Self {
+            model,
+            prompts,
+            tools: Arc::new(crate::ToolRegistry::builtin()),
+        }
     }
+
+    /// Draws its tools from this registry instead of the built-in one.
+    pub fn with_tools(mut self, tools: Arc<crate::ToolRegistry>) -> Self {
+        self.tools = tools;
+        self
+    }
+
+    /// The tools this specialist may use (before the request's policy and allowlist).
+    pub const TOOLS: &'static [&'static str] = &[
+        "text_stats",
+        "platform_constraints",
+        "read_artifact",
+        "hitl_request",
+    ];
 }
 
 #[async_trait]
@@ -33,7 +53,7 @@ impl crate::Specialist for Qa {
     async fn run(
         &self,
         ctx: &StepContext,
-        _sink: &dyn DeltaSink,
+        sink: &dyn DeltaSink,
     ) -> Result<SpecialistOutput, AgentError> {
         let draft = ctx
             .latest("generation")
@@ -61,12 +81,21 @@ impl crate::Specialist for Qa {
             temperature: Some(0.0),
             max_tokens: Some(1_500),
             json: true,
+            tools: Vec::new(),
+            tool_choice: Default::default(),
+        };
+        let turns = Turns {
+            model: self.model.as_ref(),
+            ctx,
+            sink,
+            tools: self.tools.for_step(Self::TOOLS, &ctx.request.options),
+            stream: false,
         };
         let Repaired {
             value: verdict,
             usage,
             ..
-        } = complete_with_repair(self.model.as_ref(), request, "QA", |reply| {
+        } = converse_with_repair(&turns, request, "QA", |reply| {
             parse(reply, &criteria, threshold)
         })
         .await?;

@@ -4,13 +4,15 @@ use async_trait::async_trait;
 use orchestrator_core::ports::{ChatMessage, Model, ModelRequest, Purpose};
 use serde_json::{Value, json};
 
-use crate::repair::{Repaired, complete_with_repair};
+use crate::repair::{Repaired, converse_with_repair};
+use crate::tools::Turns;
 use crate::{AgentError, DeltaSink, SpecialistOutput, StepContext, extract_json};
 
 /// Audience, angle and key messages for the writer.
 pub struct Strategy {
     model: Arc<dyn Model>,
     prompts: Arc<crate::Prompts>,
+    tools: Arc<crate::ToolRegistry>,
 }
 
 impl Strategy {
@@ -19,8 +21,22 @@ impl Strategy {
     }
 
     pub fn with_prompts(model: Arc<dyn Model>, prompts: Arc<crate::Prompts>) -> Self {
-        Self { model, prompts }
+        Self {
+            model,
+            prompts,
+            tools: Arc::new(crate::ToolRegistry::builtin()),
+        }
     }
+
+    /// Draws its tools from this registry instead of the built-in one.
+    pub fn with_tools(mut self, tools: Arc<crate::ToolRegistry>) -> Self {
+        self.tools = tools;
+        self
+    }
+
+    /// The tools this specialist may use (before the request's policy and allowlist).
+    pub const TOOLS: &'static [&'static str] =
+        &["platform_constraints", "read_artifact", "hitl_request"];
 }
 
 #[async_trait]
@@ -32,7 +48,7 @@ impl crate::Specialist for Strategy {
     async fn run(
         &self,
         ctx: &StepContext,
-        _sink: &dyn DeltaSink,
+        sink: &dyn DeltaSink,
     ) -> Result<SpecialistOutput, AgentError> {
         let context = json!({
             "objective": ctx.request.objective,
@@ -48,9 +64,18 @@ impl crate::Specialist for Strategy {
             temperature: ctx.request.options.temperature,
             max_tokens: Some(1_000),
             json: true,
+            tools: Vec::new(),
+            tool_choice: Default::default(),
+        };
+        let turns = Turns {
+            model: self.model.as_ref(),
+            ctx,
+            sink,
+            tools: self.tools.for_step(Self::TOOLS, &ctx.request.options),
+            stream: false,
         };
         let Repaired { value, usage, .. } =
-            complete_with_repair(self.model.as_ref(), request, "strategy", parse).await?;
+            converse_with_repair(&turns, request, "strategy", parse).await?;
         Ok(SpecialistOutput {
             output: value,
             usage,

@@ -115,6 +115,8 @@ async fn qa_reports_every_criterion_and_its_pass_follows_the_threshold() {
             capability_id: "generation".into(),
             output: json!({"text": "Hello"}),
         }],
+        hitl_remaining: 3,
+        resume: None,
     };
     // WHEN QA runs
     let out = Qa::new(model).run(&ctx, &NoDeltas).await.unwrap();
@@ -148,6 +150,8 @@ async fn specialists_never_see_the_planner_prompt_and_the_writer_streams() {
         step: step("s1", "strategy"),
         attempt: 1,
         inputs: vec![],
+        hitl_remaining: 3,
+        resume: None,
     };
     // WHEN strategy and generation run
     team["strategy"].run(&ctx, &NoDeltas).await.unwrap();
@@ -185,6 +189,8 @@ async fn a_throttled_model_is_a_retryable_failure_and_a_bad_request_is_not() {
         step: step("s1", "strategy"),
         attempt: 1,
         inputs: vec![],
+        hitl_remaining: 3,
+        resume: None,
     };
     assert!(
         team["strategy"]

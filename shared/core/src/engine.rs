@@ -12,6 +12,7 @@ use crate::event::{
     TokenCounts, rfc3339_ms,
 };
 use crate::patch::PlanPatch;
+use crate::tools::{DEFAULT_MAX_HITL_REQUESTS, HitlAnswer, HumanRequest, Suspended};
 use crate::types::{
     FinalBundle, Mode, Plan, PlanStep, QualityVerdict, RunRequest, RunStatus, StepAction,
     StepResult, StepStatus, Usage,
@@ -36,6 +37,13 @@ pub struct EngineConfig {
     /// Tokens set aside for each dispatched step while a token budget is in force.
     pub token_reservation: u64,
     pub approval_timeout_ms: u64,
+    /// Requests for a person (the `hitl_request` tool) per run; later ones are denied.
+    #[serde(default = "default_max_hitl_requests")]
+    pub max_hitl_requests: u32,
+}
+
+fn default_max_hitl_requests() -> u32 {
+    DEFAULT_MAX_HITL_REQUESTS
 }
 
 impl Default for EngineConfig {
@@ -50,6 +58,7 @@ impl Default for EngineConfig {
             max_replans: 4,
             token_reservation: 2_048,
             approval_timeout_ms: 24 * 3600 * 1000,
+            max_hitl_requests: DEFAULT_MAX_HITL_REQUESTS,
         }
     }
 }
@@ -153,6 +162,12 @@ pub enum Input {
         error: String,
         retryable: bool,
     },
+    /// The specialist asked a person (its `hitl_request` tool) and stopped until the answer.
+    StepNeedsHuman {
+        step_id: String,
+        attempt: u32,
+        request: Box<HumanRequest>,
+    },
     ApprovalGiven {
         checkpoint_id: String,
         comment: Option<String>,
@@ -240,6 +255,12 @@ pub struct RunState {
     /// The last replan's reason and patch shape, to catch a planner going round in circles.
     pub last_replan: Option<(String, String)>,
     pub error: Option<String>,
+    /// Requests for a person made so far (asked or queued; denied ones not counted).
+    #[serde(default)]
+    pub hitl_requests: u32,
+    /// Steps paused on a person, by step id: their conversation, and the answer once given.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub suspended: BTreeMap<String, Suspended>,
 }
 
 impl RunState {
@@ -270,6 +291,8 @@ impl RunState {
             chat_message: None,
             last_replan: None,
             error: None,
+            hitl_requests: 0,
+            suspended: BTreeMap::new(),
         }
     }
 
@@ -328,6 +351,11 @@ impl Engine {
             } => self.on_step_failed(
                 &mut state, &step_id, attempt, error, retryable, now_ms, &mut out,
             ),
+            Input::StepNeedsHuman {
+                step_id,
+                attempt,
+                request,
+            } => self.on_needs_human(&mut state, &step_id, attempt, *request, now_ms, &mut out),
             Input::ApprovalGiven {
                 checkpoint_id,
                 comment,
@@ -515,6 +543,7 @@ impl Engine {
         if !Self::is_current(state, &result.step_id, result.attempt) {
             return false;
         }
+        state.suspended.remove(&result.step_id);
         let step_id = result.step_id.clone();
         let capability = state
             .plan
@@ -636,6 +665,7 @@ impl Engine {
         if !Self::is_current(state, step_id, attempt) {
             return false;
         }
+        state.suspended.remove(step_id);
         Self::release(state, step_id);
         if retryable && attempt < self.config.max_attempts {
             out.emit(EventKind::warning(
@@ -751,8 +781,32 @@ impl Engine {
         };
         state.checkpoint = None;
         state.status = RunStatus::Running;
-        let suffix = comment.map(|c| format!(": {c}")).unwrap_or_default();
-        if approved {
+        let suffix = comment
+            .as_ref()
+            .map(|c| format!(": {c}"))
+            .unwrap_or_default();
+        let asked_by_tool = state
+            .suspended
+            .get(&checkpoint.step_id)
+            .is_some_and(|s| s.checkpoint_id == checkpoint_id);
+        if asked_by_tool {
+            // The specialist asked: its step runs again with the answer as the tool's result,
+            // whichever way the person decided (the model reads the decision).
+            out.emit(EventKind::Message {
+                message: format!(
+                    "Checkpoint {checkpoint_id} {}{suffix}",
+                    if approved { "approved" } else { "rejected" }
+                ),
+            });
+            let answer = HitlAnswer {
+                approved,
+                comment,
+                denied: None,
+            };
+            self.resume_suspended(state, &checkpoint.step_id, answer, out);
+            self.open_next_tool_checkpoint(state, now_ms, out);
+            self.schedule(state, now_ms, out);
+        } else if approved {
             if let Some(step) = state.plan.step_mut(&checkpoint.step_id) {
                 step.status = StepStatus::Done;
             }
@@ -825,7 +879,12 @@ impl Engine {
             .steps
             .iter()
             .filter(|s| {
-                s.status == StepStatus::InProgress && s.action != Some(StepAction::Approval)
+                s.status == StepStatus::InProgress
+                    && s.action != Some(StepAction::Approval)
+                    && state
+                        .suspended
+                        .get(&s.id)
+                        .is_none_or(|w| w.answer.is_some())
             })
             .filter_map(|s| {
                 Some(Dispatch {
@@ -1007,6 +1066,136 @@ impl Engine {
         None
     }
 
+    /// A specialist asked a person: open a checkpoint (or queue it behind the open one), or,
+    /// past the per-run cap, deny it and run the step on at once.
+    fn on_needs_human(
+        &self,
+        state: &mut RunState,
+        step_id: &str,
+        attempt: u32,
+        request: HumanRequest,
+        now_ms: u64,
+        out: &mut Out,
+    ) -> bool {
+        // A step already waiting cannot ask again; one resumed with its answer can.
+        let waiting = state
+            .suspended
+            .get(step_id)
+            .is_some_and(|w| w.answer.is_none());
+        if !Self::is_current(state, step_id, attempt) || waiting {
+            return false;
+        }
+        Self::release(state, step_id);
+        state.usage.add(request.usage);
+        let checkpoint_id = format!("hitl-{step_id}-{}", state.hitl_requests + 1);
+        let over_cap = state.hitl_requests >= self.config.max_hitl_requests;
+        let question = request.question.clone();
+        state.suspended.insert(
+            step_id.to_owned(),
+            Suspended {
+                attempt,
+                checkpoint_id,
+                request,
+                answer: None,
+            },
+        );
+        if over_cap {
+            out.emit(EventKind::warning(
+                format!(
+                    "Step {step_id} asked a person more than {} times in this run; denied: {question}",
+                    self.config.max_hitl_requests
+                ),
+                Some(json!({ "stepId": step_id, "denied": "too many requests" })),
+            ));
+            let answer = HitlAnswer {
+                approved: false,
+                comment: None,
+                denied: Some("too many requests".into()),
+            };
+            self.resume_suspended(state, step_id, answer, out);
+            return true;
+        }
+        state.hitl_requests += 1;
+        self.open_next_tool_checkpoint(state, now_ms, out);
+        true
+    }
+
+    /// Gives a paused step its answer and dispatches it again (same attempt: it stored no
+    /// result, and its conversation carries on from where it stopped).
+    fn resume_suspended(
+        &self,
+        state: &mut RunState,
+        step_id: &str,
+        answer: HitlAnswer,
+        out: &mut Out,
+    ) {
+        let Some(waiting) = state.suspended.get_mut(step_id) else {
+            return;
+        };
+        waiting.answer = Some(answer);
+        let attempt = waiting.attempt;
+        let Some(capability) = state
+            .plan
+            .step(step_id)
+            .and_then(PlanStep::capability)
+            .map(str::to_owned)
+        else {
+            return;
+        };
+        out.emit(EventKind::Handoff {
+            message: HandoffStage::Requested,
+            data: Handoff {
+                from: Some("orchestrator".into()),
+                to: capability.clone(),
+                capability_id: capability.clone(),
+                step_id: step_id.to_owned(),
+            },
+        });
+        out.0.push(Action::Dispatch {
+            steps: vec![Dispatch {
+                step_id: step_id.to_owned(),
+                capability_id: capability,
+                attempt,
+                timeout_ms: self.config.step_timeout_ms,
+            }],
+        });
+    }
+
+    /// Opens the checkpoint of the first paused step still waiting, unless one is open.
+    fn open_next_tool_checkpoint(&self, state: &mut RunState, now_ms: u64, out: &mut Out) {
+        if state.checkpoint.is_some() {
+            return;
+        }
+        let Some((step_id, waiting)) = state
+            .suspended
+            .iter()
+            .find(|(_, w)| w.answer.is_none())
+            .map(|(id, w)| (id.clone(), w.clone()))
+        else {
+            return;
+        };
+        let checkpoint = Checkpoint {
+            id: waiting.checkpoint_id.clone(),
+            step_id: step_id.clone(),
+            kind: waiting.request.kind,
+            question: waiting.request.question.clone(),
+            expires_at_ms: now_ms + self.config.approval_timeout_ms,
+        };
+        state.status = RunStatus::PendingHitl;
+        state.checkpoint = Some(checkpoint.clone());
+        out.emit(EventKind::HitlRequest {
+            data: HitlRequest {
+                checkpoint_id: checkpoint.id.clone(),
+                kind: checkpoint.kind,
+                question: checkpoint.question.clone(),
+                expires_at: rfc3339_ms(checkpoint.expires_at_ms),
+                step_id: Some(step_id),
+                urgency: Some(waiting.request.urgency),
+            },
+        });
+        out.0.push(Action::AwaitApproval { checkpoint });
+    }
+
     fn open_checkpoint(&self, state: &mut RunState, step: &PlanStep, now_ms: u64, out: &mut Out) {
         let checkpoint = Checkpoint {
             id: format!("cp-{}", step.id),
@@ -1029,6 +1218,8 @@ impl Engine {
                 kind: checkpoint.kind,
                 question: checkpoint.question.clone(),
                 expires_at: rfc3339_ms(checkpoint.expires_at_ms),
+                step_id: Some(step.id.clone()),
+                urgency: None,
             },
         });
         out.0.push(Action::AwaitApproval { checkpoint });

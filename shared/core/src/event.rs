@@ -98,6 +98,12 @@ pub struct HitlRequest {
     pub question: String,
     /// RFC 3339, UTC.
     pub expires_at: String,
+    /// The step that waits on the answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_id: Option<String>,
+    /// How soon the asking specialist needs the answer (requests made with `hitl_request`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub urgency: Option<crate::tools::Urgency>,
 }
 
 /// One event's payload; `type` on the wire is the variant name in snake_case.

@@ -7,6 +7,7 @@ pub mod event;
 pub mod patch;
 pub mod ports;
 pub mod report;
+pub mod tools;
 pub mod types;
 
 pub use engine::{

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::RunState;
 use crate::event::{Event, Frame};
+use crate::tools::{ToolCall, ToolChoice, ToolSpec};
 use crate::types::{RunReport, RunSummary, StepResult, Usage};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -102,12 +103,24 @@ impl Clock for SystemClock {
 pub enum ChatRole {
     User,
     Assistant,
+    /// The result of a tool call, answering `tool_call_id`.
+    Tool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ChatMessage {
     pub role: ChatRole,
     pub content: String,
+    /// The calls an assistant message asked for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// The call a tool message answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// A tool message that reports a failure (bad arguments, refused, timed out).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub is_error: bool,
 }
 
 impl ChatMessage {
@@ -115,6 +128,34 @@ impl ChatMessage {
         Self {
             role: ChatRole::User,
             content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            is_error: false,
+        }
+    }
+
+    pub fn assistant(content: impl Into<String>, tool_calls: Vec<ToolCall>) -> Self {
+        Self {
+            role: ChatRole::Assistant,
+            content: content.into(),
+            tool_calls,
+            tool_call_id: None,
+            is_error: false,
+        }
+    }
+
+    /// A tool's result (JSON text) for the call `call_id`.
+    pub fn tool_result(
+        call_id: impl Into<String>,
+        content: impl Into<String>,
+        is_error: bool,
+    ) -> Self {
+        Self {
+            role: ChatRole::Tool,
+            content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: Some(call_id.into()),
+            is_error,
         }
     }
 }
@@ -139,18 +180,44 @@ pub struct ModelRequest {
     pub max_tokens: Option<u32>,
     /// The reply must be one JSON object.
     pub json: bool,
+    /// Tools the model may call; none means a plain completion.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<ToolSpec>,
+    #[serde(default)]
+    pub tool_choice: ToolChoice,
+}
+
+impl ModelRequest {
+    /// A request with no tools, no JSON mode and the provider's defaults.
+    pub fn new(purpose: Purpose, system: impl Into<String>, messages: Vec<ChatMessage>) -> Self {
+        Self {
+            purpose,
+            system: system.into(),
+            messages,
+            temperature: None,
+            max_tokens: None,
+            json: false,
+            tools: Vec::new(),
+            tool_choice: ToolChoice::Auto,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelResponse {
     pub text: String,
     pub usage: Usage,
+    /// The tools the model asked to call, in order; answer them and call again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
 }
 
-/// A piece of a streamed reply; `Usage` comes once, at the end.
+/// A piece of a streamed reply. A `ToolCall` comes whole once its arguments have streamed in;
+/// `Usage` comes once, at the end.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StreamItem {
     Text(String),
+    ToolCall(ToolCall),
     Usage(Usage),
 }
 

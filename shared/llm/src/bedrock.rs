@@ -5,6 +5,7 @@
 //! maps the SDK's errors and events onto the Model port and checks that a stream reached its
 //! `messageStop`.
 
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,15 +17,21 @@ use aws_sdk_bedrockruntime::config::{BehaviorVersion, Region};
 use aws_sdk_bedrockruntime::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_bedrockruntime::operation::converse_stream::ConverseStreamOutput as StreamOutput;
 use aws_sdk_bedrockruntime::types::{
-    ContentBlock, ContentBlockDelta, ConversationRole, ConverseOutput, ConverseStreamOutput,
-    InferenceConfiguration, Message, SystemContentBlock, TokenUsage,
+    AnyToolChoice, AutoToolChoice, ContentBlock, ContentBlockDelta, ContentBlockStart,
+    ConversationRole, ConverseOutput, ConverseStreamOutput, InferenceConfiguration, Message,
+    SystemContentBlock, TokenUsage, Tool, ToolChoice as WireToolChoice, ToolConfiguration,
+    ToolInputSchema, ToolResultBlock, ToolResultContentBlock, ToolResultStatus, ToolSpecification,
+    ToolUseBlock,
 };
+use aws_smithy_types::{Document, Number};
 use futures::StreamExt;
 use futures::stream::{self, BoxStream};
 use orchestrator_core::ports::{
     ChatRole, Model, ModelError, ModelInfo, ModelRequest, ModelResponse, Purpose, StreamItem,
 };
+use orchestrator_core::tools::{ToolCall, ToolChoice};
 use orchestrator_core::types::Usage;
+use serde_json::Value;
 
 use crate::config::{LlmConfig, Resilience};
 use crate::telemetry::record_usage;
@@ -93,61 +100,141 @@ impl BedrockModel {
         }
     }
 
-    fn parts(
-        &self,
-        request: &ModelRequest,
-    ) -> Result<
-        (
-            Vec<SystemContentBlock>,
-            Vec<Message>,
-            InferenceConfiguration,
-        ),
-        ModelError,
-    > {
+    fn parts(&self, request: &ModelRequest) -> Result<Parts, ModelError> {
         let system = if request.system.is_empty() {
             Vec::new()
         } else {
             vec![SystemContentBlock::Text(request.system.clone())]
         };
-        let messages = request
-            .messages
-            .iter()
-            .map(|m| {
+        let invalid = |e: &dyn std::fmt::Display| {
+            ModelError::Invalid(format!("cannot build the request: {e}"))
+        };
+        // Converse alternates user and assistant turns: tool results are user content blocks,
+        // and consecutive blocks of one role go into one message.
+        let mut turns: Vec<(ConversationRole, Vec<ContentBlock>)> = Vec::new();
+        for m in &request.messages {
+            let (role, blocks) = match m.role {
+                ChatRole::User => (
+                    ConversationRole::User,
+                    vec![ContentBlock::Text(m.content.clone())],
+                ),
+                ChatRole::Assistant => {
+                    let mut blocks = Vec::new();
+                    if !m.content.is_empty() {
+                        blocks.push(ContentBlock::Text(m.content.clone()));
+                    }
+                    for call in &m.tool_calls {
+                        let input = match &call.arguments {
+                            Value::Object(_) => to_document(&call.arguments),
+                            // Converse wants an object; what the model wrote is kept inside one.
+                            other => to_document(&serde_json::json!({ "_raw": other })),
+                        };
+                        blocks.push(ContentBlock::ToolUse(
+                            ToolUseBlock::builder()
+                                .tool_use_id(&call.id)
+                                .name(&call.name)
+                                .input(input)
+                                .build()
+                                .map_err(|e| invalid(&e))?,
+                        ));
+                    }
+                    (ConversationRole::Assistant, blocks)
+                }
+                ChatRole::Tool => {
+                    let content = match serde_json::from_str::<Value>(&m.content) {
+                        Ok(v @ Value::Object(_)) => ToolResultContentBlock::Json(to_document(&v)),
+                        _ => ToolResultContentBlock::Text(m.content.clone()),
+                    };
+                    let block = ToolResultBlock::builder()
+                        .tool_use_id(m.tool_call_id.clone().unwrap_or_default())
+                        .content(content)
+                        .set_status(m.is_error.then_some(ToolResultStatus::Error))
+                        .build()
+                        .map_err(|e| invalid(&e))?;
+                    (
+                        ConversationRole::User,
+                        vec![ContentBlock::ToolResult(block)],
+                    )
+                }
+            };
+            match turns.last_mut() {
+                Some((last, existing)) if *last == role => existing.extend(blocks),
+                _ => turns.push((role, blocks)),
+            }
+        }
+        let messages = turns
+            .into_iter()
+            .map(|(role, blocks)| {
                 Message::builder()
-                    .role(match m.role {
-                        ChatRole::User => ConversationRole::User,
-                        ChatRole::Assistant => ConversationRole::Assistant,
-                    })
-                    .content(ContentBlock::Text(m.content.clone()))
+                    .role(role)
+                    .set_content(Some(blocks))
                     .build()
-                    .map_err(|e| ModelError::Invalid(format!("cannot build the request: {e}")))
+                    .map_err(|e| invalid(&e))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let tools = if request.tools.is_empty() {
+            None
+        } else {
+            let specs = request
+                .tools
+                .iter()
+                .map(|t| {
+                    ToolSpecification::builder()
+                        .name(&t.name)
+                        .description(&t.description)
+                        .input_schema(ToolInputSchema::Json(to_document(&t.parameters)))
+                        .build()
+                        .map(Tool::ToolSpec)
+                        .map_err(|e| invalid(&e))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            // Converse has no "none": the last turn's instructions ask for an answer instead.
+            let choice = match request.tool_choice {
+                ToolChoice::Required => WireToolChoice::Any(AnyToolChoice::builder().build()),
+                ToolChoice::Auto | ToolChoice::None => {
+                    WireToolChoice::Auto(AutoToolChoice::builder().build())
+                }
+            };
+            Some(
+                ToolConfiguration::builder()
+                    .set_tools(Some(specs))
+                    .tool_choice(choice)
+                    .build()
+                    .map_err(|e| invalid(&e))?,
+            )
+        };
         // Converse has no JSON mode for every model; the prompts of JSON calls ask for JSON.
         let inference = InferenceConfiguration::builder()
             .set_max_tokens(request.max_tokens.map(|t| t.min(i32::MAX as u32) as i32))
             .set_temperature(request.temperature)
             .build();
-        Ok((system, messages, inference))
+        Ok(Parts {
+            system,
+            messages,
+            inference,
+            tools,
+        })
     }
 
     async fn open_stream(
         &self,
         request: ModelRequest,
     ) -> Result<BoxStream<'_, Result<StreamItem, ModelError>>, ModelError> {
-        let (system, messages, inference) = self.parts(&request)?;
+        let parts = self.parts(&request)?;
         let out: StreamOutput = self
             .client
             .converse_stream()
             .model_id(&self.model_id)
-            .set_system(Some(system))
-            .set_messages(Some(messages))
-            .inference_config(inference)
+            .set_system(Some(parts.system))
+            .set_messages(Some(parts.messages))
+            .inference_config(parts.inference)
+            .set_tool_config(parts.tools)
             .send()
             .await
             .map_err(|e| sdk_error(e, self.request_timeout))?;
         let state = StreamState {
             receiver: out.stream,
+            calls: BTreeMap::new(),
             stopped: false,
             usage: None,
             done: false,
@@ -188,11 +275,39 @@ impl BedrockModel {
                     Ok(Ok(Some(event))) => event,
                 };
                 match event {
-                    ConverseStreamOutput::ContentBlockDelta(d) => {
-                        if let Some(ContentBlockDelta::Text(text)) = d.delta
-                            && !text.is_empty()
-                        {
+                    ConverseStreamOutput::ContentBlockStart(s) => {
+                        if let Some(ContentBlockStart::ToolUse(tool)) = s.start {
+                            st.calls.insert(
+                                s.content_block_index,
+                                (tool.tool_use_id, tool.name, String::new()),
+                            );
+                        }
+                    }
+                    ConverseStreamOutput::ContentBlockDelta(d) => match d.delta {
+                        Some(ContentBlockDelta::Text(text)) if !text.is_empty() => {
                             return Some((Ok(StreamItem::Text(text)), st));
+                        }
+                        Some(ContentBlockDelta::ToolUse(piece)) => {
+                            if let Some(call) = st.calls.get_mut(&d.content_block_index) {
+                                call.2.push_str(&piece.input);
+                            }
+                        }
+                        _ => {}
+                    },
+                    ConverseStreamOutput::ContentBlockStop(stop) => {
+                        if let Some((id, name, input)) = st.calls.remove(&stop.content_block_index)
+                        {
+                            let arguments = if input.trim().is_empty() {
+                                Value::Object(Default::default())
+                            } else {
+                                serde_json::from_str(&input).unwrap_or(Value::String(input))
+                            };
+                            let call = ToolCall {
+                                id,
+                                name,
+                                arguments,
+                            };
+                            return Some((Ok(StreamItem::ToolCall(call)), st));
                         }
                     }
                     ConverseStreamOutput::MessageStop(stop) => {
@@ -212,11 +327,62 @@ impl BedrockModel {
     }
 }
 
+struct Parts {
+    system: Vec<SystemContentBlock>,
+    messages: Vec<Message>,
+    inference: InferenceConfiguration,
+    tools: Option<ToolConfiguration>,
+}
+
+/// JSON into the SDK's document type.
+fn to_document(v: &Value) -> Document {
+    match v {
+        Value::Null => Document::Null,
+        Value::Bool(b) => Document::Bool(*b),
+        Value::Number(n) => {
+            if let Some(u) = n.as_u64() {
+                Document::Number(Number::PosInt(u))
+            } else if let Some(i) = n.as_i64() {
+                Document::Number(Number::NegInt(i))
+            } else {
+                Document::Number(Number::Float(n.as_f64().unwrap_or_default()))
+            }
+        }
+        Value::String(s) => Document::String(s.clone()),
+        Value::Array(items) => Document::Array(items.iter().map(to_document).collect()),
+        Value::Object(map) => Document::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), to_document(v)))
+                .collect::<HashMap<_, _>>(),
+        ),
+    }
+}
+
+/// The SDK's document type into JSON.
+fn from_document(d: &Document) -> Value {
+    match d {
+        Document::Null => Value::Null,
+        Document::Bool(b) => Value::Bool(*b),
+        Document::Number(Number::PosInt(u)) => Value::from(*u),
+        Document::Number(Number::NegInt(i)) => Value::from(*i),
+        Document::Number(Number::Float(f)) => Value::from(*f),
+        Document::String(s) => Value::String(s.clone()),
+        Document::Array(items) => Value::Array(items.iter().map(from_document).collect()),
+        Document::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), from_document(v)))
+                .collect(),
+        ),
+    }
+}
+
 struct StreamState<'a> {
     receiver: aws_sdk_bedrockruntime::primitives::event_stream::EventReceiver<
         ConverseStreamOutput,
         aws_sdk_bedrockruntime::types::error::ConverseStreamOutputError,
     >,
+    /// Tool calls being assembled, by content block index: id, name, input so far.
+    calls: BTreeMap<i32, (String, String, String)>,
     /// `messageStop` came: the text is whole.
     stopped: bool,
     usage: Option<Usage>,
@@ -271,30 +437,48 @@ impl Model for BedrockModel {
     }
 
     async fn complete(&self, request: ModelRequest) -> Result<ModelResponse, ModelError> {
-        let (system, messages, inference) = self.parts(&request)?;
+        let parts = self.parts(&request)?;
         let out = self
             .client
             .converse()
             .model_id(&self.model_id)
-            .set_system(Some(system))
-            .set_messages(Some(messages))
-            .inference_config(inference)
+            .set_system(Some(parts.system))
+            .set_messages(Some(parts.messages))
+            .inference_config(parts.inference)
+            .set_tool_config(parts.tools)
             .send()
             .await
             .map_err(|e| sdk_error(e, self.request_timeout))?;
-        let text = match out.output() {
-            Some(ConverseOutput::Message(m)) => m
-                .content()
-                .iter()
-                .filter_map(|b| b.as_text().ok())
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(""),
+        let (text, tool_calls) = match out.output() {
+            Some(ConverseOutput::Message(m)) => {
+                let text = m
+                    .content()
+                    .iter()
+                    .filter_map(|b| b.as_text().ok())
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("");
+                let calls = m
+                    .content()
+                    .iter()
+                    .filter_map(|b| b.as_tool_use().ok())
+                    .map(|t| ToolCall {
+                        id: t.tool_use_id().to_owned(),
+                        name: t.name().to_owned(),
+                        arguments: from_document(t.input()),
+                    })
+                    .collect::<Vec<_>>();
+                (text, calls)
+            }
             _ => return Err(ModelError::Invalid("the reply has no message".into())),
         };
         let usage = out.usage().map(usage_of).unwrap_or_default();
         record_usage(GEN_AI_SYSTEM, &self.model_id, request.purpose, false, usage);
-        Ok(ModelResponse { text, usage })
+        Ok(ModelResponse {
+            text,
+            usage,
+            tool_calls,
+        })
     }
 
     fn stream(&self, request: ModelRequest) -> BoxStream<'_, Result<StreamItem, ModelError>> {

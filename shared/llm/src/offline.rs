@@ -69,7 +69,11 @@ impl Model for OfflineModel {
     async fn complete(&self, request: ModelRequest) -> Result<ModelResponse, ModelError> {
         let text = self.reply(&request);
         let usage = usage_of(&request, &text);
-        Ok(ModelResponse { text, usage })
+        Ok(ModelResponse {
+            text,
+            usage,
+            tool_calls: Vec::new(),
+        })
     }
 
     fn stream(&self, request: ModelRequest) -> BoxStream<'_, Result<StreamItem, ModelError>> {
@@ -511,6 +515,8 @@ mod tests {
             temperature: None,
             max_tokens: None,
             json: true,
+            tools: Vec::new(),
+            tool_choice: Default::default(),
         }
     }
 

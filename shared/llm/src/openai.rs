@@ -5,7 +5,7 @@
 //! retried, other 4xx not) and must see whether a stream reached its finish marker. The wire
 //! types below are the few fields this needs and stay private.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use orchestrator_core::event::SseParser;
 use orchestrator_core::ports::{
     ChatRole, Model, ModelError, ModelInfo, ModelRequest, ModelResponse, Purpose, StreamItem,
 };
+use orchestrator_core::tools::{ToolCall, ToolChoice};
 use orchestrator_core::types::Usage;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -74,18 +75,58 @@ impl OpenAiModel {
             messages.push(WireMessage {
                 role: "system",
                 content: &request.system,
+                tool_calls: Vec::new(),
+                tool_call_id: None,
             });
         }
-        messages.extend(request.messages.iter().map(|m| WireMessage {
-            role: match m.role {
-                ChatRole::User => "user",
-                ChatRole::Assistant => "assistant",
-            },
-            content: &m.content,
+        messages.extend(request.messages.iter().map(|m| {
+            WireMessage {
+                role: match m.role {
+                    ChatRole::User => "user",
+                    ChatRole::Assistant => "assistant",
+                    ChatRole::Tool => "tool",
+                },
+                content: &m.content,
+                tool_calls: m
+                    .tool_calls
+                    .iter()
+                    .map(|c| WireToolCall {
+                        id: &c.id,
+                        kind: "function",
+                        function: WireFunctionCall {
+                            name: &c.name,
+                            arguments: match &c.arguments {
+                                Value::String(raw) => raw.clone(),
+                                other => other.to_string(),
+                            },
+                        },
+                    })
+                    .collect(),
+                tool_call_id: m.tool_call_id.as_deref(),
+            }
         }));
+        let tools: Vec<WireTool> = request
+            .tools
+            .iter()
+            .map(|t| WireTool {
+                kind: "function",
+                function: WireFunction {
+                    name: &t.name,
+                    description: &t.description,
+                    parameters: &t.parameters,
+                },
+            })
+            .collect();
+        let tool_choice = (!tools.is_empty()).then_some(match request.tool_choice {
+            ToolChoice::Auto => "auto",
+            ToolChoice::Required => "required",
+            ToolChoice::None => "none",
+        });
         let body = WireRequest {
             model: &self.model,
             messages,
+            tools,
+            tool_choice,
             temperature: request.temperature,
             max_tokens: request.max_tokens,
             stream,
@@ -216,6 +257,7 @@ impl OpenAiModel {
             body,
             parser: SseParser::default(),
             queue: VecDeque::new(),
+            calls: BTreeMap::new(),
             finished: false,
             usage: None,
             done: false,
@@ -249,6 +291,8 @@ struct StreamState<'a> {
     body: BoxStream<'a, Result<Bytes, ModelError>>,
     parser: SseParser,
     queue: VecDeque<Result<StreamItem, ModelError>>,
+    /// Tool calls being assembled from their deltas, by index.
+    calls: BTreeMap<u32, PartialCall>,
     /// A choice reported its finish_reason: the text is whole.
     finished: bool,
     usage: Option<Usage>,
@@ -282,12 +326,34 @@ impl StreamState<'_> {
                 return;
             }
             for choice in chunk.choices {
-                if let Some(text) = choice.delta.and_then(|d| d.content)
-                    && !text.is_empty()
-                {
-                    self.queue.push_back(Ok(StreamItem::Text(text)));
+                if let Some(delta) = choice.delta {
+                    if let Some(text) = delta.content
+                        && !text.is_empty()
+                    {
+                        self.queue.push_back(Ok(StreamItem::Text(text)));
+                    }
+                    for (i, d) in delta.tool_calls.into_iter().enumerate() {
+                        let index = d.index.unwrap_or(i as u32);
+                        let call = self.calls.entry(index).or_default();
+                        if let Some(id) = d.id {
+                            call.id = id;
+                        }
+                        if let Some(f) = d.function {
+                            if let Some(name) = f.name {
+                                call.name.push_str(&name);
+                            }
+                            if let Some(args) = f.arguments {
+                                call.arguments.push_str(&args);
+                            }
+                        }
+                    }
                 }
                 if let Some(reason) = choice.finish_reason {
+                    // The calls are whole once the choice finishes.
+                    for (index, call) in std::mem::take(&mut self.calls) {
+                        self.queue
+                            .push_back(Ok(StreamItem::ToolCall(call.finish(index))));
+                    }
                     if reason == "length" {
                         tracing::warn!(gen_ai.request.model = %self.model, "the reply hit max_tokens");
                     }
@@ -338,16 +404,42 @@ impl Model for OpenAiModel {
         let bytes = resp.bytes().await.map_err(|e| transport(e, timeout))?;
         let reply: WireResponse = serde_json::from_slice(&bytes)
             .map_err(|e| ModelError::Invalid(format!("not a chat completion: {e}")))?;
-        let text = reply
+        let message = reply
             .choices
             .into_iter()
             .next()
             .and_then(|c| c.message)
-            .and_then(|m| m.content)
-            .ok_or_else(|| ModelError::Invalid("the completion has no message content".into()))?;
+            .ok_or_else(|| ModelError::Invalid("the completion has no message".into()))?;
+        let tool_calls: Vec<ToolCall> = message
+            .tool_calls
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let f = c.function.unwrap_or_default();
+                PartialCall {
+                    id: c.id.unwrap_or_default(),
+                    name: f.name.unwrap_or_default(),
+                    arguments: f.arguments.unwrap_or_default(),
+                }
+                .finish(i as u32)
+            })
+            .collect();
+        let text = match message.content {
+            Some(text) => text,
+            None if !tool_calls.is_empty() => String::new(),
+            None => {
+                return Err(ModelError::Invalid(
+                    "the completion has no message content".into(),
+                ));
+            }
+        };
         let usage = reply.usage.map(Usage::from).unwrap_or_default();
         record_usage(GEN_AI_SYSTEM, &self.model, request.purpose, false, usage);
-        Ok(ModelResponse { text, usage })
+        Ok(ModelResponse {
+            text,
+            usage,
+            tool_calls,
+        })
     }
 
     fn stream(&self, request: ModelRequest) -> BoxStream<'_, Result<StreamItem, ModelError>> {
@@ -405,10 +497,42 @@ fn error_text(err: &Value) -> String {
     }
 }
 
+/// A tool call whose pieces are still arriving.
+#[derive(Default)]
+struct PartialCall {
+    id: String,
+    name: String,
+    arguments: String,
+}
+
+impl PartialCall {
+    /// Arguments that are not JSON stay a string, so validation can tell the model so.
+    fn finish(self, index: u32) -> ToolCall {
+        let arguments = if self.arguments.trim().is_empty() {
+            Value::Object(Default::default())
+        } else {
+            serde_json::from_str(&self.arguments).unwrap_or(Value::String(self.arguments))
+        };
+        ToolCall {
+            id: if self.id.is_empty() {
+                format!("call_{index}")
+            } else {
+                self.id
+            },
+            name: self.name,
+            arguments,
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct WireRequest<'a> {
     model: &'a str,
     messages: Vec<WireMessage<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tools: Vec<WireTool<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -424,6 +548,39 @@ struct WireRequest<'a> {
 struct WireMessage<'a> {
     role: &'static str,
     content: &'a str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<WireToolCall<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_call_id: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct WireToolCall<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: WireFunctionCall<'a>,
+}
+
+#[derive(Serialize)]
+struct WireFunctionCall<'a> {
+    name: &'a str,
+    /// A JSON document in a string, as the API wants it.
+    arguments: String,
+}
+
+#[derive(Serialize)]
+struct WireTool<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: WireFunction<'a>,
+}
+
+#[derive(Serialize)]
+struct WireFunction<'a> {
+    name: &'a str,
+    description: &'a str,
+    parameters: &'a Value,
 }
 
 #[derive(Serialize)]
@@ -452,6 +609,22 @@ struct WireChoice {
 #[derive(Deserialize)]
 struct WireContent {
     content: Option<String>,
+    /// Whole calls in a reply; pieces of calls (with their `index`) in a stream's deltas.
+    #[serde(default)]
+    tool_calls: Vec<WireCallPiece>,
+}
+
+#[derive(Deserialize)]
+struct WireCallPiece {
+    index: Option<u32>,
+    id: Option<String>,
+    function: Option<WireFunctionPiece>,
+}
+
+#[derive(Deserialize, Default)]
+struct WireFunctionPiece {
+    name: Option<String>,
+    arguments: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -46,6 +46,8 @@ fn request() -> ModelRequest {
         temperature: Some(0.2),
         max_tokens: Some(100),
         json: false,
+        tools: Vec::new(),
+        tool_choice: Default::default(),
     }
 }
 
@@ -264,4 +266,113 @@ async fn a_stream_cut_mid_frame_is_broken() {
     let last = items.last().unwrap().clone().unwrap_err();
     assert!(matches!(last, ModelError::StreamBroken(_)), "{last:?}");
     assert!(last.retryable());
+}
+
+#[tokio::test]
+async fn converse_tool_use_round_trip() {
+    use orchestrator_core::tools::{ToolCall, ToolSpec};
+    // GIVEN a local Bedrock endpoint whose model asks for a tool
+    let server = MockServer::script(vec![Reply::json(
+        200,
+        json!({
+            "output": {"message": {"role": "assistant", "content": [
+                {"text": "Let me measure it."},
+                {"toolUse": {"toolUseId": "tu-1", "name": "text_stats", "input": {"text": "Hi there."}}}
+            ]}},
+            "stopReason": "tool_use",
+            "usage": {"inputTokens": 20, "outputTokens": 10, "totalTokens": 30},
+            "metrics": {"latencyMs": 5}
+        }),
+    )])
+    .await;
+    let model = model(&server);
+    let mut req = request();
+    req.tools = vec![ToolSpec {
+        name: "text_stats".into(),
+        description: "Measure a text".into(),
+        parameters: json!({"type": "object", "properties": {"text": {"type": "string"}}}),
+    }];
+    // A conversation that already had one call and its result
+    let earlier = ToolCall {
+        id: "tu-0".into(),
+        name: "text_stats".into(),
+        arguments: json!({"text": "x"}),
+    };
+    req.messages.push(ChatMessage::assistant("", vec![earlier]));
+    req.messages
+        .push(ChatMessage::tool_result("tu-0", r#"{"words": 1}"#, false));
+    // WHEN it is called
+    let reply = model.complete(req).await.unwrap();
+    // THEN the call comes back as a domain tool call with its input
+    assert_eq!(reply.text, "Let me measure it.");
+    assert_eq!(
+        reply.tool_calls,
+        vec![ToolCall {
+            id: "tu-1".into(),
+            name: "text_stats".into(),
+            arguments: json!({"text": "Hi there."}),
+        }]
+    );
+    // AND the request carried toolConfig and the earlier call and result as content blocks
+    let body = server.requests()[0].json();
+    assert_eq!(
+        body["toolConfig"]["tools"][0]["toolSpec"]["name"],
+        "text_stats"
+    );
+    assert_eq!(
+        body["toolConfig"]["tools"][0]["toolSpec"]["inputSchema"]["json"]["type"],
+        "object"
+    );
+    let messages = body["messages"].as_array().unwrap();
+    assert_eq!(messages[1]["role"], "assistant");
+    assert_eq!(messages[1]["content"][0]["toolUse"]["toolUseId"], "tu-0");
+    assert_eq!(messages[2]["role"], "user");
+    let result = &messages[2]["content"][0]["toolResult"];
+    assert_eq!(result["toolUseId"], "tu-0");
+    assert_eq!(result["content"][0]["json"]["words"], 1);
+}
+
+#[tokio::test]
+async fn converse_stream_tool_use_deltas_are_assembled() {
+    // GIVEN a stream with a tool use whose input arrives in pieces
+    let server = MockServer::script(vec![stream_reply(vec![
+        event("messageStart", json!({"role": "assistant"})),
+        event(
+            "contentBlockStart",
+            json!({"contentBlockIndex": 1, "start": {"toolUse": {"toolUseId": "tu-9", "name": "platform_constraints"}}}),
+        ),
+        event(
+            "contentBlockDelta",
+            json!({"contentBlockIndex": 1, "delta": {"toolUse": {"input": "{\"platform\":"}}}),
+        ),
+        event(
+            "contentBlockDelta",
+            json!({"contentBlockIndex": 1, "delta": {"toolUse": {"input": " \"x\"}"}}}),
+        ),
+        event("contentBlockStop", json!({"contentBlockIndex": 1})),
+        event("messageStop", json!({"stopReason": "tool_use"})),
+        event(
+            "metadata",
+            json!({"usage": {"inputTokens": 5, "outputTokens": 6, "totalTokens": 11}, "metrics": {"latencyMs": 1}}),
+        ),
+    ])])
+    .await;
+    let model = model(&server);
+    // WHEN streamed
+    let items: Vec<StreamItem> = model.stream(request()).map(Result::unwrap).collect().await;
+    // THEN one whole call, then usage
+    assert_eq!(
+        items,
+        vec![
+            StreamItem::ToolCall(orchestrator_core::tools::ToolCall {
+                id: "tu-9".into(),
+                name: "platform_constraints".into(),
+                arguments: json!({"platform": "x"}),
+            }),
+            StreamItem::Usage(Usage {
+                input_tokens: 5,
+                output_tokens: 6
+            }),
+        ]
+    );
 }

@@ -43,6 +43,8 @@ fn request(json: bool) -> ModelRequest {
         temperature: Some(0.2),
         max_tokens: Some(100),
         json,
+        tools: Vec::new(),
+        tool_choice: Default::default(),
     }
 }
 
@@ -411,5 +413,166 @@ async fn the_planner_repairs_invalid_json_through_the_real_adapter() {
             .as_str()
             .unwrap()
             .contains("could not be used")
+    );
+}
+
+fn tool_delta(index: u32, id: Option<&str>, name: Option<&str>, args: &str) -> String {
+    let mut call = json!({"index": index, "function": {"arguments": args}});
+    if let Some(id) = id {
+        call["id"] = json!(id);
+        call["type"] = json!("function");
+    }
+    if let Some(name) = name {
+        call["function"]["name"] = json!(name);
+    }
+    json!({"choices": [{"index": 0, "delta": {"tool_calls": [call]}, "finish_reason": null}]})
+        .to_string()
+}
+
+fn with_tools(mut req: ModelRequest) -> ModelRequest {
+    req.tools = vec![orchestrator_core::tools::ToolSpec {
+        name: "text_stats".into(),
+        description: "Measure a text".into(),
+        parameters: json!({"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}),
+    }];
+    req
+}
+
+#[tokio::test]
+async fn streamed_tool_call_pieces_are_assembled_into_whole_calls() {
+    // GIVEN a server streaming two tool calls whose arguments arrive in pieces
+    let server = MockServer::script(vec![Reply::sse(&[
+        tool_delta(0, Some("call_1"), Some("text_stats"), ""),
+        tool_delta(0, None, None, "{\"text\": "),
+        tool_delta(0, None, None, "\"Hi there.\"}"),
+        tool_delta(1, Some("call_2"), Some("text_stats"), "{not json"),
+        json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}).to_string(),
+        usage(20, 9),
+        "[DONE]".into(),
+    ])])
+    .await;
+    let model = model(&server, fast());
+    // WHEN a request with a tool is streamed
+    let items: Vec<StreamItem> = collect(&model, with_tools(request(false)))
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    // THEN the calls come whole, in order (arguments that are not JSON stay a string), then usage
+    use orchestrator_core::tools::ToolCall;
+    assert_eq!(
+        items,
+        vec![
+            StreamItem::ToolCall(ToolCall {
+                id: "call_1".into(),
+                name: "text_stats".into(),
+                arguments: json!({"text": "Hi there."}),
+            }),
+            StreamItem::ToolCall(ToolCall {
+                id: "call_2".into(),
+                name: "text_stats".into(),
+                arguments: json!("{not json"),
+            }),
+            StreamItem::Usage(Usage {
+                input_tokens: 20,
+                output_tokens: 9
+            }),
+        ]
+    );
+    // AND the request offered the tool in the OpenAI shape
+    let body = server.requests()[0].json();
+    assert_eq!(body["tools"][0]["type"], "function");
+    assert_eq!(body["tools"][0]["function"]["name"], "text_stats");
+    assert_eq!(
+        body["tools"][0]["function"]["parameters"]["required"][0],
+        "text"
+    );
+    assert_eq!(body["tool_choice"], "auto");
+}
+
+#[tokio::test]
+async fn a_specialist_gets_tool_errors_and_refusals_back_over_http() {
+    // GIVEN a local server whose model first calls text_stats with a bad argument and a tool
+    // the request does not allow, then answers with a verdict
+    use orchestrator_agents::{NoDeltas, PriorOutput, Qa, Specialist, StepContext};
+    use orchestrator_core::types::{PlanStep, StepStatus};
+    let server = MockServer::script(vec![
+        Reply::json(
+            200,
+            json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_a", "type": "function", "function": {"name": "text_stats", "arguments": "{\"txt\": \"Hello\"}"}},
+                {"id": "call_b", "type": "function", "function": {"name": "platform_constraints", "arguments": "{\"platform\": \"x\"}"}}
+            ]}, "finish_reason": "tool_calls"}], "usage": {"prompt_tokens": 30, "completion_tokens": 12}}),
+        ),
+        Reply::json(
+            200,
+            completion(r#"{"score": 0.9, "pass": true, "issues": []}"#),
+        ),
+    ])
+    .await;
+    let model = Arc::new(model(&server, fast()));
+    let mut request = RunRequest::new("Write a launch post");
+    request.options.tools_allowlist = Some(vec!["text_stats".into()]);
+    let ctx = StepContext {
+        run_id: "r".into(),
+        request,
+        step: PlanStep {
+            id: "s3".into(),
+            capability_id: Some("qa".into()),
+            action: None,
+            label: Some("Review".into()),
+            status: StepStatus::InProgress,
+            depends_on: vec![],
+            note: None,
+            acceptance_criteria: vec![],
+        },
+        attempt: 1,
+        inputs: vec![PriorOutput {
+            step_id: "s2".into(),
+            capability_id: "generation".into(),
+            output: json!({"text": "Hello"}),
+        }],
+        hitl_remaining: 3,
+        resume: None,
+    };
+    // WHEN QA runs
+    let out = Qa::new(model).run(&ctx, &NoDeltas).await.unwrap();
+    // THEN it finished with the verdict, both calls' tokens counted
+    assert_eq!(out.output["score"], 0.9);
+    assert_eq!(out.usage.input_tokens, 41);
+    let sent = server.requests();
+    assert_eq!(sent.len(), 2);
+    // AND only the allowed tool was offered
+    let first = sent[0].json();
+    let offered: Vec<&str> = first["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["function"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(offered, ["text_stats"]);
+    // AND the second request carried the assistant's calls and one tool message per call
+    let second = sent[1].json();
+    let messages = second["messages"].as_array().unwrap();
+    let n = messages.len();
+    assert_eq!(messages[n - 3]["role"], "assistant");
+    assert_eq!(messages[n - 3]["tool_calls"][0]["id"], "call_a");
+    assert_eq!(
+        messages[n - 3]["tool_calls"][0]["function"]["arguments"],
+        "{\"txt\":\"Hello\"}"
+    );
+    assert_eq!(messages[n - 2]["role"], "tool");
+    assert_eq!(messages[n - 2]["tool_call_id"], "call_a");
+    let invalid = messages[n - 2]["content"].as_str().unwrap();
+    assert!(
+        invalid.contains("invalid arguments") && invalid.contains("txt"),
+        "{invalid}"
+    );
+    assert_eq!(messages[n - 1]["tool_call_id"], "call_b");
+    assert!(
+        messages[n - 1]["content"]
+            .as_str()
+            .unwrap()
+            .contains("refused")
     );
 }

@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use orchestrator_agents::{DeltaSink, PlanContext, Planner, PriorOutput, Specialists, StepContext};
+use orchestrator_agents::{
+    AgentError, DeltaSink, PlanContext, Planner, PriorOutput, Specialists, StepContext,
+};
 use orchestrator_core::batch::DeltaBatcher;
 use orchestrator_core::engine::{
     Action, Dispatch, Engine, EngineConfig, Input, PlannerState, RunState,
@@ -15,6 +17,7 @@ use orchestrator_core::engine::{
 use orchestrator_core::event::{Event, EventKind, Handoff, HandoffStage, StepRef};
 use orchestrator_core::ports::{Clock, Created, EventLog, RunStore, StoreError};
 use orchestrator_core::report::build_report;
+use orchestrator_core::tools::Resume;
 use orchestrator_core::types::{
     Mode, RunReport, RunRequest, RunStatus, StepMetrics, StepResult, ValidationError,
 };
@@ -465,12 +468,29 @@ impl Runner {
             Ok(inputs) => inputs,
             Err(e) => return failed(e.to_string(), true),
         };
+        // A step that paused for a person carries on from its conversation, with the answer.
+        let resume = state
+            .suspended
+            .get(&dispatch.step_id)
+            .filter(|s| s.attempt == dispatch.attempt)
+            .and_then(|s| {
+                Some(Resume {
+                    session: s.request.session.clone(),
+                    answer: s.answer.clone()?,
+                })
+            });
         let ctx = StepContext {
             run_id: run_id.clone(),
             request: state.request.clone(),
             step,
             attempt: dispatch.attempt,
             inputs,
+            hitl_remaining: self
+                .engine
+                .config
+                .max_hitl_requests
+                .saturating_sub(state.hitl_requests),
+            resume,
         };
         let sink = BatchingSink {
             store: self.store.clone(),
@@ -493,6 +513,17 @@ impl Runner {
         .await;
         let flushed = sink.finish().await;
         let duration_ms = started.elapsed().as_millis() as u64;
+        let ran = match ran {
+            // Not a result: the engine opens a checkpoint and dispatches the step again later.
+            Ok(Err(AgentError::NeedsHuman(request))) if flushed.is_ok() => {
+                return Input::StepNeedsHuman {
+                    step_id: dispatch.step_id.clone(),
+                    attempt: dispatch.attempt,
+                    request,
+                };
+            }
+            other => other,
+        };
         let (output, usage, error, retryable) = match (ran, flushed) {
             (_, Err(e)) => (
                 serde_json::Value::Null,
@@ -672,6 +703,21 @@ impl DeltaSink for BatchingSink {
         let mut batcher = self.batcher.lock().await;
         if let Some(batch) = batcher.push(text, self.clock.now_ms()) {
             self.write(batch).await;
+        }
+    }
+
+    async fn event(&self, kind: EventKind) {
+        // The text so far goes first, so the log keeps the order things happened in.
+        let mut batcher = self.batcher.lock().await;
+        if let Some(rest) = batcher.flush() {
+            self.write(rest).await;
+        }
+        let mut event = self.template.clone();
+        event.kind = kind;
+        if let Err(e) = self.store.append(&event.run_id, &[event.clone()]).await
+            && let Ok(mut slot) = self.error.lock()
+        {
+            slot.get_or_insert(e);
         }
     }
 }
