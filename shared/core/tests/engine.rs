@@ -787,3 +787,103 @@ fn chat_mode_answers_with_a_message_and_completes_with_it() {
     assert_eq!(data, json!({ "message": "Hello!\nHow can I help?" }));
     assert_eq!(finish_status(&actions), Some(RunStatus::Completed));
 }
+
+fn needs_human(run: &Run, step_id: &str, question: &str) -> Input {
+    use orchestrator_core::tools::{HumanRequest, ToolSession, Urgency};
+    Input::StepNeedsHuman {
+        step_id: step_id.into(),
+        attempt: run.state.progress.get(step_id).map_or(0, |p| p.attempts),
+        request: Box::new(HumanRequest {
+            kind: HitlKind::Clarify,
+            question: question.into(),
+            urgency: Urgency::Normal,
+            session: ToolSession {
+                messages: Vec::new(),
+                pending: Vec::new(),
+                turns: 1,
+            },
+            usage: Default::default(),
+        }),
+    }
+}
+
+fn parallel_plan() -> Value {
+    json!({ "steps": [
+        { "id": "a", "capability": "strategy", "label": "One" },
+        { "id": "b", "capability": "strategy", "label": "Two" },
+    ] })
+}
+
+#[test]
+fn a_specialists_question_pauses_its_step_and_the_answer_dispatches_it_again() {
+    // GIVEN two parallel steps that both ask a person
+    let mut run = Run::app().planned(parallel_plan());
+    let first = run.send(needs_human(&run, "a", "Which market?"));
+    // THEN the first opens a checkpoint; the run waits, the step stays in progress
+    assert_eq!(run.state.status, RunStatus::PendingHitl);
+    assert!(
+        first
+            .iter()
+            .any(|a| matches!(a, Action::AwaitApproval { .. }))
+    );
+    assert_eq!(run.status_of("a"), Some(StepStatus::InProgress));
+    let cp_a = run.state.checkpoint.clone().unwrap();
+    assert_eq!((cp_a.step_id.as_str(), cp_a.kind), ("a", HitlKind::Clarify));
+    // AND the second queues behind it without a second checkpoint
+    let second = run.send(needs_human(&run, "b", "Which tone?"));
+    assert!(
+        !second
+            .iter()
+            .any(|a| matches!(a, Action::AwaitApproval { .. }))
+    );
+    assert_eq!(run.state.checkpoint.as_ref().unwrap().id, cp_a.id);
+    // AND a restart re-dispatches neither waiting step
+    assert!(dispatched(&run.send(Input::Resumed)).is_empty());
+
+    // WHEN the first is answered
+    let answered = run.send(Input::ApprovalGiven {
+        checkpoint_id: cp_a.id.clone(),
+        comment: Some("Europe".into()),
+    });
+    // THEN its step runs again under the same attempt with the answer kept for it
+    assert_eq!(dispatched(&answered), [("a".to_owned(), 1)]);
+    let answer = run.state.suspended["a"].answer.clone().unwrap();
+    assert_eq!(answer.comment.as_deref(), Some("Europe"));
+    // AND the queued question is asked next
+    let cp_b = run.state.checkpoint.clone().unwrap();
+    assert_eq!(cp_b.step_id, "b");
+    assert_eq!(run.state.status, RunStatus::PendingHitl);
+    // AND when the step finishes, nothing of the pause is left for it
+    run.finish("a", json!({"audience": "x", "angle": "y"}), 5);
+    assert!(!run.state.suspended.contains_key("a"));
+    assert_eq!(run.state.hitl_requests, 2);
+}
+
+#[test]
+fn requests_past_the_cap_are_denied_and_the_step_goes_on_at_once() {
+    // GIVEN a run that allows one request for a person
+    let mut run = Run::new(
+        EngineConfig {
+            max_hitl_requests: 1,
+            ..EngineConfig::default()
+        },
+        RunRequest::new("Write a launch post"),
+    )
+    .planned(parallel_plan());
+    run.send(needs_human(&run, "a", "First?"));
+    let cp = run.state.checkpoint.clone().unwrap();
+    run.send(Input::ApprovalGiven {
+        checkpoint_id: cp.id,
+        comment: None,
+    });
+    // WHEN a second request comes
+    let actions = run.send(needs_human(&run, "b", "Second?"));
+    // THEN no checkpoint: a warning, and the step is dispatched again with the denial
+    assert!(run.state.checkpoint.is_none());
+    assert_eq!(run.state.status, RunStatus::Running);
+    assert_eq!(dispatched(&actions), [("b".to_owned(), 1)]);
+    assert!(warnings(&actions).iter().any(|w| w.contains("denied")));
+    let denied = run.state.suspended["b"].answer.clone().unwrap();
+    assert_eq!(denied.denied.as_deref(), Some("too many requests"));
+    assert_eq!(denied.to_result()["error"], "denied: too many requests");
+}
