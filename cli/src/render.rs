@@ -167,12 +167,28 @@ impl<W: Write> Render for Human<W> {
                 writeln!(self.out, "⚠ {message}")?;
             }
             EventKind::Error { message, .. } => writeln!(self.out, "✗ {message}")?,
-            EventKind::ToolCall { message, .. } => writeln!(self.out, "  tool {message}")?,
-            EventKind::ToolResult { message, .. } => writeln!(self.out, "  tool {message} done")?,
+            EventKind::ToolCall { message, data } => {
+                let args = data.get("args").map(|a| a.to_string()).unwrap_or_default();
+                let args: String = args.chars().take(100).collect();
+                writeln!(self.out, "  ⚙ {message} {args}")?;
+            }
+            EventKind::ToolResult { message, data } => {
+                match data.pointer("/result/error").and_then(|e| e.as_str()) {
+                    Some(error) => writeln!(self.out, "  ⚙ {message}: {error}")?,
+                    None => writeln!(self.out, "  ⚙ {message} done")?,
+                }
+            }
             EventKind::HitlRequest { data } => writeln!(
                 self.out,
-                "⏸ Waiting for approval at {}: {} (expires {})",
-                data.checkpoint_id, data.question, data.expires_at
+                "⏸ Waiting for {} at {}: {} (expires {}); answer with `orchestrator approve <runId> {}`",
+                match data.kind {
+                    orchestrator_core::event::HitlKind::Approval => "approval",
+                    orchestrator_core::event::HitlKind::Clarify => "an answer",
+                },
+                data.checkpoint_id,
+                data.question,
+                data.expires_at,
+                data.checkpoint_id
             )?,
             EventKind::Metrics {
                 tokens,
