@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The benchmarks in one command: builds (profile bench-fast: release with thin LTO, so it builds
+# in a few minutes on a 2-core machine), runs the load driver against the mock LLM, the
+# exec-to-first-frame and idle-server checks, one run on DynamoDB (moto emulator) for the cost
+# model, then the criterion micro-benchmarks. Prints a table; writes bench/results.json.
+#
+#   bench/run.sh                 # everything (a few minutes)
+#   bench/run.sh --quick         # fewer runs
+#   bench/run.sh --base-url URL  # another OpenAI-compatible server instead of the mock
+#   NO_DYNAMODB=1 bench/run.sh   # skip the DynamoDB run (and so the cost model)
+#   NO_MICRO=1 bench/run.sh      # skip the criterion micro-benchmarks
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PROFILE=bench-fast
+export CARGO_TERM_COLOR=never
+echo "== build (profile $PROFILE)" >&2
+cargo build --profile "$PROFILE" -p orchestrator-bench -p orchestrator-cli --bins >&2
+BIN="target/$PROFILE"
+
+ARGS=("$@")
+if [[ -z "${NO_DYNAMODB:-}" && -z "${DYNAMODB_ENDPOINT:-}" ]]; then
+  echo "== DynamoDB emulator (infra/emulator.sh)" >&2
+  if DYNAMODB_ENDPOINT="$(bash infra/emulator.sh "${EMULATOR_PORT:-5005}")"; then
+    export DYNAMODB_ENDPOINT
+  else
+    echo "the emulator did not start: no DynamoDB figures" >&2
+  fi
+fi
+[[ -n "${NO_DYNAMODB:-}" ]] && unset DYNAMODB_ENDPOINT
+
+echo "== load, latency, memory, cold start, cost" >&2
+"$BIN/bench-driver" all --orchestrator "$BIN/orchestrator" --out bench/results.json "${ARGS[@]}"
+
+if [[ -z "${NO_MICRO:-}" ]]; then
+  echo
+  echo "== micro-benchmarks (criterion)"
+  cargo bench --profile "$PROFILE" -p orchestrator-bench --bench micro -- --noplot 2>/dev/null \
+    | grep -E '^[a-z]+/|time:' | paste - - | sed -E 's/ +/ /g'
+fi

@@ -1,0 +1,880 @@
+//! `bench-driver`: runs the reference workload through the real engine, the real
+//! OpenAI-compatible adapter and the real SQLite store, and measures it. See bench/README.md.
+//!
+//! - `bench-driver load --base-url URL --runs N --concurrency C`: one measurement, in this
+//!   process; prints one JSON object.
+//! - `bench-driver dynamo --endpoint URL --base-url URL`: one reference run on DynamoDbStore with
+//!   a capacity meter; prints one JSON object.
+//! - `bench-driver all --orchestrator PATH --out FILE`: every measurement, each in its own
+//!   process (so peak RSS is clean), then the table, the cost model and the JSON file.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use clap::{Parser, Subcommand};
+use orchestrator_agents::{Planner, default_specialists};
+use orchestrator_bench::cost::{self, LambdaAssumptions, RunShape};
+use orchestrator_bench::counting::CountingStore;
+use orchestrator_bench::ddb::CapacityMeter;
+use orchestrator_bench::mock::MockStats;
+use orchestrator_bench::rusage;
+use orchestrator_core::ports::{Model, SystemClock};
+use orchestrator_core::types::{RunRequest, RunStatus};
+use orchestrator_llm::{OfflineModel, OpenAiModel, Resilience};
+use orchestrator_runner::{Runner, RunnerConfig, Started, Store};
+use orchestrator_store::{DynamoDbConfig, DynamoDbStore, SqliteStore};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+const OBJECTIVE: &str = "Write a launch post for Acme Sync, our file sync app";
+
+#[derive(Parser)]
+#[command(name = "bench-driver")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// One load measurement in this process.
+    Load {
+        #[arg(long)]
+        base_url: String,
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        /// Scheduled model time per run, ms, for a server that is not the bench mock.
+        #[arg(long)]
+        scheduled_ms: Option<f64>,
+        /// Wrap the store to time the first delta (costs a little CPU).
+        #[arg(long)]
+        first_delta: bool,
+        /// `openai` (the adapter against --base-url) or `offline` (the built-in model, no
+        /// HTTP): to tell the adapter's cost from the engine's and the store's.
+        #[arg(long, default_value = "openai")]
+        model: String,
+        /// `file` (SQLite in WAL mode in a temp dir) or `memory` (SQLite in memory).
+        #[arg(long, default_value = "file")]
+        store: String,
+    },
+    /// One reference run on DynamoDbStore with a capacity meter.
+    Dynamo {
+        #[arg(long)]
+        endpoint: String,
+        #[arg(long)]
+        base_url: String,
+    },
+    /// Everything; prints the table and writes the JSON.
+    All {
+        /// The `orchestrator` binary (for exec-to-first-frame and the idle server).
+        #[arg(long)]
+        orchestrator: PathBuf,
+        #[arg(long, default_value = "bench/results.json")]
+        out: PathBuf,
+        /// An OpenAI-compatible server to use instead of spawning the mock (no overhead
+        /// figures then, unless --scheduled-ms is given).
+        #[arg(long)]
+        base_url: Option<String>,
+        #[arg(long)]
+        scheduled_ms: Option<f64>,
+        /// The DynamoDB emulator for the measured capacity (skipped without it).
+        #[arg(long, env = "DYNAMODB_ENDPOINT")]
+        dynamodb_endpoint: Option<String>,
+        /// Fewer runs: a quick look rather than stable figures.
+        #[arg(long)]
+        quick: bool,
+        /// Time to first token and per-chunk delay of the "realistic" mock, ms.
+        #[arg(long, default_value_t = 200)]
+        ttft_ms: u64,
+        #[arg(long, default_value_t = 5.0)]
+        chunk_ms: f64,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Load {
+            base_url,
+            runs,
+            concurrency,
+            scheduled_ms,
+            first_delta,
+            model,
+            store,
+        } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let result = rt.block_on(load(
+                &base_url,
+                runs,
+                concurrency,
+                scheduled_ms,
+                first_delta,
+                Variant {
+                    offline_model: model == "offline",
+                    memory_store: store == "memory",
+                },
+            ))?;
+            println!("{}", serde_json::to_string(&result)?);
+            Ok(())
+        }
+        Cmd::Dynamo { endpoint, base_url } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let result = rt.block_on(dynamo(&endpoint, &base_url))?;
+            println!("{}", serde_json::to_string(&result)?);
+            Ok(())
+        }
+        Cmd::All {
+            orchestrator,
+            out,
+            base_url,
+            scheduled_ms,
+            dynamodb_endpoint,
+            quick,
+            ttft_ms,
+            chunk_ms,
+        } => all(AllArgs {
+            orchestrator,
+            out,
+            base_url,
+            scheduled_ms,
+            dynamodb_endpoint,
+            quick,
+            ttft_ms,
+            chunk_ms,
+        }),
+    }
+}
+
+// ------------------------------------------------------------------------------------- load
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct LoadResult {
+    runs: usize,
+    concurrency: usize,
+    completed: usize,
+    elapsed_s: f64,
+    runs_per_s: f64,
+    wall_ms_median: f64,
+    wall_ms_p95: f64,
+    /// Scheduled model time of one run (from the mock's counters), ms.
+    scheduled_ms: Option<f64>,
+    overhead_ms_median: Option<f64>,
+    overhead_ms_p95: Option<f64>,
+    /// Process CPU (user + system) per run, over the measured runs only.
+    cpu_ms_per_run: f64,
+    /// Peak RSS of the process (getrusage), after setup and at the end.
+    rss_setup_mb: f64,
+    peak_rss_mb: f64,
+    /// From a generation step's handoff `occurred` to its first delta event (median).
+    first_delta_ms_median: Option<f64>,
+    mock: Option<MockStats>,
+    store: Option<orchestrator_bench::counting::StoreCounters>,
+}
+
+fn request() -> anyhow::Result<RunRequest> {
+    Ok(serde_json::from_value(json!({ "objective": OBJECTIVE }))?)
+}
+
+fn stats_url(base_url: &str) -> String {
+    let root = base_url.trim_end_matches('/').trim_end_matches("/v1");
+    format!("{root}/stats")
+}
+
+async fn mock_stats(http: &reqwest::Client, base_url: &str) -> Option<MockStats> {
+    let resp = http.get(stats_url(base_url)).send().await.ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    resp.json::<MockStats>().await.ok()
+}
+
+fn runner_on(store: Arc<dyn Store>, model: Arc<dyn Model>) -> Runner {
+    Runner::new(
+        store,
+        Planner::new(model.clone()),
+        default_specialists(model),
+        Arc::new(SystemClock),
+        RunnerConfig::default(),
+    )
+}
+
+async fn one_run(runner: &Runner) -> anyhow::Result<RunStatus> {
+    let started = runner.start(request()?, None).await?;
+    let Started::New(launch) = started else {
+        bail!("the run already existed");
+    };
+    Ok(runner.drive(*launch).await?)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn mb(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// What `load` runs on, for the breakdown: the defaults are the real adapter and a file.
+#[derive(Debug, Clone, Copy, Default)]
+struct Variant {
+    offline_model: bool,
+    memory_store: bool,
+}
+
+async fn load(
+    base_url: &str,
+    runs: usize,
+    concurrency: usize,
+    scheduled_ms: Option<f64>,
+    first_delta: bool,
+    variant: Variant,
+) -> anyhow::Result<LoadResult> {
+    let dir = tempfile::tempdir()?;
+    let sqlite: Arc<dyn Store> = if variant.memory_store {
+        Arc::new(SqliteStore::open_in_memory()?)
+    } else {
+        Arc::new(SqliteStore::open(&dir.path().join("bench.db"))?)
+    };
+    let counting = first_delta.then(|| Arc::new(CountingStore::new(sqlite.clone(), false)));
+    let store: Arc<dyn Store> = match &counting {
+        Some(c) => c.clone(),
+        None => sqlite,
+    };
+    let model: Arc<dyn Model> = if variant.offline_model {
+        Arc::new(OfflineModel::new(Duration::ZERO))
+    } else {
+        Arc::new(OpenAiModel::new(
+            base_url,
+            None,
+            "mock",
+            Resilience::default(),
+        )?)
+    };
+    let runner = runner_on(store, model);
+    let http = reqwest::Client::new();
+
+    // One warm-up run: connections, statement caches, lazy statics.
+    let status = one_run(&runner).await?;
+    if status != RunStatus::Completed {
+        bail!("the warm-up run ended {status}, not completed: is {base_url} the bench mock?");
+    }
+    let setup = rusage::self_usage();
+    let stats_before = mock_stats(&http, base_url).await;
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency.max(1) {
+        let runner = runner.clone();
+        let next = next.clone();
+        workers.spawn(async move {
+            let mut walls = Vec::new();
+            let mut completed = 0;
+            while next.fetch_add(1, Ordering::Relaxed) < runs {
+                let t = Instant::now();
+                if let Ok(RunStatus::Completed) = one_run(&runner).await {
+                    completed += 1;
+                }
+                walls.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            (walls, completed)
+        });
+    }
+    let mut walls = Vec::with_capacity(runs);
+    let mut completed = 0;
+    while let Some(joined) = workers.join_next().await {
+        let (w, c) = joined?;
+        walls.extend(w);
+        completed += c;
+    }
+    let elapsed = started.elapsed();
+    let end = rusage::self_usage();
+    let stats_after = mock_stats(&http, base_url).await;
+    let mock = match (stats_before, stats_after) {
+        (Some(b), Some(a)) => Some(a.minus(&b)),
+        _ => None,
+    };
+    walls.sort_by(f64::total_cmp);
+    let scheduled = scheduled_ms.or_else(|| {
+        mock.filter(|m| m.calls > 0)
+            .map(|m| m.scheduled_us as f64 / 1000.0 / runs as f64)
+    });
+    let overheads: Option<Vec<f64>> =
+        scheduled.map(|s| walls.iter().map(|w| w - s).collect::<Vec<_>>());
+    let first: Option<f64> = counting.as_ref().and_then(|c| {
+        let mut v: Vec<f64> = c
+            .first_delta_latencies()
+            .iter()
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .collect();
+        v.sort_by(f64::total_cmp);
+        (!v.is_empty()).then(|| percentile(&v, 0.5))
+    });
+    Ok(LoadResult {
+        runs,
+        concurrency,
+        completed,
+        elapsed_s: elapsed.as_secs_f64(),
+        runs_per_s: runs as f64 / elapsed.as_secs_f64(),
+        wall_ms_median: percentile(&walls, 0.5),
+        wall_ms_p95: percentile(&walls, 0.95),
+        scheduled_ms: scheduled,
+        overhead_ms_median: overheads.as_ref().map(|o| percentile(o, 0.5)),
+        overhead_ms_p95: overheads.as_ref().map(|o| percentile(o, 0.95)),
+        cpu_ms_per_run: (end.cpu.saturating_sub(setup.cpu)).as_secs_f64() * 1000.0 / runs as f64,
+        rss_setup_mb: mb(setup.max_rss),
+        peak_rss_mb: mb(end.max_rss),
+        first_delta_ms_median: first,
+        mock,
+        store: counting.map(|c| c.counters()),
+    })
+}
+
+// ----------------------------------------------------------------------------------- dynamo
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct DynamoResult {
+    status: String,
+    capacity: Value,
+    store: Value,
+    mock: Option<MockStats>,
+    table: String,
+}
+
+async fn dynamo(endpoint: &str, base_url: &str) -> anyhow::Result<DynamoResult> {
+    let meter = CapacityMeter::default();
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+            "bench", "bench", None, None, "bench",
+        ))
+        .load()
+        .await;
+    let conf = aws_sdk_dynamodb::config::Builder::from(&sdk)
+        .interceptor(meter.clone())
+        .build();
+    let client = aws_sdk_dynamodb::Client::from_conf(conf);
+    let table = format!("bench-{}", std::process::id());
+    let mut config = DynamoDbConfig::new(table.clone());
+    config.endpoint_url = Some(endpoint.to_owned());
+    let ddb = DynamoDbStore::new(client, &config);
+    ddb.create_table().await?;
+    let counting = Arc::new(CountingStore::new(Arc::new(ddb), true));
+    let model: Arc<dyn Model> = Arc::new(OpenAiModel::new(
+        base_url,
+        None,
+        "mock",
+        Resilience::default(),
+    )?);
+    let runner = runner_on(counting.clone(), model);
+    let http = reqwest::Client::new();
+    let before_capacity = meter.counters();
+    let before = mock_stats(&http, base_url).await;
+    let status = one_run(&runner).await?;
+    let after = mock_stats(&http, base_url).await;
+    let mut capacity = meter.counters();
+    // The table's creation is not part of the run.
+    for (op, n) in &before_capacity.requests {
+        if let Some(v) = capacity.requests.get_mut(op) {
+            *v -= n;
+        }
+    }
+    capacity.requests.retain(|_, n| *n > 0);
+    capacity.wru -= before_capacity.wru;
+    capacity.rru -= before_capacity.rru;
+    capacity.items_written -= before_capacity.items_written;
+    capacity.bytes_written -= before_capacity.bytes_written;
+    capacity.items_read -= before_capacity.items_read;
+    capacity.bytes_read -= before_capacity.bytes_read;
+    Ok(DynamoResult {
+        status: status.to_string(),
+        capacity: serde_json::to_value(capacity)?,
+        store: serde_json::to_value(counting.counters())?,
+        mock: match (before, after) {
+            (Some(b), Some(a)) => Some(a.minus(&b)),
+            _ => None,
+        },
+        table,
+    })
+}
+
+// -------------------------------------------------------------------------------------- all
+
+struct AllArgs {
+    orchestrator: PathBuf,
+    out: PathBuf,
+    base_url: Option<String>,
+    scheduled_ms: Option<f64>,
+    dynamodb_endpoint: Option<String>,
+    quick: bool,
+    ttft_ms: u64,
+    chunk_ms: f64,
+}
+
+/// A child process killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    let dir = me
+        .parent()
+        .ok_or_else(|| anyhow!("no directory for {}", me.display()))?;
+    Ok(dir.join(name))
+}
+
+fn spawn_mock(ttft_ms: u64, chunk_ms: f64) -> anyhow::Result<(Proc, String)> {
+    let mut child = Command::new(sibling("mock-llm")?)
+        .args([
+            "--ttft-ms",
+            &ttft_ms.to_string(),
+            "--chunk-ms",
+            &chunk_ms.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("cannot start mock-llm (build it with the driver)")?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow!("mock-llm has no stdout"))?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let url = line.trim().to_owned();
+    if !url.starts_with("http") {
+        bail!("mock-llm did not say where it listens");
+    }
+    Ok((Proc(child), url))
+}
+
+fn load_in_child(
+    base_url: &str,
+    runs: usize,
+    concurrency: usize,
+    scheduled_ms: Option<f64>,
+    first_delta: bool,
+) -> anyhow::Result<LoadResult> {
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args([
+        "load",
+        "--base-url",
+        base_url,
+        "--runs",
+        &runs.to_string(),
+        "--concurrency",
+        &concurrency.to_string(),
+    ]);
+    if let Some(s) = scheduled_ms {
+        cmd.args(["--scheduled-ms", &s.to_string()]);
+    }
+    if first_delta {
+        cmd.arg("--first-delta");
+    }
+    eprintln!("  load: {runs} runs at concurrency {concurrency} against {base_url}");
+    let out = cmd.stderr(Stdio::inherit()).output()?;
+    if !out.status.success() {
+        bail!("the load run failed ({})", out.status);
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// Exec of `orchestrator run --json` to its first `id:` line, ms (median of `n`).
+fn exec_to_first_frame(
+    orchestrator: &Path,
+    db_dir: &Path,
+    env: &[(&str, &str)],
+    n: usize,
+) -> anyhow::Result<Vec<f64>> {
+    let mut times = Vec::new();
+    for i in 0..n {
+        let db = db_dir.join(format!("exec-{i}.db"));
+        let t = Instant::now();
+        let mut cmd = Command::new(orchestrator);
+        cmd.args(["run", "--json", OBJECTIVE, "--db"])
+            .arg(&db)
+            .env_remove("MODEL_PROVIDER")
+            .env("ORCHESTRATOR_OFFLINE_CHUNK_MS", "0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn()?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        let mut first = None;
+        while reader.read_line(&mut line)? > 0 {
+            if line.starts_with("id:") {
+                first = Some(t.elapsed().as_secs_f64() * 1000.0);
+                break;
+            }
+            line.clear();
+        }
+        let mut rest = Vec::new();
+        reader.read_to_end(&mut rest)?;
+        child.wait()?;
+        times.push(first.ok_or_else(|| anyhow!("orchestrator run printed no frame"))?);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times)
+}
+
+/// RSS of an idle `orchestrator serve`, MB (current, peak).
+fn idle_server(orchestrator: &Path, db_dir: &Path) -> anyhow::Result<(f64, f64)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = Command::new(orchestrator)
+        .args(["serve", "--addr", &addr, "--db"])
+        .arg(db_dir.join("serve.db"))
+        .env_remove("MODEL_PROVIDER")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let pid = child.id();
+    let _guard = Proc(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
+            use std::io::Write;
+            s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")?;
+            let mut buf = String::new();
+            let _ = s.read_to_string(&mut buf);
+            if buf.starts_with("HTTP/1.1 200") {
+                break;
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("orchestrator serve did not answer /healthz");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (rss, hwm) = rusage::proc_rss(pid).ok_or_else(|| anyhow!("no /proc/{pid}/status"))?;
+    Ok((mb(rss), mb(hwm)))
+}
+
+fn dynamo_in_child(endpoint: &str, base_url: &str) -> anyhow::Result<DynamoResult> {
+    eprintln!("  dynamodb: one reference run on DynamoDbStore at {endpoint}");
+    let out = Command::new(std::env::current_exe()?)
+        .args(["dynamo", "--endpoint", endpoint, "--base-url", base_url])
+        .stderr(Stdio::inherit())
+        .output()?;
+    if !out.status.success() {
+        bail!("the DynamoDB run failed ({})", out.status);
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+fn fmt_opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or("n/a".into(), |v| format!("{v:.digits$}"))
+}
+
+fn all(args: AllArgs) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (scale, realistic_one) = if args.quick { (4, 3) } else { (1, 5) };
+    let profile = std::env::current_exe()?
+        .parent()
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    eprintln!("orchestrator benchmarks ({profile} build)");
+
+    // The servers: zero latency (CPU and capacity) and scheduled latency (overhead, memory).
+    let (zero_url, real_url, _mocks) = match &args.base_url {
+        Some(url) => (url.clone(), url.clone(), Vec::new()),
+        None => {
+            let (m0, u0) = spawn_mock(0, 0.0)?;
+            let (m1, u1) = spawn_mock(args.ttft_ms, args.chunk_ms)?;
+            (u0, u1, vec![m0, m1])
+        }
+    };
+    let sched = args.scheduled_ms;
+
+    let cpu = load_in_child(&zero_url, 400 / scale, 1, sched, false)?;
+    let zero50 = load_in_child(&zero_url, 1000 / scale, 50, sched, false)?;
+    let zero500 = load_in_child(&zero_url, 2000 / scale, 500, sched, false)?;
+    let real1 = load_in_child(&real_url, realistic_one, 1, sched, true)?;
+    let real50 = load_in_child(&real_url, 100 / scale, 50, sched, false)?;
+    let real500 = load_in_child(&real_url, 1000 / scale, 500, sched, false)?;
+
+    eprintln!("  exec to first frame, idle server");
+    let n_exec = if args.quick { 5 } else { 15 };
+    let exec_offline = exec_to_first_frame(&args.orchestrator, tmp.path(), &[], n_exec)?;
+    let model_env = [
+        ("MODEL_PROVIDER", "openai"),
+        ("MODEL_ID", "mock"),
+        ("OPENAI_BASE_URL", real_url.as_str()),
+    ];
+    let exec_mock = exec_to_first_frame(&args.orchestrator, tmp.path(), &model_env, n_exec)?;
+    let (idle_rss, idle_hwm) = idle_server(&args.orchestrator, tmp.path())?;
+
+    let dynamo = match &args.dynamodb_endpoint {
+        Some(endpoint) => Some(dynamo_in_child(endpoint, &real_url)?),
+        None => {
+            eprintln!("  dynamodb: skipped (no --dynamodb-endpoint / DYNAMODB_ENDPOINT)");
+            None
+        }
+    };
+
+    // ------------------------------------------------------------------ the table
+    let ttft = args.ttft_ms as f64;
+    let first_delta_over_ttft = real1.first_delta_ms_median.map(|d| d - ttft);
+    println!();
+    println!(
+        "Reference workload: planner -> strategy -> generation -> QA (fails) -> replan -> generation -> QA (passes) -> finalize"
+    );
+    if let Some(m) = &cpu.mock {
+        println!(
+            "  per run: {} model calls ({} streamed), {} chunks of <= 4 chars ({} streamed); build profile: {profile}",
+            m.calls / cpu.runs as u64,
+            m.streamed_calls / cpu.runs as u64,
+            m.chunks / cpu.runs as u64,
+            m.streamed_chunks / cpu.runs as u64
+        );
+    }
+    println!();
+    println!(
+        "{:<58} {:>12} {:>10}",
+        "measured (real engine, OpenAiModel, SqliteStore)", "value", "target"
+    );
+    let row = |name: &str, value: String, target: &str| {
+        println!("{name:<58} {value:>12} {target:>10}");
+    };
+    row(
+        "client CPU per run, zero model latency (ms)",
+        format!("{:.2}", cpu.cpu_ms_per_run),
+        "<= 3",
+    );
+    row(
+        &format!(
+            "overhead over scheduled model time, median (ms) [ttft {ttft} ms, {} ms/chunk]",
+            args.chunk_ms
+        ),
+        fmt_opt(real1.overhead_ms_median, 2),
+        "<= 2",
+    );
+    row(
+        "overhead over scheduled model time, p95 (ms)",
+        fmt_opt(real1.overhead_ms_p95, 2),
+        "",
+    );
+    let mock_late_ms = real1
+        .mock
+        .map(|m| m.late_us as f64 / 1000.0 / real1.runs.max(1) as f64);
+    row(
+        "  of which the mock's own lateness, per run (ms)",
+        fmt_opt(mock_late_ms, 2),
+        "",
+    );
+    row(
+        "scheduled model time per run (ms)",
+        fmt_opt(real1.scheduled_ms, 1),
+        "",
+    );
+    row(
+        "first delta after ttft (ms; delta batching: 50 ms / 256 B)",
+        fmt_opt(first_delta_over_ttft, 1),
+        "",
+    );
+    row(
+        "exec -> first frame, offline model, median (ms)",
+        format!("{:.1}", percentile(&exec_offline, 0.5)),
+        "<= 20",
+    );
+    row(
+        "exec -> first frame, OpenAI-compatible mock, median (ms)",
+        format!("{:.1}", percentile(&exec_mock, 0.5)),
+        "<= 20",
+    );
+    row(
+        "idle `orchestrator serve` RSS (MB)",
+        format!("{idle_rss:.1}"),
+        "<= 10",
+    );
+    println!();
+    println!(
+        "{:<26} {:>7} {:>6} {:>10} {:>11} {:>11} {:>10} {:>10}",
+        "load", "runs", "conc", "runs/s", "wall p50", "wall p95", "CPU/run", "peak RSS"
+    );
+    for (name, r) in [
+        ("zero latency", &cpu),
+        ("zero latency", &zero50),
+        ("zero latency", &zero500),
+        ("ttft+chunks scheduled", &real1),
+        ("ttft+chunks scheduled", &real50),
+        ("ttft+chunks scheduled", &real500),
+    ] {
+        println!(
+            "{:<26} {:>7} {:>6} {:>10.1} {:>9.1}ms {:>9.1}ms {:>8.2}ms {:>8.1}MB",
+            name,
+            r.runs,
+            r.concurrency,
+            r.runs_per_s,
+            r.wall_ms_median,
+            r.wall_ms_p95,
+            r.cpu_ms_per_run,
+            r.peak_rss_mb
+        );
+    }
+    println!(
+        "(peak RSS at 500 concurrent runs in one process, target <= 60 MB: {:.1} MB)",
+        real500.peak_rss_mb
+    );
+
+    // ------------------------------------------------------------------ the cost model
+    let cost = dynamo.as_ref().map(|d| {
+        let store = &d.store;
+        let n = |k: &str| store.get(k).and_then(Value::as_u64).unwrap_or(0);
+        let plan_updates = store
+            .get("events")
+            .and_then(|e| e.get("plan_update"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        let shape = RunShape {
+            advances: n("create_run") + n("commit"),
+            planner_calls: plan_updates,
+            step_invocations: n("handoffs_occurred"),
+            dispatches: n("dispatch_writes"),
+            model_ms: d.mock.map_or(0, |m| m.scheduled_us / 1000),
+        };
+        let f = |k: &str| d.capacity.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+        let stored = d
+            .capacity
+            .get("bytes_written")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        cost::model(
+            shape,
+            LambdaAssumptions::default(),
+            f("wru"),
+            f("rru"),
+            stored,
+        )
+    });
+    if let (Some(d), Some(c)) = (&dynamo, &cost) {
+        println!();
+        println!("AWS cost of one reference run (prices: {})", c.prices_as_of);
+        println!(
+            "  measured on the emulator (DynamoDbStore, status {}): requests {}, items written {}, {} bytes, {:.1} WRU; items read {}, {:.1} RRU; events {}",
+            d.status,
+            d.capacity
+                .get("requests")
+                .map(Value::to_string)
+                .unwrap_or_default(),
+            d.capacity
+                .get("items_written")
+                .and_then(Value::as_u64)
+                .unwrap_or(0),
+            d.capacity
+                .get("bytes_written")
+                .and_then(Value::as_u64)
+                .unwrap_or(0),
+            c.lines
+                .iter()
+                .find(|l| l.item == "dynamodb_wru")
+                .map_or(0.0, |l| l.quantity),
+            d.capacity
+                .get("items_read")
+                .and_then(Value::as_u64)
+                .unwrap_or(0),
+            c.lines
+                .iter()
+                .find(|l| l.item == "dynamodb_rru")
+                .map_or(0.0, |l| l.quantity),
+            d.store
+                .get("events")
+                .map(Value::to_string)
+                .unwrap_or_default(),
+        );
+        println!(
+            "  modelled from the engine's actions (no functions deployed yet): {} advances, {} planner calls, {} step invocations in {} dispatches -> {} Standard state transitions, {} Lambda invocations, {:.2} GB-s at {} MB arm64 ({} ms model wait, {} ms per advance, +{} ms per worker)",
+            c.shape.advances,
+            c.shape.planner_calls,
+            c.shape.step_invocations,
+            c.shape.dispatches,
+            c.state_transitions,
+            c.lambda_invocations,
+            c.lambda_gb_s,
+            c.lambda.memory_mb,
+            c.shape.model_ms,
+            c.lambda.advance_ms,
+            c.lambda.worker_overhead_ms,
+        );
+        println!(
+            "  {:<28} {:>14} {:>14} {:>12}  {}",
+            "item", "quantity", "unit USD", "USD", "source"
+        );
+        for l in &c.lines {
+            println!(
+                "  {:<28} {:>14.4} {:>14.10} {:>12.8}  {}",
+                l.item,
+                l.quantity,
+                l.unit_usd,
+                l.usd,
+                if l.measured { "measured" } else { "modelled" }
+            );
+        }
+        println!(
+            "  total per run: ${:.6} (${:.2} per 1000 runs); without Lambda time spent waiting on the model: ${:.6}",
+            c.total_usd,
+            c.total_usd * 1000.0,
+            c.total_without_model_wait_usd
+        );
+    }
+
+    let results = json!({
+        "profile": profile,
+        "mock": {"ttft_ms": args.ttft_ms, "chunk_ms": args.chunk_ms, "external_base_url": args.base_url},
+        "targets": {
+            "client_cpu_ms_per_run": {"value": cpu.cpu_ms_per_run, "target": 3.0, "measured": true},
+            "overhead_ms_median": {"value": real1.overhead_ms_median, "target": 2.0, "measured": true},
+            "overhead_ms_p95": {"value": real1.overhead_ms_p95, "measured": true},
+            "mock_lateness_ms_per_run": {"value": mock_late_ms, "measured": true},
+            "peak_rss_mb_500_concurrent": {"value": real500.peak_rss_mb, "target": 60.0, "measured": true},
+            "idle_server_rss_mb": {"value": idle_rss, "peak": idle_hwm, "target": 10.0, "measured": true},
+            "exec_to_first_frame_ms_offline": {"median": percentile(&exec_offline, 0.5), "all": exec_offline, "target": 20.0, "measured": true},
+            "exec_to_first_frame_ms_mock": {"median": percentile(&exec_mock, 0.5), "all": exec_mock, "target": 20.0, "measured": true},
+            "first_delta_ms_over_ttft": {"value": first_delta_over_ttft, "measured": true},
+        },
+        "load": {
+            "zero_latency": [cpu, zero50, zero500],
+            "scheduled_latency": [real1, real50, real500],
+        },
+        "dynamodb": dynamo,
+        "cost": cost,
+        "prices": cost::PRICES,
+    });
+    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&args.out, serde_json::to_string_pretty(&results)?)?;
+    println!();
+    println!("wrote {}", args.out.display());
+    Ok(())
+}

@@ -1,0 +1,197 @@
+//! A store wrapper that counts what a run asks of its store and times the first streamed text.
+//! It forwards every call unchanged; the counters feed the cost model and the latency figures.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use orchestrator_core::engine::RunState;
+use orchestrator_core::event::{Event, EventKind, Frame, HandoffStage};
+use orchestrator_core::ports::{Created, EventLog, RunStore, StoreError};
+use orchestrator_core::types::{RunReport, RunSummary, StepResult};
+use orchestrator_runner::Store;
+use serde::{Deserialize, Serialize};
+
+/// What the runs asked of the store.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StoreCounters {
+    pub create_run: u64,
+    /// Engine transitions that were persisted (state + events in one write).
+    pub commit: u64,
+    /// Appends outside a transition (handoff `occurred`, delta batches).
+    pub append: u64,
+    pub put_step_result: u64,
+    pub put_report: u64,
+    pub reads: u64,
+    /// Events written, by type.
+    pub events: BTreeMap<String, u64>,
+    /// Bytes of event JSON written (counted only by a detailed store).
+    pub event_bytes: u64,
+    /// Specialist invocations: handoffs that occurred.
+    pub handoffs_occurred: u64,
+    /// Writes that dispatched steps (carried at least one handoff `requested`).
+    pub dispatch_writes: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    counters: StoreCounters,
+    /// When a generation step's specialist picked it up, per (run, step).
+    gen_started: HashMap<(String, String), Instant>,
+    first_delta: Vec<Duration>,
+}
+
+pub struct CountingStore {
+    inner: Arc<dyn Store>,
+    state: Mutex<Inner>,
+    detailed: bool,
+}
+
+impl CountingStore {
+    /// A `detailed` store also encodes every event to count its bytes (costs CPU).
+    pub fn new(inner: Arc<dyn Store>, detailed: bool) -> Self {
+        Self {
+            inner,
+            state: Mutex::new(Inner::default()),
+            detailed,
+        }
+    }
+
+    pub fn counters(&self) -> StoreCounters {
+        self.lock().counters.clone()
+    }
+
+    /// From a generation step's handoff `occurred` to its first delta event, each step.
+    pub fn first_delta_latencies(&self) -> Vec<Duration> {
+        self.lock().first_delta.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn saw(&self, events: &[Event]) {
+        let now = Instant::now();
+        let mut st = self.lock();
+        if events.iter().any(|e| {
+            matches!(&e.kind, EventKind::Handoff { message, .. } if *message == HandoffStage::Requested)
+        }) {
+            st.counters.dispatch_writes += 1;
+        }
+        for e in events {
+            *st.counters
+                .events
+                .entry(e.kind.name().to_owned())
+                .or_default() += 1;
+            if self.detailed {
+                st.counters.event_bytes += serde_json::to_vec(e).map_or(0, |v| v.len() as u64);
+            }
+            if matches!(&e.kind, EventKind::Handoff { message, .. } if *message == HandoffStage::Occurred)
+            {
+                st.counters.handoffs_occurred += 1;
+            }
+            match &e.kind {
+                EventKind::Handoff { message, data }
+                    if *message == HandoffStage::Occurred && data.capability_id == "generation" =>
+                {
+                    st.gen_started
+                        .insert((e.run_id.clone(), data.step_id.clone()), now);
+                }
+                EventKind::Delta { data, .. } => {
+                    if let Some(t) = st
+                        .gen_started
+                        .remove(&(e.run_id.clone(), data.step_id.clone()))
+                    {
+                        st.first_delta.push(now - t);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn count(&self, f: impl FnOnce(&mut StoreCounters)) {
+        f(&mut self.lock().counters);
+    }
+}
+
+#[async_trait]
+impl RunStore for CountingStore {
+    async fn create_run(&self, state: &RunState, events: &[Event]) -> Result<Created, StoreError> {
+        self.count(|c| c.create_run += 1);
+        self.saw(events);
+        self.inner.create_run(state, events).await
+    }
+    async fn commit(&self, state: &RunState, events: &[Event]) -> Result<Vec<Frame>, StoreError> {
+        self.count(|c| c.commit += 1);
+        self.saw(events);
+        self.inner.commit(state, events).await
+    }
+    async fn load_run(&self, run_id: &str) -> Result<Option<RunState>, StoreError> {
+        self.count(|c| c.reads += 1);
+        self.inner.load_run(run_id).await
+    }
+    async fn list_runs(
+        &self,
+        limit: usize,
+        before_ms: Option<u64>,
+    ) -> Result<Vec<RunSummary>, StoreError> {
+        self.count(|c| c.reads += 1);
+        self.inner.list_runs(limit, before_ms).await
+    }
+    async fn put_step_result(
+        &self,
+        run_id: &str,
+        result: &StepResult,
+    ) -> Result<StepResult, StoreError> {
+        self.count(|c| c.put_step_result += 1);
+        self.inner.put_step_result(run_id, result).await
+    }
+    async fn get_step_result(
+        &self,
+        run_id: &str,
+        step_id: &str,
+        attempt: u32,
+    ) -> Result<Option<StepResult>, StoreError> {
+        self.count(|c| c.reads += 1);
+        self.inner.get_step_result(run_id, step_id, attempt).await
+    }
+    async fn step_results(&self, run_id: &str) -> Result<Vec<StepResult>, StoreError> {
+        self.count(|c| c.reads += 1);
+        self.inner.step_results(run_id).await
+    }
+    async fn put_report(&self, report: &RunReport) -> Result<(), StoreError> {
+        self.count(|c| c.put_report += 1);
+        self.inner.put_report(report).await
+    }
+    async fn get_report(&self, run_id: &str) -> Result<Option<RunReport>, StoreError> {
+        self.count(|c| c.reads += 1);
+        self.inner.get_report(run_id).await
+    }
+}
+
+#[async_trait]
+impl EventLog for CountingStore {
+    async fn append(&self, run_id: &str, events: &[Event]) -> Result<Vec<Frame>, StoreError> {
+        self.count(|c| c.append += 1);
+        self.saw(events);
+        self.inner.append(run_id, events).await
+    }
+    async fn read_after(
+        &self,
+        run_id: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Frame>, StoreError> {
+        self.inner.read_after(run_id, after, limit).await
+    }
+    async fn wait_beyond(
+        &self,
+        run_id: &str,
+        after: u64,
+        timeout: Duration,
+    ) -> Result<(), StoreError> {
+        self.inner.wait_beyond(run_id, after, timeout).await
+    }
+}

@@ -1,0 +1,321 @@
+//! A small OpenAI-compatible chat completions server for benchmarks.
+//!
+//! The reply of each call is scripted per role, the role being read from the system prompt (or
+//! an `x-mock-role` header): the planner, strategist, writer and QA reviewer of the built-in
+//! prompts. The script is the offline model's (`OfflineModel::reply`), so the reference workload
+//! runs its reference path: a first draft that QA fails, a replan, a revision that passes.
+//!
+//! Timing is scheduled, not best-effort: chunk `i` of a reply (4 characters each) is sent at
+//! `arrival + ttft + i * chunk_delay`, against absolute deadlines on a thread that sleeps with
+//! the OS timer (tokio's timer rounds up to whole milliseconds, which over 600 chunks would add
+//! up to hundreds of ms of the mock's own lateness). A non-streamed call is answered whole at
+//! the time its last chunk would have been sent. `GET /stats` reports the calls, chunks and the
+//! scheduled model time so far, and how late the mock actually was.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use orchestrator_core::ports::{ModelRequest, Purpose};
+use orchestrator_llm::OfflineModel;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// Characters per streamed chunk.
+pub const CHUNK_CHARS: usize = 4;
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MockConfig {
+    pub ttft: Duration,
+    pub chunk_delay: Duration,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    calls: AtomicU64,
+    streamed_calls: AtomicU64,
+    chunks: AtomicU64,
+    streamed_chunks: AtomicU64,
+    scheduled_us: AtomicU64,
+    late_us: AtomicU64,
+    late_max_us: AtomicU64,
+}
+
+/// What `GET /stats` answers.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct MockStats {
+    pub calls: u64,
+    pub streamed_calls: u64,
+    /// Chunks of every reply (a non-streamed reply counts the chunks it would have had).
+    pub chunks: u64,
+    pub streamed_chunks: u64,
+    /// Sum over calls of ttft + (chunks - 1) * chunk_delay.
+    pub scheduled_us: u64,
+    /// How much later than scheduled the mock sent the last byte of each reply, summed.
+    pub late_us: u64,
+    pub late_max_us: u64,
+}
+
+impl MockStats {
+    pub fn minus(&self, before: &MockStats) -> MockStats {
+        MockStats {
+            calls: self.calls - before.calls,
+            streamed_calls: self.streamed_calls - before.streamed_calls,
+            chunks: self.chunks - before.chunks,
+            streamed_chunks: self.streamed_chunks - before.streamed_chunks,
+            scheduled_us: self.scheduled_us - before.scheduled_us,
+            late_us: self.late_us - before.late_us,
+            late_max_us: self.late_max_us,
+        }
+    }
+}
+
+struct Mock {
+    config: MockConfig,
+    model: OfflineModel,
+    counters: Counters,
+}
+
+pub fn router(config: MockConfig) -> Router {
+    let mock = Arc::new(Mock {
+        config,
+        model: OfflineModel::default(),
+        counters: Counters::default(),
+    });
+    Router::new()
+        .route("/v1/chat/completions", post(completions))
+        .route("/chat/completions", post(completions))
+        .route("/stats", get(stats))
+        .with_state(mock)
+}
+
+async fn stats(State(mock): State<Arc<Mock>>) -> axum::Json<MockStats> {
+    let c = &mock.counters;
+    axum::Json(MockStats {
+        calls: c.calls.load(Ordering::Relaxed),
+        streamed_calls: c.streamed_calls.load(Ordering::Relaxed),
+        chunks: c.chunks.load(Ordering::Relaxed),
+        streamed_chunks: c.streamed_chunks.load(Ordering::Relaxed),
+        scheduled_us: c.scheduled_us.load(Ordering::Relaxed),
+        late_us: c.late_us.load(Ordering::Relaxed),
+        late_max_us: c.late_max_us.load(Ordering::Relaxed),
+    })
+}
+
+#[derive(Deserialize)]
+struct WireRequest {
+    #[serde(default)]
+    messages: Vec<WireMessage>,
+    #[serde(default)]
+    stream: bool,
+}
+
+#[derive(Deserialize)]
+struct WireMessage {
+    role: String,
+    #[serde(default)]
+    content: Value,
+}
+
+/// The role a request plays, from the `x-mock-role` header or the system prompt.
+pub fn role_of(system: &str, header: Option<&str>) -> Purpose {
+    let hint = header.unwrap_or(system).to_ascii_lowercase();
+    if hint.starts_with("plan") || hint.contains("you are the planner") {
+        Purpose::Plan
+    } else if hint.starts_with("strateg") || hint.contains("you are the strategist") {
+        Purpose::Strategy
+    } else if hint.starts_with("writ")
+        || hint.starts_with("gen")
+        || hint.contains("you are the writer")
+    {
+        Purpose::Generate
+    } else if hint.starts_with("qa") || hint.contains("you are the qa reviewer") {
+        Purpose::Review
+    } else {
+        Purpose::Chat
+    }
+}
+
+/// Splits a reply into chunks of [`CHUNK_CHARS`] characters.
+pub fn chunks_of(text: &str) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    chars
+        .chunks(CHUNK_CHARS)
+        .map(|c| c.iter().collect())
+        .collect()
+}
+
+fn content_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect(),
+        _ => String::new(),
+    }
+}
+
+async fn completions(State(mock): State<Arc<Mock>>, headers: HeaderMap, body: Bytes) -> Response {
+    let arrived = Instant::now();
+    let Ok(req) = serde_json::from_slice::<WireRequest>(&body) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": {"message": "not a chat completions request"}})),
+        )
+            .into_response();
+    };
+    let system = req
+        .messages
+        .iter()
+        .find(|m| m.role == "system")
+        .map(|m| content_text(&m.content))
+        .unwrap_or_default();
+    let header_role = headers.get("x-mock-role").and_then(|v| v.to_str().ok());
+    let purpose = role_of(&system, header_role);
+    // Built through serde so the mock keeps compiling as the Model port grows optional fields.
+    let messages: Vec<Value> = req
+        .messages
+        .iter()
+        .filter(|m| m.role == "user" || m.role == "assistant")
+        .map(|m| json!({"role": m.role, "content": content_text(&m.content)}))
+        .collect();
+    let request: ModelRequest = match serde_json::from_value(json!({
+        "purpose": purpose,
+        "system": system,
+        "messages": messages,
+        "temperature": null,
+        "max_tokens": null,
+        "json": false,
+    })) {
+        Ok(r) => r,
+        Err(e) => {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                axum::Json(json!({"error": {"message": format!("mock: {e}")}})),
+            )
+                .into_response();
+        }
+    };
+    let text = mock.model.reply(&request);
+    let input_chars: usize = body.len();
+    let usage = json!({
+        "prompt_tokens": input_chars.div_ceil(4),
+        "completion_tokens": text.len().div_ceil(4),
+        "total_tokens": input_chars.div_ceil(4) + text.len().div_ceil(4),
+    });
+    let chunks = chunks_of(&text);
+    let n = chunks.len().max(1) as u32;
+    let cfg = mock.config;
+    let scheduled = cfg.ttft + cfg.chunk_delay * (n - 1);
+    let c = &mock.counters;
+    c.calls.fetch_add(1, Ordering::Relaxed);
+    c.chunks.fetch_add(u64::from(n), Ordering::Relaxed);
+    c.scheduled_us
+        .fetch_add(scheduled.as_micros() as u64, Ordering::Relaxed);
+    if !req.stream {
+        let done_at = arrived + scheduled;
+        let late = wait_until(done_at).await;
+        record_late(&mock, late);
+        let reply = json!({
+            "id": "chatcmpl-mock",
+            "object": "chat.completion",
+            "model": "mock",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": usage,
+        });
+        return axum::Json(reply).into_response();
+    }
+    c.streamed_calls.fetch_add(1, Ordering::Relaxed);
+    c.streamed_chunks.fetch_add(u64::from(n), Ordering::Relaxed);
+    let frames: Vec<(Instant, Bytes)> = chunks
+        .iter()
+        .enumerate()
+        .map(|(i, chunk)| {
+            let data = json!({
+                "id": "chatcmpl-mock",
+                "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": {"content": chunk}, "finish_reason": null}],
+            });
+            let mut frame = format!("data: {data}\n\n");
+            if i + 1 == chunks.len() {
+                let end = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk",
+                    "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]});
+                let usage = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk",
+                    "choices": [], "usage": usage});
+                frame.push_str(&format!("data: {end}\n\ndata: {usage}\n\ndata: [DONE]\n\n"));
+            }
+            (
+                arrived + cfg.ttft + cfg.chunk_delay * i as u32,
+                Bytes::from(frame),
+            )
+        })
+        .collect();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    let timed = !cfg.ttft.is_zero() || !cfg.chunk_delay.is_zero();
+    let counters = mock.clone();
+    if timed {
+        // One OS thread per stream: std::thread::sleep wakes within tens of microseconds.
+        std::thread::spawn(move || {
+            let mut late = Duration::ZERO;
+            for (at, bytes) in frames {
+                let now = Instant::now();
+                if at > now {
+                    std::thread::sleep(at - now);
+                }
+                late = Instant::now().saturating_duration_since(at);
+                if tx.blocking_send(bytes).is_err() {
+                    return;
+                }
+            }
+            record_late(&counters, late);
+        });
+    } else {
+        tokio::spawn(async move {
+            for (_, bytes) in frames {
+                if tx.send(bytes).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// Waits until `at` with the OS timer (on the blocking pool); returns how late it woke.
+async fn wait_until(at: Instant) -> Duration {
+    if at <= Instant::now() {
+        return Duration::ZERO;
+    }
+    tokio::task::spawn_blocking(move || {
+        let now = Instant::now();
+        if at > now {
+            std::thread::sleep(at - now);
+        }
+        Instant::now().saturating_duration_since(at)
+    })
+    .await
+    .unwrap_or_default()
+}
+
+fn record_late(mock: &Mock, late: Duration) {
+    let us = late.as_micros() as u64;
+    mock.counters.late_us.fetch_add(us, Ordering::Relaxed);
+    mock.counters.late_max_us.fetch_max(us, Ordering::Relaxed);
+}
