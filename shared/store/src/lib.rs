@@ -188,8 +188,17 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     let _mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", true)?;
+    // Every statement of the hot paths is prepared once per connection and reused (preparing
+    // costs more than running most of them); room for all of them.
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(())
 }
+
+/// Distinct statements the store prepares and keeps (about 20 today).
+const STATEMENT_CACHE: usize = 64;
+
+const STEP_RESULT_SQL: &str = "SELECT result_json FROM step_results
+     WHERE run_id = ?1 AND step_id = ?2 AND attempt = ?3";
 
 fn open_error(location: &str, e: rusqlite::Error) -> StoreError {
     match e.sqlite_error_code() {
@@ -240,8 +249,8 @@ fn immediate(conn: &mut Connection) -> Result<Transaction<'_>, StoreError> {
 }
 
 fn run_exists(tx: &Transaction<'_>, run_id: &str) -> Result<bool, StoreError> {
-    tx.query_row("SELECT 1 FROM runs WHERE run_id = ?1", [run_id], |_| Ok(()))
-        .optional()
+    tx.prepare_cached("SELECT 1 FROM runs WHERE run_id = ?1")
+        .and_then(|mut stmt| stmt.query_row([run_id], |_| Ok(())).optional())
         .map(|found| found.is_some())
         .map_err(db_error)
 }
@@ -268,11 +277,8 @@ fn append_events(
         return Ok(Vec::new());
     }
     let last: i64 = tx
-        .query_row(
-            "SELECT COALESCE(MAX(seq), 0) FROM events WHERE run_id = ?1",
-            [run_id],
-            |r| r.get(0),
-        )
+        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM events WHERE run_id = ?1")
+        .and_then(|mut stmt| stmt.query_row([run_id], |r| r.get(0)))
         .map_err(db_error)?;
     let mut seq = to_u64(last, "seq")?;
     let mut stmt = tx
@@ -293,14 +299,15 @@ fn append_events(
 /// (a retried transition, a cancel racing the end) gets a conflict instead of undoing them.
 fn check_transition(tx: &Transaction<'_>, row: &StateRow) -> Result<(), StoreError> {
     let stored: Option<(String, i64)> = tx
-        .query_row(
+        .prepare_cached(
             "SELECT status,
                     (SELECT COALESCE(MAX(version), 0) FROM plan_versions WHERE run_id = ?1)
              FROM runs WHERE run_id = ?1",
-            [&row.run_id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
         )
-        .optional()
+        .and_then(|mut stmt| {
+            stmt.query_row([&row.run_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        })
         .map_err(db_error)?;
     // An unknown run is reported as NotFound by the update that follows.
     let Some((status, plan_version)) = stored else {
@@ -331,11 +338,11 @@ fn insert_plan(
     plan: Option<&(u32, String)>,
 ) -> Result<(), StoreError> {
     if let Some((version, json)) = plan {
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO plan_versions (run_id, version, plan_json) VALUES (?1, ?2, ?3)
              ON CONFLICT (run_id, version) DO NOTHING",
-            params![run_id, version, json],
         )
+        .and_then(|mut stmt| stmt.execute(params![run_id, version, json]))
         .map_err(db_error)?;
     }
     Ok(())
@@ -441,11 +448,18 @@ impl RunStore for SqliteStore {
                 let tx = immediate(conn)?;
                 check_transition(&tx, &row)?;
                 let updated = tx
-                    .execute(
+                    .prepare_cached(
                         "UPDATE runs SET state_json = ?1, status = ?2, updated_at_ms = ?3
                          WHERE run_id = ?4",
-                        params![row.state_json, row.status, row.updated_at_ms, row.run_id],
                     )
+                    .and_then(|mut stmt| {
+                        stmt.execute(params![
+                            row.state_json,
+                            row.status,
+                            row.updated_at_ms,
+                            row.run_id
+                        ])
+                    })
                     .map_err(db_error)?;
                 if updated == 0 {
                     return Err(StoreError::NotFound(row.run_id));
@@ -466,12 +480,8 @@ impl RunStore for SqliteStore {
         let run_id = run_id.to_owned();
         self.call(move |conn| {
             let json: Option<String> = conn
-                .query_row(
-                    "SELECT state_json FROM runs WHERE run_id = ?1",
-                    [&run_id],
-                    |r| r.get(0),
-                )
-                .optional()
+                .prepare_cached("SELECT state_json FROM runs WHERE run_id = ?1")
+                .and_then(|mut stmt| stmt.query_row([&run_id], |r| r.get(0)).optional())
                 .map_err(db_error)?;
             json.map(|json| decode(&json, "state", &run_id)).transpose()
         })
@@ -544,20 +554,18 @@ impl RunStore for SqliteStore {
             if !run_exists(&tx, &run_id)? {
                 return Err(StoreError::NotFound(run_id));
             }
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO step_results (run_id, step_id, attempt, result_json)
                  VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (run_id, step_id, attempt) DO NOTHING",
-                params![run_id, step_id, attempt, json],
             )
+            .and_then(|mut stmt| stmt.execute(params![run_id, step_id, attempt, json]))
             .map_err(db_error)?;
             let stored: String = tx
-                .query_row(
-                    "SELECT result_json FROM step_results
-                     WHERE run_id = ?1 AND step_id = ?2 AND attempt = ?3",
-                    params![run_id, step_id, attempt],
-                    |r| r.get(0),
-                )
+                .prepare_cached(STEP_RESULT_SQL)
+                .and_then(|mut stmt| {
+                    stmt.query_row(params![run_id, step_id, attempt], |r| r.get(0))
+                })
                 .map_err(db_error)?;
             tx.commit().map_err(db_error)?;
             decode(&stored, "step result", &run_id)
@@ -575,13 +583,11 @@ impl RunStore for SqliteStore {
         let step_id = step_id.to_owned();
         self.call(move |conn| {
             let json: Option<String> = conn
-                .query_row(
-                    "SELECT result_json FROM step_results
-                     WHERE run_id = ?1 AND step_id = ?2 AND attempt = ?3",
-                    params![run_id, step_id, attempt],
-                    |r| r.get(0),
-                )
-                .optional()
+                .prepare_cached(STEP_RESULT_SQL)
+                .and_then(|mut stmt| {
+                    stmt.query_row(params![run_id, step_id, attempt], |r| r.get(0))
+                        .optional()
+                })
                 .map_err(db_error)?;
             json.map(|json| decode(&json, "step result", &run_id))
                 .transpose()
@@ -593,7 +599,9 @@ impl RunStore for SqliteStore {
         let run_id = run_id.to_owned();
         self.call(move |conn| {
             let mut stmt = conn
-                .prepare("SELECT result_json FROM step_results WHERE run_id = ?1 ORDER BY rowid")
+                .prepare_cached(
+                    "SELECT result_json FROM step_results WHERE run_id = ?1 ORDER BY rowid",
+                )
                 .map_err(db_error)?;
             let rows = stmt
                 .query_map([&run_id], |r| r.get::<_, String>(0))
@@ -612,11 +620,11 @@ impl RunStore for SqliteStore {
             if !run_exists(&tx, &run_id)? {
                 return Err(StoreError::NotFound(run_id));
             }
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO reports (run_id, report_json) VALUES (?1, ?2)
                  ON CONFLICT (run_id) DO UPDATE SET report_json = excluded.report_json",
-                params![run_id, json],
             )
+            .and_then(|mut stmt| stmt.execute(params![run_id, json]))
             .map_err(db_error)?;
             tx.commit().map_err(db_error)
         })
@@ -627,12 +635,8 @@ impl RunStore for SqliteStore {
         let run_id = run_id.to_owned();
         self.call(move |conn| {
             let json: Option<String> = conn
-                .query_row(
-                    "SELECT report_json FROM reports WHERE run_id = ?1",
-                    [&run_id],
-                    |r| r.get(0),
-                )
-                .optional()
+                .prepare_cached("SELECT report_json FROM reports WHERE run_id = ?1")
+                .and_then(|mut stmt| stmt.query_row([&run_id], |r| r.get(0)).optional())
                 .map_err(db_error)?;
             json.map(|json| decode(&json, "report", &run_id))
                 .transpose()
