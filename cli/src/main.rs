@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
+use axum::serve::ListenerExt;
 use clap::{Parser, Subcommand, ValueEnum};
 use orchestrator_agents::{Planner, Prompts, specialists_with_prompts};
 use orchestrator_core::ports::{Model, SystemClock};
@@ -450,6 +451,13 @@ async fn serve(
             format!("; resumed {} interrupted run(s)", recovered.len())
         }
     );
+    // SSE frames are small writes a few ms apart: without TCP_NODELAY, Nagle's algorithm holds
+    // each one until the client ACKs the previous, and delayed ACKs make that up to 40 ms.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
