@@ -827,8 +827,8 @@ fn all(args: AllArgs) -> anyhow::Result<()> {
             c.lambda.worker_overhead_ms,
         );
         println!(
-            "  {:<28} {:>14} {:>14} {:>12}  {}",
-            "item", "quantity", "unit USD", "USD", "source"
+            "  {:<28} {:>14} {:>14} {:>12}  source",
+            "item", "quantity", "unit USD", "USD"
         );
         for l in &c.lines {
             println!(
