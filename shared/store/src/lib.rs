@@ -229,12 +229,17 @@ fn to_u64(n: i64, what: &str) -> Result<u64, StoreError> {
     u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("negative {what}: {n}")))
 }
 
-fn encode<T: serde::Serialize + ?Sized>(value: &T, what: &str) -> Result<String, StoreError> {
+/// JSON for a stored document; shared by the SQLite and DynamoDB stores.
+pub(crate) fn encode<T: serde::Serialize + ?Sized>(
+    value: &T,
+    what: &str,
+) -> Result<String, StoreError> {
     serde_json::to_string(value)
         .map_err(|e| StoreError::Corrupt(format!("cannot encode the {what}: {e}")))
 }
 
-fn decode<T: serde::de::DeserializeOwned>(
+/// A stored document read back; unreadable JSON is `Corrupt`, naming the run.
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
     json: &str,
     what: &str,
     run_id: &str,

@@ -209,19 +209,7 @@ fn need_n<T: std::str::FromStr>(item: &Item, name: &str, run_id: &str) -> Result
     })
 }
 
-fn encode<T: serde::Serialize + ?Sized>(value: &T, what: &str) -> Result<String, StoreError> {
-    serde_json::to_string(value)
-        .map_err(|e| StoreError::Corrupt(format!("cannot encode the {what}: {e}")))
-}
-
-fn decode<T: serde::de::DeserializeOwned>(
-    json: &str,
-    what: &str,
-    run_id: &str,
-) -> Result<T, StoreError> {
-    serde_json::from_str(json)
-        .map_err(|e| StoreError::Corrupt(format!("run {run_id}: stored {what} is unreadable: {e}")))
-}
+use crate::{decode, encode};
 
 fn plan_body(state: &RunState) -> Result<Option<(u32, Body)>, StoreError> {
     if state.plan.version == 0 {
