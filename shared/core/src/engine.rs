@@ -874,7 +874,28 @@ impl Engine {
         }
         // An interrupted attempt never produced a result; it runs again under the same attempt
         // number, so a result it did store is found instead of written twice.
-        let interrupted: Vec<Dispatch> = state
+        let interrupted = self.outstanding(state);
+        for d in &interrupted {
+            out.emit(EventKind::warning(
+                format!(
+                    "Step {} was interrupted; running attempt {} again",
+                    d.step_id, d.attempt
+                ),
+                Some(json!({ "stepId": d.step_id, "attempt": d.attempt, "restart": true })),
+            ));
+        }
+        if !interrupted.is_empty() {
+            out.0.push(Action::Dispatch { steps: interrupted });
+        }
+        self.schedule(state, now_ms, out);
+        true
+    }
+
+    /// The dispatches in flight according to the state: steps in progress (not approvals, not
+    /// waiting on a person's answer), under their current attempt. A driver that does not keep
+    /// its own record of what it dispatched (Step Functions' `advance`) carries out these.
+    pub fn outstanding(&self, state: &RunState) -> Vec<Dispatch> {
+        state
             .plan
             .steps
             .iter()
@@ -894,21 +915,7 @@ impl Engine {
                     timeout_ms: self.config.step_timeout_ms,
                 })
             })
-            .collect();
-        for d in &interrupted {
-            out.emit(EventKind::warning(
-                format!(
-                    "Step {} was interrupted; running attempt {} again",
-                    d.step_id, d.attempt
-                ),
-                Some(json!({ "stepId": d.step_id, "attempt": d.attempt, "restart": true })),
-            ));
-        }
-        if !interrupted.is_empty() {
-            out.0.push(Action::Dispatch { steps: interrupted });
-        }
-        self.schedule(state, now_ms, out);
-        true
+            .collect()
     }
 
     /// Dispatches every ready step the budgets allow; finishes the run when nothing is left.

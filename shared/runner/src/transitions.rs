@@ -1,0 +1,235 @@
+//! Engine transitions over a store, with no model in sight: start a run, apply an input to the
+//! stored state and commit it with its events, answer a checkpoint, cancel. The local driver,
+//! the AWS `advance`/`planner` functions and the streamer all go through [`Transitions`].
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use orchestrator_core::engine::{Action, Engine, EngineConfig, Input, RunState};
+use orchestrator_core::event::{Event, EventKind};
+use orchestrator_core::ports::{Clock, Created};
+use orchestrator_core::report::build_report;
+use orchestrator_core::types::{FINALIZE_CAPABILITY, Mode, RunReport, RunRequest, ValidationError};
+
+use crate::{Launch, RunError, RunnerConfig, Started, Store};
+
+#[derive(Clone)]
+pub struct Transitions {
+    engine: Arc<Engine>,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    config: RunnerConfig,
+}
+
+impl Transitions {
+    /// `capabilities`: the specialists that exist (every capability a plan may name).
+    pub fn new(
+        store: Arc<dyn Store>,
+        capabilities: BTreeSet<String>,
+        clock: Arc<dyn Clock>,
+        config: RunnerConfig,
+    ) -> Self {
+        let engine = Engine::new(EngineConfig {
+            capabilities,
+            ..EngineConfig::default()
+        });
+        Self {
+            engine: Arc::new(engine),
+            store,
+            clock,
+            config,
+        }
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    pub fn config(&self) -> &RunnerConfig {
+        &self.config
+    }
+
+    /// The agents a chat run may be answered by.
+    pub fn chat_agents(&self) -> Vec<String> {
+        self.engine
+            .config
+            .capabilities
+            .iter()
+            .filter(|k| k.as_str() != FINALIZE_CAPABILITY)
+            .cloned()
+            .collect()
+    }
+
+    /// Checks a request completely; nothing is stored for a request that fails here.
+    pub fn validate(&self, request: &RunRequest) -> Result<(), ValidationError> {
+        request.validate()?;
+        if let Some(agent) = &request.options.target_agent_id {
+            let agents = self.chat_agents();
+            if !agents.contains(agent) {
+                return Err(ValidationError::new(
+                    "options.targetAgentId",
+                    format!(
+                        "unknown agent {agent:?}; the agents are {}",
+                        agents.join(", ")
+                    ),
+                ));
+            }
+            if request.mode == Mode::App {
+                return Err(ValidationError::new(
+                    "options.targetAgentId",
+                    "applies to chat mode only; set mode to chat or drop it",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Validates and stores a new run (once per idempotency key).
+    pub async fn start(
+        &self,
+        request: RunRequest,
+        correlation_id: Option<String>,
+    ) -> Result<Started, RunError> {
+        self.validate(&request)?;
+        let now = self.clock.now_ms();
+        let run_id = uuid::Uuid::now_v7().to_string();
+        let correlation_id = correlation_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let state = RunState::new(run_id, correlation_id, request, now);
+        let (state, actions) = self.engine.apply(state, Input::Started, now);
+        let mut events = events_of(&state, &actions);
+        let messages = self
+            .config
+            .messages
+            .iter()
+            .map(|m| EventKind::Message { message: m.clone() });
+        let warnings = self
+            .config
+            .notices
+            .iter()
+            .map(|n| EventKind::warning(n.clone(), None));
+        let notices = messages.chain(warnings).map(|kind| Event {
+            kind,
+            correlation_id: state.correlation_id.clone(),
+            run_id: state.run_id.clone(),
+        });
+        events.splice(1.min(events.len())..1.min(events.len()), notices);
+        match self.store.create_run(&state, &events).await? {
+            Created::New { .. } => Ok(Started::New(Box::new(Launch { state, actions }))),
+            Created::Existing { run_id } => Ok(Started::Existing { run_id }),
+        }
+    }
+
+    pub async fn load(&self, run_id: &str) -> Result<RunState, RunError> {
+        self.store
+            .load_run(run_id)
+            .await?
+            .ok_or_else(|| RunError::NotFound(run_id.to_owned()))
+    }
+
+    /// The input that answers the run's open checkpoint, checked against the stored run.
+    pub fn answer_input(
+        &self,
+        state: &RunState,
+        checkpoint_id: &str,
+        approve: bool,
+        comment: Option<String>,
+    ) -> Result<Input, RunError> {
+        if state.checkpoint.as_ref().map(|c| c.id.as_str()) != Some(checkpoint_id) {
+            return Err(RunError::NoSuchCheckpoint {
+                run_id: state.run_id.clone(),
+                checkpoint_id: checkpoint_id.to_owned(),
+            });
+        }
+        let checkpoint_id = checkpoint_id.to_owned();
+        Ok(if approve {
+            Input::ApprovalGiven {
+                checkpoint_id,
+                comment,
+            }
+        } else {
+            Input::ApprovalDenied {
+                checkpoint_id,
+                comment,
+            }
+        })
+    }
+
+    /// One engine step outside a driver: apply, commit, hand back the actions.
+    pub async fn transition(&self, state: RunState, input: Input) -> Result<Launch, RunError> {
+        self.transition_all(state, [input]).await
+    }
+
+    /// Applies inputs in order and commits the result once: one write for a batch of step
+    /// outcomes. The actions are those of every input, in order.
+    pub async fn transition_all(
+        &self,
+        mut state: RunState,
+        inputs: impl IntoIterator<Item = Input>,
+    ) -> Result<Launch, RunError> {
+        let mut all = Vec::new();
+        for input in inputs {
+            let (next, actions) = self.engine.apply(state, input, self.clock.now_ms());
+            state = next;
+            all.extend(actions);
+        }
+        // One Persist, first, for the whole batch.
+        let persist = all.contains(&Action::Persist);
+        all.retain(|a| *a != Action::Persist);
+        if persist {
+            all.insert(0, Action::Persist);
+        }
+        self.persist(&state, &all).await?;
+        Ok(Launch {
+            state,
+            actions: all,
+        })
+    }
+
+    /// Saves a transition. A final one writes the report first, so whoever sees `complete`
+    /// (or the final status) can read the report.
+    pub async fn persist(&self, state: &RunState, actions: &[Action]) -> Result<(), RunError> {
+        if !actions.contains(&Action::Persist) {
+            return Ok(());
+        }
+        if state.status.is_terminal() {
+            let results = self.store.step_results(&state.run_id).await?;
+            let report = build_report(state, results, self.clock.now_ms());
+            self.store.put_report(&report).await?;
+        }
+        self.store.commit(state, &events_of(state, actions)).await?;
+        Ok(())
+    }
+
+    /// The run's report, built from the stored state and results when it has none yet.
+    pub async fn report(&self, run_id: &str) -> Result<RunReport, RunError> {
+        if let Some(report) = self.store.get_report(run_id).await? {
+            return Ok(report);
+        }
+        let state = self.load(run_id).await?;
+        let results = self.store.step_results(run_id).await?;
+        Ok(build_report(&state, results, self.clock.now_ms()))
+    }
+}
+
+/// The events among the actions, stamped with the run.
+pub fn events_of(state: &RunState, actions: &[Action]) -> Vec<Event> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Emit { event } => Some(Event {
+                kind: event.clone(),
+                correlation_id: state.correlation_id.clone(),
+                run_id: state.run_id.clone(),
+            }),
+            _ => None,
+        })
+        .collect()
+}
