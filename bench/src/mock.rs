@@ -11,7 +11,13 @@
 //! up to hundreds of ms of the mock's own lateness). A non-streamed call is answered whole at
 //! the time its last chunk would have been sent. `GET /stats` reports the calls, chunks and the
 //! scheduled model time so far, and how late the mock actually was.
+//!
+//! Throttling on demand ([`Throttle`], `mock-llm --throttle-first qa:2`): the first N requests of
+//! a role answer HTTP 429 with an OpenAI-style `rate_limit_exceeded` error and `retry-after: 0`,
+//! then the role behaves normally; so a test can drive a provider's throttling path (a
+//! specialist's `ModelThrottled`, the state machine's Retry) deterministically.
 
+use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -35,6 +41,79 @@ pub const CHUNK_CHARS: usize = 4;
 pub struct MockConfig {
     pub ttft: Duration,
     pub chunk_delay: Duration,
+    /// How many of the first requests of each role answer 429.
+    pub throttle: Throttle,
+}
+
+/// The index of a role in the per-role tables.
+fn role_index(purpose: Purpose) -> usize {
+    match purpose {
+        Purpose::Plan => 0,
+        Purpose::Strategy => 1,
+        Purpose::Generate => 2,
+        Purpose::Review => 3,
+        Purpose::Chat => 4,
+    }
+}
+
+/// A role's name on the command line: `plan`/`planner`, `strategy`/`strategist`,
+/// `generation`/`generate`/`writer`, `qa`/`review`/`reviewer`, `chat` (any case).
+pub fn parse_role(name: &str) -> Result<Purpose, String> {
+    match name.trim().to_ascii_lowercase().as_str() {
+        "plan" | "planner" => Ok(Purpose::Plan),
+        "strategy" | "strategist" => Ok(Purpose::Strategy),
+        "generation" | "generate" | "writer" => Ok(Purpose::Generate),
+        "qa" | "review" | "reviewer" => Ok(Purpose::Review),
+        "chat" => Ok(Purpose::Chat),
+        other => Err(format!(
+            "unknown role {other:?} (planner, strategy, generation, qa, chat)"
+        )),
+    }
+}
+
+/// How many of the first requests of each role the mock answers with HTTP 429.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Throttle {
+    first: [u64; 5],
+}
+
+impl Throttle {
+    /// Throttles the first `n` requests of `role` (replacing what was set for it).
+    pub fn with(mut self, role: Purpose, n: u64) -> Self {
+        self.first[role_index(role)] = n;
+        self
+    }
+
+    /// How many of the first requests of `role` are throttled.
+    pub fn first(&self, role: Purpose) -> u64 {
+        self.first[role_index(role)]
+    }
+
+    /// Adds `ROLE[:N][,ROLE[:N]...]` (N defaults to 1) to what is set.
+    pub fn add_spec(mut self, spec: &str) -> Result<Self, String> {
+        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (role, n) = match part.split_once(':') {
+                Some((role, n)) => {
+                    let n = n
+                        .trim()
+                        .parse::<u64>()
+                        .map_err(|_| format!("{part:?}: N must be a whole number (ROLE[:N])"))?;
+                    (role, n)
+                }
+                None => (part, 1),
+            };
+            self = self.with(parse_role(role)?, n);
+        }
+        Ok(self)
+    }
+}
+
+impl FromStr for Throttle {
+    type Err = String;
+
+    fn from_str(spec: &str) -> Result<Self, String> {
+        Throttle::default().add_spec(spec)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -46,6 +125,9 @@ struct Counters {
     scheduled_us: AtomicU64,
     late_us: AtomicU64,
     late_max_us: AtomicU64,
+    throttled: AtomicU64,
+    /// Requests seen per role (by `role_index`), for [`Throttle`].
+    per_role: [AtomicU64; 5],
 }
 
 /// What `GET /stats` answers.
@@ -61,6 +143,9 @@ pub struct MockStats {
     /// How much later than scheduled the mock sent the last byte of each reply, summed.
     pub late_us: u64,
     pub late_max_us: u64,
+    /// Requests answered 429 by `--throttle-first`.
+    #[serde(default)]
+    pub throttled: u64,
 }
 
 impl MockStats {
@@ -73,6 +158,7 @@ impl MockStats {
             scheduled_us: self.scheduled_us - before.scheduled_us,
             late_us: self.late_us - before.late_us,
             late_max_us: self.late_max_us,
+            throttled: self.throttled - before.throttled,
         }
     }
 }
@@ -106,6 +192,7 @@ async fn stats(State(mock): State<Arc<Mock>>) -> axum::Json<MockStats> {
         scheduled_us: c.scheduled_us.load(Ordering::Relaxed),
         late_us: c.late_us.load(Ordering::Relaxed),
         late_max_us: c.late_max_us.load(Ordering::Relaxed),
+        throttled: c.throttled.load(Ordering::Relaxed),
     })
 }
 
@@ -180,6 +267,16 @@ async fn completions(State(mock): State<Arc<Mock>>, headers: HeaderMap, body: By
         .unwrap_or_default();
     let header_role = headers.get("x-mock-role").and_then(|v| v.to_str().ok());
     let purpose = role_of(&system, header_role);
+    let limit = mock.config.throttle.first(purpose);
+    if limit > 0 {
+        // Counted whatever the answer, so exactly the first `limit` requests are throttled
+        // however many arrive at once.
+        let seen = mock.counters.per_role[role_index(purpose)].fetch_add(1, Ordering::Relaxed);
+        if seen < limit {
+            mock.counters.throttled.fetch_add(1, Ordering::Relaxed);
+            return throttled(purpose, seen + 1, limit);
+        }
+    }
     // Built through serde so the mock keeps compiling as the Model port grows optional fields.
     let messages: Vec<Value> = req
         .messages
@@ -296,6 +393,33 @@ async fn completions(State(mock): State<Arc<Mock>>, headers: HeaderMap, body: By
         .header(header::CACHE_CONTROL, "no-cache")
         .body(Body::from_stream(stream))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// OpenAI's answer to a request over the rate limit: 429, `retry-after`, a `rate_limit_exceeded`
+/// error body.
+fn throttled(purpose: Purpose, nth: u64, limit: u64) -> Response {
+    let role = ["planner", "strategy", "generation", "qa", "chat"][role_index(purpose)];
+    let body = json!({"error": {
+        "message": format!(
+            "Rate limit reached for mock on requests per min (RPM): the mock throttles the first \
+             {limit} {role} request(s) (--throttle-first); this is {nth}. Please try again in 0s."
+        ),
+        "type": "requests",
+        "param": null,
+        "code": "rate_limit_exceeded",
+    }});
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [
+            (header::RETRY_AFTER, "0"),
+            (
+                header::HeaderName::from_static("x-ratelimit-remaining-requests"),
+                "0",
+            ),
+        ],
+        axum::Json(body),
+    )
+        .into_response()
 }
 
 /// Waits until `at` with the OS timer (on the blocking pool); returns how late it woke.

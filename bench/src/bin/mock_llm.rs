@@ -1,14 +1,20 @@
 //! `mock-llm`: the benchmarks' OpenAI-compatible server (see `orchestrator_bench::mock`).
 //!
-//! mock-llm [--addr 127.0.0.1:0] [--ttft-ms 200] [--chunk-ms 5]
-//! Prints `http://HOST:PORT/v1` on its first line of stdout once it listens.
+//! mock-llm [--addr 127.0.0.1:0] [--ttft-ms 200] [--chunk-ms 5] [--throttle-first ROLE[:N]]...
+//! Prints `http://HOST:PORT/v1` (the OpenAI base URL) as the first and only line of stdout once
+//! it listens, so a script can `read` it: `mock-llm ... | { read -r base; ...; }` or from a file.
+//!
+//! `--throttle-first qa:2` answers the first 2 qa requests with HTTP 429 (`retry-after: 0`, an
+//! OpenAI-style `rate_limit_exceeded` body), then qa behaves normally. Repeatable, or a comma
+//! list (`--throttle-first planner,qa:3`); N defaults to 1. Roles: planner, strategy,
+//! generation, qa, chat.
 
 use std::io::Write;
 use std::time::Duration;
 
 use axum::serve::ListenerExt;
 use clap::Parser;
-use orchestrator_bench::mock::{MockConfig, router};
+use orchestrator_bench::mock::{MockConfig, Throttle, router};
 
 #[derive(Parser)]
 #[command(
@@ -24,10 +30,19 @@ struct Args {
     /// Delay between chunks (4 characters each), ms; fractions allowed.
     #[arg(long, default_value_t = 5.0)]
     chunk_ms: f64,
+    /// ROLE[:N]: the first N (default 1) requests of ROLE answer 429; repeatable or comma list.
+    #[arg(long, value_name = "ROLE[:N]")]
+    throttle_first: Vec<String>,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let mut throttle = Throttle::default();
+    for spec in &args.throttle_first {
+        throttle = throttle
+            .add_spec(spec)
+            .map_err(|e| anyhow::anyhow!("--throttle-first {spec}: {e}"))?;
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .max_blocking_threads(2048)
@@ -38,6 +53,7 @@ fn main() -> anyhow::Result<()> {
         let config = MockConfig {
             ttft: Duration::from_millis(args.ttft_ms),
             chunk_delay: Duration::from_secs_f64(args.chunk_ms.max(0.0) / 1000.0),
+            throttle,
         };
         let mut out = std::io::stdout().lock();
         writeln!(out, "http://{addr}/v1")?;
