@@ -32,6 +32,9 @@ pub struct ApiConfig {
     /// When set, every /api route needs `Authorization: Bearer <key>`.
     pub api_key: Option<String>,
     pub ping_interval: Duration,
+    /// Ends every event stream after this long with a `retry:` hint (the streamer's function
+    /// has a time limit); clients carry on with Last-Event-ID. None: streams end with the run.
+    pub max_stream: Option<Duration>,
     /// Open event streams at most; past it, 503 with Retry-After.
     pub max_streams: usize,
     pub max_body_bytes: usize,
@@ -44,6 +47,7 @@ impl Default for ApiConfig {
         Self {
             api_key: None,
             ping_interval: Duration::from_secs(15),
+            max_stream: None,
             max_streams: 1024,
             max_body_bytes: 64 * 1024,
             cors_origins: Vec::new(),
@@ -309,6 +313,7 @@ async fn run_stream(
         started.run_id,
         0,
         state.config.ping_interval,
+        state.config.max_stream,
         permit,
         guard,
     );
@@ -465,6 +470,7 @@ async fn run_events(
         id,
         after,
         state.config.ping_interval,
+        state.config.max_stream,
         permit,
         None,
     );

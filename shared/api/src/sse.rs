@@ -50,11 +50,16 @@ impl Drop for CancelOnDrop {
     }
 }
 
+/// The `retry:` hint sent when a response ends for time: reconnect after this many ms.
+pub const RECONNECT_MS: u64 = 1000;
+
 struct Tail {
     store: Arc<dyn Store>,
     run_id: String,
     after: u64,
     ping: Duration,
+    /// When the response must end (the streamer's function timeout); the client reconnects.
+    deadline: Option<tokio::time::Instant>,
     opened: bool,
     done: bool,
     buffered: VecDeque<Frame>,
@@ -67,6 +72,7 @@ pub fn frames(
     run_id: String,
     after: u64,
     ping: Duration,
+    max: Option<Duration>,
     permit: OwnedSemaphorePermit,
     cancel_on_drop: Option<CancelOnDrop>,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
@@ -75,6 +81,7 @@ pub fn frames(
         run_id,
         after,
         ping,
+        deadline: max.map(|m| tokio::time::Instant::now() + m),
         opened: false,
         done: false,
         buffered: VecDeque::new(),
@@ -100,6 +107,15 @@ pub fn frames(
             }
             if t.done {
                 return None;
+            }
+            if t.deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                // Ended for time, not because the client left: reconnecting must not find the
+                // run cancelled. The hint tells EventSource when to come back.
+                if let Some(guard) = t.cancel_on_drop.as_mut() {
+                    guard.armed = false;
+                }
+                t.done = true;
+                return Some((Ok(Bytes::from(format!("retry: {RECONNECT_MS}\n\n"))), t));
             }
             match t.store.read_after(&t.run_id, t.after, 256).await {
                 Ok(frames) if !frames.is_empty() => {
@@ -127,7 +143,11 @@ pub fn frames(
                     return None;
                 }
             }
-            if let Err(e) = t.store.wait_beyond(&t.run_id, t.after, t.ping).await {
+            let wait = t.deadline.map_or(t.ping, |d| {
+                t.ping
+                    .min(d.saturating_duration_since(tokio::time::Instant::now()))
+            });
+            if let Err(e) = t.store.wait_beyond(&t.run_id, t.after, wait).await {
                 tracing::warn!(run_id = %t.run_id, error = %e, "event stream stopped");
                 return None;
             }

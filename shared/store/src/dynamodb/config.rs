@@ -108,6 +108,12 @@ impl DynamoDbConfig {
 
     /// Builds the SDK client (once per process; clients are cheap to clone).
     pub async fn client(&self) -> aws_sdk_dynamodb::Client {
+        aws_sdk_dynamodb::Client::new(&self.sdk_config().await)
+    }
+
+    /// The SDK configuration the client is built from: region, endpoint, retries. A Lambda
+    /// builds its other clients (Step Functions, Secrets Manager) from the same one.
+    pub async fn sdk_config(&self) -> aws_config::SdkConfig {
         let retry = RetryConfig::standard()
             .with_max_attempts(self.max_attempts)
             .with_initial_backoff(self.initial_backoff);
@@ -131,7 +137,7 @@ impl DynamoDbConfig {
                 "orchestrator-emulator",
             ));
         }
-        aws_sdk_dynamodb::Client::new(&loader.load().await)
+        loader.load().await
     }
 }
 

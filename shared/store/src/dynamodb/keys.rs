@@ -22,6 +22,9 @@ pub const EVENT_PREFIX: &str = "EV#";
 pub const PLAN_PREFIX: &str = "PLAN#";
 pub const STEP_PREFIX: &str = "STEP#";
 pub const BLOB_PREFIX: &str = "BLOB#";
+pub const TOKEN_PREFIX: &str = "TOKEN#";
+/// Attribute of a `TOKEN#` item: the Step Functions task token.
+pub const TOKEN: &str = "token";
 
 // Attributes of the run meta item.
 pub const RUN_ID: &str = "runId";
@@ -56,6 +59,11 @@ pub const TTL: &str = "ttl";
 
 pub fn run_pk(run_id: &str) -> String {
     format!("RUN#{run_id}")
+}
+
+/// The approval wait's task token of a checkpoint.
+pub fn token_sk(checkpoint_id: &str) -> String {
+    format!("{TOKEN_PREFIX}{checkpoint_id}")
 }
 
 pub fn idem_pk(key: &str) -> String {

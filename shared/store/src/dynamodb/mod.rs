@@ -320,6 +320,34 @@ impl DynamoDbStore {
         self.writes.load(Ordering::Relaxed)
     }
 
+    /// Keeps the Step Functions task token of a run's approval wait, so whoever answers the
+    /// checkpoint (the streamer) can resume the execution. A later token for the same
+    /// checkpoint (a retried wait) replaces the earlier one.
+    pub async fn put_task_token(
+        &self,
+        run_id: &str,
+        checkpoint_id: &str,
+        token: &str,
+    ) -> Result<(), StoreError> {
+        let mut item = Self::key(&keys::run_pk(run_id), &keys::token_sk(checkpoint_id));
+        item.insert(keys::TOKEN.into(), AttributeValue::S(token.to_owned()));
+        self.put(item).await
+    }
+
+    /// The task token stored for the checkpoint, if its wait has started.
+    pub async fn task_token(
+        &self,
+        run_id: &str,
+        checkpoint_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let item = self
+            .get(&keys::run_pk(run_id), &keys::token_sk(checkpoint_id))
+            .await?;
+        Ok(item
+            .and_then(|mut i| i.remove(keys::TOKEN))
+            .and_then(|v| v.as_s().ok().cloned()))
+    }
+
     /// Every plan version stored for the run, oldest first (each as it was when first
     /// committed). Empty for an unknown run.
     pub async fn plan_versions(&self, run_id: &str) -> Result<Vec<Plan>, StoreError> {

@@ -1,0 +1,31 @@
+//! The advance function: applies step outcomes, answers and timeouts to the stored run through
+//! the engine, and names the next route. See functions/README.md.
+
+use std::sync::Arc;
+
+use lambda_runtime::{LambdaEvent, service_fn};
+use orchestrator_aws::AwsApprovalWaits;
+use orchestrator_aws::bootstrap::{Aws, functions_from_env};
+use orchestrator_aws::handlers::AdvanceFunction;
+use orchestrator_runner::RunnerConfig;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    orchestrator_aws::telemetry::init_logging();
+    let aws = Aws::from_env().await?;
+    let functions = functions_from_env()?;
+    let function = AdvanceFunction {
+        transitions: aws.transitions(&functions, RunnerConfig::default()),
+        waits: Arc::new(AwsApprovalWaits {
+            store: aws.store.clone(),
+            sfn: aws.sfn(),
+        }),
+        functions,
+    };
+    let function = &function;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<_>| async move {
+        function.handle(event.payload).await
+    }))
+    .await
+    .map_err(|e| anyhow::anyhow!(e))
+}

@@ -1,0 +1,28 @@
+//! The planner function: plans (and replans) the run named by its input. See functions/README.md.
+
+use lambda_runtime::{LambdaEvent, service_fn};
+use orchestrator_agents::{Planner, Prompts};
+use orchestrator_aws::bootstrap::{Aws, functions_from_env};
+use orchestrator_aws::handlers::PlannerFunction;
+use orchestrator_runner::RunnerConfig;
+use std::sync::Arc;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    orchestrator_aws::telemetry::init_logging();
+    let aws = Aws::from_env().await?;
+    let functions = functions_from_env()?;
+    let model = orchestrator_llm::build_model(&aws.llm_config().await?).await?;
+    let planner = Planner::with_prompts(model, Arc::new(Prompts::builtin()));
+    let function = PlannerFunction {
+        transitions: aws.transitions(&functions, RunnerConfig::default()),
+        planner,
+        functions,
+    };
+    let function = &function;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<_>| async move {
+        function.handle(event.payload).await
+    }))
+    .await
+    .map_err(|e| anyhow::anyhow!(e))
+}

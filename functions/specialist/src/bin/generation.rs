@@ -1,0 +1,6 @@
+//! The generation specialist function. See functions/README.md.
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    fn_specialist::serve("generation").await
+}

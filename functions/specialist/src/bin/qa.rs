@@ -1,0 +1,6 @@
+//! The qa specialist function. See functions/README.md.
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    fn_specialist::serve("qa").await
+}

@@ -1,0 +1,138 @@
+//! What every function's main does once, before the runtime starts: read the environment, build
+//! the SDK clients, open the table, resolve secrets. Errors name the variable to fix.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use aws_config::SdkConfig;
+use orchestrator_core::ports::SystemClock;
+use orchestrator_llm::LlmConfig;
+use orchestrator_runner::{RunnerConfig, Store, Transitions};
+use orchestrator_store::{DynamoDbConfig, DynamoDbStore};
+
+use crate::route::FunctionMap;
+
+/// The capabilities of the reference team; each runs in the function of the same name unless
+/// SPECIALIST_FUNCTIONS says otherwise.
+pub const DEFAULT_SPECIALISTS: &str =
+    "strategy=strategy,generation=generation,qa=qa,finalize=finalize";
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("{name}: {message}")]
+    Config { name: &'static str, message: String },
+    #[error("{0}")]
+    Store(#[from] orchestrator_store::ConfigError),
+    #[error("LLM configuration: {0}")]
+    Llm(#[from] orchestrator_llm::ConfigError),
+    #[error("{name}: could not read the secret {id}: {message}")]
+    Secret {
+        name: &'static str,
+        id: String,
+        message: String,
+    },
+}
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// The table and the SDK configuration every other client is built from.
+pub struct Aws {
+    pub sdk: SdkConfig,
+    pub store: DynamoDbStore,
+}
+
+impl Aws {
+    /// `TABLE_NAME`, `AWS_REGION`, `AWS_ENDPOINT_URL` (emulators) and the store's own knobs.
+    pub async fn from_env() -> Result<Self, InitError> {
+        let config = DynamoDbConfig::from_env()?;
+        let sdk = config.sdk_config().await;
+        let store = DynamoDbStore::new(aws_sdk_dynamodb::Client::new(&sdk), &config);
+        Ok(Self { sdk, store })
+    }
+
+    pub fn sfn(&self) -> aws_sdk_sfn::Client {
+        aws_sdk_sfn::Client::new(&self.sdk)
+    }
+
+    /// Engine transitions over the table, for the given capabilities.
+    pub fn transitions(&self, functions: &FunctionMap, config: RunnerConfig) -> Transitions {
+        let store: Arc<dyn Store> = Arc::new(self.store.clone());
+        let capabilities: BTreeSet<String> = functions.capabilities().cloned().collect();
+        Transitions::new(store, capabilities, Arc::new(SystemClock), config)
+    }
+
+    /// A secret's value by id/ARN (Secrets Manager), read once at start.
+    pub async fn secret(&self, name: &'static str, id: &str) -> Result<String, InitError> {
+        let client = aws_sdk_secretsmanager::Client::new(&self.sdk);
+        let out = client
+            .get_secret_value()
+            .secret_id(id)
+            .send()
+            .await
+            .map_err(|e| InitError::Secret {
+                name,
+                id: id.to_owned(),
+                message: aws_sdk_secretsmanager::error::DisplayErrorContext(e).to_string(),
+            })?;
+        out.secret_string.ok_or_else(|| InitError::Secret {
+            name,
+            id: id.to_owned(),
+            message: "the secret has no string value".into(),
+        })
+    }
+
+    /// The model configuration from the environment, with `OPENAI_API_KEY` taken from the
+    /// Secrets Manager secret named by `OPENAI_API_KEY_SECRET` when that is set: the key never
+    /// sits in the function's configuration in plain text.
+    pub async fn llm_config(&self) -> Result<LlmConfig, InitError> {
+        let key = match var("OPENAI_API_KEY_SECRET") {
+            Some(id) => Some(self.secret("OPENAI_API_KEY_SECRET", &id).await?),
+            None => None,
+        };
+        Ok(LlmConfig::from_lookup(|name| match (name, &key) {
+            ("OPENAI_API_KEY", Some(key)) => Some(key.clone()),
+            _ => var(name),
+        })?)
+    }
+
+    /// The bearer key of the API: `API_KEY_SECRET` (Secrets Manager), else `API_KEY`.
+    pub async fn api_key(&self) -> Result<Option<String>, InitError> {
+        match var("API_KEY_SECRET") {
+            Some(id) => Ok(Some(
+                self.secret("API_KEY_SECRET", &id).await?.trim().to_owned(),
+            )),
+            None => Ok(var("API_KEY")),
+        }
+    }
+}
+
+/// `SPECIALIST_FUNCTIONS`, or the reference team in functions named after their capability.
+pub fn functions_from_env() -> Result<FunctionMap, InitError> {
+    let spec = var("SPECIALIST_FUNCTIONS").unwrap_or_else(|| DEFAULT_SPECIALISTS.to_owned());
+    FunctionMap::parse(&spec).map_err(|message| InitError::Config {
+        name: "SPECIALIST_FUNCTIONS",
+        message,
+    })
+}
+
+/// A required variable.
+pub fn required(name: &'static str) -> Result<String, InitError> {
+    var(name).ok_or(InitError::Config {
+        name,
+        message: "is not set".into(),
+    })
+}
+
+/// An optional number of seconds.
+pub fn seconds(name: &'static str) -> Result<Option<u64>, InitError> {
+    var(name)
+        .map(|v| {
+            v.trim().parse().map_err(|_| InitError::Config {
+                name,
+                message: format!("{v:?} is not a whole number of seconds"),
+            })
+        })
+        .transpose()
+}

@@ -1,0 +1,220 @@
+//! The streamer's way of starting and steering runs: every run is a Step Functions execution
+//! named by its run id; answers and cancellations are applied to the stored run and then handed
+//! to the execution.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use aws_sdk_sfn::error::ProvideErrorMetadata;
+use orchestrator_api::{ApiError, Control, StartedRun};
+use orchestrator_core::engine::Input;
+use orchestrator_core::ports::StoreError;
+use orchestrator_core::types::{RunRequest, ValidationError};
+use orchestrator_runner::{RunError, Started, Transitions};
+use orchestrator_store::DynamoDbStore;
+
+use crate::contract::{Resumed, RunRef};
+use crate::handlers::ApprovalWaits;
+
+/// Task tokens in the run's table, waits resumed with SendTaskSuccess.
+#[derive(Clone)]
+pub struct AwsApprovalWaits {
+    pub store: DynamoDbStore,
+    pub sfn: aws_sdk_sfn::Client,
+}
+
+#[async_trait]
+impl ApprovalWaits for AwsApprovalWaits {
+    async fn save_token(
+        &self,
+        run_id: &str,
+        checkpoint_id: &str,
+        token: &str,
+    ) -> Result<(), StoreError> {
+        self.store
+            .put_task_token(run_id, checkpoint_id, token)
+            .await
+    }
+
+    async fn token(&self, run_id: &str, checkpoint_id: &str) -> Result<Option<String>, StoreError> {
+        self.store.task_token(run_id, checkpoint_id).await
+    }
+
+    async fn resume(&self, token: &str, run_id: &str) -> Result<(), String> {
+        let output = serde_json::to_string(&Resumed {
+            run_id: run_id.to_owned(),
+        })
+        .map_err(|e| e.to_string())?;
+        match self
+            .sfn
+            .send_task_success()
+            .task_token(token)
+            .output(output)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Already resumed (by the other side of the race) or over: nothing left to do.
+            Err(e) if matches!(e.code(), Some("TaskTimedOut" | "InvalidToken")) => {
+                tracing::info!(%run_id, code = ?e.code(), "the wait was already over");
+                Ok(())
+            }
+            Err(e) => Err(format!(
+                "Step Functions SendTaskSuccess failed: {}",
+                e.message().unwrap_or("no message")
+            )),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct SfnControl {
+    pub transitions: Transitions,
+    pub sfn: aws_sdk_sfn::Client,
+    pub state_machine_arn: String,
+    pub waits: Arc<dyn ApprovalWaits>,
+}
+
+impl SfnControl {
+    /// Executions are named by run id, so their ARN follows from the state machine's.
+    fn execution_arn(&self, run_id: &str) -> String {
+        format!(
+            "{}:{run_id}",
+            self.state_machine_arn
+                .replacen(":stateMachine:", ":execution:", 1)
+        )
+    }
+
+    async fn start_execution(&self, run_id: &str) -> Result<(), String> {
+        let input = serde_json::to_string(&RunRef {
+            run_id: run_id.to_owned(),
+        })
+        .map_err(|e| e.to_string())?;
+        match self
+            .sfn
+            .start_execution()
+            .state_machine_arn(&self.state_machine_arn)
+            .name(run_id)
+            .input(input)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Started before (a retried request): Step Functions itself refuses a second one.
+            Err(e) if e.code() == Some("ExecutionAlreadyExists") => Ok(()),
+            Err(e) => Err(format!(
+                "{}: {}",
+                e.code().unwrap_or("error"),
+                e.message().unwrap_or("no message")
+            )),
+        }
+    }
+}
+
+fn unavailable(message: String) -> ApiError {
+    ApiError::Overloaded {
+        message,
+        retry_after_secs: 2,
+    }
+}
+
+#[async_trait]
+impl Control for SfnControl {
+    fn validate(&self, request: &RunRequest) -> Result<(), ValidationError> {
+        self.transitions.validate(request)
+    }
+
+    async fn start(
+        &self,
+        request: RunRequest,
+        correlation_id: String,
+    ) -> Result<StartedRun, ApiError> {
+        match self
+            .transitions
+            .start(request, Some(correlation_id))
+            .await?
+        {
+            Started::New(launch) => {
+                let run_id = launch.state.run_id.clone();
+                if let Err(e) = self.start_execution(&run_id).await {
+                    // No execution will ever drive this run: end it visibly rather than leave
+                    // a run that looks alive.
+                    tracing::error!(%run_id, error = %e, "could not start the execution");
+                    let reason = format!("the run could not be started: Step Functions said {e}");
+                    self.transitions
+                        .transition(launch.state, Input::Cancelled { reason })
+                        .await?;
+                    return Err(unavailable(format!(
+                        "could not start the run's execution ({e}); retry later"
+                    )));
+                }
+                Ok(StartedRun {
+                    run_id,
+                    created: true,
+                })
+            }
+            Started::Existing { run_id } => Ok(StartedRun {
+                run_id,
+                created: false,
+            }),
+        }
+    }
+
+    async fn cancel(&self, run_id: &str, reason: String) -> Result<(), ApiError> {
+        let state = self.transitions.load(run_id).await?;
+        if state.status.is_terminal() {
+            return Err(RunError::Finished {
+                run_id: run_id.to_owned(),
+                status: state.status,
+            }
+            .into());
+        }
+        self.transitions
+            .transition(
+                state,
+                Input::Cancelled {
+                    reason: reason.clone(),
+                },
+            )
+            .await?;
+        match self
+            .sfn
+            .stop_execution()
+            .execution_arn(self.execution_arn(run_id))
+            .cause(reason)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("ExecutionDoesNotExist") => Ok(()),
+            Err(e) => {
+                // The run is cancelled in the table, which is what every reader sees; the
+                // execution ends at its next step, whose functions find the run over.
+                tracing::warn!(%run_id, error = ?e.message(), "StopExecution failed");
+                Ok(())
+            }
+        }
+    }
+
+    async fn answer(
+        &self,
+        run_id: &str,
+        checkpoint_id: &str,
+        approve: bool,
+        comment: Option<String>,
+    ) -> Result<(), ApiError> {
+        let state = self.transitions.load(run_id).await?;
+        let input = self
+            .transitions
+            .answer_input(&state, checkpoint_id, approve, comment)?;
+        self.transitions.transition(state, input).await?;
+        // Without a token the wait has not begun; when it does, it finds the answer.
+        if let Some(token) = self.waits.token(run_id, checkpoint_id).await? {
+            self.waits
+                .resume(&token, run_id)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,326 @@
+//! What each function does, as plain async methods over the ports: no Lambda types here, so
+//! they are tested against SQLite and run under Lambda against DynamoDB unchanged.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use orchestrator_agents::{AgentError, PlanContext, Planner};
+use orchestrator_core::engine::{Dispatch, Input, PlannerState, RunState};
+use orchestrator_core::ports::{ModelError, StoreError};
+use orchestrator_core::types::QualityVerdict;
+use orchestrator_runner::{StepRunner, Transitions, outcome_of};
+use serde_json::{Value, json};
+use tracing::Instrument;
+
+use crate::contract::{AdvanceRequest, Next, Outcome, OutcomeKind, RunRef, StepTask};
+use crate::error::FunctionError;
+use crate::route::{FunctionMap, next_of};
+use crate::telemetry::{StepFigures, emit, step_metrics};
+
+/// Where approval waits keep their task tokens, and how a wait is resumed.
+#[async_trait]
+pub trait ApprovalWaits: Send + Sync {
+    async fn save_token(
+        &self,
+        run_id: &str,
+        checkpoint_id: &str,
+        token: &str,
+    ) -> Result<(), StoreError>;
+    async fn token(&self, run_id: &str, checkpoint_id: &str) -> Result<Option<String>, StoreError>;
+    /// Ends the wait (SendTaskSuccess); the execution carries on with `advance`.
+    async fn resume(&self, token: &str, run_id: &str) -> Result<(), String>;
+}
+
+fn run_span(state: &RunState, step_id: Option<&str>) -> tracing::Span {
+    tracing::info_span!(
+        "run",
+        runId = %state.run_id,
+        correlationId = %state.correlation_id,
+        stepId = step_id.unwrap_or(""),
+    )
+}
+
+/// The `planner` function.
+pub struct PlannerFunction {
+    pub transitions: Transitions,
+    pub planner: Planner,
+    pub functions: FunctionMap,
+}
+
+impl PlannerFunction {
+    pub async fn handle(&self, run: RunRef) -> Result<Next, FunctionError> {
+        let state = self.transitions.load(&run.run_id).await?;
+        let span = run_span(&state, None);
+        self.plan(state).instrument(span).await
+    }
+
+    async fn plan(&self, state: RunState) -> Result<Next, FunctionError> {
+        let engine = self.transitions.engine();
+        let now = || self.transitions.clock().now_ms();
+        // A retried invocation whose first try committed finds nothing to plan: it answers the
+        // route again instead of calling the model twice.
+        let PlannerState::Awaiting { reason } = &state.planner else {
+            return Ok(next_of(engine, &state, &self.functions, now()));
+        };
+        let capabilities: Vec<String> = engine.config.capabilities.iter().cloned().collect();
+        let ctx = PlanContext {
+            request: &state.request,
+            plan: &state.plan,
+            reason: reason.as_ref(),
+            capabilities: &capabilities,
+        };
+        let input = match self.planner.plan(ctx).await {
+            Ok(outcome) => Input::PlanProposed {
+                patch: outcome.patch,
+                usage: outcome.usage,
+            },
+            Err(AgentError::Model(e)) if e.retryable() => {
+                tracing::warn!(error = %e, "planner model call failed; Step Functions retries it");
+                return Err(match e {
+                    ModelError::Throttled(_) | ModelError::Provider { status: 429, .. } => {
+                        FunctionError::PlannerThrottled(e.to_string())
+                    }
+                    _ => FunctionError::PlannerUnavailable(e.to_string()),
+                });
+            }
+            Err(e) => Input::PlanFailed {
+                error: e.to_string(),
+            },
+        };
+        let launch = self.transitions.transition(state, input).await?;
+        let next = next_of(engine, &launch.state, &self.functions, now());
+        tracing::info!(route = ?next.route, plan_version = launch.state.plan.version, "planned");
+        Ok(next)
+    }
+}
+
+/// The `advance` function: the engine's apply over the stored state.
+pub struct AdvanceFunction {
+    pub transitions: Transitions,
+    pub functions: FunctionMap,
+    pub waits: Arc<dyn ApprovalWaits>,
+}
+
+impl AdvanceFunction {
+    pub async fn handle(&self, request: AdvanceRequest) -> Result<Value, FunctionError> {
+        match request {
+            AdvanceRequest::Advance {
+                run_id,
+                outcomes,
+                timed_out,
+            } => {
+                let state = self.transitions.load(&run_id).await?;
+                let span = run_span(&state, None);
+                let next = self
+                    .advance(state, outcomes, timed_out)
+                    .instrument(span)
+                    .await?;
+                serde_json::to_value(next).map_err(|e| FunctionError::InvalidRequest(e.to_string()))
+            }
+            AdvanceRequest::Await {
+                run_id,
+                checkpoint_id,
+                task_token,
+            } => {
+                self.register(&run_id, &checkpoint_id, &task_token).await?;
+                Ok(json!({}))
+            }
+        }
+    }
+
+    async fn advance(
+        &self,
+        state: RunState,
+        outcomes: Vec<Outcome>,
+        timed_out: bool,
+    ) -> Result<Next, FunctionError> {
+        let mut inputs = Vec::with_capacity(outcomes.len() + 1);
+        for outcome in outcomes {
+            if outcome.run_id != state.run_id {
+                return Err(FunctionError::InvalidRequest(format!(
+                    "an outcome of run {} was sent to run {}",
+                    outcome.run_id, state.run_id
+                )));
+            }
+            inputs.push(self.input_of(outcome).await?);
+        }
+        if timed_out {
+            // The engine sees the checkpoint past its deadline and closes it.
+            inputs.push(Input::BudgetTick);
+        }
+        let state = if inputs.is_empty() {
+            state
+        } else {
+            self.transitions.transition_all(state, inputs).await?.state
+        };
+        let now = self.transitions.clock().now_ms();
+        let next = next_of(self.transitions.engine(), &state, &self.functions, now);
+        tracing::info!(route = ?next.route, status = %state.status, "advanced");
+        Ok(next)
+    }
+
+    /// A step's outcome as the engine hears it. A finished step's result is read from the
+    /// table, where the specialist stored it: payloads carry ids, not documents.
+    async fn input_of(&self, o: Outcome) -> Result<Input, FunctionError> {
+        Ok(match o.outcome {
+            OutcomeKind::Finished => {
+                let stored = self
+                    .transitions
+                    .store()
+                    .get_step_result(&o.run_id, &o.step_id, o.attempt)
+                    .await?;
+                match stored {
+                    Some(result) => outcome_of(result),
+                    None => Input::StepFailed {
+                        step_id: o.step_id,
+                        attempt: o.attempt,
+                        error: "the step reported a result that is not in the table".into(),
+                        retryable: true,
+                    },
+                }
+            }
+            OutcomeKind::Failed => Input::StepFailed {
+                step_id: o.step_id,
+                attempt: o.attempt,
+                error: o.error.unwrap_or_else(|| "the step failed".into()),
+                retryable: o.retryable,
+            },
+            OutcomeKind::NeedsHuman => match o.request {
+                Some(request) => Input::StepNeedsHuman {
+                    step_id: o.step_id,
+                    attempt: o.attempt,
+                    request,
+                },
+                None => {
+                    return Err(FunctionError::InvalidRequest(format!(
+                        "step {} asked for a person without a request",
+                        o.step_id
+                    )));
+                }
+            },
+        })
+    }
+
+    /// Keeps the wait's token. An answer given before the token was kept found nothing to
+    /// resume; then the wait is resumed here, so it cannot hang.
+    async fn register(
+        &self,
+        run_id: &str,
+        checkpoint_id: &str,
+        token: &str,
+    ) -> Result<(), FunctionError> {
+        self.waits.save_token(run_id, checkpoint_id, token).await?;
+        let state = self.transitions.load(run_id).await?;
+        let open = state.checkpoint.as_ref().map(|c| c.id.as_str()) == Some(checkpoint_id);
+        if !open {
+            tracing::info!(
+                runId = run_id,
+                checkpoint_id,
+                "answered before the wait began"
+            );
+            self.waits
+                .resume(token, run_id)
+                .await
+                .map_err(FunctionError::StoreUnavailable)?;
+        }
+        Ok(())
+    }
+}
+
+/// A specialist function (strategy, generation, qa, finalize): runs one step.
+pub struct SpecialistFunction {
+    pub steps: StepRunner,
+    pub transitions: Transitions,
+}
+
+impl SpecialistFunction {
+    pub async fn handle(&self, task: StepTask) -> Result<Outcome, FunctionError> {
+        let state = self.transitions.load(&task.run_id).await?;
+        let span = run_span(&state, Some(&task.step_id));
+        self.run(state, task).instrument(span).await
+    }
+
+    async fn run(&self, state: RunState, task: StepTask) -> Result<Outcome, FunctionError> {
+        let outcome = |kind, error: Option<String>, retryable| Outcome {
+            run_id: task.run_id.clone(),
+            step_id: task.step_id.clone(),
+            attempt: task.attempt,
+            outcome: kind,
+            error,
+            retryable,
+            request: None,
+        };
+        if state.status.is_terminal() {
+            return Ok(outcome(
+                OutcomeKind::Failed,
+                Some(format!("the run has already ended ({})", state.status)),
+                false,
+            ));
+        }
+        let dispatch = Dispatch {
+            step_id: task.step_id.clone(),
+            capability_id: task.capability_id.clone(),
+            attempt: task.attempt,
+            timeout_ms: task.timeout_ms,
+        };
+        let input = match self.steps.attempt(&state, &dispatch).await {
+            Ok(input) => input,
+            Err(e) => {
+                tracing::warn!(error = %e, attempt = task.attempt, "step failed; Step Functions retries it");
+                return Err(FunctionError::of_step(e));
+            }
+        };
+        let now = self.transitions.clock().now_ms();
+        Ok(match input {
+            Input::StepFinished { result } => {
+                let qa_score = serde_json::from_value::<QualityVerdict>(result.output.clone())
+                    .ok()
+                    .map(|v| v.score)
+                    .filter(|_| task.capability_id == "qa");
+                emit(&step_metrics(
+                    &StepFigures {
+                        run_id: &task.run_id,
+                        step_id: &task.step_id,
+                        capability: &task.capability_id,
+                        duration_ms: result.metrics.duration_ms,
+                        input_tokens: result.metrics.input_tokens,
+                        output_tokens: result.metrics.output_tokens,
+                        retries: task.attempt.saturating_sub(1),
+                        qa_score,
+                        failed: false,
+                    },
+                    now,
+                ));
+                outcome(OutcomeKind::Finished, None, false)
+            }
+            Input::StepFailed {
+                error, retryable, ..
+            } => {
+                emit(&step_metrics(
+                    &StepFigures {
+                        run_id: &task.run_id,
+                        step_id: &task.step_id,
+                        capability: &task.capability_id,
+                        duration_ms: 0,
+                        input_tokens: 0,
+                        output_tokens: 0,
+                        retries: task.attempt.saturating_sub(1),
+                        qa_score: None,
+                        failed: true,
+                    },
+                    now,
+                ));
+                outcome(OutcomeKind::Failed, Some(error), retryable)
+            }
+            Input::StepNeedsHuman { request, .. } => Outcome {
+                request: Some(request),
+                ..outcome(OutcomeKind::NeedsHuman, None, false)
+            },
+            other => {
+                return Err(FunctionError::InvalidRequest(format!(
+                    "a step ended with an unexpected input: {other:?}"
+                )));
+            }
+        })
+    }
+}
