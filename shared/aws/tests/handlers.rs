@@ -1,0 +1,437 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is the assertion in a test
+
+//! The function handlers driven the way infra/statemachine.asl.json drives them (Plan -> Route
+//! -> Dispatch Map -> Advance -> ...), in process over SQLite with the offline model: the run they
+//! produce is the local runner's run, retried invocations change nothing, and approval waits
+//! cannot hang whichever side of the token race comes first.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use orchestrator_agents::{Planner, default_specialists};
+use orchestrator_aws::contract::{AdvanceRequest, Next, Outcome, Route, RunRef};
+use orchestrator_aws::handlers::{
+    AdvanceFunction, ApprovalWaits, PlannerFunction, SpecialistFunction,
+};
+use orchestrator_aws::route::FunctionMap;
+use orchestrator_core::engine::RunState;
+use orchestrator_core::ports::{Clock, StoreError, SystemClock};
+use orchestrator_core::types::{RunRequest, RunStatus};
+use orchestrator_llm::OfflineModel;
+use orchestrator_runner::{Runner, RunnerConfig, Started, StepRunner, Store, Transitions};
+use orchestrator_store::SqliteStore;
+use serde_json::json;
+
+#[derive(Default)]
+struct FakeWaits {
+    tokens: Mutex<BTreeMap<(String, String), String>>,
+    resumed: Mutex<Vec<String>>,
+}
+
+#[async_trait]
+impl ApprovalWaits for FakeWaits {
+    async fn save_token(&self, run: &str, cp: &str, token: &str) -> Result<(), StoreError> {
+        let key = (run.to_owned(), cp.to_owned());
+        self.tokens.lock().unwrap().insert(key, token.to_owned());
+        Ok(())
+    }
+    async fn token(&self, run: &str, cp: &str) -> Result<Option<String>, StoreError> {
+        let key = (run.to_owned(), cp.to_owned());
+        Ok(self.tokens.lock().unwrap().get(&key).cloned())
+    }
+    async fn resume(&self, token: &str, _run_id: &str) -> Result<(), String> {
+        self.resumed.lock().unwrap().push(token.to_owned());
+        Ok(())
+    }
+}
+
+struct Cloud {
+    store: Arc<dyn Store>,
+    transitions: Transitions,
+    planner: PlannerFunction,
+    advance: AdvanceFunction,
+    specialist: SpecialistFunction,
+    waits: Arc<FakeWaits>,
+    invocations: Mutex<Vec<String>>,
+}
+
+fn model() -> Arc<OfflineModel> {
+    Arc::new(OfflineModel::new(std::time::Duration::ZERO))
+}
+
+fn cloud(store: Arc<dyn Store>) -> Cloud {
+    let functions = FunctionMap::parse(
+        "strategy=fn-strategy,generation=fn-generation,qa=fn-qa,finalize=fn-finalize",
+    )
+    .unwrap();
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let transitions = Transitions::new(
+        store.clone(),
+        functions.capabilities().cloned().collect(),
+        clock.clone(),
+        RunnerConfig::default(),
+    );
+    let waits = Arc::new(FakeWaits::default());
+    // One StepRunner with the whole team stands in for the four specialist functions: the
+    // handler is the same code in each, only the capability differs.
+    let steps = StepRunner::new(
+        store.clone(),
+        clock,
+        default_specialists(model()),
+        transitions.config(),
+        transitions.engine().config.max_hitl_requests,
+    );
+    Cloud {
+        store,
+        planner: PlannerFunction {
+            transitions: transitions.clone(),
+            planner: Planner::new(model()),
+            functions: functions.clone(),
+        },
+        advance: AdvanceFunction {
+            transitions: transitions.clone(),
+            functions,
+            waits: waits.clone(),
+        },
+        specialist: SpecialistFunction {
+            steps,
+            transitions: transitions.clone(),
+        },
+        transitions,
+        waits,
+        invocations: Mutex::new(Vec::new()),
+    }
+}
+
+impl Cloud {
+    fn invoked(&self, what: &str) {
+        self.invocations.lock().unwrap().push(what.to_owned());
+    }
+
+    /// What the state machine does from `next` until the run ends or waits on a person.
+    async fn execute(&self, mut next: Next) -> Next {
+        loop {
+            next = match next.route {
+                Route::Plan => {
+                    self.invoked("planner");
+                    self.planner
+                        .handle(RunRef {
+                            run_id: next.run_id.clone(),
+                        })
+                        .await
+                        .unwrap()
+                }
+                Route::Dispatch => {
+                    let mut outcomes: Vec<Outcome> = Vec::new();
+                    for task in next.steps.clone() {
+                        self.invoked(&task.function);
+                        outcomes.push(self.specialist.handle(task).await.unwrap());
+                    }
+                    self.invoked("advance");
+                    self.advance_with(&next.run_id, outcomes).await
+                }
+                Route::Await | Route::Succeeded | Route::Failed | Route::Cancelled => {
+                    return next;
+                }
+            };
+        }
+    }
+
+    async fn advance_with(&self, run_id: &str, outcomes: Vec<Outcome>) -> Next {
+        let value = self
+            .advance
+            .handle(AdvanceRequest::Advance {
+                run_id: run_id.to_owned(),
+                outcomes,
+                timed_out: false,
+            })
+            .await
+            .unwrap();
+        serde_json::from_value(value).unwrap()
+    }
+
+    async fn start(&self, request: RunRequest) -> Next {
+        let Started::New(launch) = self.transitions.start(request, None).await.unwrap() else {
+            panic!("a new run");
+        };
+        // The execution's first state is Plan.
+        Next {
+            run_id: launch.state.run_id.clone(),
+            route: Route::Plan,
+            steps: vec![],
+            checkpoint_id: None,
+            approval_timeout_seconds: None,
+            error: None,
+        }
+    }
+
+    async fn state(&self, run_id: &str) -> RunState {
+        self.store.load_run(run_id).await.unwrap().unwrap()
+    }
+}
+
+fn request(extra: serde_json::Value) -> RunRequest {
+    let mut body = json!({
+        "objective": "Launch post for a neighbourhood bakery's new sourdough",
+        "options": {"acceptanceCriteria": ["mentions the opening hours"]}
+    });
+    if let Some(options) = extra.get("options") {
+        for (k, v) in options.as_object().unwrap() {
+            body["options"][k] = v.clone();
+        }
+    }
+    serde_json::from_value(body).unwrap()
+}
+
+async fn kinds(store: &dyn Store, run_id: &str) -> Vec<String> {
+    store
+        .read_after(run_id, 0, 10_000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|f| {
+            serde_json::to_value(&f.event).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_state_machine_drives_the_reference_run_to_the_local_runs_result() {
+    // GIVEN the reference request, run once by the local runner and once through the handlers
+    let local_store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().unwrap());
+    let runner = Runner::new(
+        local_store.clone(),
+        Planner::new(model()),
+        default_specialists(model()),
+        Arc::new(SystemClock),
+        RunnerConfig::default(),
+    );
+    let Started::New(launch) = runner.start(request(json!({})), None).await.unwrap() else {
+        panic!()
+    };
+    let local_id = launch.state.run_id.clone();
+    runner.drive(*launch).await.unwrap();
+
+    let cloud = cloud(Arc::new(SqliteStore::open_in_memory().unwrap()));
+    let first = cloud.start(request(json!({}))).await;
+    let run_id = first.run_id.clone();
+
+    // WHEN the state machine runs it
+    let last = cloud.execute(first).await;
+
+    // THEN it succeeds with the replan after the failed QA, like the local run
+    assert_eq!(last.route, Route::Succeeded);
+    let state = cloud.state(&run_id).await;
+    assert_eq!(state.status, RunStatus::Completed);
+    assert_eq!(state.plan.version, 2, "plan v1, then the replan");
+    let report = cloud
+        .store
+        .get_report(&run_id)
+        .await
+        .unwrap()
+        .expect("report");
+    let local_report = local_store.get_report(&local_id).await.unwrap().unwrap();
+    assert_eq!(report.status, local_report.status);
+    assert_eq!(
+        cloud.state(&run_id).await.plan,
+        local_store.load_run(&local_id).await.unwrap().unwrap().plan
+    );
+    let attempts = |r: &orchestrator_core::types::RunReport| {
+        r.steps
+            .iter()
+            .map(|s| (s.step_id.clone(), s.attempt, s.error.is_none()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(attempts(&report), attempts(&local_report));
+    assert_eq!(
+        serde_json::to_value(&report.final_bundle).unwrap(),
+        serde_json::to_value(&local_report.final_bundle).unwrap()
+    );
+    // AND the stream a client sees has the same events in the same order
+    assert_eq!(
+        kinds(cloud.store.as_ref(), &run_id).await,
+        kinds(local_store.as_ref(), &local_id).await
+    );
+    // AND the invocations are the reference path: 2 planner calls, 7 steps, one advance each
+    let calls = cloud.invocations.lock().unwrap().clone();
+    assert_eq!(
+        calls,
+        [
+            "planner",
+            "fn-strategy",
+            "advance",
+            "fn-generation",
+            "advance",
+            "fn-qa",
+            "advance",
+            "planner",
+            "fn-generation",
+            "advance",
+            "fn-qa",
+            "advance",
+            "fn-finalize",
+            "advance"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn retried_invocations_change_nothing() {
+    // GIVEN a run whose plan is committed and whose first step has run
+    let cloud = cloud(Arc::new(SqliteStore::open_in_memory().unwrap()));
+    let first = cloud.start(request(json!({}))).await;
+    let run_id = first.run_id.clone();
+    let planned = cloud
+        .planner
+        .handle(RunRef {
+            run_id: run_id.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(planned.route, Route::Dispatch);
+    let task = planned.steps[0].clone();
+    let outcome = cloud.specialist.handle(task.clone()).await.unwrap();
+    let advanced = cloud.advance_with(&run_id, vec![outcome.clone()]).await;
+    let events_before = kinds(cloud.store.as_ref(), &run_id).await.len();
+
+    // WHEN Step Functions retries the planner, the specialist and the advance (at-least-once)
+    let replanned = cloud
+        .planner
+        .handle(RunRef {
+            run_id: run_id.clone(),
+        })
+        .await
+        .unwrap();
+    let again = cloud.specialist.handle(task).await.unwrap();
+    let readvanced = cloud.advance_with(&run_id, vec![again.clone()]).await;
+
+    // THEN the planner answers the current route without planning again, the specialist
+    // returns its stored result, and the advance routes to the same next step
+    assert_eq!(cloud.state(&run_id).await.plan.version, 1);
+    assert_eq!(replanned.route, Route::Dispatch);
+    assert_eq!(
+        replanned.steps, advanced.steps,
+        "the in-flight step, same attempt"
+    );
+    assert_eq!(again, outcome);
+    assert_eq!(readvanced, advanced);
+    assert_eq!(
+        kinds(cloud.store.as_ref(), &run_id).await.len(),
+        events_before,
+        "no event written twice"
+    );
+}
+
+#[tokio::test]
+async fn an_approval_wait_resumes_whichever_side_of_the_token_race_comes_first() {
+    // GIVEN a run that needs approval before its result is final
+    let cloud = cloud(Arc::new(SqliteStore::open_in_memory().unwrap()));
+    let first = cloud
+        .start(request(json!({"options": {"requireApproval": true}})))
+        .await;
+    let run_id = first.run_id.clone();
+
+    // WHEN the state machine runs it
+    let waiting = cloud.execute(first).await;
+
+    // THEN it stops at the checkpoint, with a timeout in seconds for the wait
+    assert_eq!(waiting.route, Route::Await);
+    let checkpoint = waiting.checkpoint_id.clone().unwrap();
+    assert!(waiting.approval_timeout_seconds.unwrap() > 3600);
+    assert_eq!(cloud.state(&run_id).await.status, RunStatus::PendingHitl);
+
+    // WHEN the person answers before the wait has registered its token (the streamer applies
+    // the answer and finds no token), and then the wait registers
+    let state = cloud.state(&run_id).await;
+    let input = cloud
+        .transitions
+        .answer_input(&state, &checkpoint, true, Some("ship it".into()))
+        .unwrap();
+    cloud.transitions.transition(state, input).await.unwrap();
+    cloud
+        .advance
+        .handle(AdvanceRequest::Await {
+            run_id: run_id.clone(),
+            checkpoint_id: checkpoint.clone(),
+            task_token: "token-1".into(),
+        })
+        .await
+        .unwrap();
+
+    // THEN the registration itself resumes the wait, and the run finishes
+    assert_eq!(*cloud.waits.resumed.lock().unwrap(), ["token-1"]);
+    let resumed = cloud.advance_with(&run_id, vec![]).await;
+    let last = cloud.execute(resumed).await;
+    assert_eq!(last.route, Route::Succeeded);
+    assert_eq!(cloud.state(&run_id).await.status, RunStatus::Completed);
+}
+
+#[tokio::test]
+async fn a_wait_registered_before_any_answer_is_left_waiting() {
+    // GIVEN a run at its checkpoint
+    let cloud = cloud(Arc::new(SqliteStore::open_in_memory().unwrap()));
+    let first = cloud
+        .start(request(json!({"options": {"requireApproval": true}})))
+        .await;
+    let run_id = first.run_id.clone();
+    let waiting = cloud.execute(first).await;
+    let checkpoint = waiting.checkpoint_id.clone().unwrap();
+
+    // WHEN the wait registers first
+    cloud
+        .advance
+        .handle(AdvanceRequest::Await {
+            run_id: run_id.clone(),
+            checkpoint_id: checkpoint.clone(),
+            task_token: "token-2".into(),
+        })
+        .await
+        .unwrap();
+
+    // THEN nothing resumes it yet, and the token is there for the answer
+    assert!(cloud.waits.resumed.lock().unwrap().is_empty());
+    assert_eq!(
+        cloud
+            .waits
+            .token(&run_id, &checkpoint)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("token-2")
+    );
+}
+
+#[tokio::test]
+async fn an_approval_wait_that_times_out_ends_the_run_visibly() {
+    // GIVEN a run at its checkpoint
+    let cloud = cloud(Arc::new(SqliteStore::open_in_memory().unwrap()));
+    let first = cloud
+        .start(request(json!({"options": {"requireApproval": true}})))
+        .await;
+    let run_id = first.run_id.clone();
+    let waiting = cloud.execute(first).await;
+    assert_eq!(waiting.route, Route::Await);
+
+    // WHEN Step Functions times the wait out and the engine's deadline has passed
+    let mut state = cloud.state(&run_id).await;
+    state.checkpoint.as_mut().unwrap().expires_at_ms = 1;
+    cloud.store.commit(&state, &[]).await.unwrap();
+    let value = cloud
+        .advance
+        .handle(AdvanceRequest::Advance {
+            run_id: run_id.clone(),
+            outcomes: vec![],
+            timed_out: true,
+        })
+        .await
+        .unwrap();
+    let next: Next = serde_json::from_value(value).unwrap();
+
+    // THEN the run does not stay waiting: the engine closes the checkpoint
+    assert_ne!(next.route, Route::Await);
+    assert_ne!(cloud.state(&run_id).await.status, RunStatus::PendingHitl);
+}
