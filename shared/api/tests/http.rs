@@ -780,3 +780,44 @@ async fn past_max_active_runs_a_start_is_503_with_retry_after() {
         .expect("the slot is freed");
     assert_eq!(server.runs().await.len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_ended_for_time_says_retry_and_the_client_continues_without_a_gap() {
+    // GIVEN a server whose streams end after 300 ms (the streamer's function has a time
+    // limit), and a run that takes longer, watched with onDisconnect: cancel
+    let server = serve(Setup {
+        api: orchestrator_api::ApiConfig {
+            max_stream: Some(Duration::from_millis(300)),
+            ..orchestrator_api::ApiConfig::default()
+        },
+        ..Setup::slow()
+    })
+    .await;
+    let mut first = server
+        .run_stream(&request(json!({"onDisconnect": "cancel"})))
+        .await;
+    let mut frames = first.rest().await;
+
+    // THEN the first response ends with a retry hint before the run is over, and the run goes
+    // on: a stream that ended for time is not a client that left
+    assert!(
+        first.raw.ends_with(b"retry: 1000\n\n"),
+        "{:?}",
+        String::from_utf8_lossy(&first.raw[first.raw.len().saturating_sub(80)..])
+    );
+    assert_ne!(frames.last().unwrap().event, "complete");
+    let run_id = frames[0].data["runId"].as_str().unwrap().to_owned();
+
+    // WHEN the client reconnects with Last-Event-ID, as often as it is told to
+    for _ in 0..100 {
+        if frames.last().unwrap().event == "complete" {
+            break;
+        }
+        let last = frames.last().unwrap().id;
+        frames.extend(server.events(&run_id, Some(last)).await.rest().await);
+    }
+
+    // THEN it has every frame once, in order, through `complete`
+    assert_consecutive(&frames, 1);
+    assert_eq!(frames.last().unwrap().status(), Some("completed"));
+}

@@ -297,27 +297,28 @@ impl SseParser {
                 event: None,
                 data: String::new(),
             };
-            let mut has_field = false;
+            // As EventSource does: a block without data (e.g. only `retry:`) is no event.
+            let mut has_data = false;
             for line in block.lines() {
                 if line.starts_with(':') || line.is_empty() {
                     continue;
                 }
                 let (field, value) = line.split_once(':').unwrap_or((line, ""));
                 let value = value.strip_prefix(' ').unwrap_or(value);
-                has_field = true;
                 match field {
                     "id" => frame.id = Some(value.to_owned()),
                     "event" => frame.event = Some(value.to_owned()),
                     "data" => {
-                        if !frame.data.is_empty() {
+                        if has_data {
                             frame.data.push('\n');
                         }
                         frame.data.push_str(value);
+                        has_data = true;
                     }
                     _ => {}
                 }
             }
-            if has_field {
+            if has_data {
                 out.push(frame);
             }
         }

@@ -242,3 +242,14 @@ fn timestamps_are_rfc3339_utc_with_milliseconds() {
     assert_eq!(rfc3339_ms(4_107_542_399_999), "2100-02-28T23:59:59.999Z");
     assert_eq!(rfc3339_ms(4_107_542_400_000), "2100-03-01T00:00:00.000Z");
 }
+
+#[test]
+fn a_block_with_only_a_retry_hint_is_no_event() {
+    // GIVEN a stream that ends with a reconnection hint, as the streamer's responses do
+    let mut parser = SseParser::default();
+    // WHEN it is parsed
+    let frames = parser.push("id: 7\nevent: delta\ndata: {}\n\nretry: 1000\n\n");
+    // THEN only the real frame comes out
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0].id.as_deref(), Some("7"));
+}
