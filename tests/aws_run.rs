@@ -1,0 +1,435 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is the assertion in a test
+
+//! The whole AWS shape on this machine, for real: `infra/local-aws.sh up` starts the emulator
+//! (DynamoDB + Step Functions executing infra/statemachine.asl.json) and every function binary
+//! under `cargo lambda watch`; the functions call an OpenAI-compatible mock LLM served here,
+//! which throttles the first QA request. Through the streamer's function URL the test runs the
+//! reference run and an approval run, and checks the SSE frames, the executions' histories and
+//! the RunReport in DynamoDB.
+//!
+//! It needs cargo-lambda and moto (the script installs them) and takes minutes, so it runs when
+//! `ORCHESTRATOR_AWS_E2E=1` or under CI (`.ci/run`), and otherwise says how to run it.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use aws_sdk_sfn::types::HistoryEventType;
+use futures::StreamExt;
+use orchestrator_bench::mock::{MockConfig, Throttle, router};
+use orchestrator_core::event::SseParser;
+use orchestrator_core::ports::{Purpose, RunStore};
+use orchestrator_store::{DynamoDbConfig, DynamoDbStore};
+use serde_json::{Value, json};
+
+const OBJECTIVE: &str = "Write a launch post for Acme Sync, our file sync app";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The stack `infra/local-aws.sh up` started; `down` when dropped.
+struct Stack {
+    vars: HashMap<String, String>,
+}
+
+impl Stack {
+    fn up(function_env: &[(&str, String)]) -> Self {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let env_file = dir.join("functions.env");
+        let lines: Vec<String> = function_env
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        std::fs::write(&env_file, lines.join("\n") + "\n").unwrap();
+        let out = Command::new("bash")
+            .arg(repo().join("infra/local-aws.sh"))
+            .arg("up")
+            .arg("--env-file")
+            .arg(&env_file)
+            .env("LOCAL_AWS_DIR", dir.join("stack"))
+            .current_dir(repo())
+            .output()
+            .expect("bash runs infra/local-aws.sh");
+        assert!(
+            out.status.success(),
+            "infra/local-aws.sh up failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let vars = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect::<HashMap<_, _>>();
+        let mut stack = Stack { vars };
+        stack.vars.insert(
+            "LOCAL_AWS_DIR".into(),
+            dir.join("stack").display().to_string(),
+        );
+        stack
+    }
+
+    fn var(&self, name: &str) -> &str {
+        self.vars
+            .get(name)
+            .unwrap_or_else(|| panic!("`up` printed no {name}: {:?}", self.vars))
+    }
+
+    async fn sdk(&self) -> aws_config::SdkConfig {
+        let config = DynamoDbConfig::from_lookup(|name| match name {
+            "TABLE_NAME" => Some(self.var("TABLE_NAME").to_owned()),
+            "AWS_ENDPOINT_URL" => Some(self.var("AWS_ENDPOINT_URL").to_owned()),
+            "AWS_REGION" => Some("us-east-1".to_owned()),
+            _ => None,
+        })
+        .unwrap();
+        config.sdk_config().await
+    }
+
+    async fn store(&self) -> DynamoDbStore {
+        let config = DynamoDbConfig::from_lookup(|name| match name {
+            "TABLE_NAME" => Some(self.var("TABLE_NAME").to_owned()),
+            "AWS_ENDPOINT_URL" => Some(self.var("AWS_ENDPOINT_URL").to_owned()),
+            "AWS_REGION" => Some("us-east-1".to_owned()),
+            _ => None,
+        })
+        .unwrap();
+        DynamoDbStore::connect(&config).await
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(repo().join("infra/local-aws.sh"))
+            .arg("down")
+            .env("LOCAL_AWS_DIR", self.var("LOCAL_AWS_DIR"))
+            .status();
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Ev {
+    id: u64,
+    event: String,
+    data: Value,
+}
+
+/// Reads an SSE response to its end.
+async fn frames(response: reqwest::Response) -> Vec<Ev> {
+    assert_eq!(response.status(), 200, "{:?}", response.headers());
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/event-stream",
+        "the streamer answers with an event stream"
+    );
+    let mut parser = SseParser::default();
+    let mut out = Vec::new();
+    let mut body = response.bytes_stream();
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(120), body.next())
+        .await
+        .expect("the stream stalled for 2 minutes")
+    {
+        for f in parser.push_bytes(&chunk.unwrap()) {
+            out.push(Ev {
+                id: f.id.unwrap().parse().unwrap(),
+                event: f.event.unwrap(),
+                data: serde_json::from_str(&f.data).unwrap(),
+            });
+        }
+    }
+    out
+}
+
+fn assert_gap_free(frames: &[Ev]) {
+    for (i, f) in frames.iter().enumerate() {
+        assert_eq!(f.id, i as u64 + 1, "frame ids are 1, 2, 3, ...: {frames:?}");
+    }
+}
+
+fn messages(frames: &[Ev]) -> Vec<String> {
+    frames
+        .iter()
+        .filter(|f| f.event == "message")
+        .map(|f| f.data["message"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// Waits for the execution to leave RUNNING and returns its status and history.
+async fn execution(
+    sfn: &aws_sdk_sfn::Client,
+    state_machine_arn: &str,
+    run_id: &str,
+) -> (String, Vec<aws_sdk_sfn::types::HistoryEvent>) {
+    let arn = format!(
+        "{}:{run_id}",
+        state_machine_arn.replacen(":stateMachine:", ":execution:", 1)
+    );
+    let mut status = String::new();
+    for _ in 0..600 {
+        let d = sfn
+            .describe_execution()
+            .execution_arn(&arn)
+            .send()
+            .await
+            .unwrap();
+        status = d.status().as_str().to_owned();
+        if status != "RUNNING" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut events = Vec::new();
+    let mut token = None;
+    loop {
+        let page = sfn
+            .get_execution_history()
+            .execution_arn(&arn)
+            .set_next_token(token)
+            .max_results(1000)
+            .send()
+            .await
+            .unwrap();
+        events.extend(page.events().iter().cloned());
+        token = page.next_token().map(str::to_owned);
+        if token.is_none() {
+            break;
+        }
+    }
+    (status, events)
+}
+
+fn entered(history: &[aws_sdk_sfn::types::HistoryEvent]) -> Vec<String> {
+    history
+        .iter()
+        .filter_map(|e| e.state_entered_event_details())
+        .map(|d| d.name().to_owned())
+        .collect()
+}
+
+fn lambda_failures(history: &[aws_sdk_sfn::types::HistoryEvent]) -> Vec<String> {
+    history
+        .iter()
+        .filter_map(|e| {
+            e.lambda_function_failed_event_details()
+                .and_then(|d| d.error().map(str::to_owned))
+                .or_else(|| {
+                    e.task_failed_event_details()
+                        .and_then(|d| d.error().map(str::to_owned))
+                })
+        })
+        .collect()
+}
+
+fn count(history: &[aws_sdk_sfn::types::HistoryEvent], kinds: &[HistoryEventType]) -> usize {
+    history
+        .iter()
+        .filter(|e| kinds.contains(e.r#type()))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_on_the_emulated_aws_stack_streams_replans_retries_and_pauses_for_approval() {
+    if std::env::var_os("ORCHESTRATOR_AWS_E2E").is_none() && std::env::var_os("CI").is_none() {
+        eprintln!(
+            "skipped: set ORCHESTRATOR_AWS_E2E=1 to bring up the emulated AWS stack (moto + cargo lambda watch; minutes)"
+        );
+        return;
+    }
+    // GIVEN a mock LLM whose first QA request is throttled (429)
+    let mock = router(MockConfig {
+        ttft: Duration::from_millis(5),
+        chunk_delay: Duration::ZERO,
+        throttle: Throttle::default().with(Purpose::Review, 1),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mock_url = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, mock).await.unwrap() });
+
+    // AND the AWS stack, with functions that do not retry the model themselves, so a 429
+    // reaches the state machine's Retry
+    let stack = Stack::up(&[
+        ("MODEL_PROVIDER", "openai".into()),
+        ("MODEL_ID", "mock-1".into()),
+        ("OPENAI_BASE_URL", mock_url.clone()),
+        ("MODEL_MAX_RETRIES", "0".into()),
+        ("RUST_LOG", "info".into()),
+    ]);
+    let stream_url = stack.var("STREAM_URL").to_owned();
+    let state_machine = stack.var("STATE_MACHINE_ARN").to_owned();
+    let sdk = stack.sdk().await;
+    let sfn = aws_sdk_sfn::Client::new(&sdk);
+    let store = stack.store().await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+
+    // WHEN the reference run is started through the streamer's function URL and watched
+    let started = std::time::Instant::now();
+    let response = http
+        .post(format!("{stream_url}/api/v1/agent/run.stream"))
+        .json(&json!({"objective": OBJECTIVE}))
+        .send()
+        .await
+        .unwrap();
+    let run = frames(response).await;
+    let wall = started.elapsed();
+
+    // THEN the frames are the local contract: gap-free ids, plan v1 then v2 after the failed
+    // QA, the QA scores, and `complete` with status completed
+    assert_gap_free(&run);
+    let run_id = run[0].data["runId"].as_str().unwrap().to_owned();
+    assert_eq!(run[0].event, "start");
+    let last = run.last().unwrap();
+    assert_eq!(last.event, "complete", "{run:?}");
+    assert_eq!(last.data["status"], "completed", "{:?}", last.data);
+    let versions: Vec<u64> = run
+        .iter()
+        .filter(|f| f.event == "plan_update")
+        .filter_map(|f| f.data["data"]["version"].as_u64())
+        .collect();
+    assert!(
+        versions.contains(&1) && versions.contains(&2),
+        "{versions:?}"
+    );
+    let qa: Vec<String> = messages(&run)
+        .into_iter()
+        .filter(|m| m.starts_with("QA score"))
+        .collect();
+    assert_eq!(qa.len(), 2, "{qa:?}");
+    assert!(qa[0].starts_with("QA score 0.50"), "{qa:?}");
+    assert!(qa[1].starts_with("QA score 1.00"), "{qa:?}");
+    assert!(run.iter().any(|f| f.event == "delta"), "the draft streamed");
+
+    // AND the execution succeeded through Plan, Dispatch, Advance and the replan
+    let (status, history) = execution(&sfn, &state_machine, &run_id).await;
+    assert_eq!(status, "SUCCEEDED");
+    let states = entered(&history);
+    assert_eq!(
+        states.iter().filter(|s| *s == "Plan").count(),
+        2,
+        "plan and one replan: {states:?}"
+    );
+    assert!(states.contains(&"Dispatch".to_owned()), "{states:?}");
+    assert!(states.contains(&"Advance".to_owned()), "{states:?}");
+    // AND the throttled QA call was retried by the state machine, not by hand
+    let failures = lambda_failures(&history);
+    assert!(
+        failures.iter().any(|e| e == "Specialist.ModelThrottled"),
+        "the 429 surfaced as Specialist.ModelThrottled: {failures:?}"
+    );
+    let attempts: Vec<(String, u32)> = store
+        .step_results(&run_id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.step_id.clone(), r.attempt))
+        .collect();
+    assert!(
+        attempts.iter().all(|(_, a)| *a == 1),
+        "every step done at its first engine attempt (the ASL retried inside it): {attempts:?}"
+    );
+
+    // AND the RunReport is in DynamoDB
+    let report = store.get_report(&run_id).await.unwrap().expect("a report");
+    assert_eq!(report.status.as_str(), "completed");
+    assert!(report.final_bundle.is_some());
+
+    // Figures for the report (printed, not asserted).
+    let invocations = count(
+        &history,
+        &[
+            HistoryEventType::LambdaFunctionScheduled,
+            HistoryEventType::TaskScheduled,
+        ],
+    );
+    eprintln!(
+        "reference run on the emulated stack: {:.1} s wall, {} frames, {} state transitions, {} Lambda task invocations (incl. retries), {} history events",
+        wall.as_secs_f64(),
+        run.len(),
+        states.len(),
+        invocations,
+        history.len()
+    );
+
+    // WHEN a run that needs approval is started and reaches its checkpoint
+    let response = http
+        .post(format!("{stream_url}/api/v1/agent/run.stream"))
+        .json(&json!({"objective": OBJECTIVE, "options": {"requireApproval": true}}))
+        .send()
+        .await
+        .unwrap();
+    let mut parser = SseParser::default();
+    let mut body = response.bytes_stream();
+    let mut approval_run: Vec<Ev> = Vec::new();
+    let mut answered = false;
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(120), body.next())
+        .await
+        .expect("the approval run's stream stalled")
+    {
+        for f in parser.push_bytes(&chunk.unwrap()) {
+            let ev = Ev {
+                id: f.id.unwrap().parse().unwrap(),
+                event: f.event.unwrap(),
+                data: serde_json::from_str(&f.data).unwrap(),
+            };
+            if ev.event == "hitl_request" && !answered {
+                let run_id = ev.data["runId"].as_str().unwrap().to_owned();
+                let checkpoint = ev.data["data"]["checkpointId"].as_str().unwrap().to_owned();
+                // THEN the execution waits in AwaitApproval
+                let arn = format!(
+                    "{}:{run_id}",
+                    state_machine.replacen(":stateMachine:", ":execution:", 1)
+                );
+                let mut waiting = false;
+                for _ in 0..100 {
+                    let d = sfn
+                        .describe_execution()
+                        .execution_arn(&arn)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(d.status().as_str(), "RUNNING");
+                    let h = sfn
+                        .get_execution_history()
+                        .execution_arn(&arn)
+                        .max_results(1000)
+                        .send()
+                        .await
+                        .unwrap();
+                    if entered(h.events()).last().map(String::as_str) == Some("AwaitApproval") {
+                        waiting = true;
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                assert!(waiting, "the execution reached AwaitApproval");
+                // WHEN the approvals endpoint answers
+                let answer = http
+                    .post(format!(
+                        "{stream_url}/api/v1/runs/{run_id}/approvals/{checkpoint}"
+                    ))
+                    .json(&json!({"decision": "approve", "comment": "ship it"}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(answer.status().is_success(), "{}", answer.status());
+                answered = true;
+            }
+            approval_run.push(ev);
+        }
+    }
+    // THEN the same stream carries on to completion, and the execution succeeded
+    assert!(answered, "the run asked for approval: {approval_run:?}");
+    assert_gap_free(&approval_run);
+    assert_eq!(approval_run.last().unwrap().data["status"], "completed");
+    let approval_id = approval_run[0].data["runId"].as_str().unwrap().to_owned();
+    let (status, history) = execution(&sfn, &state_machine, &approval_id).await;
+    assert_eq!(status, "SUCCEEDED");
+    let states = entered(&history);
+    assert!(states.contains(&"AwaitApproval".to_owned()), "{states:?}");
+    assert!(
+        states.contains(&"ResumeAfterApproval".to_owned()),
+        "{states:?}"
+    );
+}
