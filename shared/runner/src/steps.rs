@@ -21,7 +21,8 @@ use crate::{RunnerConfig, Store};
 /// (the local engine's, or Step Functions' Retry on AWS) starts clean.
 #[derive(Debug, thiserror::Error)]
 pub enum Transient {
-    #[error("the model provider is throttling requests: {0}")]
+    /// The model provider's own words (they already say it is throttling).
+    #[error("{0}")]
     Throttled(String),
     #[error("{0}")]
     Unavailable(String),
