@@ -91,6 +91,13 @@ pub enum AdvanceRequest {
         #[serde(default)]
         timed_out: bool,
     },
+    /// A task kept failing past its retries (the ASL's Catch on Plan and Advance): fail the
+    /// run visibly. `caught` is the Catch's `{"Error", "Cause"}`.
+    Abort {
+        run_id: String,
+        #[serde(default)]
+        caught: serde_json::Value,
+    },
     /// From `lambda:invoke.waitForTaskToken`: keep the token for whoever answers.
     Await {
         run_id: String,

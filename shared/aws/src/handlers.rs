@@ -117,6 +117,36 @@ impl AdvanceFunction {
                     .await?;
                 serde_json::to_value(next).map_err(|e| FunctionError::InvalidRequest(e.to_string()))
             }
+            AdvanceRequest::Abort { run_id, caught } => {
+                let state = self.transitions.load(&run_id).await?;
+                let span = run_span(&state, None);
+                let text = |k: &str| caught.get(k).and_then(|v| v.as_str()).unwrap_or("");
+                let error = match (text("Error"), text("Cause")) {
+                    ("", _) => "the state machine stopped the run".to_owned(),
+                    (error, "") => format!("the state machine stopped the run: {error}"),
+                    (error, cause) => {
+                        format!("the state machine stopped the run: {error}: {cause}")
+                    }
+                };
+                async {
+                    tracing::error!(%error, "aborting the run");
+                    let launch = self
+                        .transitions
+                        .transition(state, Input::Aborted { error })
+                        .await?;
+                    let now = self.transitions.clock().now_ms();
+                    let next = next_of(
+                        self.transitions.engine(),
+                        &launch.state,
+                        &self.functions,
+                        now,
+                    );
+                    serde_json::to_value(next)
+                        .map_err(|e| FunctionError::InvalidRequest(e.to_string()))
+                }
+                .instrument(span)
+                .await
+            }
             AdvanceRequest::Await {
                 run_id,
                 checkpoint_id,

@@ -435,3 +435,38 @@ async fn an_approval_wait_that_times_out_ends_the_run_visibly() {
     assert_ne!(next.route, Route::Await);
     assert_ne!(cloud.state(&run_id).await.status, RunStatus::PendingHitl);
 }
+
+#[tokio::test]
+async fn a_task_that_kept_failing_aborts_the_run_visibly_once() {
+    // GIVEN a run in progress (planned, its first step not yet run)
+    let cloud = cloud(Arc::new(SqliteStore::open_in_memory().unwrap()));
+    let first = cloud.start(request(json!({}))).await;
+    let run_id = first.run_id.clone();
+    cloud
+        .planner
+        .handle(RunRef {
+            run_id: run_id.clone(),
+        })
+        .await
+        .unwrap();
+    let abort = || AdvanceRequest::Abort {
+        run_id: run_id.clone(),
+        caught: json!({"Error": "Store.Unavailable", "Cause": "throttled for too long"}),
+    };
+
+    // WHEN the state machine's Catch sends it to Abort
+    let value = cloud.advance.handle(abort()).await.unwrap();
+    let next: Next = serde_json::from_value(value).unwrap();
+
+    // THEN the run is failed with the cause, a client sees `error` and `complete`, and Route
+    // ends the execution as failed
+    assert_eq!(next.route, Route::Failed);
+    let state = cloud.state(&run_id).await;
+    assert_eq!(state.status, RunStatus::Failed);
+    assert!(state.error.unwrap().contains("throttled for too long"));
+    let seen = kinds(cloud.store.as_ref(), &run_id).await;
+    assert_eq!(seen[seen.len() - 3..], ["error", "metrics", "complete"]);
+    // AND an abort delivered twice changes nothing more
+    cloud.advance.handle(abort()).await.unwrap();
+    assert_eq!(kinds(cloud.store.as_ref(), &run_id).await.len(), seen.len());
+}

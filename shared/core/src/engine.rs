@@ -181,6 +181,11 @@ pub enum Input {
     },
     /// Time passed: check the wall-clock budget and checkpoint expiry.
     BudgetTick,
+    /// The driver itself failed past its own retries (on AWS: a state machine task that kept
+    /// failing): the run fails visibly instead of looking alive forever.
+    Aborted {
+        error: String,
+    },
     /// The process driving the run restarted: re-issue whatever was in flight.
     Resumed,
 }
@@ -375,6 +380,10 @@ impl Engine {
                 true
             }
             Input::BudgetTick => self.on_tick(&mut state, now_ms, &mut out),
+            Input::Aborted { error } => {
+                self.fail(&mut state, error, now_ms, &mut out);
+                true
+            }
             Input::Resumed => self.on_resumed(&mut state, now_ms, &mut out),
         };
         if changed {
