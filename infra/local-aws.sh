@@ -226,17 +226,22 @@ up() {
   pkgs="$(awk '{print $1}' <<<"$fns" | sort -u | tr '\n' ' ')"
   bins="$(awk '{print $2}' <<<"$fns" | tr '\n' ' ')"
   if $build; then
-    local args=() t0=$SECONDS
+    local t0=$SECONDS p
     if [[ -z "${pkgs// /}" ]]; then
       say "no workspace package under functions/ yet: nothing to build (watch serves the other binaries)"
     else
-      for p in $pkgs; do args+=(-p "$p"); done
       say "building the function binaries (${bins% }); a cold build takes minutes (log: ${state_dir}/build.log)"
-      if ! (cd "$repo" && cargo build "${args[@]}" --bins) >"${state_dir}/build.log" 2>&1; then
-        tail -n 30 "${state_dir}/build.log" >&2
-        down
-        die "the function binaries do not build (above; whole log: ${state_dir}/build.log); fix them, or pass --no-build"
-      fi
+      : >"${state_dir}/build.log"
+      # One package per build, as watch's `cargo run --bin NAME` selects it: the features of
+      # shared dependencies are unified per selection, so a build of all the packages at once
+      # would leave watch rebuilding dependencies on each function's first call.
+      for p in $pkgs; do
+        if ! (cd "$repo" && cargo build -p "$p" --bins) >>"${state_dir}/build.log" 2>&1; then
+          tail -n 30 "${state_dir}/build.log" >&2
+          down
+          die "the function binaries do not build (above; whole log: ${state_dir}/build.log); fix them, or pass --no-build"
+        fi
+      done
       say "built in $((SECONDS - t0)) s"
     fi
   fi
@@ -254,7 +259,10 @@ up() {
   )
   [[ -z "$env_file" ]] || env_args+=(--env-file "$env_file")
   "$python" "$helper" merge-env "${state_dir}/functions.env" "${env_args[@]}"
-  local watch_args=(-A 127.0.0.1 -P "$lambda_port" --env-file "${state_dir}/functions.env" --concurrency "$concurrency")
+  # --disable-cors: a real function URL adds no CORS headers of its own (none are configured),
+  # so the streamer's own CORS handling is what a browser sees, as on AWS.
+  local watch_args=(-A 127.0.0.1 -P "$lambda_port" --env-file "${state_dir}/functions.env"
+    --concurrency "$concurrency" --disable-cors)
   $hot_reload || watch_args+=(--ignore-changes)
   (cd "$repo" && exec setsid cargo lambda watch "${watch_args[@]}" </dev/null >>"${state_dir}/watch.log" 2>&1) &
   echo $! >"${state_dir}/watch.pid"
