@@ -129,13 +129,32 @@ class LambdaForwarder:
         self.host = parsed.hostname or "127.0.0.1"
         self.port = parsed.port or 80
         self.lock = threading.Lock()
+        # Requests by API operation ("DynamoDB.PutItem", "Lambda.Invoke", ...), for the figures
+        # of a run (GET /local-aws/counters; the test reads them before and after a run).
+        self.counters: dict = {}
+        self.counters_lock = threading.Lock()
+
+    def count(self, key: str) -> None:
+        with self.counters_lock:
+            self.counters[key] = self.counters.get(key, 0) + 1
 
     def __call__(self, environ, start_response):
+        if environ.get("REQUEST_METHOD") == "GET" and environ.get("PATH_INFO") == "/local-aws/counters":
+            with self.counters_lock:
+                body = json.dumps(self.counters, sort_keys=True).encode()
+            start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            return [body]
+        target = environ.get("HTTP_X_AMZ_TARGET", "")
+        if target.startswith("DynamoDB_"):
+            self.count("DynamoDB." + target.split(".", 1)[-1])
+        elif target.startswith("AWSStepFunctions."):
+            self.count("StepFunctions." + target.split(".", 1)[-1])
         if environ.get("REQUEST_METHOD") == "POST":
             raw_path = environ.get("RAW_URI") or environ.get("REQUEST_URI") or ""
             raw_path = raw_path.split("?", 1)[0] or environ.get("PATH_INFO", "")
             m = INVOKE_PATH.match(raw_path) or INVOKE_PATH.match(environ.get("PATH_INFO", ""))
             if m:
+                self.count("Lambda.Invoke")
                 return self.invoke(environ, start_response, function_name_of(m.group(1)))
         with self.lock:
             # Consume the body inside the lock: the whole request is one step of the backend.

@@ -264,6 +264,20 @@ async fn a_run_on_the_emulated_aws_stack_streams_replans_retries_and_pauses_for_
     let store = stack.store().await;
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
 
+    let counters = async || -> HashMap<String, u64> {
+        http.get(format!(
+            "{}/local-aws/counters",
+            stack.var("AWS_ENDPOINT_URL")
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+    };
+    let before = counters().await;
+
     // WHEN the reference run is started through the streamer's function URL and watched
     let started = std::time::Instant::now();
     let response = http
@@ -335,7 +349,28 @@ async fn a_run_on_the_emulated_aws_stack_streams_replans_retries_and_pauses_for_
     assert_eq!(report.status.as_str(), "completed");
     assert!(report.final_bundle.is_some());
 
-    // Figures for the report (printed, not asserted).
+    // Figures for the report (printed, not asserted). The counters are the emulator's
+    // requests during the run, the streamer's polling of the log included.
+    let after = counters().await;
+    let delta = |op: &str| after.get(op).unwrap_or(&0) - before.get(op).unwrap_or(&0);
+    let writes: u64 = [
+        "PutItem",
+        "UpdateItem",
+        "DeleteItem",
+        "TransactWriteItems",
+        "BatchWriteItem",
+    ]
+    .iter()
+    .map(|op| delta(&format!("DynamoDB.{op}")))
+    .sum();
+    let reads: u64 = ["GetItem", "Query", "BatchGetItem", "TransactGetItems"]
+        .iter()
+        .map(|op| delta(&format!("DynamoDB.{op}")))
+        .sum();
+    eprintln!(
+        "reference run: {writes} DynamoDB write requests, {reads} read requests, {} Lambda invocations through the emulator",
+        delta("Lambda.Invoke")
+    );
     let invocations = count(
         &history,
         &[
