@@ -77,26 +77,14 @@ impl Stack {
             .unwrap_or_else(|| panic!("`up` printed no {name}: {:?}", self.vars))
     }
 
-    async fn sdk(&self) -> aws_config::SdkConfig {
-        let config = DynamoDbConfig::from_lookup(|name| match name {
+    fn dynamodb(&self) -> DynamoDbConfig {
+        DynamoDbConfig::from_lookup(|name| match name {
             "TABLE_NAME" => Some(self.var("TABLE_NAME").to_owned()),
             "AWS_ENDPOINT_URL" => Some(self.var("AWS_ENDPOINT_URL").to_owned()),
             "AWS_REGION" => Some("us-east-1".to_owned()),
             _ => None,
         })
-        .unwrap();
-        config.sdk_config().await
-    }
-
-    async fn store(&self) -> DynamoDbStore {
-        let config = DynamoDbConfig::from_lookup(|name| match name {
-            "TABLE_NAME" => Some(self.var("TABLE_NAME").to_owned()),
-            "AWS_ENDPOINT_URL" => Some(self.var("AWS_ENDPOINT_URL").to_owned()),
-            "AWS_REGION" => Some("us-east-1".to_owned()),
-            _ => None,
-        })
-        .unwrap();
-        DynamoDbStore::connect(&config).await
+        .unwrap()
     }
 }
 
@@ -259,9 +247,8 @@ async fn a_run_on_the_emulated_aws_stack_streams_replans_retries_and_pauses_for_
     ]);
     let stream_url = stack.var("STREAM_URL").to_owned();
     let state_machine = stack.var("STATE_MACHINE_ARN").to_owned();
-    let sdk = stack.sdk().await;
-    let sfn = aws_sdk_sfn::Client::new(&sdk);
-    let store = stack.store().await;
+    let sfn = aws_sdk_sfn::Client::new(&stack.dynamodb().sdk_config().await);
+    let store = DynamoDbStore::connect(&stack.dynamodb()).await;
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
 
     let counters = async || -> HashMap<String, u64> {

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use lambda_runtime::{LambdaEvent, service_fn};
 use orchestrator_aws::AwsApprovalWaits;
 use orchestrator_aws::bootstrap::{Aws, functions_from_env};
 use orchestrator_aws::handlers::AdvanceFunction;
@@ -23,9 +22,7 @@ async fn main() -> anyhow::Result<()> {
         functions,
     };
     let function = &function;
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<_>| async move {
-        function.handle(event.payload).await
-    }))
-    .await
-    .map_err(|e| anyhow::anyhow!(e))
+    orchestrator_aws::bootstrap::serve(|payload| function.handle(payload))
+        .await
+        .map_err(|e| anyhow::anyhow!(e))
 }

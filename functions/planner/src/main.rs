@@ -1,6 +1,5 @@
 //! The planner function: plans (and replans) the run named by its input. See functions/README.md.
 
-use lambda_runtime::{LambdaEvent, service_fn};
 use orchestrator_agents::{Planner, Prompts};
 use orchestrator_aws::bootstrap::{Aws, functions_from_env};
 use orchestrator_aws::handlers::PlannerFunction;
@@ -20,9 +19,7 @@ async fn main() -> anyhow::Result<()> {
         functions,
     };
     let function = &function;
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<_>| async move {
-        function.handle(event.payload).await
-    }))
-    .await
-    .map_err(|e| anyhow::anyhow!(e))
+    orchestrator_aws::bootstrap::serve(|payload| function.handle(payload))
+        .await
+        .map_err(|e| anyhow::anyhow!(e))
 }

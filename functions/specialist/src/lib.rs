@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use lambda_runtime::{LambdaEvent, service_fn};
 use orchestrator_agents::{Finalize, Prompts, Specialist, Specialists, specialists_with_prompts};
 use orchestrator_aws::bootstrap::{Aws, functions_from_env};
 use orchestrator_aws::handlers::SpecialistFunction;
@@ -41,9 +40,7 @@ pub async fn serve(capability: &str) -> anyhow::Result<()> {
     );
     let function = SpecialistFunction { steps, transitions };
     let function = &function;
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<_>| async move {
-        function.handle(event.payload).await
-    }))
-    .await
-    .map_err(|e| anyhow::anyhow!(e))
+    orchestrator_aws::bootstrap::serve(|payload| function.handle(payload))
+        .await
+        .map_err(|e| anyhow::anyhow!(e))
 }

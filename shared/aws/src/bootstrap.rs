@@ -136,3 +136,18 @@ pub fn seconds(name: &'static str) -> Result<Option<u64>, InitError> {
         })
         .transpose()
 }
+
+/// Runs `handler` on every invocation until the runtime stops: the payload in, the function's
+/// answer (or its error, with its stable error type) out.
+pub async fn serve<T, R, F, Fut>(handler: F) -> Result<(), lambda_runtime::Error>
+where
+    T: serde::de::DeserializeOwned + Send,
+    R: serde::Serialize,
+    F: Fn(T) -> Fut,
+    Fut: std::future::Future<Output = Result<R, crate::FunctionError>> + Send,
+{
+    lambda_runtime::run(lambda_runtime::service_fn(
+        move |event: lambda_runtime::LambdaEvent<T>| handler(event.payload),
+    ))
+    .await
+}

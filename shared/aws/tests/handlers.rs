@@ -166,6 +166,15 @@ impl Cloud {
         }
     }
 
+    /// A run that needs approval, run by the state machine up to its checkpoint.
+    async fn at_checkpoint(&self) -> (String, Next) {
+        let first = self
+            .start(request(json!({"options": {"requireApproval": true}})))
+            .await;
+        let run_id = first.run_id.clone();
+        (run_id, self.execute(first).await)
+    }
+
     async fn state(&self, run_id: &str) -> RunState {
         self.store.load_run(run_id).await.unwrap().unwrap()
     }
@@ -330,13 +339,9 @@ async fn retried_invocations_change_nothing() {
 async fn an_approval_wait_resumes_whichever_side_of_the_token_race_comes_first() {
     // GIVEN a run that needs approval before its result is final
     let cloud = cloud(Arc::new(SqliteStore::open_in_memory().unwrap()));
-    let first = cloud
-        .start(request(json!({"options": {"requireApproval": true}})))
-        .await;
-    let run_id = first.run_id.clone();
 
     // WHEN the state machine runs it
-    let waiting = cloud.execute(first).await;
+    let (run_id, waiting) = cloud.at_checkpoint().await;
 
     // THEN it stops at the checkpoint, with a timeout in seconds for the wait
     assert_eq!(waiting.route, Route::Await);
@@ -374,11 +379,7 @@ async fn an_approval_wait_resumes_whichever_side_of_the_token_race_comes_first()
 async fn a_wait_registered_before_any_answer_is_left_waiting() {
     // GIVEN a run at its checkpoint
     let cloud = cloud(Arc::new(SqliteStore::open_in_memory().unwrap()));
-    let first = cloud
-        .start(request(json!({"options": {"requireApproval": true}})))
-        .await;
-    let run_id = first.run_id.clone();
-    let waiting = cloud.execute(first).await;
+    let (run_id, waiting) = cloud.at_checkpoint().await;
     let checkpoint = waiting.checkpoint_id.clone().unwrap();
 
     // WHEN the wait registers first
@@ -409,11 +410,7 @@ async fn a_wait_registered_before_any_answer_is_left_waiting() {
 async fn an_approval_wait_that_times_out_ends_the_run_visibly() {
     // GIVEN a run at its checkpoint
     let cloud = cloud(Arc::new(SqliteStore::open_in_memory().unwrap()));
-    let first = cloud
-        .start(request(json!({"options": {"requireApproval": true}})))
-        .await;
-    let run_id = first.run_id.clone();
-    let waiting = cloud.execute(first).await;
+    let (run_id, waiting) = cloud.at_checkpoint().await;
     assert_eq!(waiting.route, Route::Await);
 
     // WHEN Step Functions times the wait out and the engine's deadline has passed
