@@ -145,25 +145,33 @@ fn messages(frames: &[Ev]) -> Vec<String> {
         .collect()
 }
 
+fn execution_arn(state_machine_arn: &str, run_id: &str) -> String {
+    format!(
+        "{}:{run_id}",
+        state_machine_arn.replacen(":stateMachine:", ":execution:", 1)
+    )
+}
+
+async fn status_of(sfn: &aws_sdk_sfn::Client, arn: &str) -> String {
+    let d = sfn
+        .describe_execution()
+        .execution_arn(arn)
+        .send()
+        .await
+        .unwrap();
+    d.status().as_str().to_owned()
+}
+
 /// Waits for the execution to leave RUNNING and returns its status and history.
 async fn execution(
     sfn: &aws_sdk_sfn::Client,
     state_machine_arn: &str,
     run_id: &str,
 ) -> (String, Vec<aws_sdk_sfn::types::HistoryEvent>) {
-    let arn = format!(
-        "{}:{run_id}",
-        state_machine_arn.replacen(":stateMachine:", ":execution:", 1)
-    );
+    let arn = execution_arn(state_machine_arn, run_id);
     let mut status = String::new();
     for _ in 0..600 {
-        let d = sfn
-            .describe_execution()
-            .execution_arn(&arn)
-            .send()
-            .await
-            .unwrap();
-        status = d.status().as_str().to_owned();
+        status = status_of(sfn, &arn).await;
         if status != "RUNNING" {
             break;
         }
@@ -399,19 +407,10 @@ async fn a_run_on_the_emulated_aws_stack_streams_replans_retries_and_pauses_for_
                 let run_id = ev.data["runId"].as_str().unwrap().to_owned();
                 let checkpoint = ev.data["data"]["checkpointId"].as_str().unwrap().to_owned();
                 // THEN the execution waits in AwaitApproval
-                let arn = format!(
-                    "{}:{run_id}",
-                    state_machine.replacen(":stateMachine:", ":execution:", 1)
-                );
+                let arn = execution_arn(&state_machine, &run_id);
                 let mut waiting = false;
                 for _ in 0..100 {
-                    let d = sfn
-                        .describe_execution()
-                        .execution_arn(&arn)
-                        .send()
-                        .await
-                        .unwrap();
-                    assert_eq!(d.status().as_str(), "RUNNING");
+                    assert_eq!(status_of(&sfn, &arn).await, "RUNNING");
                     let h = sfn
                         .get_execution_history()
                         .execution_arn(&arn)
