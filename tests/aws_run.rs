@@ -251,7 +251,9 @@ async fn a_run_on_the_emulated_aws_stack_streams_replans_retries_and_pauses_for_
         ("MODEL_ID", "mock-1".into()),
         ("OPENAI_BASE_URL", mock_url.clone()),
         ("MODEL_MAX_RETRIES", "0".into()),
-        ("RUST_LOG", "info".into()),
+        // What Lambda sets for the template's LoggingConfig.
+        ("AWS_LAMBDA_LOG_FORMAT", "JSON".into()),
+        ("AWS_LAMBDA_LOG_LEVEL", "INFO".into()),
     ]);
     let stream_url = stack.var("STREAM_URL").to_owned();
     let state_machine = stack.var("STATE_MACHINE_ARN").to_owned();
@@ -343,6 +345,63 @@ async fn a_run_on_the_emulated_aws_stack_streams_replans_retries_and_pauses_for_
     let report = store.get_report(&run_id).await.unwrap().expect("a report");
     assert_eq!(report.status.as_str(), "completed");
     assert!(report.final_bundle.is_some());
+
+    // AND the buffered (non-SSE) routes answer whole through the streaming runtime, which
+    // has been known to send such bodies empty
+    let run_json: Value = http
+        .get(format!("{stream_url}/api/v1/runs/{run_id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .expect("GET run answers JSON through the function URL");
+    assert_eq!(run_json["status"], "completed", "{run_json}");
+    let executions = || async {
+        sfn.list_executions()
+            .state_machine_arn(&state_machine)
+            .send()
+            .await
+            .unwrap()
+            .executions()
+            .len()
+    };
+    let before_bad = executions().await;
+    let bad = http
+        .post(format!("{stream_url}/api/v1/agent/run.stream"))
+        .json(&json!({"objective": ""}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 422);
+    let body: Value = bad.json().await.expect("the error is JSON");
+    assert_eq!(body["error"]["field"], "objective", "{body}");
+    assert_eq!(
+        executions().await,
+        before_bad,
+        "a refused request starts nothing"
+    );
+
+    // AND the functions logged JSON lines that name the run, its correlation id and the step
+    let log = std::fs::read_to_string(format!("{}/watch.log", stack.var("LOCAL_AWS_DIR")))
+        .expect("the functions' log");
+    let lines: Vec<Value> = log
+        .lines()
+        .filter_map(|l| l.find('{').map(|i| &l[i..]))
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["span"]["runId"] == run_id.as_str())
+        .collect();
+    assert!(
+        lines.len() >= 10,
+        "JSON log lines of the run: {}",
+        lines.len()
+    );
+    assert!(lines.iter().all(|v| v["span"]["correlationId"].is_string()));
+    let throttled = lines
+        .iter()
+        .find(|v| v["level"] == "WARN" && v["span"]["stepId"] != "")
+        .expect("the throttled step's warning, with its step id");
+    assert!(throttled.to_string().contains("throttl"), "{throttled}");
 
     // Figures for the report (printed, not asserted). The counters are the emulator's
     // requests during the run, the streamer's polling of the log included.
