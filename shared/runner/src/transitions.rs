@@ -98,9 +98,27 @@ impl Transitions {
         request: RunRequest,
         correlation_id: Option<String>,
     ) -> Result<Started, RunError> {
+        self.start_as(None, request, correlation_id).await
+    }
+
+    /// `start` with the run id chosen by the caller (e.g. derived from a queue message's id);
+    /// the request's idempotency key, when it has none, becomes that id, so starting the same
+    /// id again finds the run instead of creating a second one.
+    pub async fn start_as(
+        &self,
+        run_id: Option<String>,
+        mut request: RunRequest,
+        correlation_id: Option<String>,
+    ) -> Result<Started, RunError> {
         self.validate(&request)?;
         let now = self.clock.now_ms();
-        let run_id = uuid::Uuid::now_v7().to_string();
+        let run_id = match run_id {
+            Some(id) => {
+                request.idempotency_key.get_or_insert_with(|| id.clone());
+                id
+            }
+            None => uuid::Uuid::now_v7().to_string(),
+        };
         let correlation_id = correlation_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let state = RunState::new(run_id, correlation_id, request, now);
         let (state, actions) = self.engine.apply(state, Input::Started, now);
