@@ -85,7 +85,7 @@ impl SfnControl {
         )
     }
 
-    async fn start_execution(&self, run_id: &str) -> Result<(), String> {
+    pub(crate) async fn start_execution(&self, run_id: &str) -> Result<(), String> {
         let input = serde_json::to_string(&RunRef {
             run_id: run_id.to_owned(),
         })
