@@ -434,6 +434,8 @@ async fn serve(
             max_streams: config.max_streams,
             max_body_bytes: config.max_body_bytes,
             cors_origins: config.cors_origins,
+            // A local server has no time limit: streams last as long as their run.
+            max_stream: None,
         },
     );
     let local = listener.local_addr()?;
