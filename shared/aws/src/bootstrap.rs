@@ -56,6 +56,10 @@ impl Aws {
         aws_sdk_sfn::Client::new(&self.sdk)
     }
 
+    pub fn sqs(&self) -> aws_sdk_sqs::Client {
+        aws_sdk_sqs::Client::new(&self.sdk)
+    }
+
     /// Engine transitions over the table, for the given capabilities.
     pub fn transitions(&self, functions: &FunctionMap, config: RunnerConfig) -> Transitions {
         let store: Arc<dyn Store> = Arc::new(self.store.clone());

@@ -22,6 +22,8 @@ pub enum FunctionError {
     RunNotFound(String),
     #[error("{0}")]
     InvalidRequest(String),
+    #[error("{0}")]
+    TriggerUnavailable(String),
 }
 
 impl FunctionError {
@@ -36,6 +38,7 @@ impl FunctionError {
             FunctionError::StoreConflict(_) => "Store.Conflict",
             FunctionError::RunNotFound(_) => "Run.NotFound",
             FunctionError::InvalidRequest(_) => "Request.Invalid",
+            FunctionError::TriggerUnavailable(_) => "Trigger.Unavailable",
         }
     }
 

@@ -10,6 +10,7 @@ pub mod error;
 pub mod handlers;
 pub mod route;
 pub mod telemetry;
+pub mod trigger;
 
 pub use control::{AwsApprovalWaits, SfnControl};
 pub use error::FunctionError;

@@ -1,0 +1,49 @@
+//! The trigger function: starts runs from an SQS queue (a RunRequest per message) and from
+//! EventBridge events (mapped by EVENT_MAPPING), idempotently; invalid ones go to the DLQ.
+//! See README.md "Event-driven runs".
+
+use std::sync::Arc;
+
+use orchestrator_aws::bootstrap::{Aws, InitError, functions_from_env, required};
+use orchestrator_aws::trigger::{EventMapping, SqsDeadLetters, TriggerFunction};
+use orchestrator_aws::{AwsApprovalWaits, SfnControl};
+use orchestrator_runner::RunnerConfig;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    orchestrator_aws::telemetry::init_logging();
+    let aws = Aws::from_env().await?;
+    let functions = functions_from_env()?;
+    let mapping = match std::env::var("EVENT_MAPPING") {
+        Ok(text) if !text.trim().is_empty() => Some(EventMapping::parse(&text).map_err(
+            |message| InitError::Config {
+                name: "EVENT_MAPPING",
+                message,
+            },
+        )?),
+        _ => None,
+    };
+    let transitions = aws.transitions(&functions, RunnerConfig::default());
+    let control = SfnControl {
+        transitions: transitions.clone(),
+        sfn: aws.sfn(),
+        state_machine_arn: required("STATE_MACHINE_ARN")?,
+        waits: Arc::new(AwsApprovalWaits {
+            store: aws.store.clone(),
+            sfn: aws.sfn(),
+        }),
+    };
+    let function = TriggerFunction {
+        transitions,
+        executions: Arc::new(control),
+        dead_letters: Arc::new(SqsDeadLetters {
+            sqs: aws.sqs(),
+            queue_url: required("DLQ_URL")?,
+        }),
+        mapping,
+    };
+    let function = &function;
+    orchestrator_aws::bootstrap::serve(|payload| function.handle(payload))
+        .await
+        .map_err(|e| anyhow::anyhow!(e))
+}
