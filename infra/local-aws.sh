@@ -15,6 +15,8 @@
 #   AWS_REGION=us-east-1  AWS_ACCESS_KEY_ID=test  AWS_SECRET_ACCESS_KEY=test
 #   TABLE_NAME=orchestrator-local
 #   STATE_MACHINE_ARN=arn:aws:states:us-east-1:123456789012:stateMachine:orchestrator-local-runs
+#   RUNS_QUEUE_URL=http://127.0.0.1:P/123456789012/orchestrator-local-runs   (SQS, moto)
+#   DLQ_URL=http://127.0.0.1:P/123456789012/orchestrator-local-runs-dlq
 #   LAMBDA_ENDPOINT=http://127.0.0.1:L         (cargo lambda watch itself)
 #   STREAM_URL=http://127.0.0.1:L/lambda-url/streamer   (the streamer's function URL)
 #   LOCAL_AWS_DIR=...                           (pids and logs)
@@ -212,8 +214,10 @@ up() {
     down
     die "setting up the table or the state machine failed (above)"
   fi
-  local state_machine_arn
+  local state_machine_arn runs_queue_url dlq_url
   state_machine_arn="$(sed -n 's/^STATE_MACHINE_ARN=//p' <<<"$setup_out")"
+  runs_queue_url="$(sed -n 's/^RUNS_QUEUE_URL=//p' <<<"$setup_out")"
+  dlq_url="$(sed -n 's/^DLQ_URL=//p' <<<"$setup_out")"
 
   # 3. The function binaries, built before watch serves them (watch would build each one on
   #    its first invocation, inside a Step Functions task).
@@ -256,6 +260,8 @@ up() {
     --set "AWS_SECRET_ACCESS_KEY=test"
     --set "STATE_MACHINE_ARN=${state_machine_arn}"
     --set "SPECIALIST_FUNCTIONS=strategy=strategy,generation=generation,qa=qa,finalize=finalize"
+    --set "DLQ_URL=${dlq_url}"
+    --set "EVENT_BUS_NAME=default"
   )
   [[ -z "$env_file" ]] || env_args+=(--env-file "$env_file")
   "$python" "$helper" merge-env "${state_dir}/functions.env" "${env_args[@]}"
@@ -284,6 +290,8 @@ AWS_ACCESS_KEY_ID=test
 AWS_SECRET_ACCESS_KEY=test
 TABLE_NAME=${table}
 STATE_MACHINE_ARN=${state_machine_arn}
+RUNS_QUEUE_URL=${runs_queue_url}
+DLQ_URL=${dlq_url}
 LAMBDA_ENDPOINT=${lambda_endpoint}
 STREAM_URL=${lambda_endpoint}/lambda-url/streamer
 LOCAL_AWS_DIR=${state_dir}

@@ -11,8 +11,11 @@
                      [--asl infra/statemachine.asl.json] [--table orchestrator-local] ...
       Turns Step Functions execution on, creates the DynamoDB table from the template's RunsTable
       Properties and the state machine from the ASL with its DefinitionSubstitutions filled in.
-      Idempotent: an existing table is kept, an existing state machine gets the new definition.
-      Prints KEY=VALUE lines (TABLE_NAME, STATE_MACHINE_ARN) on stdout.
+      Also creates the runs queue and its dead-letter queue (SQS) from the template's RunsQueue
+      and RunsDeadLetterQueue: visibility timeout, retention and the redrive policy.
+      Idempotent: an existing table is kept, an existing state machine gets the new definition,
+      existing queues get the template's attributes again.
+      Prints KEY=VALUE lines (TABLE_NAME, STATE_MACHINE_ARN, RUNS_QUEUE_URL, DLQ_URL) on stdout.
 
   local_aws.py free-port            prints a free TCP port on 127.0.0.1
   local_aws.py wait URL --timeout S [--pid PID] [--what NAME] [--log FILE]
@@ -497,8 +500,63 @@ def setup(args) -> None:
             name=args.state_machine, definition=definition, roleArn=ROLE_ARN, type=sm_type
         )["stateMachineArn"]
         log(f"state machine {args.state_machine} ({sm_type}) created from {args.asl}")
+    sqs = session.client("sqs", endpoint_url=endpoint, config=config)
+    runs_url, dlq_url = setup_queues(sqs, template, args.queue)
     print(f"TABLE_NAME={args.table}")
     print(f"STATE_MACHINE_ARN={arn}")
+    print(f"RUNS_QUEUE_URL={runs_url}")
+    print(f"DLQ_URL={dlq_url}")
+
+
+def parameter_default(template: dict, value, where: str):
+    """A literal, or a !Ref to a parameter: its Default."""
+    if isinstance(value, CfnTag) and value.tag == "Ref":
+        param = (template.get("Parameters") or {}).get(value.value) or {}
+        if "Default" not in param:
+            raise SystemExit(f"{where}: !Ref {value.value} has no parameter Default to use locally")
+        return param["Default"]
+    return plain(value, where)
+
+
+def queue_attributes(template: dict, logical_id: str) -> dict:
+    """The SQS attributes of a queue resource that the emulation honours (intrinsics aside)."""
+    res = template["Resources"].get(logical_id)
+    if not isinstance(res, dict):
+        raise SystemExit(f"template has no resource {logical_id} (an SQS queue)")
+    props = res.get("Properties") or {}
+    attrs = {}
+    for key in ("VisibilityTimeout", "MessageRetentionPeriod"):
+        if key in props:
+            attrs[key] = str(parameter_default(template, props[key], f"{logical_id}.{key}"))
+    return attrs
+
+
+def setup_queues(sqs, template: dict, name: str) -> tuple[str, str]:
+    """The runs queue `name` and its dead-letter queue `name`-dlq, redrive policy included."""
+
+    def ensure(queue: str, attrs: dict) -> str:
+        try:
+            url = sqs.get_queue_url(QueueName=queue)["QueueUrl"]
+        except sqs.exceptions.QueueDoesNotExist:
+            url = sqs.create_queue(QueueName=queue, Attributes=attrs)["QueueUrl"]
+            log(f"queue {queue} created")
+            return url
+        if attrs:
+            sqs.set_queue_attributes(QueueUrl=url, Attributes=attrs)
+        log(f"queue {queue} exists: attributes applied again")
+        return url
+
+    dlq_url = ensure(f"{name}-dlq", queue_attributes(template, "RunsDeadLetterQueue"))
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])[
+        "Attributes"]["QueueArn"]
+    attrs = queue_attributes(template, "RunsQueue")
+    redrive = (template["Resources"]["RunsQueue"].get("Properties") or {}).get("RedrivePolicy")
+    if isinstance(redrive, dict) and "maxReceiveCount" in redrive:
+        count = parameter_default(template, redrive["maxReceiveCount"],
+                                  "RunsQueue.RedrivePolicy.maxReceiveCount")
+        attrs["RedrivePolicy"] = json.dumps(
+            {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(count)})
+    return ensure(name, attrs), dlq_url
 
 
 # ---------------------------------------------------------------------------------------------
@@ -649,6 +707,8 @@ def main() -> None:
     s.add_argument("--table", default="orchestrator-local")
     s.add_argument("--table-resource", default="RunsTable")
     s.add_argument("--state-machine", default="orchestrator-local-runs")
+    s.add_argument("--queue", default="orchestrator-local-runs",
+                   help="the runs queue; its dead-letter queue is QUEUE-dlq")
     s.set_defaults(func=setup)
 
     s = sub.add_parser("free-port")
