@@ -19,6 +19,7 @@ async fn main() -> anyhow::Result<()> {
             store: aws.store.clone(),
             sfn: aws.sfn(),
         }),
+        delivery: aws.delivery(),
         functions,
     };
     let function = &function;

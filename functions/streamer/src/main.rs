@@ -40,6 +40,7 @@ async fn main() -> anyhow::Result<()> {
             store: aws.store.clone(),
             sfn: aws.sfn(),
         }),
+        delivery: aws.delivery(),
     };
     let config = ApiConfig {
         api_key: aws.api_key().await?,

@@ -32,6 +32,8 @@ async fn main() -> anyhow::Result<()> {
             store: aws.store.clone(),
             sfn: aws.sfn(),
         }),
+        // The trigger never cancels a run, so it has no completion of its own to send.
+        delivery: None,
     };
     let function = TriggerFunction {
         transitions,

@@ -101,6 +101,19 @@ impl Aws {
         })?)
     }
 
+    /// Completion events on the bus named by `EVENT_BUS_NAME`; none when it is unset.
+    pub fn delivery(&self) -> Option<crate::handlers::Delivery> {
+        let bus = var("EVENT_BUS_NAME")?;
+        Some(crate::handlers::Delivery {
+            completions: Arc::new(crate::completion::EventBridgeCompletions {
+                client: aws_sdk_eventbridge::Client::new(&self.sdk),
+                bus,
+                store: self.store.clone(),
+            }),
+            table: self.store.table_name().to_owned(),
+        })
+    }
+
     /// The bearer key of the API: `API_KEY_SECRET` (Secrets Manager), else `API_KEY`.
     pub async fn api_key(&self) -> Result<Option<String>, InitError> {
         match var("API_KEY_SECRET") {

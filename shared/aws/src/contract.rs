@@ -98,6 +98,9 @@ pub enum AdvanceRequest {
         #[serde(default)]
         caught: serde_json::Value,
     },
+    /// The run has ended (the route was succeeded, failed or cancelled): send its completion
+    /// event, once.
+    Notify { run_id: String },
     /// From `lambda:invoke.waitForTaskToken`: keep the token for whoever answers.
     Await {
         run_id: String,

@@ -13,8 +13,9 @@ use orchestrator_core::types::{RunRequest, ValidationError};
 use orchestrator_runner::{RunError, Started, Transitions};
 use orchestrator_store::DynamoDbStore;
 
+use crate::completion::deliver;
 use crate::contract::{Resumed, RunRef};
-use crate::handlers::ApprovalWaits;
+use crate::handlers::{ApprovalWaits, Delivery};
 
 /// Task tokens in the run's table, waits resumed with SendTaskSuccess.
 #[derive(Clone)]
@@ -73,6 +74,9 @@ pub struct SfnControl {
     pub sfn: aws_sdk_sfn::Client,
     pub state_machine_arn: String,
     pub waits: Arc<dyn ApprovalWaits>,
+    /// A run cancelled here never reaches the state machine's Notify: its completion is sent
+    /// from here.
+    pub delivery: Option<Delivery>,
 }
 
 impl SfnControl {
@@ -169,7 +173,8 @@ impl Control for SfnControl {
             }
             .into());
         }
-        self.transitions
+        let launch = self
+            .transitions
             .transition(
                 state,
                 Input::Cancelled {
@@ -177,6 +182,20 @@ impl Control for SfnControl {
                 },
             )
             .await?;
+        if let Some(delivery) = &self.delivery {
+            let report = self.transitions.report(run_id).await?;
+            if let Err(e) = deliver(
+                delivery.completions.as_ref(),
+                &report,
+                &launch.state,
+                &delivery.table,
+            )
+            .await
+            {
+                // The run is cancelled either way; say loudly that its event did not go out.
+                tracing::error!(%run_id, error = %e, "the completion event of a cancelled run was not sent");
+            }
+        }
         match self
             .sfn
             .stop_execution()

@@ -18,6 +18,8 @@ pub enum FunctionError {
     StoreUnavailable(String),
     #[error("{0}")]
     StoreConflict(String),
+    #[error("{0}")]
+    EventsUnavailable(String),
     #[error("run {0} not found")]
     RunNotFound(String),
     #[error("{0}")]
@@ -36,6 +38,7 @@ impl FunctionError {
             FunctionError::PlannerUnavailable(_) => "Planner.ModelUnavailable",
             FunctionError::StoreUnavailable(_) => "Store.Unavailable",
             FunctionError::StoreConflict(_) => "Store.Conflict",
+            FunctionError::EventsUnavailable(_) => "Events.Unavailable",
             FunctionError::RunNotFound(_) => "Run.NotFound",
             FunctionError::InvalidRequest(_) => "Request.Invalid",
             FunctionError::TriggerUnavailable(_) => "Trigger.Unavailable",

@@ -12,6 +12,7 @@ use orchestrator_runner::{StepRunner, Transitions, outcome_of};
 use serde_json::{Value, json};
 use tracing::Instrument;
 
+use crate::completion::{Completions, deliver};
 use crate::contract::{AdvanceRequest, Next, Outcome, OutcomeKind, RunRef, StepTask};
 use crate::error::FunctionError;
 use crate::route::{FunctionMap, next_of};
@@ -94,11 +95,20 @@ impl PlannerFunction {
     }
 }
 
+/// Where completion events go (none: runs end without one).
+#[derive(Clone)]
+pub struct Delivery {
+    pub completions: Arc<dyn Completions>,
+    /// The runs' table, named in the event as where the report is.
+    pub table: String,
+}
+
 /// The `advance` function: the engine's apply over the stored state.
 pub struct AdvanceFunction {
     pub transitions: Transitions,
     pub functions: FunctionMap,
     pub waits: Arc<dyn ApprovalWaits>,
+    pub delivery: Option<Delivery>,
 }
 
 impl AdvanceFunction {
@@ -147,6 +157,12 @@ impl AdvanceFunction {
                 .instrument(span)
                 .await
             }
+            AdvanceRequest::Notify { run_id } => {
+                let state = self.transitions.load(&run_id).await?;
+                let span = run_span(&state, None);
+                let sent = self.notify(&state).instrument(span).await?;
+                Ok(json!({ "sent": sent }))
+            }
             AdvanceRequest::Await {
                 run_id,
                 checkpoint_id,
@@ -187,6 +203,28 @@ impl AdvanceFunction {
         let next = next_of(self.transitions.engine(), &state, &self.functions, now);
         tracing::info!(route = ?next.route, status = %state.status, "advanced");
         Ok(next)
+    }
+
+    /// Sends a finished run's completion event (once); false when there was nothing to send.
+    async fn notify(&self, state: &RunState) -> Result<bool, FunctionError> {
+        let Some(delivery) = &self.delivery else {
+            return Ok(false);
+        };
+        if !state.status.is_terminal() {
+            return Err(FunctionError::InvalidRequest(format!(
+                "run {} has not ended ({}): no completion to send",
+                state.run_id, state.status
+            )));
+        }
+        let report = self.transitions.report(&state.run_id).await?;
+        deliver(
+            delivery.completions.as_ref(),
+            &report,
+            state,
+            &delivery.table,
+        )
+        .await
+        .map_err(FunctionError::EventsUnavailable)
     }
 
     /// A step's outcome as the engine hears it. A finished step's result is read from the

@@ -4,6 +4,7 @@
 //! start-up every function shares ([`bootstrap`]). The binaries in functions/ only wire these.
 
 pub mod bootstrap;
+pub mod completion;
 pub mod contract;
 pub mod control;
 pub mod error;

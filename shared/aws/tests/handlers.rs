@@ -10,9 +10,10 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use orchestrator_agents::{Planner, default_specialists};
+use orchestrator_aws::completion::{Completion, Completions};
 use orchestrator_aws::contract::{AdvanceRequest, Next, Outcome, Route, RunRef};
 use orchestrator_aws::handlers::{
-    AdvanceFunction, ApprovalWaits, PlannerFunction, SpecialistFunction,
+    AdvanceFunction, ApprovalWaits, Delivery, PlannerFunction, SpecialistFunction,
 };
 use orchestrator_aws::route::FunctionMap;
 use orchestrator_core::engine::RunState;
@@ -46,6 +47,27 @@ impl ApprovalWaits for FakeWaits {
     }
 }
 
+#[derive(Default)]
+struct FakeCompletions {
+    sent: Mutex<Vec<Completion>>,
+    marks: Mutex<Vec<String>>,
+}
+
+#[async_trait]
+impl Completions for FakeCompletions {
+    async fn sent(&self, run_id: &str) -> Result<bool, String> {
+        Ok(self.marks.lock().unwrap().iter().any(|r| r == run_id))
+    }
+    async fn send(&self, completion: &Completion) -> Result<(), String> {
+        self.sent.lock().unwrap().push(completion.clone());
+        Ok(())
+    }
+    async fn mark_sent(&self, run_id: &str) -> Result<(), String> {
+        self.marks.lock().unwrap().push(run_id.to_owned());
+        Ok(())
+    }
+}
+
 struct Cloud {
     store: Arc<dyn Store>,
     transitions: Transitions,
@@ -53,6 +75,7 @@ struct Cloud {
     advance: AdvanceFunction,
     specialist: SpecialistFunction,
     waits: Arc<FakeWaits>,
+    completions: Arc<FakeCompletions>,
     invocations: Mutex<Vec<String>>,
 }
 
@@ -73,6 +96,7 @@ fn cloud(store: Arc<dyn Store>) -> Cloud {
         RunnerConfig::default(),
     );
     let waits = Arc::new(FakeWaits::default());
+    let completions = Arc::new(FakeCompletions::default());
     // One StepRunner with the whole team stands in for the four specialist functions: the
     // handler is the same code in each, only the capability differs.
     let steps = StepRunner::new(
@@ -93,6 +117,10 @@ fn cloud(store: Arc<dyn Store>) -> Cloud {
             transitions: transitions.clone(),
             functions,
             waits: waits.clone(),
+            delivery: Some(Delivery {
+                completions: completions.clone(),
+                table: "runs".into(),
+            }),
         },
         specialist: SpecialistFunction {
             steps,
@@ -100,6 +128,7 @@ fn cloud(store: Arc<dyn Store>) -> Cloud {
         },
         transitions,
         waits,
+        completions,
         invocations: Mutex::new(Vec::new()),
     }
 }
@@ -131,11 +160,24 @@ impl Cloud {
                     self.invoked("advance");
                     self.advance_with(&next.run_id, outcomes).await
                 }
-                Route::Await | Route::Succeeded | Route::Failed | Route::Cancelled => {
+                Route::Await => return next,
+                Route::Succeeded | Route::Failed | Route::Cancelled => {
+                    // The terminal branches of Route pass through Notify.
+                    self.invoked("notify");
+                    self.notify(&next.run_id).await;
                     return next;
                 }
             };
         }
+    }
+
+    async fn notify(&self, run_id: &str) {
+        self.advance
+            .handle(AdvanceRequest::Notify {
+                run_id: run_id.to_owned(),
+            })
+            .await
+            .unwrap();
     }
 
     async fn advance_with(&self, run_id: &str, outcomes: Vec<Outcome>) -> Next {
@@ -283,7 +325,8 @@ async fn the_state_machine_drives_the_reference_run_to_the_local_runs_result() {
             "fn-qa",
             "advance",
             "fn-finalize",
-            "advance"
+            "advance",
+            "notify"
         ]
     );
 }
@@ -466,4 +509,98 @@ async fn a_task_that_kept_failing_aborts_the_run_visibly_once() {
     // AND an abort delivered twice changes nothing more
     cloud.advance.handle(abort()).await.unwrap();
     assert_eq!(kinds(cloud.store.as_ref(), &run_id).await.len(), seen.len());
+}
+
+#[tokio::test]
+async fn a_finished_run_sends_one_completion_even_when_its_last_steps_are_retried() {
+    // GIVEN a run executed up to its finalize step
+    let cloud = cloud(Arc::new(SqliteStore::open_in_memory().unwrap()));
+    let mut next = cloud.start(request(json!({}))).await;
+    let run_id = next.run_id.clone();
+    loop {
+        next = match next.route {
+            Route::Plan => cloud
+                .planner
+                .handle(RunRef {
+                    run_id: run_id.clone(),
+                })
+                .await
+                .unwrap(),
+            Route::Dispatch if next.steps[0].capability_id == "finalize" => break,
+            Route::Dispatch => {
+                let mut outcomes = Vec::new();
+                for task in next.steps.clone() {
+                    outcomes.push(cloud.specialist.handle(task).await.unwrap());
+                }
+                cloud.advance_with(&run_id, outcomes).await
+            }
+            other => panic!("unexpected route {other:?}"),
+        };
+    }
+    let finalize = next.steps[0].clone();
+
+    // WHEN Step Functions runs finalize twice (a retried invocation), the advance after it
+    // twice, and Notify twice
+    let first = cloud.specialist.handle(finalize.clone()).await.unwrap();
+    let again = cloud.specialist.handle(finalize).await.unwrap();
+    assert_eq!(first, again);
+    let ended = cloud.advance_with(&run_id, vec![first]).await;
+    let ended_again = cloud.advance_with(&run_id, vec![again]).await;
+    assert_eq!(ended.route, Route::Succeeded);
+    assert_eq!(ended_again.route, Route::Succeeded);
+    cloud.notify(&run_id).await;
+    cloud.notify(&run_id).await;
+
+    // THEN exactly one completion went out: Run Completed, with the run's summary
+    let sent = cloud.completions.sent.lock().unwrap().clone();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].detail_type, "Run Completed");
+    assert_eq!(sent[0].detail["runId"], run_id.as_str());
+    assert_eq!(sent[0].detail["status"], "completed");
+    let report = cloud.store.get_report(&run_id).await.unwrap().unwrap();
+    assert_eq!(
+        sent[0].detail["summary"],
+        serde_json::to_value(&report.summary).unwrap()
+    );
+}
+
+#[tokio::test]
+async fn an_aborted_run_sends_run_failed_with_its_error() {
+    // GIVEN a planned run whose state machine gives up on it
+    let cloud = cloud(Arc::new(SqliteStore::open_in_memory().unwrap()));
+    let first = cloud.start(request(json!({}))).await;
+    let run_id = first.run_id.clone();
+    cloud
+        .planner
+        .handle(RunRef {
+            run_id: run_id.clone(),
+        })
+        .await
+        .unwrap();
+    let value = cloud
+        .advance
+        .handle(AdvanceRequest::Abort {
+            run_id: run_id.clone(),
+            caught: json!({"Error": "Lambda.ServiceException", "Cause": "gone"}),
+        })
+        .await
+        .unwrap();
+    let next: Next = serde_json::from_value(value).unwrap();
+    assert_eq!(next.route, Route::Failed);
+
+    // WHEN Notify runs on the failed route
+    cloud.notify(&run_id).await;
+
+    // THEN the completion is Run Failed, naming the error
+    let sent = cloud.completions.sent.lock().unwrap().clone();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].detail_type, "Run Failed");
+    assert!(
+        sent[0].detail["error"]
+            .as_str()
+            .unwrap()
+            .contains("Lambda.ServiceException"),
+        "{:?}",
+        sent[0].detail
+    );
 }

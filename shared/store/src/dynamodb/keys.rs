@@ -23,6 +23,7 @@ pub const PLAN_PREFIX: &str = "PLAN#";
 pub const STEP_PREFIX: &str = "STEP#";
 pub const BLOB_PREFIX: &str = "BLOB#";
 pub const TOKEN_PREFIX: &str = "TOKEN#";
+pub const NOTE_PREFIX: &str = "NOTE#";
 /// Attribute of a `TOKEN#` item: the Step Functions task token.
 pub const TOKEN: &str = "token";
 
@@ -59,6 +60,11 @@ pub const TTL: &str = "ttl";
 
 pub fn run_pk(run_id: &str) -> String {
     format!("RUN#{run_id}")
+}
+
+/// A recorded fact about a run (see `DynamoDbStore::put_note`).
+pub fn note_sk(name: &str) -> String {
+    format!("{NOTE_PREFIX}{name}")
 }
 
 /// The approval wait's task token of a checkpoint.

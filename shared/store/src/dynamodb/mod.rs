@@ -320,6 +320,25 @@ impl DynamoDbStore {
         self.writes.load(Ordering::Relaxed)
     }
 
+    /// Records a fact about a run under `name` (e.g. that its completion event went out), so
+    /// a retried function does not do it again.
+    pub async fn put_note(&self, run_id: &str, name: &str) -> Result<(), StoreError> {
+        let mut item = Self::key(&keys::run_pk(run_id), &keys::note_sk(name));
+        item.insert(
+            keys::UPDATED_AT.into(),
+            AttributeValue::N(self.clock.now_ms().to_string()),
+        );
+        self.put(item).await
+    }
+
+    /// Whether [`Self::put_note`] recorded `name` for the run.
+    pub async fn has_note(&self, run_id: &str, name: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .get(&keys::run_pk(run_id), &keys::note_sk(name))
+            .await?
+            .is_some())
+    }
+
     /// Keeps the Step Functions task token of a run's approval wait, so whoever answers the
     /// checkpoint (the streamer) can resume the execution. A later token for the same
     /// checkpoint (a retried wait) replaces the earlier one.
