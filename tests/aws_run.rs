@@ -5,7 +5,8 @@
 //! under `cargo lambda watch`; the functions call an OpenAI-compatible mock LLM served here,
 //! which throttles the first QA request. Through the streamer's function URL the test runs the
 //! reference run and an approval run, and checks the SSE frames, the executions' histories and
-//! the RunReport in DynamoDB.
+//! the RunReport in DynamoDB; then a run requested by a queue message through the trigger
+//! function (once, though delivered twice), and one completion event per run on the bus.
 //!
 //! It needs cargo-lambda and moto (the script installs them) and takes minutes, so it runs when
 //! `ORCHESTRATOR_AWS_E2E=1` or under CI (`.ci/run`), and otherwise says how to run it.
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use aws_sdk_sfn::types::HistoryEventType;
 use futures::StreamExt;
+use orchestrator_aws::trigger::{Source, run_id_for};
 use orchestrator_bench::mock::{MockConfig, Throttle, router};
 use orchestrator_core::event::SseParser;
 use orchestrator_core::ports::{Purpose, RunStore};
@@ -227,7 +229,8 @@ fn count(history: &[aws_sdk_sfn::types::HistoryEvent], kinds: &[HistoryEventType
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_run_on_the_emulated_aws_stack_streams_replans_retries_and_pauses_for_approval() {
+async fn the_emulated_aws_stack_streams_replans_retries_pauses_starts_from_a_queue_and_reports_completions()
+ {
     if std::env::var_os("ORCHESTRATOR_AWS_E2E").is_none() && std::env::var_os("CI").is_none() {
         eprintln!(
             "skipped: set ORCHESTRATOR_AWS_E2E=1 to bring up the emulated AWS stack (moto + cargo lambda watch; minutes)"
@@ -260,6 +263,11 @@ async fn a_run_on_the_emulated_aws_stack_streams_replans_retries_and_pauses_for_
     let sfn = aws_sdk_sfn::Client::new(&stack.dynamodb().sdk_config().await);
     let store = DynamoDbStore::connect(&stack.dynamodb()).await;
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let sdk = stack.dynamodb().sdk_config().await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+
+    // AND a consumer subscribed to the completion events (a rule on the bus -> its queue)
+    let completions = subscribe_to_completions(&sdk, &sqs).await;
 
     let counters = async || -> HashMap<String, u64> {
         http.get(format!(
@@ -512,4 +520,192 @@ async fn a_run_on_the_emulated_aws_stack_streams_replans_retries_and_pauses_for_
         states.contains(&"ResumeAfterApproval".to_owned()),
         "{states:?}"
     );
+
+    // WHEN a run is requested by a queue message, handed to the trigger function the way
+    // Lambda's SQS poller does (moto does not poll queues into functions)
+    let queue_url = stack.var("RUNS_QUEUE_URL").to_owned();
+    sqs.send_message()
+        .queue_url(&queue_url)
+        .message_body(json!({"objective": OBJECTIVE}).to_string())
+        .send()
+        .await
+        .unwrap();
+    let received = sqs
+        .receive_message()
+        .queue_url(&queue_url)
+        .wait_time_seconds(2)
+        .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+        .send()
+        .await
+        .unwrap();
+    let message = received
+        .messages()
+        .first()
+        .expect("the queued message")
+        .clone();
+    let queue_arn = queue_arn(&sqs, &queue_url).await;
+    let event = sqs_event(&message, &queue_arn);
+    let invoke = format!(
+        "{}/2015-03-31/functions/trigger/invocations",
+        stack.var("AWS_ENDPOINT_URL")
+    );
+    let answer: Value = http
+        .post(&invoke)
+        .json(&event)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["batchItemFailures"], json!([]), "{answer}");
+
+    // THEN the run named after the message executes to success
+    let queued_id = run_id_for(Source::Sqs, message.message_id().unwrap());
+    let (status, _) = execution(&sfn, &state_machine, &queued_id).await;
+    assert_eq!(status, "SUCCEEDED", "the queued run {queued_id}");
+    // AND the message redelivered starts no second run
+    let runs_before = sfn
+        .list_executions()
+        .state_machine_arn(&state_machine)
+        .send()
+        .await
+        .unwrap()
+        .executions()
+        .len();
+    let again: Value = http
+        .post(&invoke)
+        .json(&event)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["batchItemFailures"], json!([]), "{again}");
+    let runs_after = sfn
+        .list_executions()
+        .state_machine_arn(&state_machine)
+        .send()
+        .await
+        .unwrap()
+        .executions()
+        .len();
+    assert_eq!(
+        runs_after, runs_before,
+        "a redelivered message starts nothing"
+    );
+
+    // AND every run that ended sent exactly one completion event, Run Completed
+    let mut by_run: HashMap<String, Vec<Value>> = HashMap::new();
+    let expected = [run_id.clone(), approval_id.clone(), queued_id.clone()];
+    for _ in 0..20 {
+        let got = sqs
+            .receive_message()
+            .queue_url(&completions)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap();
+        for m in got.messages() {
+            let body: Value = serde_json::from_str(m.body().unwrap()).unwrap();
+            let id = body["detail"]["runId"].as_str().unwrap().to_owned();
+            by_run.entry(id).or_default().push(body);
+        }
+        if expected.iter().all(|id| by_run.contains_key(id)) && got.messages().is_empty() {
+            break;
+        }
+    }
+    for id in &expected {
+        let events = by_run
+            .get(id)
+            .unwrap_or_else(|| panic!("no completion for {id}: {by_run:?}"));
+        assert_eq!(events.len(), 1, "one completion for {id}: {events:?}");
+        assert_eq!(events[0]["detail-type"], "Run Completed");
+        assert_eq!(events[0]["source"], "orchestrator");
+        assert_eq!(events[0]["detail"]["status"], "completed");
+        assert_eq!(
+            events[0]["detail"]["report"]["path"],
+            format!("/api/v1/runs/{id}")
+        );
+    }
+}
+
+/// A queue that receives the orchestrator's completion events from the default bus.
+async fn subscribe_to_completions(
+    sdk: &aws_config::SdkConfig,
+    sqs: &aws_sdk_sqs::Client,
+) -> String {
+    let events = aws_sdk_eventbridge::Client::new(sdk);
+    let url = sqs
+        .create_queue()
+        .queue_name("test-completions")
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_owned();
+    let arn = queue_arn(sqs, &url).await;
+    events
+        .put_rule()
+        .name("test-completions")
+        .event_pattern(
+            json!({"source": ["orchestrator"], "detail-type": ["Run Completed", "Run Failed"]})
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    events
+        .put_targets()
+        .rule("test-completions")
+        .targets(
+            aws_sdk_eventbridge::types::Target::builder()
+                .id("queue")
+                .arn(arn)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    url
+}
+
+async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> String {
+    sqs.get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes()
+        .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn))
+        .cloned()
+        .unwrap()
+}
+
+/// The event Lambda's SQS poller hands a function for one received message.
+fn sqs_event(m: &aws_sdk_sqs::types::Message, queue_arn: &str) -> Value {
+    let attributes: serde_json::Map<String, Value> = m
+        .attributes()
+        .map(|a| {
+            a.iter()
+                .map(|(k, v)| (k.as_str().to_owned(), json!(v)))
+                .collect()
+        })
+        .unwrap_or_default();
+    json!({"Records": [{
+        "messageId": m.message_id(),
+        "receiptHandle": m.receipt_handle(),
+        "body": m.body(),
+        "attributes": attributes,
+        "messageAttributes": {},
+        "md5OfBody": m.md5_of_body(),
+        "eventSource": "aws:sqs",
+        "eventSourceARN": queue_arn,
+        "awsRegion": "us-east-1",
+    }]})
 }
