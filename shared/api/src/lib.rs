@@ -198,22 +198,8 @@ async fn read_json<T: serde::de::DeserializeOwned>(
     }
     let value = serde_path_to_error::deserialize::<_, T>(json).map_err(|e| {
         let path = e.path().to_string();
-        let message = e.into_inner().to_string();
-        // serde names the unknown or missing field in the message; put it in the path.
-        let named = ["unknown field `", "missing field `"].iter().find_map(|p| {
-            message
-                .split(p)
-                .nth(1)?
-                .split('`')
-                .next()
-                .map(str::to_owned)
-        });
-        // The path already ends at an unknown field; a missing one is named only in the message.
-        let field = match (path.as_str(), named) {
-            (".", Some(name)) => name,
-            (p, Some(name)) if !p.ends_with(&name) => format!("{p}.{name}"),
-            (p, _) => p.to_owned(),
-        };
+        let orchestrator_core::types::ValidationError { field, message } =
+            orchestrator_core::types::ValidationError::at_path(&path, e.into_inner().to_string());
         ApiError::Invalid { field, message }
     })?;
     Ok(value)

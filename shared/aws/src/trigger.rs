@@ -537,22 +537,7 @@ impl TriggerFunction {
         }
         let request: RunRequest = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
-            let message = e.into_inner().to_string();
-            // serde names an unknown or missing field only in the message.
-            let named = ["unknown field `", "missing field `"].iter().find_map(|p| {
-                message
-                    .split(p)
-                    .nth(1)?
-                    .split('`')
-                    .next()
-                    .map(str::to_owned)
-            });
-            let field = match (path.as_str(), named) {
-                (".", Some(name)) => name,
-                (p, Some(name)) if !p.ends_with(&name) => format!("{p}.{name}"),
-                (p, _) => p.to_owned(),
-            };
-            ValidationError::new(field, message)
+            ValidationError::at_path(&path, e.into_inner().to_string())
         })?;
         self.transitions.validate(&request)?;
         Ok(request)

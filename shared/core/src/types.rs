@@ -168,6 +168,26 @@ impl ValidationError {
             message: message.into(),
         }
     }
+
+    /// A deserialisation error at `path` (as serde_path_to_error reports it) with the field it
+    /// is about: serde names an unknown or missing field only in its message, so that name is
+    /// put in the path (the path already ends at an unknown field; a missing one it lacks).
+    pub fn at_path(path: &str, message: String) -> Self {
+        let named = ["unknown field `", "missing field `"].iter().find_map(|p| {
+            message
+                .split(p)
+                .nth(1)?
+                .split('`')
+                .next()
+                .map(str::to_owned)
+        });
+        let field = match (path, named) {
+            (".", Some(name)) => name,
+            (p, Some(name)) if !p.ends_with(&name) => format!("{p}.{name}"),
+            (p, _) => p.to_owned(),
+        };
+        Self { field, message }
+    }
 }
 
 impl RunRequest {
