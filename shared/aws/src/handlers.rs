@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use orchestrator_agents::{AgentError, PlanContext, Planner};
 use orchestrator_core::engine::{Dispatch, Input, PlannerState, RunState};
-use orchestrator_core::ports::{ModelError, StoreError};
+use orchestrator_core::ports::StoreError;
 use orchestrator_core::types::QualityVerdict;
 use orchestrator_runner::{StepRunner, Transitions, outcome_of};
 use serde_json::{Value, json};
@@ -77,11 +77,10 @@ impl PlannerFunction {
             },
             Err(AgentError::Model(e)) if e.retryable() => {
                 tracing::warn!(error = %e, "planner model call failed; Step Functions retries it");
-                return Err(match e {
-                    ModelError::Throttled(_) | ModelError::Provider { status: 429, .. } => {
-                        FunctionError::PlannerThrottled(e.to_string())
-                    }
-                    _ => FunctionError::PlannerUnavailable(e.to_string()),
+                return Err(if e.throttled() {
+                    FunctionError::PlannerThrottled(e.to_string())
+                } else {
+                    FunctionError::PlannerUnavailable(e.to_string())
                 });
             }
             Err(e) => Input::PlanFailed {

@@ -255,6 +255,14 @@ impl ModelError {
             ModelError::Invalid(_) => false,
         }
     }
+
+    /// The provider is throttling (as opposed to down or slow): the retry should back off.
+    pub fn throttled(&self) -> bool {
+        matches!(
+            self,
+            ModelError::Throttled(_) | ModelError::Provider { status: 429, .. }
+        )
+    }
 }
 
 /// A language model, behind which each provider keeps its wire types private.

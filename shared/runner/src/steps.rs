@@ -32,11 +32,10 @@ pub enum Transient {
 
 impl Transient {
     fn of_model(e: &ModelError) -> Self {
-        match e {
-            ModelError::Throttled(_) | ModelError::Provider { status: 429, .. } => {
-                Transient::Throttled(e.to_string())
-            }
-            _ => Transient::Unavailable(e.to_string()),
+        if e.throttled() {
+            Transient::Throttled(e.to_string())
+        } else {
+            Transient::Unavailable(e.to_string())
         }
     }
 }
