@@ -32,13 +32,14 @@ async fn main() -> anyhow::Result<()> {
             ..RunnerConfig::default()
         },
     );
+    let sfn = aws.sfn();
     let control = SfnControl {
         transitions: transitions.clone(),
-        sfn: aws.sfn(),
+        sfn: sfn.clone(),
         state_machine_arn: required("STATE_MACHINE_ARN")?,
         waits: Arc::new(AwsApprovalWaits {
             store: aws.store.clone(),
-            sfn: aws.sfn(),
+            sfn,
         }),
         delivery: aws.delivery(),
     };

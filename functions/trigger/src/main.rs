@@ -24,13 +24,14 @@ async fn main() -> anyhow::Result<()> {
         _ => None,
     };
     let transitions = aws.transitions(&functions, RunnerConfig::default());
+    let sfn = aws.sfn();
     let control = SfnControl {
         transitions: transitions.clone(),
-        sfn: aws.sfn(),
+        sfn: sfn.clone(),
         state_machine_arn: required("STATE_MACHINE_ARN")?,
         waits: Arc::new(AwsApprovalWaits {
             store: aws.store.clone(),
-            sfn: aws.sfn(),
+            sfn,
         }),
         // The trigger never cancels a run, so it has no completion of its own to send.
         delivery: None,
