@@ -565,14 +565,7 @@ async fn the_emulated_aws_stack_streams_replans_retries_pauses_starts_from_a_que
     let (status, _) = execution(&sfn, &state_machine, &queued_id).await;
     assert_eq!(status, "SUCCEEDED", "the queued run {queued_id}");
     // AND the message redelivered starts no second run
-    let runs_before = sfn
-        .list_executions()
-        .state_machine_arn(&state_machine)
-        .send()
-        .await
-        .unwrap()
-        .executions()
-        .len();
+    let runs_before = executions().await;
     let again: Value = http
         .post(&invoke)
         .json(&event)
@@ -583,14 +576,7 @@ async fn the_emulated_aws_stack_streams_replans_retries_pauses_starts_from_a_que
         .await
         .unwrap();
     assert_eq!(again["batchItemFailures"], json!([]), "{again}");
-    let runs_after = sfn
-        .list_executions()
-        .state_machine_arn(&state_machine)
-        .send()
-        .await
-        .unwrap()
-        .executions()
-        .len();
+    let runs_after = executions().await;
     assert_eq!(
         runs_after, runs_before,
         "a redelivered message starts nothing"

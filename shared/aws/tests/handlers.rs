@@ -144,12 +144,7 @@ impl Cloud {
             next = match next.route {
                 Route::Plan => {
                     self.invoked("planner");
-                    self.planner
-                        .handle(RunRef {
-                            run_id: next.run_id.clone(),
-                        })
-                        .await
-                        .unwrap()
+                    self.plan(&next.run_id).await
                 }
                 Route::Dispatch => {
                     let mut outcomes: Vec<Outcome> = Vec::new();
@@ -169,6 +164,16 @@ impl Cloud {
                 }
             };
         }
+    }
+
+    /// One planner invocation for the run.
+    async fn plan(&self, run_id: &str) -> Next {
+        self.planner
+            .handle(RunRef {
+                run_id: run_id.to_owned(),
+            })
+            .await
+            .unwrap()
     }
 
     async fn notify(&self, run_id: &str) {
@@ -337,13 +342,7 @@ async fn retried_invocations_change_nothing() {
     let cloud = cloud(Arc::new(SqliteStore::open_in_memory().unwrap()));
     let first = cloud.start(request(json!({}))).await;
     let run_id = first.run_id.clone();
-    let planned = cloud
-        .planner
-        .handle(RunRef {
-            run_id: run_id.clone(),
-        })
-        .await
-        .unwrap();
+    let planned = cloud.plan(&run_id).await;
     assert_eq!(planned.route, Route::Dispatch);
     let task = planned.steps[0].clone();
     let outcome = cloud.specialist.handle(task.clone()).await.unwrap();
@@ -351,13 +350,7 @@ async fn retried_invocations_change_nothing() {
     let events_before = kinds(cloud.store.as_ref(), &run_id).await.len();
 
     // WHEN Step Functions retries the planner, the specialist and the advance (at-least-once)
-    let replanned = cloud
-        .planner
-        .handle(RunRef {
-            run_id: run_id.clone(),
-        })
-        .await
-        .unwrap();
+    let replanned = cloud.plan(&run_id).await;
     let again = cloud.specialist.handle(task).await.unwrap();
     let readvanced = cloud.advance_with(&run_id, vec![again.clone()]).await;
 
@@ -482,13 +475,7 @@ async fn a_task_that_kept_failing_aborts_the_run_visibly_once() {
     let cloud = cloud(Arc::new(SqliteStore::open_in_memory().unwrap()));
     let first = cloud.start(request(json!({}))).await;
     let run_id = first.run_id.clone();
-    cloud
-        .planner
-        .handle(RunRef {
-            run_id: run_id.clone(),
-        })
-        .await
-        .unwrap();
+    cloud.plan(&run_id).await;
     let abort = || AdvanceRequest::Abort {
         run_id: run_id.clone(),
         caught: json!({"Error": "Store.Unavailable", "Cause": "throttled for too long"}),
@@ -519,13 +506,7 @@ async fn a_finished_run_sends_one_completion_even_when_its_last_steps_are_retrie
     let run_id = next.run_id.clone();
     loop {
         next = match next.route {
-            Route::Plan => cloud
-                .planner
-                .handle(RunRef {
-                    run_id: run_id.clone(),
-                })
-                .await
-                .unwrap(),
+            Route::Plan => cloud.plan(&run_id).await,
             Route::Dispatch if next.steps[0].capability_id == "finalize" => break,
             Route::Dispatch => {
                 let mut outcomes = Vec::new();
@@ -570,13 +551,7 @@ async fn an_aborted_run_sends_run_failed_with_its_error() {
     let cloud = cloud(Arc::new(SqliteStore::open_in_memory().unwrap()));
     let first = cloud.start(request(json!({}))).await;
     let run_id = first.run_id.clone();
-    cloud
-        .planner
-        .handle(RunRef {
-            run_id: run_id.clone(),
-        })
-        .await
-        .unwrap();
+    cloud.plan(&run_id).await;
     let value = cloud
         .advance
         .handle(AdvanceRequest::Abort {
