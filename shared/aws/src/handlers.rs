@@ -112,7 +112,7 @@ pub struct AdvanceFunction {
 
 impl AdvanceFunction {
     pub async fn handle(&self, request: AdvanceRequest) -> Result<Value, FunctionError> {
-        match request {
+        let next = match request {
             AdvanceRequest::Advance {
                 run_id,
                 outcomes,
@@ -120,11 +120,25 @@ impl AdvanceFunction {
             } => {
                 let state = self.transitions.load(&run_id).await?;
                 let span = run_span(&state, None);
-                let next = self
-                    .advance(state, outcomes, timed_out)
-                    .instrument(span)
-                    .await?;
-                serde_json::to_value(next).map_err(|e| FunctionError::InvalidRequest(e.to_string()))
+                async {
+                    let mut inputs = Vec::with_capacity(outcomes.len() + 1);
+                    for outcome in outcomes {
+                        if outcome.run_id != state.run_id {
+                            return Err(FunctionError::InvalidRequest(format!(
+                                "an outcome of run {} was sent to run {}",
+                                outcome.run_id, state.run_id
+                            )));
+                        }
+                        inputs.push(self.input_of(outcome).await?);
+                    }
+                    if timed_out {
+                        // The engine sees the checkpoint past its deadline and closes it.
+                        inputs.push(Input::BudgetTick);
+                    }
+                    self.advance(state, inputs).await
+                }
+                .instrument(span)
+                .await?
             }
             AdvanceRequest::Abort { run_id, caught } => {
                 let state = self.transitions.load(&run_id).await?;
@@ -139,28 +153,16 @@ impl AdvanceFunction {
                 };
                 async {
                     tracing::error!(%error, "aborting the run");
-                    let launch = self
-                        .transitions
-                        .transition(state, Input::Aborted { error })
-                        .await?;
-                    let now = self.transitions.clock().now_ms();
-                    let next = next_of(
-                        self.transitions.engine(),
-                        &launch.state,
-                        &self.functions,
-                        now,
-                    );
-                    serde_json::to_value(next)
-                        .map_err(|e| FunctionError::InvalidRequest(e.to_string()))
+                    self.advance(state, vec![Input::Aborted { error }]).await
                 }
                 .instrument(span)
-                .await
+                .await?
             }
             AdvanceRequest::Notify { run_id } => {
                 let state = self.transitions.load(&run_id).await?;
                 let span = run_span(&state, None);
                 let sent = self.notify(&state).instrument(span).await?;
-                Ok(json!({ "sent": sent }))
+                return Ok(json!({ "sent": sent }));
             }
             AdvanceRequest::Await {
                 run_id,
@@ -168,31 +170,14 @@ impl AdvanceFunction {
                 task_token,
             } => {
                 self.register(&run_id, &checkpoint_id, &task_token).await?;
-                Ok(json!({}))
+                return Ok(json!({}));
             }
-        }
+        };
+        serde_json::to_value(next).map_err(|e| FunctionError::InvalidRequest(e.to_string()))
     }
 
-    async fn advance(
-        &self,
-        state: RunState,
-        outcomes: Vec<Outcome>,
-        timed_out: bool,
-    ) -> Result<Next, FunctionError> {
-        let mut inputs = Vec::with_capacity(outcomes.len() + 1);
-        for outcome in outcomes {
-            if outcome.run_id != state.run_id {
-                return Err(FunctionError::InvalidRequest(format!(
-                    "an outcome of run {} was sent to run {}",
-                    outcome.run_id, state.run_id
-                )));
-            }
-            inputs.push(self.input_of(outcome).await?);
-        }
-        if timed_out {
-            // The engine sees the checkpoint past its deadline and closes it.
-            inputs.push(Input::BudgetTick);
-        }
+    /// Applies the inputs (none: the route as the stored run stands) and names the next route.
+    async fn advance(&self, state: RunState, inputs: Vec<Input>) -> Result<Next, FunctionError> {
         let state = if inputs.is_empty() {
             state
         } else {
