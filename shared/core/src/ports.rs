@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::RunState;
 use crate::event::{Event, Frame};
+use crate::report::build_report;
 use crate::tools::{ToolCall, ToolChoice, ToolSpec};
 use crate::types::{RunReport, RunSummary, StepResult, Usage};
 
@@ -31,9 +32,22 @@ pub enum Created {
     Existing { run_id: String },
 }
 
-/// Durable runs: state snapshots (with plan versions), step results and reports.
+/// Where an attempt of a step starts from (see [`RunStore::open_step`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum OpenedStep {
+    /// The attempt already has a result (a retried dispatch): that result is the answer.
+    Stored(StepResult),
+    /// The handoff was appended; every stored result of the run, in the order written.
+    Open { results: Vec<StepResult> },
+}
+
+/// Durable runs: state snapshots (with plan versions), step results and reports. A run store
+/// is also its runs' event log: a transition's state and events are written together.
+///
+/// `open_step` and `commit_finished` are compositions of the other calls; a store that can do
+/// them in one round trip (SQLite: one transaction) overrides them.
 #[async_trait]
-pub trait RunStore: Send + Sync {
+pub trait RunStore: EventLog + Send + Sync {
     /// Stores a new run with its first events, once per idempotency key.
     async fn create_run(&self, state: &RunState, events: &[Event]) -> Result<Created, StoreError>;
     /// Saves the state and appends the events its transition emitted, atomically: a crash
@@ -62,6 +76,50 @@ pub trait RunStore: Send + Sync {
     async fn step_results(&self, run_id: &str) -> Result<Vec<StepResult>, StoreError>;
     async fn put_report(&self, report: &RunReport) -> Result<(), StoreError>;
     async fn get_report(&self, run_id: &str) -> Result<Option<RunReport>, StoreError>;
+
+    /// Opens an attempt of a step: the result already stored for it, or else appends
+    /// `handoff` and returns the run's stored results (the step's inputs come from them).
+    async fn open_step(
+        &self,
+        run_id: &str,
+        step_id: &str,
+        attempt: u32,
+        handoff: &[Event],
+    ) -> Result<OpenedStep, StoreError> {
+        if let Some(stored) = self.get_step_result(run_id, step_id, attempt).await? {
+            return Ok(OpenedStep::Stored(stored));
+        }
+        self.append(run_id, handoff).await?;
+        Ok(OpenedStep::Open {
+            results: self.step_results(run_id).await?,
+        })
+    }
+
+    /// Commits a run's last transition together with its report, built from the stored
+    /// results. The report is written first, so whoever sees the final status or `complete`
+    /// can read it; a run that already finished with another status is a conflict, and its
+    /// report stays as it was.
+    async fn commit_finished(
+        &self,
+        state: &RunState,
+        events: &[Event],
+        now_ms: u64,
+    ) -> Result<Vec<Frame>, StoreError> {
+        // The commit refuses such a late writer too, but only after the report was written.
+        if let Some(stored) = self.load_run(&state.run_id).await?
+            && stored.status.is_terminal()
+            && stored.status != state.status
+        {
+            return Err(StoreError::Conflict(format!(
+                "run {} has finished ({}); its status cannot change to {}",
+                state.run_id, stored.status, state.status
+            )));
+        }
+        let results = self.step_results(&state.run_id).await?;
+        self.put_report(&build_report(state, results, now_ms))
+            .await?;
+        self.commit(state, events).await
+    }
 }
 
 /// The per-run event log: gap-free seqs from 1.

@@ -11,7 +11,7 @@ use orchestrator_agents::{AgentError, DeltaSink, PriorOutput, Specialists, StepC
 use orchestrator_core::batch::DeltaBatcher;
 use orchestrator_core::engine::{Dispatch, Input, RunState};
 use orchestrator_core::event::{Event, EventKind, Handoff, HandoffStage, StepRef};
-use orchestrator_core::ports::{Clock, ModelError, StoreError};
+use orchestrator_core::ports::{Clock, ModelError, OpenedStep, StoreError};
 use orchestrator_core::tools::Resume;
 use orchestrator_core::types::{StepMetrics, StepResult, Usage};
 
@@ -101,28 +101,36 @@ impl StepRunner {
     /// Runs the step once. At-least-once dispatch, exactly-once effect: a result stored for
     /// this attempt is the answer. A transient failure stores nothing and comes back as `Err`.
     pub async fn attempt(&self, state: &RunState, dispatch: &Dispatch) -> Result<Input, Transient> {
-        let failed = |error: String| Input::StepFailed {
-            step_id: dispatch.step_id.clone(),
-            attempt: dispatch.attempt,
-            error,
-            retryable: false,
-        };
         let run_id = state.run_id.clone();
-        if let Some(stored) = self
-            .store
-            .get_step_result(&run_id, &dispatch.step_id, dispatch.attempt)
-            .await?
-        {
-            return Ok(outcome_of(stored));
-        }
-        let Some(specialist) = self.specialists.get(&dispatch.capability_id).cloned() else {
-            return Ok(failed(format!(
+        let runnable = match (
+            self.specialists.get(&dispatch.capability_id),
+            state.plan.step(&dispatch.step_id),
+        ) {
+            (Some(specialist), Some(step)) => Ok((specialist.clone(), step.clone())),
+            (None, _) => Err(format!(
                 "no specialist provides {:?}",
                 dispatch.capability_id
-            )));
+            )),
+            (_, None) => Err("the step is no longer in the plan".to_owned()),
         };
-        let Some(step) = state.plan.step(&dispatch.step_id).cloned() else {
-            return Ok(failed("the step is no longer in the plan".into()));
+        let (specialist, step) = match runnable {
+            Ok(runnable) => runnable,
+            // A result stored for this attempt still answers it.
+            Err(error) => {
+                let stored = self
+                    .store
+                    .get_step_result(&run_id, &dispatch.step_id, dispatch.attempt)
+                    .await?;
+                return Ok(stored.map_or_else(
+                    || Input::StepFailed {
+                        step_id: dispatch.step_id.clone(),
+                        attempt: dispatch.attempt,
+                        error,
+                        retryable: false,
+                    },
+                    outcome_of,
+                ));
+            }
         };
         let event = |kind| Event {
             kind,
@@ -138,8 +146,15 @@ impl StepRunner {
                 step_id: dispatch.step_id.clone(),
             },
         });
-        self.store.append(&run_id, &[occurred]).await?;
-        let inputs = self.inputs_for(state, &step.id).await?;
+        let results = match self
+            .store
+            .open_step(&run_id, &dispatch.step_id, dispatch.attempt, &[occurred])
+            .await?
+        {
+            OpenedStep::Stored(stored) => return Ok(outcome_of(stored)),
+            OpenedStep::Open { results } => results,
+        };
+        let inputs = inputs_for(state, &step.id, &results);
         // A step that paused for a person carries on from its conversation, with the answer.
         let resume = state
             .suspended
@@ -251,44 +266,39 @@ impl StepRunner {
             },
         }
     }
+}
 
-    /// The outputs of the step's ancestors (transitive dependencies), latest attempt each, in
-    /// plan order: the filtered context a handoff carries.
-    async fn inputs_for(
-        &self,
-        state: &RunState,
-        step_id: &str,
-    ) -> Result<Vec<PriorOutput>, StoreError> {
-        let mut ancestors = BTreeSet::new();
-        let mut stack = vec![step_id.to_owned()];
-        while let Some(id) = stack.pop() {
-            if let Some(step) = state.plan.step(&id) {
-                for dep in &step.depends_on {
-                    if ancestors.insert(dep.clone()) {
-                        stack.push(dep.clone());
-                    }
+/// The outputs of the step's ancestors (transitive dependencies), latest attempt each, in plan
+/// order: the filtered context a handoff carries.
+fn inputs_for(state: &RunState, step_id: &str, results: &[StepResult]) -> Vec<PriorOutput> {
+    let mut ancestors = BTreeSet::new();
+    let mut stack = vec![step_id.to_owned()];
+    while let Some(id) = stack.pop() {
+        if let Some(step) = state.plan.step(&id) {
+            for dep in &step.depends_on {
+                if ancestors.insert(dep.clone()) {
+                    stack.push(dep.clone());
                 }
             }
         }
-        let results = self.store.step_results(&state.run_id).await?;
-        Ok(state
-            .plan
-            .steps
-            .iter()
-            .filter(|s| ancestors.contains(&s.id))
-            .filter_map(|s| {
-                let result = results
-                    .iter()
-                    .filter(|r| r.step_id == s.id && r.error.is_none())
-                    .max_by_key(|r| r.attempt)?;
-                Some(PriorOutput {
-                    step_id: s.id.clone(),
-                    capability_id: s.capability()?.to_owned(),
-                    output: result.output.clone(),
-                })
-            })
-            .collect())
     }
+    state
+        .plan
+        .steps
+        .iter()
+        .filter(|s| ancestors.contains(&s.id))
+        .filter_map(|s| {
+            let result = results
+                .iter()
+                .filter(|r| r.step_id == s.id && r.error.is_none())
+                .max_by_key(|r| r.attempt)?;
+            Some(PriorOutput {
+                step_id: s.id.clone(),
+                capability_id: s.capability()?.to_owned(),
+                output: result.output.clone(),
+            })
+        })
+        .collect()
 }
 
 /// What a stored result tells the engine.

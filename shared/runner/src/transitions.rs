@@ -217,12 +217,14 @@ impl Transitions {
         if !actions.contains(&Action::Persist) {
             return Ok(());
         }
+        let events = events_of(state, actions);
         if state.status.is_terminal() {
-            let results = self.store.step_results(&state.run_id).await?;
-            let report = build_report(state, results, self.clock.now_ms());
-            self.store.put_report(&report).await?;
+            self.store
+                .commit_finished(state, &events, self.clock.now_ms())
+                .await?;
+        } else {
+            self.store.commit(state, &events).await?;
         }
-        self.store.commit(state, &events_of(state, actions)).await?;
         Ok(())
     }
 

@@ -97,6 +97,8 @@ conformance!(
     events_must_belong_to_the_run,
     list_runs_newest_first,
     status_transition_refused,
+    open_step_once_per_attempt,
+    commit_finished_writes_the_report,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -103,6 +103,18 @@ async fn step_result_first_writer_wins() {
 }
 
 #[tokio::test]
+async fn open_step_once_per_attempt() {
+    let (_dir, s) = fresh();
+    conformance::open_step_once_per_attempt(&s).await;
+}
+
+#[tokio::test]
+async fn commit_finished_writes_the_report() {
+    let (_dir, s) = fresh();
+    conformance::commit_finished_writes_the_report(&s).await;
+}
+
+#[tokio::test]
 async fn reports_upsert() {
     let (_dir, s) = fresh();
     conformance::reports_upsert(&s).await;

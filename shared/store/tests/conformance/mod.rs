@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use orchestrator_core::engine::RunState;
 use orchestrator_core::event::{Event, EventKind, Frame};
-use orchestrator_core::ports::{Created, EventLog, RunStore, StoreError};
+use orchestrator_core::ports::{Created, EventLog, OpenedStep, RunStore, StoreError};
 use orchestrator_core::types::{
     Plan, PlanStep, ReportSummary, RunReport, RunRequest, RunStatus, StepMetrics, StepResult,
     StepStatus, Usage,
@@ -660,6 +660,91 @@ pub async fn status_transition_refused<S: RunStore + EventLog>(s: &S) {
     assert_eq!(seqs(&frames), vec![3]);
     assert_eq!(
         s.list_runs(10, None).await.unwrap()[0].status,
+        RunStatus::Completed
+    );
+}
+
+pub async fn open_step_once_per_attempt<S: RunStore + EventLog>(s: &S) {
+    // GIVEN a run with a stored result for step s0
+    create_new(s, &state("run-o", 1_000), &messages("run-o", &["start"])).await;
+    let s0 = step_result("s0", 1, json!({"text": "brief"}));
+    s.put_step_result("run-o", &s0).await.unwrap();
+
+    // WHEN step s1's first attempt is opened
+    let opened = s
+        .open_step("run-o", "s1", 1, &messages("run-o", &["handoff s1"]))
+        .await
+        .unwrap();
+
+    // THEN the handoff is in the log and the step gets the stored results as its inputs
+    assert_eq!(
+        opened,
+        OpenedStep::Open {
+            results: vec![s0.clone()]
+        }
+    );
+    assert_eq!(
+        texts(&s.read_after("run-o", 0, 10).await.unwrap()),
+        vec!["start", "handoff s1"]
+    );
+
+    // AND once the attempt has a result, opening it again (a retried dispatch) answers that
+    // result and appends nothing
+    let s1 = step_result("s1", 1, json!({"text": "draft"}));
+    s.put_step_result("run-o", &s1).await.unwrap();
+    let again = s
+        .open_step("run-o", "s1", 1, &messages("run-o", &["handoff again"]))
+        .await
+        .unwrap();
+    assert_eq!(again, OpenedStep::Stored(s1));
+    assert_eq!(s.read_after("run-o", 0, 10).await.unwrap().len(), 2);
+
+    // AND an unknown run is NotFound, with nothing written
+    let err = s
+        .open_step("ghost", "s1", 1, &messages("ghost", &["handoff"]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    assert!(s.read_after("ghost", 0, 10).await.unwrap().is_empty());
+}
+
+pub async fn commit_finished_writes_the_report<S: RunStore + EventLog>(s: &S) {
+    // GIVEN a running run with two stored results
+    let mut st = state("run-r", 1_000);
+    create_new(s, &st, &messages("run-r", &["start"])).await;
+    let a = step_result("a", 1, json!({"text": "one"}));
+    let b = step_result("b", 1, json!({"text": "two"}));
+    s.put_step_result("run-r", &a).await.unwrap();
+    s.put_step_result("run-r", &b).await.unwrap();
+
+    // WHEN its last transition is committed
+    st.status = RunStatus::Completed;
+    st.finished_at_ms = Some(3_000);
+    let frames = s
+        .commit_finished(&st, &messages("run-r", &["complete"]), 3_000)
+        .await
+        .unwrap();
+
+    // THEN the state, the final event and the report built from the results are all stored
+    assert_eq!(seqs(&frames), vec![2]);
+    assert_eq!(s.load_run("run-r").await.unwrap(), Some(st.clone()));
+    let report = s.get_report("run-r").await.unwrap().unwrap();
+    assert_eq!(report.status, RunStatus::Completed);
+    assert_eq!(report.steps, vec![a, b]);
+    assert_eq!(report.summary.steps, 2);
+    assert_eq!(report.summary.duration_ms, 2_000);
+
+    // AND a late writer cannot finish it again with another status: nothing changes
+    let mut late = st.clone();
+    late.status = RunStatus::Failed;
+    let err = s
+        .commit_finished(&late, &messages("run-r", &["late"]), 4_000)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert_eq!(s.read_after("run-r", 0, 10).await.unwrap().len(), 2);
+    assert_eq!(
+        s.get_report("run-r").await.unwrap().unwrap().status,
         RunStatus::Completed
     );
 }
