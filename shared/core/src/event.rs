@@ -257,6 +257,12 @@ impl SseParser {
     /// Feeds raw bytes as they come off the network; a chunk may end inside a character.
     /// Invalid UTF-8 is read as U+FFFD.
     pub fn push_bytes(&mut self, chunk: &[u8]) -> Vec<SseFrame> {
+        // The common case, a chunk of whole characters, goes straight through.
+        if self.partial.is_empty()
+            && let Ok(text) = std::str::from_utf8(chunk)
+        {
+            return self.push(text);
+        }
         self.partial.extend_from_slice(chunk);
         let mut text = String::new();
         let mut rest = std::mem::take(&mut self.partial);
@@ -290,40 +296,48 @@ impl SseParser {
     pub fn push(&mut self, chunk: &str) -> Vec<SseFrame> {
         self.buf.push_str(chunk);
         let mut out = Vec::new();
-        while let Some(end) = self.buf.find("\n\n") {
-            let block: String = self.buf.drain(..end + 2).collect();
-            let mut frame = SseFrame {
-                id: None,
-                event: None,
-                data: String::new(),
-            };
-            // As EventSource does: a block without data (e.g. only `retry:`) is no event.
-            let mut has_data = false;
-            for line in block.lines() {
-                if line.starts_with(':') || line.is_empty() {
-                    continue;
-                }
-                let (field, value) = line.split_once(':').unwrap_or((line, ""));
-                let value = value.strip_prefix(' ').unwrap_or(value);
-                match field {
-                    "id" => frame.id = Some(value.to_owned()),
-                    "event" => frame.event = Some(value.to_owned()),
-                    "data" => {
-                        if has_data {
-                            frame.data.push('\n');
-                        }
-                        frame.data.push_str(value);
-                        has_data = true;
-                    }
-                    _ => {}
-                }
-            }
-            if has_data {
+        // Blocks are parsed where they lie and dropped from the buffer once, at the end.
+        let mut start = 0;
+        while let Some(end) = self.buf[start..].find("\n\n") {
+            if let Some(frame) = parse_block(&self.buf[start..start + end]) {
                 out.push(frame);
             }
+            start += end + 2;
         }
+        self.buf.drain(..start);
         out
     }
+}
+
+/// One block of an SSE stream (the lines before a blank line), or `None` when it has no data:
+/// as EventSource does, a block without data (e.g. only `retry:`) is no event.
+fn parse_block(block: &str) -> Option<SseFrame> {
+    let mut frame = SseFrame {
+        id: None,
+        event: None,
+        data: String::new(),
+    };
+    let mut has_data = false;
+    for line in block.lines() {
+        if line.starts_with(':') || line.is_empty() {
+            continue;
+        }
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "id" => frame.id = Some(value.to_owned()),
+            "event" => frame.event = Some(value.to_owned()),
+            "data" => {
+                if has_data {
+                    frame.data.push('\n');
+                }
+                frame.data.push_str(value);
+                has_data = true;
+            }
+            _ => {}
+        }
+    }
+    has_data.then_some(frame)
 }
 
 /// Formats milliseconds since the Unix epoch as RFC 3339 UTC (`2026-11-25T04:15:02.123Z`).

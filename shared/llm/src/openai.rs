@@ -304,8 +304,13 @@ struct StreamState<'a> {
 impl StreamState<'_> {
     fn feed(&mut self, bytes: &[u8]) {
         // CR is only a line terminator in SSE; dropping it lets "\r\n" servers parse too.
-        let clean: Vec<u8> = bytes.iter().copied().filter(|b| *b != b'\r').collect();
-        for frame in self.parser.push_bytes(&clean) {
+        let frames = if bytes.contains(&b'\r') {
+            let clean: Vec<u8> = bytes.iter().copied().filter(|b| *b != b'\r').collect();
+            self.parser.push_bytes(&clean)
+        } else {
+            self.parser.push_bytes(bytes)
+        };
+        for frame in frames {
             if self.done {
                 return;
             }
