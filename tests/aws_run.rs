@@ -7,11 +7,14 @@
 //! reference run and an approval run, and checks the SSE frames, the executions' histories and
 //! the RunReport in DynamoDB; then a run requested by a queue message through the trigger
 //! function (once, though delivered twice), and one completion event per run on the bus.
+//! The reference run's figures (states entered, Lambda invocations and their durations,
+//! DynamoDB requests, frames) go to `target/aws-run-figures.json` (or `AWS_RUN_FIGURES`) for
+//! the cost model of `bench-driver all`.
 //!
 //! It needs cargo-lambda and moto (the script installs them) and takes minutes, so it runs when
 //! `ORCHESTRATOR_AWS_E2E=1` or under CI (`.ci/run`), and otherwise says how to run it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -19,6 +22,7 @@ use std::time::Duration;
 use aws_sdk_sfn::types::HistoryEventType;
 use futures::StreamExt;
 use orchestrator_aws::trigger::{Source, run_id_for};
+use orchestrator_bench::emulated::{EmulatedRun, Invocation};
 use orchestrator_bench::mock::{MockConfig, Throttle, router};
 use orchestrator_core::event::SseParser;
 use orchestrator_core::ports::{Purpose, RunStore};
@@ -226,6 +230,104 @@ fn count(history: &[aws_sdk_sfn::types::HistoryEvent], kinds: &[HistoryEventType
         .iter()
         .filter(|e| kinds.contains(e.r#type()))
         .count()
+}
+
+/// Where the reference run's figures go: `AWS_RUN_FIGURES` (a relative path is taken from the
+/// workspace root), else `target/aws-run-figures.json` there.
+fn figures_path() -> PathBuf {
+    let path = std::env::var_os("AWS_RUN_FIGURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(orchestrator_bench::emulated::DEFAULT_PATH));
+    repo().join(path)
+}
+
+fn tally<'a>(names: impl Iterator<Item = &'a str>) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for name in names {
+        *out.entry(name.to_owned()).or_default() += 1;
+    }
+    out
+}
+
+/// The function a Lambda ARN (or a bare name) names.
+fn function_name(arn: &str) -> String {
+    let name = arn.split_once(":function:").map_or(arn, |(_, rest)| rest);
+    name.split(':').next().unwrap_or(name).to_owned()
+}
+
+/// Every Lambda task invocation of an execution, from its history: each attempt's end
+/// (succeeded, failed, timed out), followed back along `previous_event_id` to its Started,
+/// Scheduled and state-entered events (the state's name, the function, and the duration from
+/// the timestamps). Also the retries: attempts after the first within one state entry.
+fn task_invocations(history: &[aws_sdk_sfn::types::HistoryEvent]) -> (Vec<Invocation>, u64) {
+    use HistoryEventType as T;
+    let by_id: HashMap<i64, &aws_sdk_sfn::types::HistoryEvent> =
+        history.iter().map(|e| (e.id(), e)).collect();
+    let back = |from: &aws_sdk_sfn::types::HistoryEvent, kinds: &[T]| {
+        let mut at = by_id.get(&from.previous_event_id()).copied();
+        while let Some(e) = at {
+            if kinds.contains(e.r#type()) {
+                return Some(e);
+            }
+            at = by_id.get(&e.previous_event_id()).copied();
+        }
+        None
+    };
+    // The history's timestamps have ms resolution (epoch seconds with 3 decimals, which the
+    // SDK parses through a float): round each to its ms.
+    let ms =
+        |e: &aws_sdk_sfn::types::HistoryEvent| (e.timestamp().as_nanos() + 500_000) / 1_000_000;
+    let mut invocations = Vec::new();
+    let mut entries = HashSet::new();
+    for end in history.iter().filter(|e| {
+        [
+            T::TaskSucceeded,
+            T::TaskFailed,
+            T::TaskTimedOut,
+            T::LambdaFunctionSucceeded,
+            T::LambdaFunctionFailed,
+            T::LambdaFunctionTimedOut,
+        ]
+        .contains(e.r#type())
+    }) {
+        let started = back(end, &[T::TaskStarted, T::LambdaFunctionStarted]);
+        let scheduled = back(end, &[T::TaskScheduled, T::LambdaFunctionScheduled]);
+        let entered = back(end, &[T::TaskStateEntered]);
+        entries.insert(entered.map_or(end.id(), |e| e.id()));
+        let function = scheduled
+            .and_then(|s| {
+                s.task_scheduled_event_details()
+                    .and_then(|d| serde_json::from_str::<Value>(d.parameters()).ok())
+                    .and_then(|p| p["FunctionName"].as_str().map(function_name))
+                    .or_else(|| {
+                        s.lambda_function_scheduled_event_details()
+                            .map(|d| function_name(d.resource()))
+                    })
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let error = end
+            .task_failed_event_details()
+            .and_then(|d| d.error())
+            .or_else(|| {
+                end.lambda_function_failed_event_details()
+                    .and_then(|d| d.error())
+            })
+            .map(str::to_owned)
+            .or_else(|| {
+                matches!(end.r#type(), T::TaskTimedOut | T::LambdaFunctionTimedOut)
+                    .then(|| "States.Timeout".to_owned())
+            });
+        invocations.push(Invocation {
+            state: entered
+                .and_then(|e| e.state_entered_event_details())
+                .map_or("unknown".into(), |d| d.name().to_owned()),
+            function,
+            error,
+            duration_ms: started.map(|s| (ms(end) - ms(s)) as f64),
+        });
+    }
+    let retries = invocations.len() as u64 - entries.len() as u64;
+    (invocations, retries)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -447,6 +549,37 @@ async fn the_emulated_aws_stack_streams_replans_retries_pauses_starts_from_a_que
         states.len(),
         invocations,
         history.len()
+    );
+
+    // AND its figures go to a file, for the cost model of bench/ (bench/src/emulated.rs)
+    let (invocations, task_retries) = task_invocations(&history);
+    let figures = EmulatedRun {
+        source: "tests/aws_run.rs: the reference run on the emulated AWS stack (moto executing \
+                 infra/statemachine.asl.json, the functions' debug builds under cargo lambda \
+                 watch, a mock LLM that throttles the first QA call once)"
+            .into(),
+        run_id: run_id.clone(),
+        status: status.clone(),
+        states_entered: tally(states.iter().map(String::as_str)),
+        task_retries,
+        invocations,
+        lambda_invoke_requests: delta("Lambda.Invoke"),
+        dynamodb_requests: after
+            .keys()
+            .filter_map(|k| Some((k.strip_prefix("DynamoDB.")?.to_owned(), delta(k))))
+            .filter(|(_, n)| *n > 0)
+            .collect(),
+        dynamodb_write_requests: writes,
+        dynamodb_read_requests: reads,
+        frames: tally(run.iter().map(|f| f.event.as_str())),
+        wall_ms: wall.as_millis() as u64,
+    };
+    let path = figures_path();
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, serde_json::to_string_pretty(&figures).unwrap()).unwrap();
+    eprintln!(
+        "figures of the reference run for bench/ (bench-driver all --aws-figures): {}",
+        path.display()
     );
 
     // WHEN a run that needs approval is started and reaches its checkpoint

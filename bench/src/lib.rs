@@ -1,10 +1,11 @@
 //! Benchmarks of the orchestrator: a scripted, scheduled OpenAI-compatible mock LLM, a store
-//! wrapper that counts, a DynamoDB capacity meter, process usage, and the AWS cost model. The
-//! binaries (`mock-llm`, `bench-driver`) and `bench/run.sh` put them together; see
-//! bench/README.md.
+//! wrapper that counts, a DynamoDB capacity meter, process usage, the figures of a run on the
+//! emulated AWS stack, and the AWS cost model. The binaries (`mock-llm`, `bench-driver`) and
+//! `bench/run.sh` put them together; see bench/README.md.
 
 pub mod cost;
 pub mod counting;
 pub mod ddb;
+pub mod emulated;
 pub mod mock;
 pub mod rusage;
