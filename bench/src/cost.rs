@@ -3,13 +3,19 @@
 //! What is measured and what is modelled:
 //! - **Measured**: DynamoDB requests, items, bytes, WRU and RRU of one reference run through
 //!   the real `DynamoDbStore` on the emulator (see [`crate::ddb`]); the events written.
-//! - **Modelled**: Step Functions state transitions and Lambda invocations and durations. The
-//!   functions and the state machine are not built yet; they are derived from what the engine
-//!   did in the same run (its persisted transitions, planner calls and step dispatches), along
-//!   the state machine of DESIGN.md ("AWS shape"):
-//!   `Plan -> Advance -> Route -> Dispatch(Map) -> Advance ... -> Succeed`.
+//! - **Measured on the emulated stack**, when a figures file of `tests/aws_run.rs` is given
+//!   (see [`crate::emulated`]): Step Functions state transitions, Lambda invocations and their
+//!   billed durations, from the execution history of one reference run.
+//! - **Modelled** otherwise: the same, counted along `infra/statemachine.asl.json` from what
+//!   the engine did in the DynamoDB run (see [`state_transitions`]). Lambda time spent waiting
+//!   on the model is always modelled: the scheduled model time of the reference workload.
+
+use std::fmt::Write as _;
+use std::path::Path;
 
 use serde::Serialize;
+
+use crate::emulated::EmulatedRun;
 
 /// When the prices below were read from the AWS pricing pages (us-east-1, on-demand list
 /// prices, no free tier). Check them before relying on the figures.
@@ -67,8 +73,6 @@ pub fn price(item: &str) -> f64 {
 /// What the engine did in one run, counted by the benchmark.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct RunShape {
-    /// Engine transitions: the first (create) plus every persisted one.
-    pub advances: u64,
     pub planner_calls: u64,
     /// Specialist invocations (handoffs that occurred), finalize included.
     pub step_invocations: u64,
@@ -81,6 +85,7 @@ pub struct RunShape {
 /// The assumptions of the Lambda model.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct LambdaAssumptions {
+    /// The template's `FunctionMemorySize` (its default).
     pub memory_mb: u64,
     /// Billed time of one `advance` invocation: load state, apply, one transactional write.
     pub advance_ms: u64,
@@ -98,13 +103,85 @@ impl Default for LambdaAssumptions {
     }
 }
 
+/// Where a figure comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Source {
+    /// Measured by the benchmark itself (the DynamoDB run through `DynamoDbStore`).
+    #[serde(rename = "measured")]
+    Measured,
+    /// Measured on the emulated AWS stack (`tests/aws_run.rs`: moto + `cargo lambda watch`).
+    #[serde(rename = "measured (emulated stack)")]
+    Emulated,
+    /// Counted along the ASL from the engine's actions, or assumed ([`LambdaAssumptions`]).
+    #[serde(rename = "modelled")]
+    Modelled,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Source::Measured => "measured",
+            Source::Emulated => "measured (emulated stack)",
+            Source::Modelled => "modelled",
+        })
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct CostLine {
+    /// The price it is billed at (an item of [`PRICES`]).
     pub item: &'static str,
+    pub what: &'static str,
     pub quantity: f64,
     pub unit_usd: f64,
     pub usd: f64,
-    pub measured: bool,
+    pub source: Source,
+}
+
+/// The Step Functions and Lambda side of one run: state transitions, invocations and billed
+/// function time (without the time spent waiting on the model).
+#[derive(Debug, Clone, Serialize)]
+pub struct Orchestration {
+    pub state_transitions: u64,
+    pub lambda_invocations: u64,
+    /// Billed function time, ms, without the model wait.
+    pub function_ms: u64,
+    /// Where the transitions and invocations come from.
+    pub source: Source,
+    /// Where the function time comes from (modelled when the emulated run's history lacked a
+    /// duration).
+    pub function_ms_source: Source,
+}
+
+impl Orchestration {
+    /// Counted along the ASL from the run's shape, function time from the assumptions.
+    pub fn modelled(shape: &RunShape, lambda: &LambdaAssumptions) -> Self {
+        let workers = shape.planner_calls + shape.step_invocations;
+        let advances = advance_invocations(shape);
+        Self {
+            state_transitions: state_transitions(shape),
+            lambda_invocations: workers + advances,
+            function_ms: workers * lambda.worker_overhead_ms + advances * lambda.advance_ms,
+            source: Source::Modelled,
+            function_ms_source: Source::Modelled,
+        }
+    }
+
+    /// From the emulated run; its function time when the history gave every invocation's
+    /// duration, else the assumptions' for the same shape.
+    pub fn emulated(run: &EmulatedRun, shape: &RunShape, lambda: &LambdaAssumptions) -> Self {
+        let (function_ms, function_ms_source) = match run.billed_ms() {
+            Some(ms) => (ms, Source::Emulated),
+            None => (Self::modelled(shape, lambda).function_ms, Source::Modelled),
+        };
+        Self {
+            state_transitions: run.state_transitions(),
+            lambda_invocations: run.lambda_invocations(),
+            function_ms,
+            source: Source::Emulated,
+            function_ms_source,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -112,8 +189,7 @@ pub struct CostModel {
     pub prices_as_of: &'static str,
     pub shape: RunShape,
     pub lambda: LambdaAssumptions,
-    pub state_transitions: u64,
-    pub lambda_invocations: u64,
+    pub orchestration: Orchestration,
     pub lambda_gb_s: f64,
     pub lines: Vec<CostLine>,
     pub total_usd: f64,
@@ -121,57 +197,197 @@ pub struct CostModel {
     pub total_without_model_wait_usd: f64,
 }
 
-/// State transitions of the Standard state machine for a run of this shape: every Advance is
-/// followed by its Route choice; each planner call is a Plan task state; each dispatch is a Map
-/// state and each of its iterations one task state; plus the final Succeed.
+/// State transitions of one run along `infra/statemachine.asl.json`: `Plan` (each planner
+/// call) -> `Route`; `Route` -> `Dispatch` (a Map: one `RunStep` per step) -> `Advance` ->
+/// `Route`; at the end `Route` -> `Notify` -> `Ended` -> `Done`. So a `Route` after every
+/// `Plan` and every `Advance`, an `Advance` after every `Dispatch`, and three closing states.
+/// Retries are not in the shape (each would add one transition).
 pub fn state_transitions(s: &RunShape) -> u64 {
-    2 * s.advances + s.planner_calls + s.dispatches + s.step_invocations + 1
+    let plan = s.planner_calls;
+    let dispatch = s.dispatches;
+    let advance = s.dispatches;
+    let route = plan + advance;
+    plan + route + dispatch + s.step_invocations + advance + 3
 }
 
+/// `advance` invocations along the ASL: one `Advance` per `Dispatch`, and `Notify`.
+pub fn advance_invocations(s: &RunShape) -> u64 {
+    s.dispatches + 1
+}
+
+/// The cost of one run: DynamoDB from the measured units and bytes; Step Functions and Lambda
+/// from `emulated` when given, else modelled from `shape`; the Lambda time spent waiting on
+/// the model from `shape.model_ms` (the emulated run's mock answers at once, so its durations
+/// hold almost none of it).
 pub fn model(
     shape: RunShape,
     lambda: LambdaAssumptions,
+    emulated: Option<&EmulatedRun>,
     wru: f64,
     rru: f64,
     stored_bytes: u64,
 ) -> CostModel {
-    let transitions = state_transitions(&shape);
-    let invocations = shape.advances + shape.planner_calls + shape.step_invocations;
+    let orchestration = match emulated {
+        Some(run) => Orchestration::emulated(run, &shape, &lambda),
+        None => Orchestration::modelled(&shape, &lambda),
+    };
     let gb = lambda.memory_mb as f64 / 1024.0;
-    let worker_ms =
-        shape.model_ms + (shape.planner_calls + shape.step_invocations) * lambda.worker_overhead_ms;
-    let advance_ms = shape.advances * lambda.advance_ms;
-    let gb_s = gb * (worker_ms + advance_ms) as f64 / 1000.0;
-    let gb_s_no_wait = gb * (worker_ms - shape.model_ms + advance_ms) as f64 / 1000.0;
-    let line = |item: &'static str, quantity: f64, measured: bool| {
+    let function_gb_s = gb * orchestration.function_ms as f64 / 1000.0;
+    let wait_gb_s = gb * shape.model_ms as f64 / 1000.0;
+    let line = |item: &'static str, what: &'static str, quantity: f64, source: Source| {
         let unit_usd = price(item);
         CostLine {
             item,
+            what,
             quantity,
             unit_usd,
             usd: quantity * unit_usd,
-            measured,
+            source,
         }
     };
     let lines = vec![
-        line("sfn_standard_transition", transitions as f64, false),
-        line("lambda_requests", invocations as f64, false),
-        line("lambda_arm64_gb_s", gb_s, false),
-        line("dynamodb_wru", wru, true),
-        line("dynamodb_rru", rru, true),
-        line("dynamodb_storage_gb_month", stored_bytes as f64 / 1e9, true),
+        line(
+            "sfn_standard_transition",
+            "Step Functions state transitions",
+            orchestration.state_transitions as f64,
+            orchestration.source,
+        ),
+        line(
+            "lambda_requests",
+            "Lambda requests",
+            orchestration.lambda_invocations as f64,
+            orchestration.source,
+        ),
+        line(
+            "lambda_arm64_gb_s",
+            "Lambda GB-s, function time",
+            function_gb_s,
+            orchestration.function_ms_source,
+        ),
+        line(
+            "lambda_arm64_gb_s",
+            "Lambda GB-s, waiting on the model",
+            wait_gb_s,
+            Source::Modelled,
+        ),
+        line("dynamodb_wru", "DynamoDB WRU", wru, Source::Measured),
+        line("dynamodb_rru", "DynamoDB RRU", rru, Source::Measured),
+        line(
+            "dynamodb_storage_gb_month",
+            "DynamoDB storage, GB-month",
+            stored_bytes as f64 / 1e9,
+            Source::Measured,
+        ),
     ];
     let total: f64 = lines.iter().map(|l| l.usd).sum();
-    let lambda_wait = (gb_s - gb_s_no_wait) * price("lambda_arm64_gb_s");
+    let lambda_wait = wait_gb_s * price("lambda_arm64_gb_s");
     CostModel {
         prices_as_of: PRICES_AS_OF,
         shape,
         lambda,
-        state_transitions: transitions,
-        lambda_invocations: invocations,
-        lambda_gb_s: gb_s,
+        orchestration,
+        lambda_gb_s: function_gb_s + wait_gb_s,
         lines,
         total_usd: total,
         total_without_model_wait_usd: total - lambda_wait,
+    }
+}
+
+impl CostModel {
+    /// The model as `bench-driver all` prints it: where the Step Functions and Lambda figures
+    /// come from, the lines and the totals. `emulated` is the run the model was given (and
+    /// the file it came from), or `None` with the path where measured figures would be read.
+    pub fn report(&self, emulated: Option<&EmulatedRun>, figures: &Path) -> String {
+        let o = &self.orchestration;
+        let s = &self.shape;
+        let mut out = String::new();
+        match emulated {
+            Some(run) => {
+                let by_function: Vec<String> = run
+                    .invocations_by_function()
+                    .iter()
+                    .map(|(f, n)| format!("{n} {f}"))
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "  measured (emulated stack: {}, run {}): {} states entered + {} task {} = {} Standard state transitions; {} Lambda invocations ({}); function time {} billed ms at {} MB arm64 ({}; debug binaries under cargo lambda watch, durations from the execution history, so an upper bound)",
+                    figures.display(),
+                    run.run_id,
+                    run.states_entered.values().sum::<u64>(),
+                    run.task_retries,
+                    if run.task_retries == 1 {
+                        "retry"
+                    } else {
+                        "retries"
+                    },
+                    o.state_transitions,
+                    o.lambda_invocations,
+                    by_function.join(", "),
+                    o.function_ms,
+                    self.lambda.memory_mb,
+                    match o.function_ms_source {
+                        Source::Emulated => "each invocation rounded up to 1 ms".to_owned(),
+                        _ => format!(
+                            "modelled: the history lacks a duration; {} ms per advance, {} ms per planner/specialist",
+                            self.lambda.advance_ms, self.lambda.worker_overhead_ms
+                        ),
+                    },
+                );
+                let _ = writeln!(
+                    out,
+                    "  the emulated run's own figures: {} DynamoDB write and {} read requests (the streamer's polling included), {} frames, {} ms wall",
+                    run.dynamodb_write_requests,
+                    run.dynamodb_read_requests,
+                    run.frames.values().sum::<u64>(),
+                    run.wall_ms,
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "  modelled along infra/statemachine.asl.json from the engine's actions in the DynamoDB run: {} planner calls, {} step invocations in {} dispatches -> {} Standard state transitions (no retries), {} Lambda invocations ({} advance incl. Notify); function time {} ms at {} MB arm64 ({} ms per advance, {} ms per planner/specialist, assumed)",
+                    s.planner_calls,
+                    s.step_invocations,
+                    s.dispatches,
+                    o.state_transitions,
+                    o.lambda_invocations,
+                    advance_invocations(s),
+                    o.function_ms,
+                    self.lambda.memory_mb,
+                    self.lambda.advance_ms,
+                    self.lambda.worker_overhead_ms,
+                );
+                let _ = writeln!(
+                    out,
+                    "  (no {}: for measured transitions, invocations and durations run `AWS_E2E=1 bench/run.sh`, or `ORCHESTRATOR_AWS_E2E=1 cargo test -p orchestrator-aws --test aws_run -- --nocapture` then `--aws-figures FILE`)",
+                    figures.display()
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "  model wait: {} ms, the reference workload's scheduled model time, billed at {} MB (modelled)",
+            s.model_ms, self.lambda.memory_mb
+        );
+        let _ = writeln!(
+            out,
+            "  {:<36} {:>14} {:>14} {:>12}  source",
+            "item", "quantity", "unit USD", "USD"
+        );
+        for l in &self.lines {
+            let _ = writeln!(
+                out,
+                "  {:<36} {:>14.4} {:>14.10} {:>12.8}  {}",
+                l.what, l.quantity, l.unit_usd, l.usd, l.source
+            );
+        }
+        let _ = writeln!(
+            out,
+            "  total per run: ${:.6} (${:.2} per 1000 runs); without Lambda time spent waiting on the model: ${:.6}",
+            self.total_usd,
+            self.total_usd * 1000.0,
+            self.total_without_model_wait_usd
+        );
+        out
     }
 }

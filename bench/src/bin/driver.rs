@@ -5,8 +5,10 @@
 //!   process; prints one JSON object.
 //! - `bench-driver dynamo --endpoint URL --base-url URL`: one reference run on DynamoDbStore with
 //!   a capacity meter; prints one JSON object.
-//! - `bench-driver all --orchestrator PATH --out FILE`: every measurement, each in its own
-//!   process (so peak RSS is clean), then the table, the cost model and the JSON file.
+//! - `bench-driver all --orchestrator PATH --out FILE [--aws-figures FILE]`: every
+//!   measurement, each in its own process (so peak RSS is clean), then the table, the cost
+//!   model (Step Functions and Lambda from the emulated AWS run's figures when there are some)
+//!   and the JSON file.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -21,6 +23,7 @@ use orchestrator_agents::{Planner, default_specialists};
 use orchestrator_bench::cost::{self, LambdaAssumptions, RunShape};
 use orchestrator_bench::counting::CountingStore;
 use orchestrator_bench::ddb::CapacityMeter;
+use orchestrator_bench::emulated::{self, EmulatedRun};
 use orchestrator_bench::mock::MockStats;
 use orchestrator_bench::rusage;
 use orchestrator_core::ports::{Model, SystemClock};
@@ -95,6 +98,13 @@ enum Cmd {
         ttft_ms: u64,
         #[arg(long, default_value_t = 5.0)]
         chunk_ms: f64,
+        /// The figures of the reference run on the emulated AWS stack, written by
+        /// `ORCHESTRATOR_AWS_E2E=1 cargo test -p orchestrator-aws --test aws_run`: the cost
+        /// model takes its state transitions, Lambda invocations and durations from them.
+        /// Without it, `target/aws-run-figures.json` is read if it exists, else they are
+        /// modelled.
+        #[arg(long, env = "AWS_RUN_FIGURES")]
+        aws_figures: Option<PathBuf>,
     },
 }
 
@@ -144,6 +154,7 @@ fn main() -> anyhow::Result<()> {
             quick,
             ttft_ms,
             chunk_ms,
+            aws_figures,
         } => all(AllArgs {
             orchestrator,
             out,
@@ -153,6 +164,7 @@ fn main() -> anyhow::Result<()> {
             quick,
             ttft_ms,
             chunk_ms,
+            aws_figures,
         }),
     }
 }
@@ -425,6 +437,7 @@ struct AllArgs {
     quick: bool,
     ttft_ms: u64,
     chunk_ms: f64,
+    aws_figures: Option<PathBuf>,
 }
 
 /// A child process killed when dropped.
@@ -596,6 +609,18 @@ fn fmt_opt(v: Option<f64>, digits: usize) -> String {
 }
 
 fn all(args: AllArgs) -> anyhow::Result<()> {
+    // The emulated run's figures first: a bad file fails now, not after the measurements.
+    let figures_path = args
+        .aws_figures
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(emulated::DEFAULT_PATH));
+    let figures = EmulatedRun::find(args.aws_figures.as_deref(), &figures_path)?;
+    if figures.is_some() {
+        eprintln!(
+            "AWS run figures: {} (Step Functions and Lambda measured on the emulated stack)",
+            figures_path.display()
+        );
+    }
     let tmp = tempfile::tempdir()?;
     let (scale, realistic_one) = if args.quick { (4, 3) } else { (1, 5) };
     let profile = std::env::current_exe()?
@@ -757,7 +782,6 @@ fn all(args: AllArgs) -> anyhow::Result<()> {
             .and_then(Value::as_u64)
             .unwrap_or(0);
         let shape = RunShape {
-            advances: n("create_run") + n("commit"),
             planner_calls: plan_updates,
             step_invocations: n("handoffs_occurred"),
             dispatches: n("dispatch_writes"),
@@ -772,6 +796,7 @@ fn all(args: AllArgs) -> anyhow::Result<()> {
         cost::model(
             shape,
             LambdaAssumptions::default(),
+            figures.as_ref(),
             f("wru"),
             f("rru"),
             stored,
@@ -812,39 +837,12 @@ fn all(args: AllArgs) -> anyhow::Result<()> {
                 .map(Value::to_string)
                 .unwrap_or_default(),
         );
+        print!("{}", c.report(figures.as_ref(), &figures_path));
+    }
+    if dynamo.is_none() {
+        println!();
         println!(
-            "  modelled from the engine's actions (no functions deployed yet): {} advances, {} planner calls, {} step invocations in {} dispatches -> {} Standard state transitions, {} Lambda invocations, {:.2} GB-s at {} MB arm64 ({} ms model wait, {} ms per advance, +{} ms per worker)",
-            c.shape.advances,
-            c.shape.planner_calls,
-            c.shape.step_invocations,
-            c.shape.dispatches,
-            c.state_transitions,
-            c.lambda_invocations,
-            c.lambda_gb_s,
-            c.lambda.memory_mb,
-            c.shape.model_ms,
-            c.lambda.advance_ms,
-            c.lambda.worker_overhead_ms,
-        );
-        println!(
-            "  {:<28} {:>14} {:>14} {:>12}  source",
-            "item", "quantity", "unit USD", "USD"
-        );
-        for l in &c.lines {
-            println!(
-                "  {:<28} {:>14.4} {:>14.10} {:>12.8}  {}",
-                l.item,
-                l.quantity,
-                l.unit_usd,
-                l.usd,
-                if l.measured { "measured" } else { "modelled" }
-            );
-        }
-        println!(
-            "  total per run: ${:.6} (${:.2} per 1000 runs); without Lambda time spent waiting on the model: ${:.6}",
-            c.total_usd,
-            c.total_usd * 1000.0,
-            c.total_without_model_wait_usd
+            "AWS cost: not computed (it needs the DynamoDB run: --dynamodb-endpoint or DYNAMODB_ENDPOINT)"
         );
     }
 
@@ -868,6 +866,7 @@ fn all(args: AllArgs) -> anyhow::Result<()> {
         },
         "dynamodb": dynamo,
         "cost": cost,
+        "aws_run_figures": figures.as_ref().map(|f| json!({"path": figures_path, "figures": f})),
         "prices": cost::PRICES,
     });
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
