@@ -3,12 +3,16 @@
 # in a few minutes on a 2-core machine), runs the load driver against the mock LLM, the
 # exec-to-first-frame and idle-server checks, one run on DynamoDB (moto emulator) for the cost
 # model, then the criterion micro-benchmarks. Prints a table; writes bench/results.json.
+# With AWS_E2E=1 it first runs the reference run on the emulated AWS stack (tests/aws_run.rs:
+# moto + cargo lambda watch, debug builds, minutes) and the cost model takes its Step Functions
+# and Lambda figures from that run instead of modelling them.
 #
 #   bench/run.sh                 # everything (a few minutes)
 #   bench/run.sh --quick         # fewer runs
 #   bench/run.sh --base-url URL  # another OpenAI-compatible server instead of the mock
 #   NO_DYNAMODB=1 bench/run.sh   # skip the DynamoDB run (and so the cost model)
 #   NO_MICRO=1 bench/run.sh      # skip the criterion micro-benchmarks
+#   AWS_E2E=1 bench/run.sh       # measure transitions, invocations, durations on the emulated stack
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +23,15 @@ cargo build --profile "$PROFILE" -p orchestrator-bench -p orchestrator-cli --bin
 BIN="target/$PROFILE"
 
 ARGS=("$@")
+if [[ -n "${AWS_E2E:-}" ]]; then
+  # The emulated run writes its figures here; the driver reads them (--aws-figures).
+  FIGURES="${AWS_RUN_FIGURES:-target/aws-run-figures.json}"
+  echo "== the reference run on the emulated AWS stack (tests/aws_run.rs) -> $FIGURES" >&2
+  rm -f "$FIGURES"
+  AWS_RUN_FIGURES="$FIGURES" ORCHESTRATOR_AWS_E2E=1 \
+    cargo test -p orchestrator-aws --test aws_run -- --nocapture >&2
+  ARGS+=(--aws-figures "$FIGURES")
+fi
 if [[ -z "${NO_DYNAMODB:-}" && -z "${DYNAMODB_ENDPOINT:-}" ]]; then
   echo "== DynamoDB emulator (infra/emulator.sh)" >&2
   if DYNAMODB_ENDPOINT="$(bash infra/emulator.sh "${EMULATOR_PORT:-5005}")"; then
