@@ -9,3 +9,4 @@ pub mod ddb;
 pub mod emulated;
 pub mod mock;
 pub mod rusage;
+pub mod timing;

@@ -26,6 +26,7 @@ use orchestrator_bench::ddb::CapacityMeter;
 use orchestrator_bench::emulated::{self, EmulatedRun};
 use orchestrator_bench::mock::MockStats;
 use orchestrator_bench::rusage;
+use orchestrator_bench::timing::TimingModel;
 use orchestrator_core::ports::{Model, SystemClock};
 use orchestrator_core::types::{RunRequest, RunStatus};
 use orchestrator_llm::{OfflineModel, OpenAiModel, Resilience};
@@ -184,6 +185,16 @@ struct LoadResult {
     scheduled_ms: Option<f64>,
     overhead_ms_median: Option<f64>,
     overhead_ms_p95: Option<f64>,
+    /// Concurrency 1 only: the wall time of a run outside its model calls (the engine, the
+    /// store, the agents between calls), median and p95, ms...
+    #[serde(default)]
+    outside_calls_ms_median: Option<f64>,
+    #[serde(default)]
+    outside_calls_ms_p95: Option<f64>,
+    /// ...and the time inside the calls beyond the scheduled model time (the adapter, loopback
+    /// and the mock server), median, ms.
+    #[serde(default)]
+    in_calls_excess_ms_median: Option<f64>,
     /// Process CPU (user + system) per run, over the measured runs only.
     cpu_ms_per_run: f64,
     /// Peak RSS of the process (getrusage), after setup and at the end.
@@ -278,7 +289,8 @@ async fn load(
             Resilience::default(),
         )?)
     };
-    let runner = runner_on(store, model);
+    let timing = Arc::new(TimingModel::new(model));
+    let runner = runner_on(store, timing.clone());
     let http = reqwest::Client::new();
 
     // One warm-up run: connections, statement caches, lazy statics.
@@ -294,26 +306,40 @@ async fn load(
     for _ in 0..concurrency.max(1) {
         let runner = runner.clone();
         let next = next.clone();
+        let timing = timing.clone();
         workers.spawn(async move {
             let mut walls = Vec::new();
+            let mut in_calls = Vec::new();
             let mut completed = 0;
             while next.fetch_add(1, Ordering::Relaxed) < runs {
                 let t = Instant::now();
+                let calls_before = timing.in_calls_us();
                 if let Ok(RunStatus::Completed) = one_run(&runner).await {
                     completed += 1;
                 }
                 walls.push(t.elapsed().as_secs_f64() * 1000.0);
+                in_calls.push((timing.in_calls_us() - calls_before) as f64 / 1000.0);
             }
-            (walls, completed)
+            (walls, in_calls, completed)
         });
     }
     let mut walls = Vec::with_capacity(runs);
+    let mut in_calls = Vec::with_capacity(runs);
     let mut completed = 0;
     while let Some(joined) = workers.join_next().await {
-        let (w, c) = joined?;
+        let (w, i, c) = joined?;
         walls.extend(w);
+        in_calls.extend(i);
         completed += c;
     }
+    // Runs overlap above concurrency 1, so their calls cannot be told apart there.
+    let (outside, excess) = if concurrency <= 1 {
+        let mut outside: Vec<f64> = walls.iter().zip(&in_calls).map(|(w, i)| w - i).collect();
+        outside.sort_by(f64::total_cmp);
+        (Some(outside), Some(in_calls))
+    } else {
+        (None, None)
+    };
     let elapsed = started.elapsed();
     let end = rusage::self_usage();
     let stats_after = mock_stats(&http, base_url).await;
@@ -348,6 +374,13 @@ async fn load(
         scheduled_ms: scheduled,
         overhead_ms_median: overheads.as_ref().map(|o| percentile(o, 0.5)),
         overhead_ms_p95: overheads.as_ref().map(|o| percentile(o, 0.95)),
+        outside_calls_ms_median: outside.as_ref().map(|o| percentile(o, 0.5)),
+        outside_calls_ms_p95: outside.as_ref().map(|o| percentile(o, 0.95)),
+        in_calls_excess_ms_median: excess.zip(scheduled).map(|(calls, s)| {
+            let mut excess: Vec<f64> = calls.iter().map(|c| c - s).collect();
+            excess.sort_by(f64::total_cmp);
+            percentile(&excess, 0.5)
+        }),
         cpu_ms_per_run: (end.cpu.saturating_sub(setup.cpu)).as_secs_f64() * 1000.0 / runs as f64,
         rss_setup_mb: mb(setup.max_rss),
         peak_rss_mb: mb(end.max_rss),
@@ -713,7 +746,17 @@ fn all(args: AllArgs) -> anyhow::Result<()> {
         .mock
         .map(|m| m.late_us as f64 / 1000.0 / real1.runs.max(1) as f64);
     row(
-        "  of which the mock's own lateness, per run (ms)",
+        "  outside the model calls (engine, store, agents), median (ms)",
+        fmt_opt(real1.outside_calls_ms_median, 2),
+        "",
+    );
+    row(
+        "  inside the calls beyond schedule (adapter, loopback, mock), median (ms)",
+        fmt_opt(real1.in_calls_excess_ms_median, 2),
+        "",
+    );
+    row(
+        "    of which the mock's own timer lateness, per run (ms)",
         fmt_opt(mock_late_ms, 2),
         "",
     );
@@ -854,6 +897,8 @@ fn all(args: AllArgs) -> anyhow::Result<()> {
             "overhead_ms_median": {"value": real1.overhead_ms_median, "target": 2.0, "measured": true},
             "overhead_ms_p95": {"value": real1.overhead_ms_p95, "measured": true},
             "mock_lateness_ms_per_run": {"value": mock_late_ms, "measured": true},
+            "outside_calls_ms_median": {"value": real1.outside_calls_ms_median, "p95": real1.outside_calls_ms_p95, "measured": true},
+            "in_calls_excess_ms_median": {"value": real1.in_calls_excess_ms_median, "measured": true},
             "peak_rss_mb_500_concurrent": {"value": real500.peak_rss_mb, "target": 60.0, "measured": true},
             "idle_server_rss_mb": {"value": idle_rss, "peak": idle_hwm, "target": 10.0, "measured": true},
             "exec_to_first_frame_ms_offline": {"median": percentile(&exec_offline, 0.5), "all": exec_offline, "target": 20.0, "measured": true},
