@@ -33,12 +33,16 @@ const MAX_ERROR_CHARS: usize = 400;
 pub enum OpenAiBuildError {
     #[error("cannot build the HTTP client: {0}")]
     Client(String),
+    /// The URL itself is left out: it may carry a secret.
+    #[error("OPENAI_BASE_URL is not a valid URL: {0}")]
+    BaseUrl(String),
 }
 
 pub struct OpenAiModel {
     http: reqwest::Client,
-    /// `<base>/chat/completions`; never logged, it may carry a secret.
-    endpoint: String,
+    /// `<base>/chat/completions`, parsed once (not per request); never logged, it may carry a
+    /// secret.
+    endpoint: reqwest::Url,
     key: Option<ApiKey>,
     model: String,
     resilience: Resilience,
@@ -53,6 +57,9 @@ impl OpenAiModel {
         model: impl Into<String>,
         resilience: Resilience,
     ) -> Result<Self, OpenAiBuildError> {
+        let endpoint = format!("{}/chat/completions", base_url.trim_end_matches('/'));
+        let endpoint =
+            reqwest::Url::parse(&endpoint).map_err(|e| OpenAiBuildError::BaseUrl(e.to_string()))?;
         let http = reqwest::Client::builder()
             .connect_timeout(resilience.connect_timeout)
             // Per read, so a long stream is fine as long as it keeps moving.
@@ -61,7 +68,7 @@ impl OpenAiModel {
             .map_err(|e| OpenAiBuildError::Client(e.to_string()))?;
         Ok(Self {
             http,
-            endpoint: format!("{}/chat/completions", base_url.trim_end_matches('/')),
+            endpoint,
             key,
             model: model.into(),
             resilience,
@@ -152,7 +159,7 @@ impl OpenAiModel {
     ) -> Result<reqwest::Response, ModelError> {
         let mut retry = 0;
         loop {
-            let mut req = self.http.post(&self.endpoint).json(&body);
+            let mut req = self.http.post(self.endpoint.clone()).json(&body);
             if let Some(key) = &self.key {
                 req = req.bearer_auth(key.expose());
             }
