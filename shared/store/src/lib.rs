@@ -175,6 +175,27 @@ impl SqliteStore {
         .map_err(|e| StoreError::Unavailable(format!("the store's worker task failed: {e}")))?
     }
 
+    /// Runs `f` in a write transaction (`BEGIN IMMEDIATE`) and commits it; when `appended`
+    /// says the result added events, wakes the `wait_beyond` callers.
+    async fn write<T, F>(&self, f: F, appended: fn(&T) -> bool) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let written = self
+            .call(move |conn| {
+                let tx = immediate(conn)?;
+                let written = f(&tx)?;
+                tx.commit().map_err(db_error)?;
+                Ok(written)
+            })
+            .await?;
+        if appended(&written) {
+            self.poke();
+        }
+        Ok(written)
+    }
+
     /// Wakes the `wait_beyond` callers of this store and its clones.
     fn poke(&self) {
         self.shared.appended.send_modify(|n| *n = n.wrapping_add(1));
@@ -474,9 +495,8 @@ impl RunStore for SqliteStore {
         check_events(&state.run_id, events)?;
         let row = StateRow::new(state, self.clock.now_ms())?;
         let events = events.to_vec();
-        let created = self
-            .call(move |conn| {
-                let tx = immediate(conn)?;
+        self.write(
+            move |tx| {
                 if let Some(key) = &row.idempotency_key {
                     let existing: Option<String> = tx
                         .query_row(
@@ -490,7 +510,7 @@ impl RunStore for SqliteStore {
                         return Ok(Created::Existing { run_id });
                     }
                 }
-                if run_exists(&tx, &row.run_id)? {
+                if run_exists(tx, &row.run_id)? {
                     return Err(StoreError::Conflict(format!(
                         "run {} already exists",
                         row.run_id
@@ -512,34 +532,24 @@ impl RunStore for SqliteStore {
                     ],
                 )
                 .map_err(db_error)?;
-                insert_plan(&tx, &row.run_id, row.plan.as_ref())?;
-                let frames = append_events(&tx, &row.run_id, events)?;
-                tx.commit().map_err(db_error)?;
+                insert_plan(tx, &row.run_id, row.plan.as_ref())?;
+                let frames = append_events(tx, &row.run_id, events)?;
                 Ok(Created::New { frames })
-            })
-            .await?;
-        if matches!(&created, Created::New { frames } if !frames.is_empty()) {
-            self.poke();
-        }
-        Ok(created)
+            },
+            |created| matches!(created, Created::New { frames } if !frames.is_empty()),
+        )
+        .await
     }
 
     async fn commit(&self, state: &RunState, events: &[Event]) -> Result<Vec<Frame>, StoreError> {
         check_events(&state.run_id, events)?;
         let row = StateRow::new(state, self.clock.now_ms())?;
         let events = events.to_vec();
-        let frames = self
-            .call(move |conn| {
-                let tx = immediate(conn)?;
-                let frames = save_transition(&tx, row, events)?;
-                tx.commit().map_err(db_error)?;
-                Ok(frames)
-            })
-            .await?;
-        if !frames.is_empty() {
-            self.poke();
-        }
-        Ok(frames)
+        self.write(
+            move |tx| save_transition(tx, row, events),
+            |frames| !frames.is_empty(),
+        )
+        .await
     }
 
     async fn load_run(&self, run_id: &str) -> Result<Option<RunState>, StoreError> {
@@ -616,32 +626,32 @@ impl RunStore for SqliteStore {
         let attempt = result.attempt;
         let json = encode(result, "step result")?;
         let ours = result.clone();
-        self.call(move |conn| {
-            let tx = immediate(conn)?;
-            if !run_exists(&tx, &run_id)? {
-                return Err(StoreError::NotFound(run_id));
-            }
-            let inserted = tx
-                .prepare_cached(
-                    "INSERT INTO step_results (run_id, step_id, attempt, result_json)
+        self.write(
+            move |tx| {
+                if !run_exists(tx, &run_id)? {
+                    return Err(StoreError::NotFound(run_id));
+                }
+                let inserted = tx
+                    .prepare_cached(
+                        "INSERT INTO step_results (run_id, step_id, attempt, result_json)
                      VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT (run_id, step_id, attempt) DO NOTHING",
-                )
-                .and_then(|mut stmt| stmt.execute(params![run_id, step_id, attempt, json]))
-                .map_err(db_error)?;
-            if inserted == 1 {
-                tx.commit().map_err(db_error)?;
-                return Ok(ours);
-            }
-            let stored: String = tx
-                .prepare_cached(STEP_RESULT_SQL)
-                .and_then(|mut stmt| {
-                    stmt.query_row(params![run_id, step_id, attempt], |r| r.get(0))
-                })
-                .map_err(db_error)?;
-            tx.commit().map_err(db_error)?;
-            decode(&stored, "step result", &run_id)
-        })
+                    )
+                    .and_then(|mut stmt| stmt.execute(params![run_id, step_id, attempt, json]))
+                    .map_err(db_error)?;
+                if inserted == 1 {
+                    return Ok(ours);
+                }
+                let stored: String = tx
+                    .prepare_cached(STEP_RESULT_SQL)
+                    .and_then(|mut stmt| {
+                        stmt.query_row(params![run_id, step_id, attempt], |r| r.get(0))
+                    })
+                    .map_err(db_error)?;
+                decode(&stored, "step result", &run_id)
+            },
+            |_| false,
+        )
         .await
     }
 
@@ -666,14 +676,15 @@ impl RunStore for SqliteStore {
     async fn put_report(&self, report: &RunReport) -> Result<(), StoreError> {
         let run_id = report.run_id.clone();
         let json = encode(report, "report")?;
-        self.call(move |conn| {
-            let tx = immediate(conn)?;
-            if !run_exists(&tx, &run_id)? {
-                return Err(StoreError::NotFound(run_id));
-            }
-            upsert_report(&tx, &run_id, &json)?;
-            tx.commit().map_err(db_error)
-        })
+        self.write(
+            move |tx| {
+                if !run_exists(tx, &run_id)? {
+                    return Err(StoreError::NotFound(run_id));
+                }
+                upsert_report(tx, &run_id, &json)
+            },
+            |_| false,
+        )
         .await
     }
 
@@ -689,25 +700,21 @@ impl RunStore for SqliteStore {
         let run_id = run_id.to_owned();
         let step_id = step_id.to_owned();
         let handoff = handoff.to_vec();
-        let opened = self
-            .call(move |conn| {
-                let tx = immediate(conn)?;
-                if let Some(stored) = read_step_result(&tx, &run_id, &step_id, attempt)? {
+        self.write(
+            move |tx| {
+                if let Some(stored) = read_step_result(tx, &run_id, &step_id, attempt)? {
                     return Ok(OpenedStep::Stored(stored));
                 }
-                if !run_exists(&tx, &run_id)? {
+                if !run_exists(tx, &run_id)? {
                     return Err(StoreError::NotFound(run_id));
                 }
-                append_events(&tx, &run_id, handoff)?;
-                let results = read_step_results(&tx, &run_id)?;
-                tx.commit().map_err(db_error)?;
+                append_events(tx, &run_id, handoff)?;
+                let results = read_step_results(tx, &run_id)?;
                 Ok(OpenedStep::Open { results })
-            })
-            .await?;
-        if matches!(opened, OpenedStep::Open { .. }) {
-            self.poke();
-        }
-        Ok(opened)
+            },
+            |opened| matches!(opened, OpenedStep::Open { .. }),
+        )
+        .await
     }
 
     /// One transaction: the report built from the results, the state and the events.
@@ -721,24 +728,19 @@ impl RunStore for SqliteStore {
         let row = StateRow::new(state, self.clock.now_ms())?;
         let events = events.to_vec();
         let state = state.clone();
-        let frames = self
-            .call(move |conn| {
-                let tx = immediate(conn)?;
-                if !run_exists(&tx, &row.run_id)? {
+        self.write(
+            move |tx| {
+                if !run_exists(tx, &row.run_id)? {
                     return Err(StoreError::NotFound(row.run_id));
                 }
-                let results = read_step_results(&tx, &row.run_id)?;
+                let results = read_step_results(tx, &row.run_id)?;
                 let report = encode(&build_report(&state, results, now_ms), "report")?;
-                upsert_report(&tx, &row.run_id, &report)?;
-                let frames = save_transition(&tx, row, events)?;
-                tx.commit().map_err(db_error)?;
-                Ok(frames)
-            })
-            .await?;
-        if !frames.is_empty() {
-            self.poke();
-        }
-        Ok(frames)
+                upsert_report(tx, &row.run_id, &report)?;
+                save_transition(tx, row, events)
+            },
+            |frames| !frames.is_empty(),
+        )
+        .await
     }
 
     async fn get_report(&self, run_id: &str) -> Result<Option<RunReport>, StoreError> {
@@ -761,21 +763,16 @@ impl EventLog for SqliteStore {
         check_events(run_id, events)?;
         let run_id = run_id.to_owned();
         let events = events.to_vec();
-        let frames = self
-            .call(move |conn| {
-                let tx = immediate(conn)?;
-                if !run_exists(&tx, &run_id)? {
+        self.write(
+            move |tx| {
+                if !run_exists(tx, &run_id)? {
                     return Err(StoreError::NotFound(run_id));
                 }
-                let frames = append_events(&tx, &run_id, events)?;
-                tx.commit().map_err(db_error)?;
-                Ok(frames)
-            })
-            .await?;
-        if !frames.is_empty() {
-            self.poke();
-        }
-        Ok(frames)
+                append_events(tx, &run_id, events)
+            },
+            |frames| !frames.is_empty(),
+        )
+        .await
     }
 
     async fn read_after(
