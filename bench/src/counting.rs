@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use orchestrator_core::engine::RunState;
 use orchestrator_core::event::{Event, EventKind, Frame, HandoffStage};
-use orchestrator_core::ports::{Created, EventLog, RunStore, StoreError};
+use orchestrator_core::ports::{Created, EventLog, OpenedStep, RunStore, StoreError};
 use orchestrator_core::types::{RunReport, RunSummary, StepResult};
 use orchestrator_runner::Store;
 use serde::{Deserialize, Serialize};
@@ -23,6 +23,12 @@ pub struct StoreCounters {
     pub append: u64,
     pub put_step_result: u64,
     pub put_report: u64,
+    /// Steps opened (stored result looked up, handoff appended, inputs read: one write).
+    #[serde(default)]
+    pub open_step: u64,
+    /// Writes that carried events: each is one event batch in one write transaction.
+    #[serde(default)]
+    pub event_batches: u64,
     pub reads: u64,
     /// Events written, by type.
     pub events: BTreeMap<String, u64>,
@@ -74,6 +80,9 @@ impl CountingStore {
     fn saw(&self, events: &[Event]) {
         let now = Instant::now();
         let mut st = self.lock();
+        if !events.is_empty() {
+            st.counters.event_batches += 1;
+        }
         if events.iter().any(|e| {
             matches!(&e.kind, EventKind::Handoff { message, .. } if *message == HandoffStage::Requested)
         }) {
@@ -168,6 +177,38 @@ impl RunStore for CountingStore {
     async fn get_report(&self, run_id: &str) -> Result<Option<RunReport>, StoreError> {
         self.count(|c| c.reads += 1);
         self.inner.get_report(run_id).await
+    }
+    async fn open_step(
+        &self,
+        run_id: &str,
+        step_id: &str,
+        attempt: u32,
+        handoff: &[Event],
+    ) -> Result<OpenedStep, StoreError> {
+        self.count(|c| c.open_step += 1);
+        let opened = self
+            .inner
+            .open_step(run_id, step_id, attempt, handoff)
+            .await?;
+        // Only an opened step appended its handoff.
+        if matches!(opened, OpenedStep::Open { .. }) {
+            self.saw(handoff);
+        }
+        Ok(opened)
+    }
+    /// A transition like `commit`, with the report in the same write.
+    async fn commit_finished(
+        &self,
+        state: &RunState,
+        events: &[Event],
+        now_ms: u64,
+    ) -> Result<Vec<Frame>, StoreError> {
+        self.count(|c| {
+            c.commit += 1;
+            c.put_report += 1;
+        });
+        self.saw(events);
+        self.inner.commit_finished(state, events, now_ms).await
     }
 }
 

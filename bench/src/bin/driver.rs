@@ -770,6 +770,27 @@ fn all(args: AllArgs) -> anyhow::Result<()> {
         fmt_opt(first_delta_over_ttft, 1),
         "",
     );
+    // Counted on the scheduled-latency run (warm-up included, so per run over runs + 1).
+    if let Some(st) = &real1.store {
+        let per_run = |n: u64| n as f64 / (real1.runs + 1) as f64;
+        let writes = st.create_run + st.commit + st.append + st.put_step_result + st.open_step;
+        let deltas = st.events.get("delta").copied().unwrap_or(0);
+        row(
+            "store writes per run (one SQLite transaction each)",
+            format!("{:.1}", per_run(writes)),
+            "",
+        );
+        row(
+            "  of which carry events (one batch each) / events / deltas",
+            format!(
+                "{:.0} / {:.0} / {:.0}",
+                per_run(st.event_batches),
+                per_run(st.events.values().sum()),
+                per_run(deltas)
+            ),
+            "",
+        );
+    }
     row(
         "exec -> first frame, offline model, median (ms)",
         format!("{:.1}", percentile(&exec_offline, 0.5)),
