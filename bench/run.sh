@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The benchmarks in one command: builds (profile bench-fast: release with thin LTO, so it builds
-# in a few minutes on a 2-core machine), runs the load driver against the mock LLM, the
-# exec-to-first-frame and idle-server checks, one run on DynamoDB (moto emulator) for the cost
+# The benchmarks in one command: builds the `orchestrator` binary as users run it (release: fat
+# LTO) and the mock and load driver (profile bench-fast: release with thin LTO and symbols, so
+# it builds in minutes on a 2-core machine and profiles name functions; PROFILE=release for
+# both in release), runs the load driver against the mock LLM, the exec-to-first-frame and
+# idle-server checks on the release binary, one run on DynamoDB (moto emulator) for the cost
 # model, then the criterion micro-benchmarks. Prints a table; writes bench/results.json.
 # With AWS_E2E=1 it first runs the reference run on the emulated AWS stack (tests/aws_run.rs:
 # moto + cargo lambda watch, debug builds, minutes) and the cost model takes its Step Functions
@@ -16,10 +18,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PROFILE=bench-fast
+PROFILE="${PROFILE:-bench-fast}"
 export CARGO_TERM_COLOR=never
-echo "== build (profile $PROFILE)" >&2
-cargo build --profile "$PROFILE" -p orchestrator-bench -p orchestrator-cli --bins >&2
+echo "== build: orchestrator (release), mock and driver (profile $PROFILE)" >&2
+cargo build --release -p orchestrator-cli --bin orchestrator >&2
+cargo build --profile "$PROFILE" -p orchestrator-bench --bins >&2
 BIN="target/$PROFILE"
 
 ARGS=("$@")
@@ -43,7 +46,7 @@ fi
 [[ -n "${NO_DYNAMODB:-}" ]] && unset DYNAMODB_ENDPOINT
 
 echo "== load, latency, memory, cold start, cost" >&2
-"$BIN/bench-driver" all --orchestrator "$BIN/orchestrator" --out bench/results.json "${ARGS[@]}"
+"$BIN/bench-driver" all --orchestrator target/release/orchestrator --out bench/results.json "${ARGS[@]}"
 
 if [[ -z "${NO_MICRO:-}" ]]; then
   echo
