@@ -16,7 +16,7 @@ mod schema;
 
 use std::fmt;
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -57,7 +57,7 @@ pub struct SqliteStore {
 }
 
 struct Shared {
-    conn: Mutex<Connection>,
+    conn: tokio::sync::Mutex<Connection>,
     /// Bumped after every committed write that appended events; `wait_beyond` watches it.
     appended: watch::Sender<u64>,
     /// The file (or `:memory:`), for error messages and `Debug`.
@@ -123,7 +123,7 @@ impl SqliteStore {
         let (appended, _) = watch::channel(0);
         Ok(Self {
             shared: Arc::new(Shared {
-                conn: Mutex::new(conn),
+                conn: tokio::sync::Mutex::new(conn),
                 appended,
                 location,
             }),
@@ -149,30 +149,23 @@ impl SqliteStore {
         .await
     }
 
-    /// Runs `f` with the connection: right here when the connection is free, else on the
-    /// blocking pool, which waits for it.
+    /// Runs `f` with the connection, on the calling task's thread, once the connection is free.
     ///
-    /// Why inline: a statement of this store takes tens of microseconds, less than the two
-    /// thread hand-offs of the blocking pool (wake a pool thread, wake the runtime back), which
-    /// were half the CPU of a run (bench/README.md). A busy connection is left to the pool so a
-    /// runtime thread never queues behind another caller's write.
+    /// Why inline and not on the blocking pool: a statement of this store takes tens of
+    /// microseconds, less than the pool's two thread hand-offs (wake a pool thread, wake the
+    /// runtime back), which were half the CPU of a run; and under load the pool grew a thread
+    /// per waiting call (bench/README.md). Waiting for the connection is async, so a runtime
+    /// thread is only ever busy running SQL. The one long wait is another process holding the
+    /// write lock (up to [`BUSY_TIMEOUT`]); that blocks this thread, as it would a pool thread.
     async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        if let Ok(mut conn) = self.shared.conn.try_lock() {
-            return f(&mut conn);
-        }
-        let shared = Arc::clone(&self.shared);
-        tokio::task::spawn_blocking(move || {
-            // A panic while the lock was held rolled its transaction back (rusqlite's
-            // `Transaction` rolls back on drop), so the connection is still usable.
-            let mut conn = shared.conn.lock().unwrap_or_else(PoisonError::into_inner);
-            f(&mut conn)
-        })
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("the store's worker task failed: {e}")))?
+        // A panic while the connection was held rolled its transaction back (rusqlite's
+        // `Transaction` rolls back on drop), so the connection is still usable.
+        let mut conn = self.shared.conn.lock().await;
+        f(&mut conn)
     }
 
     /// Runs `f` in a write transaction (`BEGIN IMMEDIATE`) and commits it; when `appended`
