@@ -146,15 +146,16 @@ impl StepRunner {
                 step_id: dispatch.step_id.clone(),
             },
         });
-        let results = match self
+        // The run's results are dropped here, not held through the model call: only the
+        // ancestors' outputs go on.
+        let inputs = match self
             .store
             .open_step(&run_id, &dispatch.step_id, dispatch.attempt, &[occurred])
             .await?
         {
             OpenedStep::Stored(stored) => return Ok(outcome_of(stored)),
-            OpenedStep::Open { results } => results,
+            OpenedStep::Open { results } => inputs_for(state, &step.id, results),
         };
-        let inputs = inputs_for(state, &step.id, &results);
         // A step that paused for a person carries on from its conversation, with the answer.
         let resume = state
             .suspended
@@ -270,7 +271,7 @@ impl StepRunner {
 
 /// The outputs of the step's ancestors (transitive dependencies), latest attempt each, in plan
 /// order: the filtered context a handoff carries.
-fn inputs_for(state: &RunState, step_id: &str, results: &[StepResult]) -> Vec<PriorOutput> {
+fn inputs_for(state: &RunState, step_id: &str, results: Vec<StepResult>) -> Vec<PriorOutput> {
     let mut ancestors = BTreeSet::new();
     let mut stack = vec![step_id.to_owned()];
     while let Some(id) = stack.pop() {
