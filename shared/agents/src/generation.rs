@@ -60,7 +60,7 @@ impl crate::Specialist for Generation {
             (
                 Purpose::Chat,
                 self.prompts.chat.as_str(),
-                json!({ "objective": ctx.request.objective }),
+                json!({ "objective": ctx.request.objective }).to_string(),
             )
         } else {
             // A revision sees the previous draft and the latest QA issues; nothing else of the run.
@@ -86,7 +86,8 @@ impl crate::Specialist for Generation {
                     "acceptanceCriteria": ctx.acceptance_criteria(),
                     "previousDraft": previous,
                     "feedback": feedback,
-                }),
+                })
+                .to_string(),
             )
         };
         let system = ctx
@@ -98,7 +99,7 @@ impl crate::Specialist for Generation {
         let request = ModelRequest {
             purpose,
             system,
-            messages: vec![ChatMessage::user(context.to_string())],
+            messages: vec![ChatMessage::user(context)],
             temperature: ctx.request.options.temperature,
             max_tokens: Some(4_000),
             json: false,

@@ -50,11 +50,12 @@ impl Planner {
             "acceptanceCriteria": ctx.request.options.acceptance_criteria,
             "requireApproval": ctx.request.options.require_approval,
             "brief": ctx.request.state.brief,
-        });
+        })
+        .to_string();
         let request = ModelRequest {
             purpose: Purpose::Plan,
             system: self.prompts.planner.clone(),
-            messages: vec![ChatMessage::user(context.to_string())],
+            messages: vec![ChatMessage::user(context)],
             temperature: Some(0.0),
             max_tokens: Some(2_000),
             json: true,

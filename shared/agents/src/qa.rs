@@ -67,17 +67,19 @@ impl crate::Specialist for Qa {
             })?;
         let criteria = ctx.acceptance_criteria();
         let threshold = ctx.request.options.quality_threshold;
+        // Serialised at once: the JSON tree is not kept through the model call.
         let context = json!({
             "objective": ctx.request.objective,
             "draft": draft,
             "strategy": ctx.latest("strategy"),
             "acceptanceCriteria": criteria,
             "threshold": threshold,
-        });
+        })
+        .to_string();
         let request = ModelRequest {
             purpose: Purpose::Review,
             system: self.prompts.qa.clone(),
-            messages: vec![ChatMessage::user(context.to_string())],
+            messages: vec![ChatMessage::user(context)],
             temperature: Some(0.0),
             max_tokens: Some(1_500),
             json: true,

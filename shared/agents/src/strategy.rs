@@ -56,11 +56,12 @@ impl crate::Specialist for Strategy {
             "brief": ctx.request.state.brief,
             "clientProfile": ctx.request.state.client_profile,
             "platform": ctx.platform(),
-        });
+        })
+        .to_string();
         let request = ModelRequest {
             purpose: Purpose::Strategy,
             system: self.prompts.strategy.clone(),
-            messages: vec![ChatMessage::user(context.to_string())],
+            messages: vec![ChatMessage::user(context)],
             temperature: ctx.request.options.temperature,
             max_tokens: Some(1_000),
             json: true,

@@ -3,6 +3,8 @@
 //! (`ToolSession`). Providers map these onto their wire formats privately.
 
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
 use serde_json::Value;
 
 use crate::event::HitlKind;
@@ -22,8 +24,9 @@ pub const DEFAULT_MAX_TURNS: u32 = 6;
 pub struct ToolSpec {
     pub name: String,
     pub description: String,
-    /// A JSON Schema object.
-    pub parameters: Value,
+    /// A JSON Schema object, shared: every model call offers the specs again, and a tool's
+    /// schema does not change.
+    pub parameters: Arc<Value>,
 }
 
 /// Whether the model may, must, or must not call a tool on this turn.

@@ -76,7 +76,9 @@ impl OpenAiModel {
         })
     }
 
-    fn body(&self, request: &ModelRequest, stream: bool) -> Value {
+    /// The request's JSON, serialised straight from the wire types (no `Value` tree is built or
+    /// kept while the call is in flight), and whether it asks for JSON mode.
+    fn body(&self, request: &ModelRequest, stream: bool) -> (Bytes, bool) {
         let mut messages = Vec::with_capacity(request.messages.len() + 1);
         if !request.system.is_empty() {
             messages.push(WireMessage {
@@ -146,20 +148,32 @@ impl OpenAiModel {
                 },
             ),
         };
-        serde_json::to_value(body).unwrap_or(Value::Null)
+        let json_mode = body.response_format.is_some();
+        // The wire types are plain structs of strings and JSON values: they always serialise.
+        (
+            Bytes::from(serde_json::to_vec(&body).unwrap_or_default()),
+            json_mode,
+        )
     }
 
     /// Sends until a 2xx: retries 429, 5xx and refused connections with backoff; returns any
     /// other failure at once.
     async fn send(
         &self,
-        mut body: Value,
+        request: &ModelRequest,
         stream: bool,
-        purpose: Purpose,
     ) -> Result<reqwest::Response, ModelError> {
+        let purpose = request.purpose;
         let mut retry = 0;
         loop {
-            let mut req = self.http.post(self.endpoint.clone()).json(&body);
+            // Built for each attempt rather than kept for a retry: the body is freed as soon as
+            // it is sent, not held for the whole call.
+            let (body, json_mode) = self.body(request, stream);
+            let mut req = self
+                .http
+                .post(self.endpoint.clone())
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body);
             if let Some(key) = &self.key {
                 req = req.bearer_auth(key.expose());
             }
@@ -188,19 +202,13 @@ impl OpenAiModel {
                         .map(Duration::from_secs);
                     let text = resp.text().await.unwrap_or_default();
                     let message = error_message(&text);
-                    if status == 400
-                        && body.get("response_format").is_some()
-                        && message.contains("response_format")
-                    {
+                    if status == 400 && json_mode && message.contains("response_format") {
                         // The endpoint has no JSON mode: the prompts ask for JSON anyway.
                         tracing::warn!(
                             gen_ai.system = GEN_AI_SYSTEM,
                             "the endpoint refused response_format; asking without it from now on"
                         );
                         self.json_mode.store(false, Ordering::Relaxed);
-                        if let Some(obj) = body.as_object_mut() {
-                            obj.remove("response_format");
-                        }
                         continue;
                     }
                     let err = if status == 429 {
@@ -243,9 +251,7 @@ impl OpenAiModel {
         &self,
         request: ModelRequest,
     ) -> Result<BoxStream<'_, Result<StreamItem, ModelError>>, ModelError> {
-        let resp = self
-            .send(self.body(&request, true), true, request.purpose)
-            .await?;
+        let resp = self.send(&request, true).await?;
         let timeout = self.resilience.request_timeout;
         let body = resp
             .bytes_stream()
@@ -410,9 +416,7 @@ impl Model for OpenAiModel {
 
     async fn complete(&self, request: ModelRequest) -> Result<ModelResponse, ModelError> {
         let timeout = self.resilience.request_timeout;
-        let resp = self
-            .send(self.body(&request, false), false, request.purpose)
-            .await?;
+        let resp = self.send(&request, false).await?;
         let bytes = resp.bytes().await.map_err(|e| transport(e, timeout))?;
         let reply: WireResponse = serde_json::from_slice(&bytes)
             .map_err(|e| ModelError::Invalid(format!("not a chat completion: {e}")))?;

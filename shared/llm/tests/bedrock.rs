@@ -290,7 +290,7 @@ async fn converse_tool_use_round_trip() {
     req.tools = vec![ToolSpec {
         name: "text_stats".into(),
         description: "Measure a text".into(),
-        parameters: json!({"type": "object", "properties": {"text": {"type": "string"}}}),
+        parameters: json!({"type": "object", "properties": {"text": {"type": "string"}}}).into(),
     }];
     // A conversation that already had one call and its result
     let earlier = ToolCall {

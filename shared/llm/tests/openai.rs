@@ -433,7 +433,7 @@ fn with_tools(mut req: ModelRequest) -> ModelRequest {
     req.tools = vec![orchestrator_core::tools::ToolSpec {
         name: "text_stats".into(),
         description: "Measure a text".into(),
-        parameters: json!({"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}),
+        parameters: json!({"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}).into(),
     }];
     req
 }

@@ -44,7 +44,7 @@ pub struct Tool {
     pub description: &'static str,
     pub timeout: Duration,
     /// The JSON Schema of the arguments, derived from their Rust type.
-    pub parameters: Value,
+    pub parameters: Arc<Value>,
     handler: Handler,
 }
 
@@ -95,7 +95,7 @@ impl Tool {
             name,
             description,
             timeout,
-            parameters: schema_of::<A>(),
+            parameters: Arc::new(schema_of::<A>()),
             handler,
         }
     }

@@ -4,7 +4,7 @@
 //! (tools that already ran are not run again) once a person answers.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use futures::StreamExt;
 use orchestrator_core::event::EventKind;
@@ -59,7 +59,9 @@ impl Turns<'_> {
     /// Runs the conversation to its answer, or to a pause for a person
     /// (`AgentError::NeedsHuman`).
     pub async fn run(&self, mut request: ModelRequest) -> Result<Finished, AgentError> {
-        let env = Arc::new(self.ctx.clone());
+        // The step's context as tools see it: copied only once a tool is called, not held
+        // (with every prior output in it) through each model call of every step.
+        let env = OnceLock::new();
         request.tools = self.tools.specs();
         let max_turns = self.max_turns();
         let mut usage = Usage::default();
@@ -204,7 +206,7 @@ impl Turns<'_> {
         &self,
         mut calls: VecDeque<ToolCall>,
         messages: &mut Vec<ChatMessage>,
-        env: &Arc<StepContext>,
+        env: &OnceLock<Arc<StepContext>>,
         hitl_left: &mut u32,
     ) -> Step {
         while let Some(call) = calls.pop_front() {
@@ -244,7 +246,10 @@ impl Turns<'_> {
                     }
                 }
                 Some(tool) => tool
-                    .call(call.arguments.clone(), env.clone())
+                    .call(
+                        call.arguments.clone(),
+                        env.get_or_init(|| Arc::new(self.ctx.clone())).clone(),
+                    )
                     .await
                     .map_err(|e| match e {
                         ToolError::InvalidArguments(_) => e.to_string(),
