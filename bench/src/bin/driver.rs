@@ -655,7 +655,7 @@ fn all(args: AllArgs) -> anyhow::Result<()> {
         );
     }
     let tmp = tempfile::tempdir()?;
-    let (scale, realistic_one) = if args.quick { (4, 3) } else { (1, 5) };
+    let (scale, realistic_one) = if args.quick { (4, 3) } else { (1, 10) };
     let profile = std::env::current_exe()?
         .parent()
         .and_then(|p| p.file_name())
