@@ -635,13 +635,12 @@ impl RunStore for SqliteStore {
                 if inserted == 1 {
                     return Ok(ours);
                 }
-                let stored: String = tx
-                    .prepare_cached(STEP_RESULT_SQL)
-                    .and_then(|mut stmt| {
-                        stmt.query_row(params![run_id, step_id, attempt], |r| r.get(0))
-                    })
-                    .map_err(db_error)?;
-                decode(&stored, "step result", &run_id)
+                // The insert found (run, step, attempt) taken: the row is there to read.
+                read_step_result(tx, &run_id, &step_id, attempt)?.ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "run {run_id}: the result of step {step_id} attempt {attempt} conflicted but cannot be read"
+                    ))
+                })
             },
             |_| false,
         )
