@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use orchestrator_core::engine::RunState;
 use orchestrator_core::event::{Event, EventKind, Frame, HandoffStage};
-use orchestrator_core::ports::{Created, EventLog, OpenedStep, RunStore, StoreError};
+use orchestrator_core::ports::{
+    Committed, Created, EventLog, OpenedStep, RunStore, StoreError, TransitionWrite,
+};
 use orchestrator_core::types::{RunReport, RunSummary, StepResult};
 use orchestrator_runner::Store;
 use serde::{Deserialize, Serialize};
@@ -26,6 +28,11 @@ pub struct StoreCounters {
     /// Steps opened (stored result looked up, handoff appended, inputs read: one write).
     #[serde(default)]
     pub open_step: u64,
+    /// Transitions written with the step result they applied and the steps they opened (one
+    /// write each where the store can; not counted in `commit`, `put_step_result` or
+    /// `open_step`).
+    #[serde(default)]
+    pub commit_transition: u64,
     /// Writes that carried events: each is one event batch in one write transaction.
     #[serde(default)]
     pub event_batches: u64,
@@ -195,6 +202,21 @@ impl RunStore for CountingStore {
             self.saw(handoff);
         }
         Ok(opened)
+    }
+    async fn commit_transition(&self, w: TransitionWrite<'_>) -> Result<Committed, StoreError> {
+        self.count(|c| c.commit_transition += 1);
+        let committed = self.inner.commit_transition(w).await?;
+        if let Committed::Written { opened, .. } = &committed {
+            // One batch: the transition's events, then the handoffs of the steps it opened.
+            let mut written = w.events.to_vec();
+            for (opening, opened) in w.opens.iter().zip(opened) {
+                if matches!(opened, OpenedStep::Open { .. }) {
+                    written.extend(opening.handoff.iter().cloned());
+                }
+            }
+            self.saw(&written);
+        }
+        Ok(committed)
     }
     /// A transition like `commit`, with the report in the same write.
     async fn commit_finished(

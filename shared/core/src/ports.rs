@@ -41,6 +41,46 @@ pub enum OpenedStep {
     Open { results: Vec<StepResult> },
 }
 
+/// A step attempt that a transition dispatches, opened in the same write (see
+/// [`RunStore::commit_transition`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepOpening {
+    pub step_id: String,
+    pub attempt: u32,
+    /// Appended unless the attempt already has a result (the `occurred` handoff).
+    pub handoff: Vec<Event>,
+}
+
+/// One transition and what goes with it, written together by
+/// [`RunStore::commit_transition`].
+#[derive(Debug, Clone, Copy)]
+pub struct TransitionWrite<'a> {
+    /// The state after the transition.
+    pub state: &'a RunState,
+    /// Its events, in order (a step's last streamed text first, then the engine's).
+    pub events: &'a [Event],
+    /// The step result the transition applied; it is stored first, and only if its attempt
+    /// has no result yet.
+    pub result: Option<&'a StepResult>,
+    /// The attempts the transition dispatches.
+    pub opens: &'a [StepOpening],
+    /// The time a final transition stamps the run's report with.
+    pub now_ms: u64,
+}
+
+/// What [`RunStore::commit_transition`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Committed {
+    /// Everything was written; one opening per [`TransitionWrite::opens`], in order.
+    Written {
+        frames: Vec<Frame>,
+        opened: Vec<OpenedStep>,
+    },
+    /// The attempt already had another result (an earlier writer won): nothing was written.
+    /// The transition must be made again from that result.
+    ResultTaken(StepResult),
+}
+
 /// Durable runs: state snapshots (with plan versions), step results and reports. A run store
 /// is also its runs' event log: a transition's state and events are written together.
 ///
@@ -119,6 +159,33 @@ pub trait RunStore: EventLog + Send + Sync {
         self.put_report(&build_report(state, results, now_ms))
             .await?;
         self.commit(state, events).await
+    }
+
+    /// Writes a transition with the step result it applied and the attempts it dispatches:
+    /// the result (first writer wins), the state and events (with the report when the run
+    /// ends), then each opening as [`RunStore::open_step`] does. A store that can, does it in
+    /// one write (SQLite: one transaction), which takes three writes off every hand-off
+    /// between steps; this default composes the other calls.
+    async fn commit_transition(&self, w: TransitionWrite<'_>) -> Result<Committed, StoreError> {
+        if let Some(result) = w.result {
+            let stored = self.put_step_result(&w.state.run_id, result).await?;
+            if stored != *result {
+                return Ok(Committed::ResultTaken(stored));
+            }
+        }
+        let frames = if w.state.status.is_terminal() {
+            self.commit_finished(w.state, w.events, w.now_ms).await?
+        } else {
+            self.commit(w.state, w.events).await?
+        };
+        let mut opened = Vec::with_capacity(w.opens.len());
+        for o in w.opens {
+            opened.push(
+                self.open_step(&w.state.run_id, &o.step_id, o.attempt, &o.handoff)
+                    .await?,
+            );
+        }
+        Ok(Committed::Written { frames, opened })
     }
 }
 

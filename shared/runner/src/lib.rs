@@ -2,21 +2,28 @@
 //! new state with the events it emitted, carry out the actions (planner calls and step dispatches
 //! run as concurrent tasks), repeat. The same engine runs on AWS behind the `advance` function.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+
 use orchestrator_agents::{PlanContext, Planner, Specialists};
 use orchestrator_core::engine::{Action, Input, PlannerState, ReplanReason, RunState};
-use orchestrator_core::ports::{Clock, EventLog, RunStore, StoreError};
-use orchestrator_core::types::{RunReport, RunRequest, RunStatus, ValidationError};
+use orchestrator_core::event::Event;
+use orchestrator_core::ports::{
+    Clock, Committed, EventLog, OpenedStep, RunStore, StepOpening, StoreError,
+};
+use orchestrator_core::types::{RunReport, RunRequest, RunStatus, StepResult, ValidationError};
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 
 mod steps;
 mod transitions;
 
-pub use steps::{StepRunner, Transient, outcome_of};
+pub use steps::{StepEnd, StepRunner, Transient, input_of, outcome_of, stored_input};
 pub use transitions::{Transitions, events_of};
 
 /// A store that is both a run store and an event log (SQLite here, DynamoDB on AWS).
@@ -216,6 +223,12 @@ impl Runner {
 
     /// Drives a run until it finishes, or until it waits on a person with nothing in flight
     /// (then it returns `PendingHitl`; `answer` picks it up again).
+    ///
+    /// The planner call and the steps run as futures of this task, not as tasks of their own:
+    /// they wait on the model almost all the time, and a hand-off between tasks costs a
+    /// cross-thread wake-up where a poll costs nothing (bench/README.md). A step's result is
+    /// written together with the transition it causes and the openings of the steps that
+    /// transition dispatches: one write per hand-off between steps.
     pub async fn drive(&self, launch: Launch) -> Result<RunStatus, RunError> {
         let Launch { mut state, actions } = launch;
         let run_id = state.run_id.clone();
@@ -227,9 +240,11 @@ impl Runner {
             live: self.live.clone(),
             run_id: run_id.clone(),
         };
-        let mut tasks: JoinSet<Input> = JoinSet::new();
-        let mut in_flight: HashMap<tokio::task::Id, (String, u32)> = HashMap::new();
+        let mut work: FuturesUnordered<BoxFuture<'static, (Work, Result<StepEnd, String>)>> =
+            FuturesUnordered::new();
         let mut pending = actions;
+        // The launch's dispatches were not opened with its transition: each step opens itself.
+        let mut opened: VecDeque<Option<OpenedStep>> = VecDeque::new();
         let mut tick = tokio::time::interval(self.transitions.config().tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -238,60 +253,113 @@ impl Runner {
                     Action::CallPlanner { reason } => {
                         let this = self.clone();
                         let snapshot = state.clone();
-                        let id = tasks
-                            .spawn(async move { this.call_planner(snapshot, reason).await })
-                            .id();
-                        in_flight.insert(id, ("planner".into(), 0));
+                        let planned = async move {
+                            StepEnd::Input(this.call_planner(snapshot, reason).await)
+                        };
+                        work.push(guarded(Work::Planner, planned));
                     }
                     Action::Dispatch { steps } => {
                         for d in steps {
                             let runner = self.steps.clone();
                             let snapshot = state.clone();
-                            let key = (d.step_id.clone(), d.attempt);
-                            let id = tasks
-                                .spawn(async move { runner.run_step(snapshot, d).await })
-                                .id();
-                            in_flight.insert(id, key);
+                            let key = Work::Step(d.step_id.clone(), d.attempt);
+                            let opening = opened.pop_front().flatten();
+                            let ran = async move { runner.run_local(snapshot, d, opening).await };
+                            work.push(guarded(key, ran));
                         }
                     }
                     Action::Finish { .. } => {
-                        // The report was written with the final state (see `persist`).
-                        tasks.abort_all();
+                        // The report was written with the final state (see `persist`); what
+                        // is still in flight is dropped.
                         return Ok(state.status);
                     }
                     Action::AwaitApproval { .. } | Action::Emit { .. } | Action::Persist => {}
                 }
             }
-            if tasks.is_empty() && state.status == RunStatus::PendingHitl {
+            if work.is_empty() && state.status == RunStatus::PendingHitl {
                 return Ok(RunStatus::PendingHitl);
             }
-            let input = tokio::select! {
-                Some(joined) = tasks.join_next_with_id() => match joined {
-                    Ok((id, input)) => {
-                        in_flight.remove(&id);
-                        input
+            let (input, ended) = tokio::select! {
+                Some((key, end)) = work.next() => match end {
+                    Ok(StepEnd::Input(input)) => (input, None),
+                    Ok(StepEnd::Result { result, trailing, retryable }) => {
+                        (input_of(&result, retryable), Some((result, trailing, retryable)))
                     }
-                    Err(e) => {
-                        // A panicking specialist is a failed attempt, not a dead run.
-                        let Some((step_id, attempt)) = in_flight.remove(&e.id()) else { continue };
-                        if step_id == "planner" && attempt == 0 {
-                            Input::PlanFailed { error: format!("the planner crashed: {e}") }
-                        } else {
-                            Input::StepFailed { step_id, attempt, error: format!("the specialist crashed: {e}"), retryable: true }
-                        }
-                    }
+                    // A panicking specialist is a failed attempt, not a dead run.
+                    Err(panic) => (key.crashed(panic), None),
                 },
-                Some(input) = rx.recv() => input,
-                _ = tick.tick() => Input::BudgetTick,
+                Some(input) = rx.recv() => (input, None),
+                _ = tick.tick() => (Input::BudgetTick, None),
             };
-            let (next, actions) =
-                self.transitions
-                    .engine()
-                    .apply(state, input, self.transitions.clock().now_ms());
-            self.transitions.persist(&next, &actions).await?;
-            state = next;
-            pending = actions;
+            let advanced = self.advance(state, input, ended).await?;
+            state = advanced.state;
+            pending = advanced.actions;
+            opened = advanced.opened.into();
         }
+    }
+
+    /// Applies an input and writes the transition, with the step result it came from (if
+    /// any) and the openings of the steps it dispatches. When the attempt already had a
+    /// result (another writer's), the transition is made again from that one.
+    async fn advance(
+        &self,
+        state: RunState,
+        input: Input,
+        ended: Option<(StepResult, Vec<Event>, bool)>,
+    ) -> Result<Advanced, RunError> {
+        let now = self.transitions.clock().now_ms();
+        let (next, actions) = self.transitions.engine().apply(state, input, now);
+        let (result, trailing, retryable) = match ended {
+            Some((result, trailing, retryable)) => (Some(result), trailing, retryable),
+            None => (None, Vec::new(), false),
+        };
+        let openings = self.openings(&next, &actions);
+        match self
+            .transitions
+            .commit_with(
+                &next,
+                &actions,
+                result.as_ref(),
+                trailing.clone(),
+                &openings,
+            )
+            .await?
+        {
+            Some(Committed::ResultTaken(stored)) => {
+                let ours = result.as_ref().unwrap_or(&stored).clone();
+                let input = stored_input(stored, &ours, retryable);
+                let state = self.transitions.load(&next.run_id).await?;
+                let (next, actions) = self.transitions.engine().apply(state, input, now);
+                let openings = self.openings(&next, &actions);
+                let opened = match self
+                    .transitions
+                    .commit_with(&next, &actions, None, trailing, &openings)
+                    .await?
+                {
+                    Some(Committed::Written { opened, .. }) => opened,
+                    _ => Vec::new(),
+                };
+                Ok(Advanced::new(next, actions, &openings, opened))
+            }
+            Some(Committed::Written { opened, .. }) => {
+                Ok(Advanced::new(next, actions, &openings, opened))
+            }
+            None => Ok(Advanced::new(next, actions, &openings, Vec::new())),
+        }
+    }
+
+    /// One opening per dispatched step that can run (`None` for one that cannot: it fails
+    /// without being opened), in the order of the dispatches.
+    fn openings(&self, state: &RunState, actions: &[Action]) -> Vec<Option<StepOpening>> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Dispatch { steps } => Some(steps),
+                _ => None,
+            })
+            .flatten()
+            .map(|d| self.steps.opening(state, d))
+            .collect()
     }
 
     async fn call_planner(&self, state: RunState, reason: Option<ReplanReason>) -> Input {
@@ -311,6 +379,76 @@ impl Runner {
             Err(e) => Input::PlanFailed {
                 error: e.to_string(),
             },
+        }
+    }
+}
+
+/// What the driver waits on.
+enum Work {
+    Planner,
+    Step(String, u32),
+}
+
+impl Work {
+    fn crashed(self, panic: String) -> Input {
+        match self {
+            Work::Planner => Input::PlanFailed {
+                error: format!("the planner crashed: {panic}"),
+            },
+            Work::Step(step_id, attempt) => Input::StepFailed {
+                step_id,
+                attempt,
+                error: format!("the specialist crashed: {panic}"),
+                retryable: true,
+            },
+        }
+    }
+}
+
+/// A piece of work whose panic is caught and reported as its outcome.
+fn guarded(
+    key: Work,
+    work: impl Future<Output = StepEnd> + Send + 'static,
+) -> BoxFuture<'static, (Work, Result<StepEnd, String>)> {
+    Box::pin(async move {
+        let end = AssertUnwindSafe(work)
+            .catch_unwind()
+            .await
+            .map_err(|panic| {
+                panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "it panicked".to_owned())
+            });
+        (key, end)
+    })
+}
+
+/// A transition made by the driver, and the openings of the steps it dispatched.
+struct Advanced {
+    state: RunState,
+    actions: Vec<Action>,
+    opened: Vec<Option<OpenedStep>>,
+}
+
+impl Advanced {
+    /// Pairs each opening asked for with what the store answered (in order).
+    fn new(
+        state: RunState,
+        actions: Vec<Action>,
+        openings: &[Option<StepOpening>],
+        opened: Vec<OpenedStep>,
+    ) -> Self {
+        let mut answers = opened.into_iter();
+        let opened = openings
+            .iter()
+            .map(|o| o.as_ref().and_then(|_| answers.next()))
+            .collect();
+        Self {
+            state,
+            actions,
+            opened,
         }
     }
 }

@@ -7,13 +7,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use orchestrator_agents::{AgentError, DeltaSink, PriorOutput, Specialists, StepContext};
+use orchestrator_agents::{
+    AgentError, DeltaSink, PriorOutput, Specialist, Specialists, StepContext,
+};
 use orchestrator_core::batch::DeltaBatcher;
 use orchestrator_core::engine::{Dispatch, Input, RunState};
 use orchestrator_core::event::{Event, EventKind, Handoff, HandoffStage, StepRef};
-use orchestrator_core::ports::{Clock, ModelError, OpenedStep, StoreError};
+use orchestrator_core::ports::{Clock, ModelError, OpenedStep, StepOpening, StoreError};
 use orchestrator_core::tools::Resume;
-use orchestrator_core::types::{StepMetrics, StepResult, Usage};
+use orchestrator_core::types::{PlanStep, StepMetrics, StepResult, Usage};
 
 use crate::{RunnerConfig, Store};
 
@@ -73,89 +75,146 @@ impl StepRunner {
         &self.specialists
     }
 
-    /// Runs the step; a transient failure is stored as a failed result of this attempt and
-    /// reported retryable, so the engine decides whether to try again.
-    pub async fn run_step(&self, state: RunState, dispatch: Dispatch) -> Input {
+    /// Runs a step for the local driver, which stores what it returns with the transition
+    /// that follows ([`StepEnd::Result`]): the step's result, its last streamed text and the
+    /// engine's answer to them go in one write. `opened` is the attempt as the dispatching
+    /// transition opened it; `None` opens it here. A transient failure comes back as a failed
+    /// result, retryable, so the engine decides whether to try again.
+    pub async fn run_local(
+        &self,
+        state: RunState,
+        dispatch: Dispatch,
+        opened: Option<OpenedStep>,
+    ) -> StepEnd {
         let started = Instant::now();
-        match self.attempt(&state, &dispatch).await {
-            Ok(input) => input,
-            Err(e) => {
-                let result = StepResult {
-                    step_id: dispatch.step_id.clone(),
-                    attempt: dispatch.attempt,
-                    output: serde_json::Value::Null,
-                    error: Some(e.to_string()),
-                    metrics: StepMetrics {
-                        duration_ms: started.elapsed().as_millis() as u64,
-                        attempt: dispatch.attempt,
-                        capability_id: dispatch.capability_id.clone(),
-                        input_tokens: 0,
-                        output_tokens: 0,
-                    },
+        let ready = match self.ready(&state, &dispatch) {
+            Ok(ready) => ready,
+            Err(error) => {
+                return match self.unrunnable(&state, &dispatch, error).await {
+                    Ok(input) => StepEnd::Input(input),
+                    Err(e) => failed_end(&dispatch, started, e),
                 };
-                self.store_result(&state.run_id, result, true).await
             }
+        };
+        let opened = match opened {
+            Some(opened) => opened,
+            None => match self.open(&state, &dispatch).await {
+                Ok(opened) => opened,
+                Err(e) => return failed_end(&dispatch, started, e),
+            },
+        };
+        let inputs = match opened {
+            OpenedStep::Stored(stored) => return StepEnd::Input(outcome_of(stored)),
+            OpenedStep::Open { results } => inputs_for(&state, &ready.step.id, results),
+        };
+        match self.execute(&state, &dispatch, ready, inputs).await {
+            Ok(Ran::NeedsHuman(input)) => StepEnd::Input(input),
+            Ok(Ran::Finished { result, trailing }) => StepEnd::Result {
+                result,
+                trailing,
+                retryable: false,
+            },
+            Err(e) => failed_end(&dispatch, started, e),
         }
+    }
+
+    /// The `occurred` handoff of a dispatch, when its step can run (the specialist exists and
+    /// the step is in the plan): what opening the attempt appends.
+    pub fn opening(&self, state: &RunState, dispatch: &Dispatch) -> Option<StepOpening> {
+        self.ready(state, dispatch).ok()?;
+        Some(StepOpening {
+            step_id: dispatch.step_id.clone(),
+            attempt: dispatch.attempt,
+            handoff: vec![occurred(state, dispatch)],
+        })
     }
 
     /// Runs the step once. At-least-once dispatch, exactly-once effect: a result stored for
     /// this attempt is the answer. A transient failure stores nothing and comes back as `Err`.
     pub async fn attempt(&self, state: &RunState, dispatch: &Dispatch) -> Result<Input, Transient> {
-        let run_id = state.run_id.clone();
-        let runnable = match (
+        let ready = match self.ready(state, dispatch) {
+            Ok(ready) => ready,
+            Err(error) => return self.unrunnable(state, dispatch, error).await,
+        };
+        // The run's results are dropped here, not held through the model call: only the
+        // ancestors' outputs go on.
+        let inputs = match self.open(state, dispatch).await? {
+            OpenedStep::Stored(stored) => return Ok(outcome_of(stored)),
+            OpenedStep::Open { results } => inputs_for(state, &ready.step.id, results),
+        };
+        match self.execute(state, dispatch, ready, inputs).await? {
+            Ran::NeedsHuman(input) => Ok(input),
+            Ran::Finished { result, trailing } => {
+                if !trailing.is_empty() {
+                    self.store.append(&state.run_id, &trailing).await?;
+                }
+                Ok(self.store_result(&state.run_id, result, false).await)
+            }
+        }
+    }
+
+    /// The specialist and the plan step of a dispatch, or why it cannot run.
+    fn ready(&self, state: &RunState, dispatch: &Dispatch) -> Result<Ready, String> {
+        match (
             self.specialists.get(&dispatch.capability_id),
             state.plan.step(&dispatch.step_id),
         ) {
-            (Some(specialist), Some(step)) => Ok((specialist.clone(), step.clone())),
+            (Some(specialist), Some(step)) => Ok(Ready {
+                specialist: specialist.clone(),
+                step: step.clone(),
+            }),
             (None, _) => Err(format!(
                 "no specialist provides {:?}",
                 dispatch.capability_id
             )),
             (_, None) => Err("the step is no longer in the plan".to_owned()),
-        };
-        let (specialist, step) = match runnable {
-            Ok(runnable) => runnable,
-            // A result stored for this attempt still answers it.
-            Err(error) => {
-                let stored = self
-                    .store
-                    .get_step_result(&run_id, &dispatch.step_id, dispatch.attempt)
-                    .await?;
-                return Ok(stored.map_or_else(
-                    || Input::StepFailed {
-                        step_id: dispatch.step_id.clone(),
-                        attempt: dispatch.attempt,
-                        error,
-                        retryable: false,
-                    },
-                    outcome_of,
-                ));
-            }
-        };
-        let event = |kind| Event {
-            kind,
-            correlation_id: state.correlation_id.clone(),
-            run_id: run_id.clone(),
-        };
-        let occurred = event(EventKind::Handoff {
-            message: HandoffStage::Occurred,
-            data: Handoff {
-                from: Some("orchestrator".into()),
-                to: dispatch.capability_id.clone(),
-                capability_id: dispatch.capability_id.clone(),
-                step_id: dispatch.step_id.clone(),
-            },
-        });
-        // The run's results are dropped here, not held through the model call: only the
-        // ancestors' outputs go on.
-        let inputs = match self
+        }
+    }
+
+    /// A step that cannot run fails for good, unless a result stored for this attempt still
+    /// answers it.
+    async fn unrunnable(
+        &self,
+        state: &RunState,
+        dispatch: &Dispatch,
+        error: String,
+    ) -> Result<Input, Transient> {
+        let stored = self
             .store
-            .open_step(&run_id, &dispatch.step_id, dispatch.attempt, &[occurred])
-            .await?
-        {
-            OpenedStep::Stored(stored) => return Ok(outcome_of(stored)),
-            OpenedStep::Open { results } => inputs_for(state, &step.id, results),
-        };
+            .get_step_result(&state.run_id, &dispatch.step_id, dispatch.attempt)
+            .await?;
+        Ok(stored.map_or_else(
+            || Input::StepFailed {
+                step_id: dispatch.step_id.clone(),
+                attempt: dispatch.attempt,
+                error,
+                retryable: false,
+            },
+            outcome_of,
+        ))
+    }
+
+    async fn open(&self, state: &RunState, dispatch: &Dispatch) -> Result<OpenedStep, StoreError> {
+        self.store
+            .open_step(
+                &state.run_id,
+                &dispatch.step_id,
+                dispatch.attempt,
+                &[occurred(state, dispatch)],
+            )
+            .await
+    }
+
+    /// Runs the specialist with its inputs, its text streamed into the log as it goes. The
+    /// result is not stored here; the text not yet flushed comes back with it.
+    async fn execute(
+        &self,
+        state: &RunState,
+        dispatch: &Dispatch,
+        ready: Ready,
+        inputs: Vec<PriorOutput>,
+    ) -> Result<Ran, Transient> {
+        let run_id = state.run_id.clone();
         // A step that paused for a person carries on from its conversation, with the answer.
         let resume = state
             .suspended
@@ -170,7 +229,7 @@ impl StepRunner {
         let ctx = StepContext {
             run_id: run_id.clone(),
             request: state.request.clone(),
-            step,
+            step: ready.step,
             attempt: dispatch.attempt,
             inputs,
             hitl_remaining: self.max_hitl_requests.saturating_sub(state.hitl_requests),
@@ -179,9 +238,13 @@ impl StepRunner {
         let sink = BatchingSink {
             store: self.store.clone(),
             clock: self.clock.clone(),
-            template: event(EventKind::Message {
-                message: String::new(),
-            }),
+            template: Event {
+                kind: EventKind::Message {
+                    message: String::new(),
+                },
+                correlation_id: state.correlation_id.clone(),
+                run_id: run_id.clone(),
+            },
             step_id: dispatch.step_id.clone(),
             batcher: tokio::sync::Mutex::new(DeltaBatcher::new(
                 self.delta_max_chars,
@@ -192,36 +255,40 @@ impl StepRunner {
         let started = Instant::now();
         let ran = tokio::time::timeout(
             Duration::from_millis(dispatch.timeout_ms),
-            specialist.run(&ctx, &sink),
+            ready.specialist.run(&ctx, &sink),
         )
         .await;
-        sink.finish().await?;
-        let duration_ms = started.elapsed().as_millis() as u64;
-        let (output, usage, error) = match ran {
-            Ok(Ok(out)) => (out.output, out.usage, None),
+        let (output, usage, error, trailing) = match ran {
+            // The text not yet flushed goes with the result, in the same write.
+            Ok(Ok(out)) => (out.output, out.usage, None, sink.rest().await?),
             // Not a result: the engine opens a checkpoint and dispatches the step again later.
             Ok(Err(AgentError::NeedsHuman(request))) => {
-                return Ok(Input::StepNeedsHuman {
+                sink.finish().await?;
+                return Ok(Ran::NeedsHuman(Input::StepNeedsHuman {
                     step_id: dispatch.step_id.clone(),
                     attempt: dispatch.attempt,
                     request,
-                });
+                }));
             }
             Ok(Err(AgentError::Model(e))) if e.retryable() => {
+                sink.finish().await?;
                 return Err(Transient::of_model(&e));
             }
             Ok(Err(e)) => (
                 serde_json::Value::Null,
                 Usage::default(),
                 Some(e.to_string()),
+                sink.rest().await?,
             ),
             Err(_) => {
+                sink.finish().await?;
                 return Err(Transient::Unavailable(format!(
                     "timed out after {} ms",
                     dispatch.timeout_ms
                 )));
             }
         };
+        let duration_ms = started.elapsed().as_millis() as u64;
         let result = StepResult {
             step_id: dispatch.step_id.clone(),
             attempt: dispatch.attempt,
@@ -244,28 +311,35 @@ impl StepRunner {
             error = error.as_deref().unwrap_or(""),
             "step finished"
         );
-        Ok(self.store_result(&run_id, result, false).await)
+        Ok(Ran::Finished { result, trailing })
     }
 
     /// Stores a result (first writer wins) and reports the stored one to the engine.
     async fn store_result(&self, run_id: &str, result: StepResult, retryable: bool) -> Input {
-        let (step_id, attempt) = (result.step_id.clone(), result.attempt);
         match self.store.put_step_result(run_id, &result).await {
-            Ok(stored) if stored.error.is_none() => Input::StepFinished { result: stored },
-            Ok(stored) => Input::StepFailed {
-                step_id: stored.step_id,
-                attempt: stored.attempt,
-                error: stored.error.unwrap_or_default(),
-                // A failure stored by an earlier writer: let the engine try again.
-                retryable: retryable || result.error.is_none(),
-            },
+            Ok(stored) => stored_input(stored, &result, retryable),
             Err(e) => Input::StepFailed {
-                step_id,
-                attempt,
+                step_id: result.step_id,
+                attempt: result.attempt,
                 error: format!("could not store the result: {e}"),
                 retryable: true,
             },
         }
+    }
+}
+
+/// What the engine hears when `ours` went to the store and `stored` is what the store kept
+/// (ours, or an earlier writer's).
+pub fn stored_input(stored: StepResult, ours: &StepResult, retryable: bool) -> Input {
+    match stored.error {
+        None => Input::StepFinished { result: stored },
+        Some(error) => Input::StepFailed {
+            step_id: stored.step_id,
+            attempt: stored.attempt,
+            error,
+            // A failure stored by an earlier writer: let the engine try again.
+            retryable: retryable || ours.error.is_none(),
+        },
     }
 }
 
@@ -315,6 +389,78 @@ pub fn outcome_of(stored: StepResult) -> Input {
     }
 }
 
+/// What the engine hears of a result that the caller stores itself (the local driver, with
+/// the transition that follows).
+pub fn input_of(result: &StepResult, retryable: bool) -> Input {
+    stored_input(result.clone(), result, retryable)
+}
+
+/// How a step run by [`StepRunner::run_local`] ended.
+#[derive(Debug)]
+pub enum StepEnd {
+    /// Nothing to store: a result stored earlier, a request for a person, a step that cannot
+    /// run. Apply it.
+    Input(Input),
+    /// A result to store with the transition it causes, after the step's last streamed text.
+    Result {
+        result: StepResult,
+        trailing: Vec<Event>,
+        /// A failure worth another attempt (the engine decides whether to make one).
+        retryable: bool,
+    },
+}
+
+/// A transient failure as the local driver stores it: a failed result of this attempt.
+fn failed_end(dispatch: &Dispatch, started: Instant, e: impl std::fmt::Display) -> StepEnd {
+    StepEnd::Result {
+        result: StepResult {
+            step_id: dispatch.step_id.clone(),
+            attempt: dispatch.attempt,
+            output: serde_json::Value::Null,
+            error: Some(e.to_string()),
+            metrics: StepMetrics {
+                duration_ms: started.elapsed().as_millis() as u64,
+                attempt: dispatch.attempt,
+                capability_id: dispatch.capability_id.clone(),
+                input_tokens: 0,
+                output_tokens: 0,
+            },
+        },
+        trailing: Vec::new(),
+        retryable: true,
+    }
+}
+
+/// The handoff `occurred` of a dispatch: its specialist picked it up.
+fn occurred(state: &RunState, dispatch: &Dispatch) -> Event {
+    Event {
+        kind: EventKind::Handoff {
+            message: HandoffStage::Occurred,
+            data: Handoff {
+                from: Some("orchestrator".into()),
+                to: dispatch.capability_id.clone(),
+                capability_id: dispatch.capability_id.clone(),
+                step_id: dispatch.step_id.clone(),
+            },
+        },
+        correlation_id: state.correlation_id.clone(),
+        run_id: state.run_id.clone(),
+    }
+}
+
+struct Ready {
+    specialist: Arc<dyn Specialist>,
+    step: PlanStep,
+}
+
+enum Ran {
+    NeedsHuman(Input),
+    Finished {
+        result: StepResult,
+        trailing: Vec<Event>,
+    },
+}
+
 /// Streams a step's text into delta events, batched.
 struct BatchingSink {
     store: Arc<dyn Store>,
@@ -326,7 +472,7 @@ struct BatchingSink {
 }
 
 impl BatchingSink {
-    async fn write(&self, text: String) {
+    fn delta_event(&self, text: String) -> Event {
         let mut event = self.template.clone();
         event.kind = EventKind::Delta {
             message: text,
@@ -334,10 +480,33 @@ impl BatchingSink {
                 step_id: self.step_id.clone(),
             },
         };
-        if let Err(e) = self.store.append(&event.run_id, &[event.clone()]).await
+        event
+    }
+
+    async fn write(&self, text: String) {
+        let event = self.delta_event(text);
+        if let Err(e) = self.store.append(&event.run_id, std::slice::from_ref(&event)).await
             && let Ok(mut slot) = self.error.lock()
         {
             slot.get_or_insert(e);
+        }
+    }
+
+    /// The text not yet flushed, as the delta event the caller writes; or the first write
+    /// that failed.
+    async fn rest(&self) -> Result<Vec<Event>, StoreError> {
+        let rest = self.batcher.lock().await.flush();
+        self.failed()?;
+        Ok(rest
+            .map(|text| self.delta_event(text))
+            .into_iter()
+            .collect())
+    }
+
+    fn failed(&self) -> Result<(), StoreError> {
+        match self.error.lock() {
+            Ok(mut slot) => slot.take().map_or(Ok(()), Err),
+            Err(_) => Ok(()),
         }
     }
 
@@ -346,10 +515,7 @@ impl BatchingSink {
         if let Some(text) = rest {
             self.write(text).await;
         }
-        match self.error.lock() {
-            Ok(mut slot) => slot.take().map_or(Ok(()), Err),
-            Err(_) => Ok(()),
-        }
+        self.failed()
     }
 }
 

@@ -7,9 +7,11 @@ use std::sync::Arc;
 
 use orchestrator_core::engine::{Action, Engine, EngineConfig, Input, RunState};
 use orchestrator_core::event::{Event, EventKind};
-use orchestrator_core::ports::{Clock, Created};
+use orchestrator_core::ports::{Clock, Committed, Created, StepOpening, TransitionWrite};
 use orchestrator_core::report::build_report;
-use orchestrator_core::types::{FINALIZE_CAPABILITY, Mode, RunReport, RunRequest, ValidationError};
+use orchestrator_core::types::{
+    FINALIZE_CAPABILITY, Mode, RunReport, RunRequest, StepResult, ValidationError,
+};
 
 use crate::{Launch, RunError, RunnerConfig, Started, Store};
 
@@ -226,6 +228,39 @@ impl Transitions {
             self.store.commit(state, &events).await?;
         }
         Ok(())
+    }
+
+    /// Writes a transition of the local driver with what goes with it, in one write where the
+    /// store can (see [`RunStore::commit_transition`]): the step result it applied, the step's
+    /// last streamed text (`trailing`, before the transition's events) and the openings of
+    /// the steps it dispatches. `None` when there was nothing to write.
+    ///
+    /// [`RunStore::commit_transition`]: orchestrator_core::ports::RunStore::commit_transition
+    pub async fn commit_with(
+        &self,
+        state: &RunState,
+        actions: &[Action],
+        result: Option<&StepResult>,
+        trailing: Vec<Event>,
+        openings: &[Option<StepOpening>],
+    ) -> Result<Option<Committed>, RunError> {
+        if !actions.contains(&Action::Persist) && result.is_none() && trailing.is_empty() {
+            return Ok(None);
+        }
+        let mut events = trailing;
+        events.extend(events_of(state, actions));
+        let opens: Vec<StepOpening> = openings.iter().flatten().cloned().collect();
+        let committed = self
+            .store
+            .commit_transition(TransitionWrite {
+                state,
+                events: &events,
+                result,
+                opens: &opens,
+                now_ms: self.clock.now_ms(),
+            })
+            .await?;
+        Ok(Some(committed))
     }
 
     /// The run's report, built from the stored state and results when it has none yet.

@@ -23,7 +23,8 @@ use async_trait::async_trait;
 use orchestrator_core::engine::RunState;
 use orchestrator_core::event::{Event, Frame};
 use orchestrator_core::ports::{
-    Clock, Created, EventLog, OpenedStep, RunStore, StoreError, SystemClock,
+    Clock, Committed, Created, EventLog, OpenedStep, RunStore, StoreError, SystemClock,
+    TransitionWrite,
 };
 use orchestrator_core::report::build_report;
 use orchestrator_core::types::{Mode, Plan, RunReport, RunStatus, RunSummary, StepResult};
@@ -421,6 +422,31 @@ fn read_step_result(
         .transpose()
 }
 
+/// Inserts a step result unless its (run, step, attempt) has one; true when it was inserted.
+fn insert_step_result(
+    tx: &Transaction<'_>,
+    run_id: &str,
+    result: &StepResult,
+    json: &str,
+) -> Result<bool, StoreError> {
+    let inserted = tx
+        .prepare_cached(
+            "INSERT INTO step_results (run_id, step_id, attempt, result_json)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (run_id, step_id, attempt) DO NOTHING",
+        )
+        .and_then(|mut stmt| stmt.execute(params![run_id, result.step_id, result.attempt, json]))
+        .map_err(db_error)?;
+    Ok(inserted == 1)
+}
+
+fn taken_unreadable(run_id: &str, ours: &StepResult) -> StoreError {
+    StoreError::Corrupt(format!(
+        "run {run_id}: the result of step {} attempt {} conflicted but cannot be read",
+        ours.step_id, ours.attempt
+    ))
+}
+
 fn upsert_report(tx: &Transaction<'_>, run_id: &str, json: &str) -> Result<(), StoreError> {
     tx.prepare_cached(
         "INSERT INTO reports (run_id, report_json) VALUES (?1, ?2)
@@ -615,8 +641,6 @@ impl RunStore for SqliteStore {
         result: &StepResult,
     ) -> Result<StepResult, StoreError> {
         let run_id = run_id.to_owned();
-        let step_id = result.step_id.clone();
-        let attempt = result.attempt;
         let json = encode(result, "step result")?;
         let ours = result.clone();
         self.write(
@@ -624,23 +648,12 @@ impl RunStore for SqliteStore {
                 if !run_exists(tx, &run_id)? {
                     return Err(StoreError::NotFound(run_id));
                 }
-                let inserted = tx
-                    .prepare_cached(
-                        "INSERT INTO step_results (run_id, step_id, attempt, result_json)
-                     VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (run_id, step_id, attempt) DO NOTHING",
-                    )
-                    .and_then(|mut stmt| stmt.execute(params![run_id, step_id, attempt, json]))
-                    .map_err(db_error)?;
-                if inserted == 1 {
+                if insert_step_result(tx, &run_id, &ours, &json)? {
                     return Ok(ours);
                 }
                 // The insert found (run, step, attempt) taken: the row is there to read.
-                read_step_result(tx, &run_id, &step_id, attempt)?.ok_or_else(|| {
-                    StoreError::Corrupt(format!(
-                        "run {run_id}: the result of step {step_id} attempt {attempt} conflicted but cannot be read"
-                    ))
-                })
+                read_step_result(tx, &run_id, &ours.step_id, ours.attempt)?
+                    .ok_or_else(|| taken_unreadable(&run_id, &ours))
             },
             |_| false,
         )
@@ -731,6 +744,68 @@ impl RunStore for SqliteStore {
                 save_transition(tx, row, events)
             },
             |frames| !frames.is_empty(),
+        )
+        .await
+    }
+
+    /// One transaction: the result, the state and events (with the report when the run ends)
+    /// and the openings. A result that finds its attempt taken rolls nothing forward.
+    async fn commit_transition(&self, w: TransitionWrite<'_>) -> Result<Committed, StoreError> {
+        let run_id = w.state.run_id.clone();
+        check_events(&run_id, w.events)?;
+        for o in w.opens {
+            check_events(&run_id, &o.handoff)?;
+        }
+        let row = StateRow::new(w.state, self.clock.now_ms())?;
+        let events = w.events.to_vec();
+        let result = w
+            .result
+            .map(|r| Ok::<_, StoreError>((r.clone(), encode(r, "step result")?)))
+            .transpose()?;
+        let opens = w.opens.to_vec();
+        // The report is built inside the transaction, from the results it can see.
+        let finished = w
+            .state
+            .status
+            .is_terminal()
+            .then(|| (w.state.clone(), w.now_ms));
+        self.write(
+            move |tx| {
+                if !run_exists(tx, &run_id)? {
+                    return Err(StoreError::NotFound(run_id));
+                }
+                if let Some((ours, json)) = result {
+                    let inserted = insert_step_result(tx, &run_id, &ours, &json)?;
+                    if !inserted {
+                        let stored = read_step_result(tx, &run_id, &ours.step_id, ours.attempt)?
+                            .ok_or_else(|| taken_unreadable(&run_id, &ours))?;
+                        return Ok(Committed::ResultTaken(stored));
+                    }
+                }
+                if let Some((state, now_ms)) = &finished {
+                    let results = read_step_results(tx, &run_id)?;
+                    let report = encode(&build_report(state, results, *now_ms), "report")?;
+                    upsert_report(tx, &run_id, &report)?;
+                }
+                let frames = save_transition(tx, row, events)?;
+                let mut opened = Vec::with_capacity(opens.len());
+                let mut results = None;
+                for o in opens {
+                    if let Some(stored) = read_step_result(tx, &run_id, &o.step_id, o.attempt)? {
+                        opened.push(OpenedStep::Stored(stored));
+                        continue;
+                    }
+                    append_events(tx, &run_id, o.handoff)?;
+                    if results.is_none() {
+                        results = Some(read_step_results(tx, &run_id)?);
+                    }
+                    opened.push(OpenedStep::Open {
+                        results: results.clone().unwrap_or_default(),
+                    });
+                }
+                Ok(Committed::Written { frames, opened })
+            },
+            |committed| matches!(committed, Committed::Written { .. }),
         )
         .await
     }

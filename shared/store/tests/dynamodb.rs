@@ -99,6 +99,8 @@ conformance!(
     status_transition_refused,
     open_step_once_per_attempt,
     commit_finished_writes_the_report,
+    commit_transition_writes_it_all,
+    commit_transition_refuses_a_taken_result,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

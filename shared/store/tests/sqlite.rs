@@ -115,6 +115,18 @@ async fn commit_finished_writes_the_report() {
 }
 
 #[tokio::test]
+async fn commit_transition_writes_it_all() {
+    let (_dir, s) = fresh();
+    conformance::commit_transition_writes_it_all(&s).await;
+}
+
+#[tokio::test]
+async fn commit_transition_refuses_a_taken_result() {
+    let (_dir, s) = fresh();
+    conformance::commit_transition_refuses_a_taken_result(&s).await;
+}
+
+#[tokio::test]
 async fn reports_upsert() {
     let (_dir, s) = fresh();
     conformance::reports_upsert(&s).await;

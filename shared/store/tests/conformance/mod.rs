@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use orchestrator_core::engine::RunState;
 use orchestrator_core::event::{Event, EventKind, Frame};
-use orchestrator_core::ports::{Created, EventLog, OpenedStep, RunStore, StoreError};
+use orchestrator_core::ports::{
+    Committed, Created, EventLog, OpenedStep, RunStore, StepOpening, StoreError, TransitionWrite,
+};
 use orchestrator_core::types::{
     Plan, PlanStep, ReportSummary, RunReport, RunRequest, RunStatus, StepMetrics, StepResult,
     StepStatus, Usage,
@@ -747,4 +749,122 @@ pub async fn commit_finished_writes_the_report<S: RunStore + EventLog>(s: &S) {
         s.get_report("run-r").await.unwrap().unwrap().status,
         RunStatus::Completed
     );
+}
+
+fn opening(run_id: &str, step_id: &str, attempt: u32) -> StepOpening {
+    StepOpening {
+        step_id: step_id.to_owned(),
+        attempt,
+        handoff: messages(run_id, &[&format!("handoff {step_id}")]),
+    }
+}
+
+pub async fn commit_transition_writes_it_all<S: RunStore + EventLog>(s: &S) {
+    // GIVEN a running run whose step s0 has a stored result, and s1's attempt 1 one too
+    let mut st = state("run-t", 1_000);
+    create_new(s, &st, &messages("run-t", &["start"])).await;
+    let s0 = step_result("s0", 1, json!({"text": "brief"}));
+    s.put_step_result("run-t", &s0).await.unwrap();
+    let s1_stored = step_result("s1", 1, json!({"text": "earlier"}));
+    s.put_step_result("run-t", &s1_stored).await.unwrap();
+
+    // WHEN a transition is written with the result of step a, opening s1 (taken) and s2
+    let a = step_result("a", 1, json!({"text": "draft"}));
+    st.revisions = 1;
+    let committed = s
+        .commit_transition(TransitionWrite {
+            state: &st,
+            events: &messages("run-t", &["last text", "metrics"]),
+            result: Some(&a),
+            opens: &[opening("run-t", "s1", 1), opening("run-t", "s2", 1)],
+            now_ms: 2_000,
+        })
+        .await
+        .unwrap();
+
+    // THEN the result, the state and the events are stored, then s2's handoff; s1 answers
+    // its stored result and appends nothing; s2's inputs are every stored result, a included
+    let Committed::Written { frames, opened } = committed else {
+        panic!("expected the transition written, got {committed:?}");
+    };
+    assert_eq!(seqs(&frames), vec![2, 3]);
+    assert_eq!(
+        opened,
+        vec![
+            OpenedStep::Stored(s1_stored.clone()),
+            OpenedStep::Open {
+                results: vec![s0.clone(), s1_stored.clone(), a.clone()]
+            },
+        ]
+    );
+    assert_eq!(
+        texts(&s.read_after("run-t", 0, 10).await.unwrap()),
+        vec!["start", "last text", "metrics", "handoff s2"]
+    );
+    assert_eq!(s.load_run("run-t").await.unwrap(), Some(st.clone()));
+    assert_eq!(s.get_step_result("run-t", "a", 1).await.unwrap(), Some(a));
+
+    // AND a last transition writes the report from the results, its own included
+    let fin = step_result("f", 1, json!({"text": "final"}));
+    st.status = RunStatus::Completed;
+    st.finished_at_ms = Some(3_000);
+    s.commit_transition(TransitionWrite {
+        state: &st,
+        events: &messages("run-t", &["complete"]),
+        result: Some(&fin),
+        opens: &[],
+        now_ms: 3_000,
+    })
+    .await
+    .unwrap();
+    let report = s.get_report("run-t").await.unwrap().unwrap();
+    assert_eq!(report.status, RunStatus::Completed);
+    assert_eq!(report.steps.len(), 4);
+    assert_eq!(report.steps.last(), Some(&fin));
+}
+
+pub async fn commit_transition_refuses_a_taken_result<S: RunStore + EventLog>(s: &S) {
+    // GIVEN a run whose step a attempt 1 already has a result (an earlier writer's)
+    let st = state("run-k", 1_000);
+    create_new(s, &st, &messages("run-k", &["start"])).await;
+    let earlier = step_result("a", 1, json!({"text": "first"}));
+    s.put_step_result("run-k", &earlier).await.unwrap();
+
+    // WHEN a transition comes with another result for that attempt
+    let mut next = st.clone();
+    next.revisions = 3;
+    let committed = s
+        .commit_transition(TransitionWrite {
+            state: &next,
+            events: &messages("run-k", &["ours"]),
+            result: Some(&step_result("a", 1, json!({"text": "second"}))),
+            opens: &[opening("run-k", "b", 1)],
+            now_ms: 2_000,
+        })
+        .await
+        .unwrap();
+
+    // THEN it answers the stored result and writes nothing: no state, no event, no opening
+    assert_eq!(committed, Committed::ResultTaken(earlier.clone()));
+    assert_eq!(s.load_run("run-k").await.unwrap(), Some(st));
+    assert_eq!(
+        texts(&s.read_after("run-k", 0, 10).await.unwrap()),
+        vec!["start"]
+    );
+    assert_eq!(s.step_results("run-k").await.unwrap(), vec![earlier]);
+
+    // AND an unknown run is NotFound, with nothing written
+    let ghost = state("ghost", 1_000);
+    let err = s
+        .commit_transition(TransitionWrite {
+            state: &ghost,
+            events: &messages("ghost", &["x"]),
+            result: Some(&step_result("a", 1, json!({}))),
+            opens: &[],
+            now_ms: 2_000,
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    assert!(s.get_step_result("ghost", "a", 1).await.unwrap().is_none());
 }
