@@ -29,6 +29,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
+use futures::StreamExt;
 use orchestrator_core::ports::{ModelRequest, Purpose};
 use orchestrator_llm::OfflineModel;
 use serde::{Deserialize, Serialize};
@@ -126,6 +127,8 @@ struct Counters {
     late_us: AtomicU64,
     late_max_us: AtomicU64,
     throttled: AtomicU64,
+    /// Timed calls in progress.
+    active: AtomicU64,
     /// Requests seen per role (by `role_index`), for [`Throttle`].
     per_role: [AtomicU64; 5],
 }
@@ -140,7 +143,9 @@ pub struct MockStats {
     pub streamed_chunks: u64,
     /// Sum over calls of ttft + (chunks - 1) * chunk_delay.
     pub scheduled_us: u64,
-    /// How much later than scheduled the mock sent the last byte of each reply, summed.
+    /// How much later than scheduled the mock handed the last byte of each reply to its
+    /// connection (the wait's own lateness; the write follows at once on the same thread),
+    /// summed.
     pub late_us: u64,
     pub late_max_us: u64,
     /// Requests answered 429 by `--throttle-first`.
@@ -317,10 +322,12 @@ async fn completions(State(mock): State<Arc<Mock>>, headers: HeaderMap, body: By
     c.chunks.fetch_add(u64::from(n), Ordering::Relaxed);
     c.scheduled_us
         .fetch_add(scheduled.as_micros() as u64, Ordering::Relaxed);
+    let timed = !cfg.ttft.is_zero() || !cfg.chunk_delay.is_zero();
+    // While this call is timed, a few calls at once may spin out the last stretch of a wait.
+    // Counted until the reply is sent (for a stream: until the connection drops its body).
+    let active = timed.then(|| Active::enter(&mock));
     if !req.stream {
-        let done_at = arrived + scheduled;
-        let late = wait_until(done_at).await;
-        record_late(&mock, late);
+        // Built before the wait, so the reply goes out the moment it is due.
         let reply = json!({
             "id": "chatcmpl-mock",
             "object": "chat.completion",
@@ -328,10 +335,19 @@ async fn completions(State(mock): State<Arc<Mock>>, headers: HeaderMap, body: By
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
             "usage": usage,
         });
-        return axum::Json(reply).into_response();
+        let body = Bytes::from(reply.to_string());
+        if timed {
+            let late = wait_until(&mock, arrived + scheduled).await;
+            record_late(&mock, late);
+        }
+        return Response::builder()
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body))
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
     }
     c.streamed_calls.fetch_add(1, Ordering::Relaxed);
     c.streamed_chunks.fetch_add(u64::from(n), Ordering::Relaxed);
+    let last = chunks.len().saturating_sub(1);
     let frames: Vec<(Instant, Bytes)> = chunks
         .iter()
         .enumerate()
@@ -342,7 +358,7 @@ async fn completions(State(mock): State<Arc<Mock>>, headers: HeaderMap, body: By
                 "choices": [{"index": 0, "delta": {"content": chunk}, "finish_reason": null}],
             });
             let mut frame = format!("data: {data}\n\n");
-            if i + 1 == chunks.len() {
+            if i == last {
                 let end = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk",
                     "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]});
                 let usage = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk",
@@ -355,44 +371,43 @@ async fn completions(State(mock): State<Arc<Mock>>, headers: HeaderMap, body: By
             )
         })
         .collect();
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
-    let timed = !cfg.ttft.is_zero() || !cfg.chunk_delay.is_zero();
-    let counters = mock.clone();
-    if timed {
-        // One OS thread per stream: std::thread::sleep wakes within tens of microseconds.
-        std::thread::spawn(move || {
-            let mut late = Duration::ZERO;
-            for (at, bytes) in frames {
-                let now = Instant::now();
-                if at > now {
-                    std::thread::sleep(at - now);
+    // Each chunk is handed to the connection by the task that writes it, as soon as it is
+    // due: no other thread or task sits between the wait and the write.
+    let stream =
+        futures::stream::iter(frames.into_iter().enumerate()).then(move |(i, (at, bytes))| {
+            let mock = mock.clone();
+            let _counted = active.clone();
+            async move {
+                if timed {
+                    let late = wait_until(&mock, at).await;
+                    if i == last {
+                        record_late(&mock, late);
+                    }
                 }
-                late = Instant::now().saturating_duration_since(at);
-                if tx.blocking_send(bytes).is_err() {
-                    return;
-                }
-            }
-            record_late(&counters, late);
-        });
-    } else {
-        tokio::spawn(async move {
-            for (_, bytes) in frames {
-                if tx.send(bytes).await.is_err() {
-                    return;
-                }
+                Ok::<_, std::convert::Infallible>(bytes)
             }
         });
-    }
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
-    });
     Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache")
         .body(Body::from_stream(stream))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// Counts the timed calls in progress (see [`SPIN_MAX_ACTIVE`]).
+struct Active(Arc<Mock>);
+
+impl Active {
+    fn enter(mock: &Arc<Mock>) -> Arc<Self> {
+        mock.counters.active.fetch_add(1, Ordering::Relaxed);
+        Arc::new(Active(mock.clone()))
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.counters.active.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// OpenAI's answer to a request over the rate limit: 429, `retry-after`, a `rate_limit_exceeded`
@@ -422,20 +437,44 @@ fn throttled(purpose: Purpose, nth: u64, limit: u64) -> Response {
         .into_response()
 }
 
-/// Waits until `at` with the OS timer (on the blocking pool); returns how late it woke.
-async fn wait_until(at: Instant) -> Duration {
+/// The last stretch of a wait is spun rather than slept when at most this many timed calls are
+/// in progress: a sleeping thread wakes tens to hundreds of microseconds late (timer slack,
+/// an idle vCPU), and that would be the mock's lateness charged to the client. Above it the
+/// spinning would cost more CPU than the machine has, so waits only sleep.
+pub const SPIN_MAX_ACTIVE: u64 = 2;
+/// How long before the deadline a wait stops sleeping and spins.
+const SPIN: Duration = Duration::from_micros(200);
+
+/// Waits until `at`, with the OS timer and then spinning (see [`SPIN_MAX_ACTIVE`]); returns how
+/// late it was. On a multi-thread runtime the wait blocks the task's own thread
+/// (`block_in_place`), so what follows it (writing the reply) runs at once on that thread; on
+/// a current-thread runtime it waits on the blocking pool.
+async fn wait_until(mock: &Mock, at: Instant) -> Duration {
     if at <= Instant::now() {
-        return Duration::ZERO;
+        return Instant::now().saturating_duration_since(at);
     }
-    tokio::task::spawn_blocking(move || {
+    let spin = mock.counters.active.load(Ordering::Relaxed) <= SPIN_MAX_ACTIVE;
+    let wait = move || {
         let now = Instant::now();
-        if at > now {
-            std::thread::sleep(at - now);
+        let sleep_until = if spin {
+            at.checked_sub(SPIN).unwrap_or(at)
+        } else {
+            at
+        };
+        if sleep_until > now {
+            std::thread::sleep(sleep_until - now);
+        }
+        while Instant::now() < at {
+            std::hint::spin_loop();
         }
         Instant::now().saturating_duration_since(at)
-    })
-    .await
-    .unwrap_or_default()
+    };
+    match tokio::runtime::Handle::current().runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::CurrentThread => {
+            tokio::task::spawn_blocking(wait).await.unwrap_or_default()
+        }
+        _ => tokio::task::block_in_place(wait),
+    }
 }
 
 fn record_late(mock: &Mock, late: Duration) {

@@ -43,7 +43,11 @@ fn main() -> anyhow::Result<()> {
             .add_spec(spec)
             .map_err(|e| anyhow::anyhow!("--throttle-first {spec}: {e}"))?;
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
+    // One worker; a timed reply waits on the thread of the task that writes it
+    // (`block_in_place` hands the worker to another thread meanwhile), so one thread per
+    // waiting reply, as many as the load has.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .max_blocking_threads(2048)
         .build()?;
