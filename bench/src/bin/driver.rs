@@ -72,6 +72,16 @@ enum Cmd {
         #[arg(long, value_enum, default_value_t = Flavor::Multi)]
         runtime: Flavor,
     },
+    /// The platform's floor: the reference run's seven model calls made back to back by a bare
+    /// HTTP client (reqwest, as the OpenAI adapter uses it), with nothing around them.
+    Floor {
+        #[arg(long)]
+        base_url: String,
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        #[arg(long, value_enum, default_value_t = Flavor::Multi)]
+        runtime: Flavor,
+    },
     /// One reference run on DynamoDbStore with a capacity meter.
     Dynamo {
         #[arg(long)]
@@ -170,6 +180,15 @@ fn main() -> anyhow::Result<()> {
                     runtime,
                 },
             ))?;
+            println!("{}", serde_json::to_string(&result)?);
+            Ok(())
+        }
+        Cmd::Floor {
+            base_url,
+            runs,
+            runtime,
+        } => {
+            let result = runtime.runtime()?.block_on(floor(&base_url, runs))?;
             println!("{}", serde_json::to_string(&result)?);
             Ok(())
         }
@@ -428,6 +447,93 @@ async fn load(
         mock,
         store: counting.map(|c| c.counters()),
     })
+}
+
+// ------------------------------------------------------------------------------------ floor
+
+/// What the calls alone cost over the mock's schedule, per run of seven calls.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct FloorResult {
+    runs: usize,
+    runtime: Flavor,
+    excess_ms_median: f64,
+    excess_ms_p95: f64,
+}
+
+/// The reference run's model calls in order, by the role the mock reads from the system
+/// prompt, and whether the adapter streams them (the drafts).
+const CALLS: [(&str, bool); 7] = [
+    ("You are the planner.", false),
+    ("You are the strategist.", false),
+    ("You are the writer.", true),
+    ("You are the QA reviewer.", false),
+    ("You are the planner.", false),
+    ("You are the writer.", true),
+    ("You are the QA reviewer.", false),
+];
+
+/// The seven calls back to back, each read to its last byte, with no engine, store or agent
+/// around them: the wall time over the mock's scheduled time is what loopback HTTP, the
+/// mock and waking an idle machine cost, below which no client can go.
+async fn floor(base_url: &str, runs: usize) -> anyhow::Result<FloorResult> {
+    let http = reqwest::Client::new();
+    let url = format!("{}/chat/completions", base_url.trim_end_matches('/'));
+    let mut excess = Vec::with_capacity(runs);
+    // One warm-up run (the connection, lazy statics), not counted.
+    for i in 0..=runs {
+        let before = mock_stats(&http, base_url)
+            .await
+            .ok_or_else(|| anyhow!("{base_url} is not the bench mock (no /stats)"))?;
+        let t = Instant::now();
+        for (system, stream) in CALLS {
+            let body = json!({"model": "mock", "stream": stream, "messages": [
+                {"role": "system", "content": system},
+                {"role": "user", "content": OBJECTIVE},
+            ]});
+            let resp = http
+                .post(&url)
+                .json(&body)
+                .send()
+                .await?
+                .error_for_status()?;
+            let mut bytes = resp.bytes_stream();
+            while let Some(chunk) = futures::StreamExt::next(&mut bytes).await {
+                chunk?;
+            }
+        }
+        let wall = t.elapsed().as_secs_f64() * 1000.0;
+        let after = mock_stats(&http, base_url)
+            .await
+            .ok_or_else(|| anyhow!("the mock stopped answering /stats"))?;
+        if i > 0 {
+            excess.push(wall - (after.scheduled_us - before.scheduled_us) as f64 / 1000.0);
+        }
+    }
+    excess.sort_by(f64::total_cmp);
+    Ok(FloorResult {
+        runs,
+        runtime: Flavor::default(),
+        excess_ms_median: percentile(&excess, 0.5),
+        excess_ms_p95: percentile(&excess, 0.95),
+    })
+}
+
+fn floor_in_child(base_url: &str, runs: usize, runtime: Flavor) -> anyhow::Result<FloorResult> {
+    eprintln!(
+        "  floor: {runs} x the reference run's 7 calls from a bare client ({} runtime)",
+        runtime.arg()
+    );
+    let out = Command::new(std::env::current_exe()?)
+        .args(["floor", "--base-url", base_url, "--runs", &runs.to_string()])
+        .args(["--runtime", runtime.arg()])
+        .stderr(Stdio::inherit())
+        .output()?;
+    if !out.status.success() {
+        bail!("the floor run failed ({})", out.status);
+    }
+    let mut result: FloorResult = serde_json::from_slice(&out.stdout)?;
+    result.runtime = runtime;
+    Ok(result)
 }
 
 // ----------------------------------------------------------------------------------- dynamo
@@ -729,6 +835,8 @@ fn all(args: AllArgs) -> anyhow::Result<()> {
     let zero500 = load_in_child(&zero_url, 2000 / scale, 500, sched, false, multi)?;
     let real1 = load_in_child(&real_url, realistic_one, 1, sched, true, multi)?;
     let real1_run = load_in_child(&real_url, realistic_one, 1, sched, true, Flavor::Current)?;
+    let floor_multi = floor_in_child(&real_url, realistic_one, multi)?;
+    let floor_run = floor_in_child(&real_url, realistic_one, Flavor::Current)?;
     let real50 = load_in_child(&real_url, 100 / scale, 50, sched, false, multi)?;
     let real500 = load_in_child(&real_url, 1000 / scale, 500, sched, false, multi)?;
 
@@ -810,6 +918,33 @@ fn all(args: AllArgs) -> anyhow::Result<()> {
     let mock_late_ms = real1
         .mock
         .map(|m| m.late_us as f64 / 1000.0 / real1.runs.max(1) as f64);
+    row(
+        "  floor: the 7 calls alone from a bare client, multi / one thread (ms)",
+        format!(
+            "{:.2} / {:.2}",
+            floor_multi.excess_ms_median, floor_run.excess_ms_median
+        ),
+        "",
+    );
+    row(
+        "  overhead above the floor, multi / one thread, median (ms)",
+        format!(
+            "{} / {}",
+            fmt_opt(
+                real1
+                    .overhead_ms_median
+                    .map(|o| o - floor_multi.excess_ms_median),
+                2
+            ),
+            fmt_opt(
+                real1_run
+                    .overhead_ms_median
+                    .map(|o| o - floor_run.excess_ms_median),
+                2
+            )
+        ),
+        "",
+    );
     row(
         "  outside the model calls (engine, store, agents), median (ms)",
         fmt_opt(real1.outside_calls_ms_median, 2),
@@ -992,6 +1127,7 @@ fn all(args: AllArgs) -> anyhow::Result<()> {
             "overhead_ms_median_current_thread": {"value": real1_run.overhead_ms_median, "p95": real1_run.overhead_ms_p95, "target": 2.0, "measured": true, "runtime": "current"},
             "overhead_ms_p95": {"value": real1.overhead_ms_p95, "measured": true},
             "mock_lateness_ms_per_run": {"value": mock_late_ms, "measured": true},
+            "floor_ms_per_run": {"serve_runtime": floor_multi, "run_runtime": floor_run, "measured": true},
             "outside_calls_ms_median": {"value": real1.outside_calls_ms_median, "p95": real1.outside_calls_ms_p95, "measured": true},
             "in_calls_excess_ms_median": {"value": real1.in_calls_excess_ms_median, "measured": true},
             "peak_rss_mb_500_concurrent": {"value": real500.peak_rss_mb, "target": 60.0, "measured": true},
