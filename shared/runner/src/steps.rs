@@ -485,7 +485,10 @@ impl BatchingSink {
 
     async fn write(&self, text: String) {
         let event = self.delta_event(text);
-        if let Err(e) = self.store.append(&event.run_id, std::slice::from_ref(&event)).await
+        if let Err(e) = self
+            .store
+            .append(&event.run_id, std::slice::from_ref(&event))
+            .await
             && let Ok(mut slot) = self.error.lock()
         {
             slot.get_or_insert(e);
