@@ -379,6 +379,13 @@ async fn completions(State(mock): State<Arc<Mock>>, headers: HeaderMap, body: By
             let _counted = active.clone();
             async move {
                 if timed {
+                    // The wait blocks its thread, so the connection would only see more
+                    // chunks ready and write them out in bursts (hyper flushes when the body
+                    // is pending, or after 16 buffers): pending once first, and the chunk
+                    // before this one is flushed now.
+                    if i > 0 {
+                        tokio::task::yield_now().await;
+                    }
                     let late = wait_until(&mock, at).await;
                     if i == last {
                         record_late(&mock, late);

@@ -1,11 +1,15 @@
 //! Batching streamed text into delta events, so a long draft costs a bounded number of writes.
 
 /// Gathers chunks and says when to flush: after `max_chars` characters or `max_age_ms`
-/// milliseconds since the first unflushed chunk, whichever comes first.
+/// milliseconds since the first unflushed chunk, whichever comes first. The very first chunk
+/// of a stream is never held: the wait for the first token is the latency a watcher sees, so
+/// it costs one extra write per stream rather than up to `max_age_ms` of it.
 #[derive(Debug, Clone)]
 pub struct DeltaBatcher {
     buf: String,
     first_at_ms: Option<u64>,
+    /// Whether the first chunk has gone out.
+    started: bool,
     max_chars: usize,
     max_age_ms: u64,
 }
@@ -15,6 +19,7 @@ impl DeltaBatcher {
         Self {
             buf: String::new(),
             first_at_ms: None,
+            started: false,
             max_chars,
             max_age_ms,
         }
@@ -27,6 +32,10 @@ impl DeltaBatcher {
         }
         self.first_at_ms.get_or_insert(now_ms);
         self.buf.push_str(chunk);
+        if !self.started {
+            self.started = true;
+            return self.flush();
+        }
         self.due(now_ms)
     }
 

@@ -2,10 +2,34 @@
 
 use orchestrator_core::batch::DeltaBatcher;
 
+/// A batcher whose first chunk (always written at once) has gone out.
+fn started(max_chars: usize, max_age_ms: u64) -> DeltaBatcher {
+    let mut b = DeltaBatcher::new(max_chars, max_age_ms);
+    assert_eq!(b.push("first", 0).as_deref(), Some("first"));
+    b
+}
+
+#[test]
+fn the_first_chunk_of_a_stream_goes_out_at_once() {
+    // GIVEN a batcher flushing at 256 characters or 50 ms
+    let mut b = DeltaBatcher::new(256, 50);
+    // WHEN the first token arrives
+    // THEN it is written at once, however small: the watcher sees the first token now
+    assert_eq!(b.push("Hi", 1_000).as_deref(), Some("Hi"));
+    // AND the chunks after it are batched again
+    assert_eq!(b.push(" there", 1_001), None);
+    assert_eq!(b.deadline_ms(), Some(1_051));
+    assert_eq!(b.due(1_051).as_deref(), Some(" there"));
+    // AND an empty first chunk does not count as the first token
+    let mut b = DeltaBatcher::new(256, 50);
+    assert_eq!(b.push("", 0), None);
+    assert_eq!(b.push("x", 1).as_deref(), Some("x"));
+}
+
 #[test]
 fn a_batch_is_flushed_once_it_reaches_the_size_limit() {
-    // GIVEN a batcher flushing at 11 characters or 1 s
-    let mut b = DeltaBatcher::new(11, 1_000);
+    // GIVEN a batcher flushing at 11 characters or 1 s, its first chunk out
+    let mut b = started(11, 1_000);
     // WHEN chunks arrive quickly
     assert_eq!(b.push("hello", 0), None);
     // THEN the chunk that reaches the limit exactly releases everything gathered so far
@@ -17,8 +41,8 @@ fn a_batch_is_flushed_once_it_reaches_the_size_limit() {
 
 #[test]
 fn a_batch_is_flushed_when_its_first_chunk_is_old_enough() {
-    // GIVEN a batcher flushing at 1000 characters or 50 ms
-    let mut b = DeltaBatcher::new(1_000, 50);
+    // GIVEN a batcher flushing at 1000 characters or 50 ms, its first chunk out
+    let mut b = started(1_000, 50);
     assert_eq!(b.deadline_ms(), None);
     // WHEN chunks trickle in
     assert_eq!(b.push("a", 100), None);
@@ -38,7 +62,7 @@ fn a_batch_is_flushed_when_its_first_chunk_is_old_enough() {
 #[test]
 fn flush_hands_over_the_rest_once() {
     // GIVEN some pending text
-    let mut b = DeltaBatcher::new(100, 1_000);
+    let mut b = started(100, 1_000);
     assert_eq!(b.push("tail", 0), None);
     // WHEN the stream ends
     // THEN flush returns it once, then nothing
