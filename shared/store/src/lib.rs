@@ -28,9 +28,7 @@ use orchestrator_core::ports::{
 };
 use orchestrator_core::report::build_report;
 use orchestrator_core::types::{Mode, Plan, RunReport, RunStatus, RunSummary, StepResult};
-use rusqlite::{
-    Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior, params,
-};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use tokio::sync::watch;
 
 pub use dynamodb::{
@@ -164,7 +162,7 @@ impl SqliteStore {
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
         // A panic while the connection was held rolled its transaction back (rusqlite's
-        // `Transaction` rolls back on drop), so the connection is still usable.
+        // `WriteTx` rolls back on drop), so the connection is still usable.
         let mut conn = self.shared.conn.lock().await;
         f(&mut conn)
     }
@@ -174,13 +172,13 @@ impl SqliteStore {
     async fn write<T, F>(&self, f: F, appended: fn(&T) -> bool) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&WriteTx<'_>) -> Result<T, StoreError> + Send + 'static,
     {
         let written = self
             .call(move |conn| {
-                let tx = immediate(conn)?;
+                let tx = WriteTx::begin(conn)?;
                 let written = f(&tx)?;
-                tx.commit().map_err(db_error)?;
+                tx.commit()?;
                 Ok(written)
             })
             .await?;
@@ -275,12 +273,53 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(
         .map_err(|e| StoreError::Corrupt(format!("run {run_id}: stored {what} is unreadable: {e}")))
 }
 
-fn immediate(conn: &mut Connection) -> Result<Transaction<'_>, StoreError> {
-    conn.transaction_with_behavior(TransactionBehavior::Immediate)
+/// A write transaction (`BEGIN IMMEDIATE`) that rolls back unless committed.
+///
+/// Why not rusqlite's `Transaction`: it parses `BEGIN` and `COMMIT` anew on every write
+/// (`execute_batch`); here they are cached statements like the rest of the hot path, which
+/// matters because a run writes 18 times and each write is on a model call's critical path.
+struct WriteTx<'c> {
+    conn: &'c Connection,
+}
+
+impl<'c> WriteTx<'c> {
+    fn begin(conn: &'c Connection) -> Result<Self, StoreError> {
+        run_cached(conn, "BEGIN IMMEDIATE")?;
+        Ok(WriteTx { conn })
+    }
+
+    fn commit(self) -> Result<(), StoreError> {
+        run_cached(self.conn, "COMMIT")
+    }
+}
+
+impl std::ops::Deref for WriteTx<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
+
+impl Drop for WriteTx<'_> {
+    fn drop(&mut self) {
+        // Open after an error or a panic, and after a failed COMMIT (SQLite may keep the
+        // transaction): the connection must not carry it into the next write. There is no
+        // one left to report a failed rollback to.
+        if !self.conn.is_autocommit() {
+            let _ = run_cached(self.conn, "ROLLBACK");
+        }
+    }
+}
+
+fn run_cached(conn: &Connection, sql: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(sql)
+        .and_then(|mut stmt| stmt.raw_execute())
+        .map(drop)
         .map_err(db_error)
 }
 
-fn run_exists(tx: &Transaction<'_>, run_id: &str) -> Result<bool, StoreError> {
+fn run_exists(tx: &WriteTx<'_>, run_id: &str) -> Result<bool, StoreError> {
     tx.prepare_cached("SELECT 1 FROM runs WHERE run_id = ?1")
         .and_then(|mut stmt| stmt.query_row([run_id], |_| Ok(())).optional())
         .map(|found| found.is_some())
@@ -301,7 +340,7 @@ fn check_events(run_id: &str, events: &[Event]) -> Result<(), StoreError> {
 
 /// Appends `events` after the run's last seq; the caller holds a write transaction.
 fn append_events(
-    tx: &Transaction<'_>,
+    tx: &WriteTx<'_>,
     run_id: &str,
     events: Vec<Event>,
 ) -> Result<Vec<Frame>, StoreError> {
@@ -329,7 +368,7 @@ fn append_events(
 
 /// A finished run keeps its outcome, and plan versions only move forward: a late writer
 /// (a retried transition, a cancel racing the end) gets a conflict instead of undoing them.
-fn check_transition(tx: &Transaction<'_>, row: &StateRow) -> Result<(), StoreError> {
+fn check_transition(tx: &WriteTx<'_>, row: &StateRow) -> Result<(), StoreError> {
     let stored: Option<(String, i64)> = tx
         .prepare_cached(
             "SELECT status,
@@ -367,7 +406,7 @@ fn check_transition(tx: &Transaction<'_>, row: &StateRow) -> Result<(), StoreErr
 /// Saves a transition's state (with its plan version) and appends its events; the caller
 /// holds a write transaction.
 fn save_transition(
-    tx: &Transaction<'_>,
+    tx: &WriteTx<'_>,
     row: StateRow,
     events: Vec<Event>,
 ) -> Result<Vec<Frame>, StoreError> {
@@ -424,7 +463,7 @@ fn read_step_result(
 
 /// Inserts a step result unless its (run, step, attempt) has one; true when it was inserted.
 fn insert_step_result(
-    tx: &Transaction<'_>,
+    tx: &WriteTx<'_>,
     run_id: &str,
     result: &StepResult,
     json: &str,
@@ -447,7 +486,7 @@ fn taken_unreadable(run_id: &str, ours: &StepResult) -> StoreError {
     ))
 }
 
-fn upsert_report(tx: &Transaction<'_>, run_id: &str, json: &str) -> Result<(), StoreError> {
+fn upsert_report(tx: &WriteTx<'_>, run_id: &str, json: &str) -> Result<(), StoreError> {
     tx.prepare_cached(
         "INSERT INTO reports (run_id, report_json) VALUES (?1, ?2)
          ON CONFLICT (run_id) DO UPDATE SET report_json = excluded.report_json",
@@ -458,7 +497,7 @@ fn upsert_report(tx: &Transaction<'_>, run_id: &str, json: &str) -> Result<(), S
 }
 
 fn insert_plan(
-    tx: &Transaction<'_>,
+    tx: &WriteTx<'_>,
     run_id: &str,
     plan: Option<&(u32, String)>,
 ) -> Result<(), StoreError> {
