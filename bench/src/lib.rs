@@ -1,5 +1,5 @@
 //! Benchmarks of the orchestrator: a scripted, scheduled OpenAI-compatible mock LLM, a store
-//! wrapper that counts, a DynamoDB capacity meter, process usage, the figures of a run on the
+//! wrapper that counts, a DynamoDB capacity meter, process usage, a model that records the calls made of it, the figures of a run on the
 //! emulated AWS stack, and the AWS cost model. The binaries (`mock-llm`, `bench-driver`) and
 //! `bench/run.sh` put them together; see bench/README.md.
 
@@ -8,5 +8,6 @@ pub mod counting;
 pub mod ddb;
 pub mod emulated;
 pub mod mock;
+pub mod recording;
 pub mod rusage;
 pub mod timing;

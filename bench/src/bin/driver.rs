@@ -25,6 +25,7 @@ use orchestrator_bench::counting::CountingStore;
 use orchestrator_bench::ddb::CapacityMeter;
 use orchestrator_bench::emulated::{self, EmulatedRun};
 use orchestrator_bench::mock::MockStats;
+use orchestrator_bench::recording::{RecordedCall, RecordingModel};
 use orchestrator_bench::rusage;
 use orchestrator_bench::timing::TimingModel;
 use orchestrator_core::ports::{Model, SystemClock};
@@ -188,7 +189,9 @@ fn main() -> anyhow::Result<()> {
             runs,
             runtime,
         } => {
-            let result = runtime.runtime()?.block_on(floor(&base_url, runs))?;
+            let result = runtime
+                .runtime()?
+                .block_on(floor(&base_url, runs, runtime))?;
             println!("{}", serde_json::to_string(&result)?);
             Ok(())
         }
@@ -458,41 +461,48 @@ struct FloorResult {
     runtime: Flavor,
     excess_ms_median: f64,
     excess_ms_p95: f64,
+    /// CPU of the whole process per run: what reading the same streams costs a bare client.
+    cpu_ms_per_run: f64,
 }
 
-/// The reference run's model calls in order, by the role the mock reads from the system
-/// prompt, and whether the adapter streams them (the drafts).
-const CALLS: [(&str, bool); 7] = [
-    ("You are the planner.", false),
-    ("You are the strategist.", false),
-    ("You are the writer.", true),
-    ("You are the QA reviewer.", false),
-    ("You are the planner.", false),
-    ("You are the writer.", true),
-    ("You are the QA reviewer.", false),
-];
+/// The reference run's model calls as the engine makes them: one run on the offline model
+/// (whose replies the mock also sends), recorded.
+async fn reference_calls() -> anyhow::Result<Vec<RecordedCall>> {
+    let recording = Arc::new(RecordingModel::new(Arc::new(OfflineModel::new(
+        Duration::ZERO,
+    ))));
+    let runner = runner_on(Arc::new(SqliteStore::open_in_memory()?), recording.clone());
+    let status = one_run(&runner).await?;
+    if status != RunStatus::Completed {
+        bail!("the reference run on the offline model ended {status}, not completed");
+    }
+    Ok(recording.calls())
+}
 
-/// The seven calls back to back, each read to its last byte, with no engine, store or agent
-/// around them: the wall time over the mock's scheduled time is what loopback HTTP, the
+/// The reference run's seven calls (the very requests the engine makes) back to back, each
+/// read to its last byte, with no engine, store or agent around them: the wall time over the mock's scheduled time is what loopback HTTP, the
 /// mock and waking an idle machine cost, below which no client can go.
-async fn floor(base_url: &str, runs: usize) -> anyhow::Result<FloorResult> {
+async fn floor(base_url: &str, runs: usize, runtime: Flavor) -> anyhow::Result<FloorResult> {
     let http = reqwest::Client::new();
     let url = format!("{}/chat/completions", base_url.trim_end_matches('/'));
     let mut excess = Vec::with_capacity(runs);
+    let mut cpu = std::time::Duration::ZERO;
+    let bodies: Vec<Value> = reference_calls()
+        .await?
+        .iter()
+        .map(|c| c.openai_body("mock"))
+        .collect();
     // One warm-up run (the connection, lazy statics), not counted.
     for i in 0..=runs {
         let before = mock_stats(&http, base_url)
             .await
             .ok_or_else(|| anyhow!("{base_url} is not the bench mock (no /stats)"))?;
         let t = Instant::now();
-        for (system, stream) in CALLS {
-            let body = json!({"model": "mock", "stream": stream, "messages": [
-                {"role": "system", "content": system},
-                {"role": "user", "content": OBJECTIVE},
-            ]});
+        let cpu_before = rusage::self_usage().cpu;
+        for body in &bodies {
             let resp = http
                 .post(&url)
-                .json(&body)
+                .json(body)
                 .send()
                 .await?
                 .error_for_status()?;
@@ -502,19 +512,22 @@ async fn floor(base_url: &str, runs: usize) -> anyhow::Result<FloorResult> {
             }
         }
         let wall = t.elapsed().as_secs_f64() * 1000.0;
+        let cpu_run = rusage::self_usage().cpu.saturating_sub(cpu_before);
         let after = mock_stats(&http, base_url)
             .await
             .ok_or_else(|| anyhow!("the mock stopped answering /stats"))?;
         if i > 0 {
             excess.push(wall - (after.scheduled_us - before.scheduled_us) as f64 / 1000.0);
+            cpu += cpu_run;
         }
     }
     excess.sort_by(f64::total_cmp);
     Ok(FloorResult {
         runs,
-        runtime: Flavor::default(),
+        runtime,
         excess_ms_median: percentile(&excess, 0.5),
         excess_ms_p95: percentile(&excess, 0.95),
+        cpu_ms_per_run: cpu.as_secs_f64() * 1000.0 / runs.max(1) as f64,
     })
 }
 
@@ -531,9 +544,7 @@ fn floor_in_child(base_url: &str, runs: usize, runtime: Flavor) -> anyhow::Resul
     if !out.status.success() {
         bail!("the floor run failed ({})", out.status);
     }
-    let mut result: FloorResult = serde_json::from_slice(&out.stdout)?;
-    result.runtime = runtime;
-    Ok(result)
+    Ok(serde_json::from_slice(&out.stdout)?)
 }
 
 // ----------------------------------------------------------------------------------- dynamo
@@ -942,6 +953,14 @@ fn all(args: AllArgs) -> anyhow::Result<()> {
                     .map(|o| o - floor_run.excess_ms_median),
                 2
             )
+        ),
+        "",
+    );
+    row(
+        "  client CPU per run at this latency, orchestrator / bare client (ms)",
+        format!(
+            "{:.1} / {:.1}",
+            real1.cpu_ms_per_run, floor_multi.cpu_ms_per_run
         ),
         "",
     );
