@@ -174,6 +174,14 @@ struct Mock {
     counters: Counters,
 }
 
+/// Serves the mock on a free loopback port, on the current runtime (for tests); its address.
+pub async fn spawn_on_loopback(config: MockConfig) -> std::io::Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, router(config)).await });
+    Ok(addr)
+}
+
 pub fn router(config: MockConfig) -> Router {
     let mock = Arc::new(Mock {
         config,

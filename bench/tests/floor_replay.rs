@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use orchestrator_agents::{Planner, default_specialists};
-use orchestrator_bench::mock::{MockConfig, MockStats, router};
+use orchestrator_bench::mock::{MockConfig, MockStats, spawn_on_loopback};
 use orchestrator_bench::recording::RecordingModel;
 use orchestrator_core::ports::{Model, SystemClock};
 use orchestrator_core::types::RunStatus;
@@ -47,18 +47,14 @@ async fn stats(http: &reqwest::Client, root: &str) -> MockStats {
 #[tokio::test]
 async fn replaying_the_recorded_calls_asks_the_mock_for_what_a_real_run_does() {
     // GIVEN the mock at zero latency
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("bind: {e}"));
-    let addr = listener
-        .local_addr()
-        .unwrap_or_else(|e| panic!("local_addr: {e}"));
     let config = MockConfig {
         ttft: Duration::ZERO,
         chunk_delay: Duration::ZERO,
         ..MockConfig::default()
     };
-    tokio::spawn(async move { axum::serve(listener, router(config)).await });
+    let addr = spawn_on_loopback(config)
+        .await
+        .unwrap_or_else(|e| panic!("mock: {e}"));
     let root = format!("http://{addr}");
     let http = reqwest::Client::new();
 

@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use orchestrator_bench::mock::{MockConfig, Throttle, router};
+use orchestrator_bench::mock::{MockConfig, Throttle, spawn_on_loopback};
 use orchestrator_core::ports::Purpose;
 use serde_json::{Value, json};
 
@@ -64,13 +64,9 @@ async fn given_throttle_first_qa_when_two_qa_requests_then_the_first_is_429_and_
         throttle: Throttle::default().with(Purpose::Review, 1),
         ..MockConfig::default()
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    let addr = spawn_on_loopback(config)
         .await
-        .unwrap_or_else(|e| panic!("bind: {e}"));
-    let addr = listener
-        .local_addr()
-        .unwrap_or_else(|e| panic!("local_addr: {e}"));
-    tokio::spawn(async move { axum::serve(listener, router(config)).await });
+        .unwrap_or_else(|e| panic!("mock: {e}"));
     let base = format!("http://{addr}/v1");
 
     assert_throttled_then_streams(&base).await;
