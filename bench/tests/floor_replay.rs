@@ -4,34 +4,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use orchestrator_agents::{Planner, default_specialists};
 use orchestrator_bench::mock::{MockConfig, MockStats, spawn_on_loopback};
-use orchestrator_bench::recording::RecordingModel;
-use orchestrator_core::ports::{Model, SystemClock};
+use orchestrator_bench::workload::{one_run, reference_calls, runner_on};
+use orchestrator_core::ports::Model;
 use orchestrator_core::types::RunStatus;
-use orchestrator_llm::{OfflineModel, OpenAiModel, Resilience};
-use orchestrator_runner::{Runner, RunnerConfig, Started};
+use orchestrator_llm::{OpenAiModel, Resilience};
 use orchestrator_store::SqliteStore;
-use serde_json::json;
 
 async fn reference_run(model: Arc<dyn Model>) -> RunStatus {
     let store = SqliteStore::open_in_memory().unwrap_or_else(|e| panic!("store: {e}"));
-    let runner = Runner::new(
-        Arc::new(store),
-        Planner::new(model.clone()),
-        default_specialists(model),
-        Arc::new(SystemClock),
-        RunnerConfig::default(),
-    );
-    let request = serde_json::from_value(json!({"objective": "Write a launch post for Acme Sync"}))
-        .unwrap_or_else(|e| panic!("request: {e}"));
-    let Ok(Started::New(launch)) = runner.start(request, None).await else {
-        panic!("the run did not start");
-    };
-    runner
-        .drive(*launch)
+    one_run(&runner_on(Arc::new(store), model))
         .await
-        .unwrap_or_else(|e| panic!("drive: {e}"))
+        .unwrap_or_else(|e| panic!("reference run: {e}"))
 }
 
 async fn stats(http: &reqwest::Client, root: &str) -> MockStats {
@@ -65,11 +49,10 @@ async fn replaying_the_recorded_calls_asks_the_mock_for_what_a_real_run_does() {
     let real = stats(&http, &root).await;
 
     // AND its calls, recorded on the offline model, are replayed by a bare client
-    let recording = Arc::new(RecordingModel::new(Arc::new(OfflineModel::new(
-        Duration::ZERO,
-    ))));
-    assert_eq!(reference_run(recording.clone()).await, RunStatus::Completed);
-    for call in recording.calls() {
+    let calls = reference_calls()
+        .await
+        .unwrap_or_else(|e| panic!("recording: {e}"));
+    for call in calls {
         let body = http
             .post(format!("{root}/v1/chat/completions"))
             .json(&call.openai_body("mock"))

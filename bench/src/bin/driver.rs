@@ -19,24 +19,21 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use clap::{Parser, Subcommand};
-use orchestrator_agents::{Planner, default_specialists};
 use orchestrator_bench::cost::{self, LambdaAssumptions, RunShape};
 use orchestrator_bench::counting::CountingStore;
 use orchestrator_bench::ddb::CapacityMeter;
 use orchestrator_bench::emulated::{self, EmulatedRun};
 use orchestrator_bench::mock::MockStats;
-use orchestrator_bench::recording::{RecordedCall, RecordingModel};
 use orchestrator_bench::rusage;
 use orchestrator_bench::timing::TimingModel;
-use orchestrator_core::ports::{Model, SystemClock};
-use orchestrator_core::types::{RunRequest, RunStatus};
+use orchestrator_bench::workload::{OBJECTIVE, one_run, reference_calls, runner_on};
+use orchestrator_core::ports::Model;
+use orchestrator_core::types::RunStatus;
 use orchestrator_llm::{OfflineModel, OpenAiModel, Resilience};
-use orchestrator_runner::{Runner, RunnerConfig, Started, Store};
+use orchestrator_runner::Store;
 use orchestrator_store::{DynamoDbConfig, DynamoDbStore, SqliteStore};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-
-const OBJECTIVE: &str = "Write a launch post for Acme Sync, our file sync app";
 
 #[derive(Parser)]
 #[command(name = "bench-driver")]
@@ -266,10 +263,6 @@ struct LoadResult {
     store: Option<orchestrator_bench::counting::StoreCounters>,
 }
 
-fn request() -> anyhow::Result<RunRequest> {
-    Ok(serde_json::from_value(json!({ "objective": OBJECTIVE }))?)
-}
-
 fn stats_url(base_url: &str) -> String {
     let root = base_url.trim_end_matches('/').trim_end_matches("/v1");
     format!("{root}/stats")
@@ -281,24 +274,6 @@ async fn mock_stats(http: &reqwest::Client, base_url: &str) -> Option<MockStats>
         return None;
     }
     resp.json::<MockStats>().await.ok()
-}
-
-fn runner_on(store: Arc<dyn Store>, model: Arc<dyn Model>) -> Runner {
-    Runner::new(
-        store,
-        Planner::new(model.clone()),
-        default_specialists(model),
-        Arc::new(SystemClock),
-        RunnerConfig::default(),
-    )
-}
-
-async fn one_run(runner: &Runner) -> anyhow::Result<RunStatus> {
-    let started = runner.start(request()?, None).await?;
-    let Started::New(launch) = started else {
-        bail!("the run already existed");
-    };
-    Ok(runner.drive(*launch).await?)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -465,23 +440,10 @@ struct FloorResult {
     cpu_ms_per_run: f64,
 }
 
-/// The reference run's model calls as the engine makes them: one run on the offline model
-/// (whose replies the mock also sends), recorded.
-async fn reference_calls() -> anyhow::Result<Vec<RecordedCall>> {
-    let recording = Arc::new(RecordingModel::new(Arc::new(OfflineModel::new(
-        Duration::ZERO,
-    ))));
-    let runner = runner_on(Arc::new(SqliteStore::open_in_memory()?), recording.clone());
-    let status = one_run(&runner).await?;
-    if status != RunStatus::Completed {
-        bail!("the reference run on the offline model ended {status}, not completed");
-    }
-    Ok(recording.calls())
-}
-
 /// The reference run's seven calls (the very requests the engine makes) back to back, each
-/// read to its last byte, with no engine, store or agent around them: the wall time over the mock's scheduled time is what loopback HTTP, the
-/// mock and waking an idle machine cost, below which no client can go.
+/// read to its last byte, with no engine, store or agent around them: the wall time over the
+/// mock's scheduled time is what loopback HTTP, the mock and waking an idle machine cost,
+/// below which no client can go.
 async fn floor(base_url: &str, runs: usize, runtime: Flavor) -> anyhow::Result<FloorResult> {
     let http = reqwest::Client::new();
     let url = format!("{}/chat/completions", base_url.trim_end_matches('/'));

@@ -161,8 +161,8 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        // A panic while the connection was held rolled its transaction back (rusqlite's
-        // `WriteTx` rolls back on drop), so the connection is still usable.
+        // A panic while the connection was held rolled its transaction back (`WriteTx` rolls
+        // back on drop), so the connection is still usable.
         let mut conn = self.shared.conn.lock().await;
         f(&mut conn)
     }
@@ -277,7 +277,8 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(
 ///
 /// Why not rusqlite's `Transaction`: it parses `BEGIN` and `COMMIT` anew on every write
 /// (`execute_batch`); here they are cached statements like the rest of the hot path, which
-/// matters because a run writes 18 times and each write is on a model call's critical path.
+/// matters because every event batch is a write and a hand-off's write is on the critical path
+/// between two model calls.
 struct WriteTx<'c> {
     conn: &'c Connection,
 }
