@@ -266,6 +266,12 @@ pub struct RunState {
     /// Steps paused on a person, by step id: their conversation, and the answer once given.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub suspended: BTreeMap<String, Suspended>,
+    /// The fencing token of the lease its driver holds ([`crate::ports::Lease`]); never
+    /// stored with the state. The store refuses a commit of this state once another owner
+    /// has taken the run over. `None`: a writer without a lease (a Step Functions execution
+    /// owns its run; a person's cancel).
+    #[serde(skip)]
+    pub lease_token: Option<u64>,
 }
 
 impl RunState {
@@ -298,6 +304,7 @@ impl RunState {
             error: None,
             hitl_requests: 0,
             suspended: BTreeMap::new(),
+            lease_token: None,
         }
     }
 

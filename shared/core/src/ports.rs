@@ -11,7 +11,7 @@ use crate::engine::RunState;
 use crate::event::{Event, Frame};
 use crate::report::build_report;
 use crate::tools::{ToolCall, ToolChoice, ToolSpec};
-use crate::types::{RunReport, RunSummary, StepResult, Usage};
+use crate::types::{RunReport, RunStatus, RunSummary, StepResult, Usage};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -23,6 +23,90 @@ pub enum StoreError {
     Corrupt(String),
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// A fenced write of a run whose lease another owner has taken since: the writer no
+    /// longer drives the run and must stop, quietly.
+    #[error("run {0} is now driven by another owner (its lease was taken over)")]
+    LeaseLost(String),
+}
+
+/// Where a listing of runs goes on from: the last run of the page before. Runs are ordered by
+/// creation time and then run id, so runs created in the same millisecond are neither skipped
+/// nor listed twice at a page boundary.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RunCursor {
+    pub created_at_ms: u64,
+    pub run_id: String,
+}
+
+impl RunCursor {
+    pub fn after(run: &RunSummary) -> Self {
+        Self {
+            created_at_ms: run.created_at_ms,
+            run_id: run.run_id.clone(),
+        }
+    }
+
+    /// The opaque form the API hands out: hex, so it survives any URL and is not mistaken
+    /// for something a client should build itself.
+    pub fn encode(&self) -> String {
+        format!("{}.{}", self.created_at_ms, self.run_id)
+            .bytes()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    pub fn decode(text: &str) -> Option<Self> {
+        if text.len() % 2 != 0 || text.len() > 1024 {
+            return None;
+        }
+        let bytes = (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+            .collect::<Option<Vec<u8>>>()?;
+        let plain = String::from_utf8(bytes).ok()?;
+        let (ms, run_id) = plain.split_once('.')?;
+        (!run_id.is_empty()).then_some(())?;
+        Some(Self {
+            created_at_ms: ms.parse().ok()?,
+            run_id: run_id.to_owned(),
+        })
+    }
+}
+
+/// The right to drive a run: held by `owner` until `expires_at_ms`. `token` grows with every
+/// new owner; writes made under the lease carry it (the run state's `lease_token`, the
+/// `fence` of appends) and the store refuses them once a newer owner has taken over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub run_id: String,
+    pub owner: String,
+    pub token: u64,
+    pub expires_at_ms: u64,
+}
+
+/// What asking for a run's lease got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    Acquired(Lease),
+    /// Another owner holds it and has not let it lapse.
+    Held { owner: String, expires_at_ms: u64 },
+}
+
+/// A run that has not finished (running, or waiting on a person), as recovery sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveRun {
+    pub run_id: String,
+    pub created_at_ms: u64,
+    pub status: RunStatus,
+}
+
+impl ActiveRun {
+    pub fn cursor(&self) -> RunCursor {
+        RunCursor {
+            created_at_ms: self.created_at_ms,
+            run_id: self.run_id.clone(),
+        }
+    }
 }
 
 /// The result of creating a run: a new one, or the one an idempotency key already named.
@@ -94,12 +178,33 @@ pub trait RunStore: EventLog + Send + Sync {
     /// leaves both or neither.
     async fn commit(&self, state: &RunState, events: &[Event]) -> Result<Vec<Frame>, StoreError>;
     async fn load_run(&self, run_id: &str) -> Result<Option<RunState>, StoreError>;
-    /// Most recent first; `before_ms` pages by creation time.
+    /// Most recent first (creation time, then run id, both descending); `before` is the last
+    /// run of the page before.
     async fn list_runs(
         &self,
         limit: usize,
-        before_ms: Option<u64>,
+        before: Option<&RunCursor>,
     ) -> Result<Vec<RunSummary>, StoreError>;
+    /// Runs that have not finished, oldest first (creation time, then run id); `after` is the
+    /// last run of the page before.
+    async fn list_active(
+        &self,
+        limit: usize,
+        after: Option<&RunCursor>,
+    ) -> Result<Vec<ActiveRun>, StoreError>;
+    /// Takes the run's lease for `owner` for `ttl_ms` (from the store's clock) when no one
+    /// holds it or its holder let it lapse; the new lease's token is the old one plus one.
+    /// A lease still held, even by `owner` itself, is `Held`.
+    async fn acquire_lease(
+        &self,
+        run_id: &str,
+        owner: &str,
+        ttl_ms: u64,
+    ) -> Result<Claim, StoreError>;
+    /// Extends a lease still held; `LeaseLost` when another owner has taken it.
+    async fn renew_lease(&self, lease: &Lease, ttl_ms: u64) -> Result<Lease, StoreError>;
+    /// Lets the lease lapse now, if it is still this one; otherwise does nothing.
+    async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError>;
     /// Writes the result of (run, step, attempt) once; returns whichever result is stored.
     async fn put_step_result(
         &self,
@@ -119,17 +224,19 @@ pub trait RunStore: EventLog + Send + Sync {
 
     /// Opens an attempt of a step: the result already stored for it, or else appends
     /// `handoff` and returns the run's stored results (the step's inputs come from them).
+    /// `fence`: the lease token of the writer (see [`Lease`]).
     async fn open_step(
         &self,
         run_id: &str,
         step_id: &str,
         attempt: u32,
         handoff: &[Event],
+        fence: Option<u64>,
     ) -> Result<OpenedStep, StoreError> {
         if let Some(stored) = self.get_step_result(run_id, step_id, attempt).await? {
             return Ok(OpenedStep::Stored(stored));
         }
-        self.append(run_id, handoff).await?;
+        self.append_fenced(run_id, handoff, fence).await?;
         Ok(OpenedStep::Open {
             results: self.step_results(run_id).await?,
         })
@@ -181,8 +288,14 @@ pub trait RunStore: EventLog + Send + Sync {
         let mut opened = Vec::with_capacity(w.opens.len());
         for o in w.opens {
             opened.push(
-                self.open_step(&w.state.run_id, &o.step_id, o.attempt, &o.handoff)
-                    .await?,
+                self.open_step(
+                    &w.state.run_id,
+                    &o.step_id,
+                    o.attempt,
+                    &o.handoff,
+                    w.state.lease_token,
+                )
+                .await?,
             );
         }
         Ok(Committed::Written { frames, opened })
@@ -192,7 +305,17 @@ pub trait RunStore: EventLog + Send + Sync {
 /// The per-run event log: gap-free seqs from 1.
 #[async_trait]
 pub trait EventLog: Send + Sync {
-    async fn append(&self, run_id: &str, events: &[Event]) -> Result<Vec<Frame>, StoreError>;
+    /// Appends for a writer that holds no lease on the run.
+    async fn append(&self, run_id: &str, events: &[Event]) -> Result<Vec<Frame>, StoreError> {
+        self.append_fenced(run_id, events, None).await
+    }
+    /// Appends, refused with `LeaseLost` when `fence` is not the run's current lease token.
+    async fn append_fenced(
+        &self,
+        run_id: &str,
+        events: &[Event],
+        fence: Option<u64>,
+    ) -> Result<Vec<Frame>, StoreError>;
     async fn read_after(
         &self,
         run_id: &str,

@@ -12,6 +12,7 @@
 //! the database every [`CROSS_PROCESS_POLL`] (configurable) to see those.
 
 mod dynamodb;
+mod lease;
 mod schema;
 
 use std::fmt;
@@ -23,8 +24,8 @@ use async_trait::async_trait;
 use orchestrator_core::engine::RunState;
 use orchestrator_core::event::{Event, Frame};
 use orchestrator_core::ports::{
-    Clock, Committed, Created, EventLog, OpenedStep, RunStore, StoreError, SystemClock,
-    TransitionWrite,
+    ActiveRun, Claim, Clock, Committed, Created, EventLog, Lease, OpenedStep, RunCursor,
+    RunStore, StoreError, SystemClock, TransitionWrite,
 };
 use orchestrator_core::report::build_report;
 use orchestrator_core::types::{Mode, Plan, RunReport, RunStatus, RunSummary, StepResult};
@@ -234,7 +235,7 @@ fn open_error(location: &str, e: rusqlite::Error) -> StoreError {
     }
 }
 
-fn db_error(e: rusqlite::Error) -> StoreError {
+pub(crate) fn db_error(e: rusqlite::Error) -> StoreError {
     match e.sqlite_error_code() {
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
             StoreError::Unavailable(format!("the database is busy: {e}"))
@@ -246,11 +247,11 @@ fn db_error(e: rusqlite::Error) -> StoreError {
     }
 }
 
-fn saturating_i64(n: u64) -> i64 {
+pub(crate) fn saturating_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-fn to_u64(n: i64, what: &str) -> Result<u64, StoreError> {
+pub(crate) fn to_u64(n: i64, what: &str) -> Result<u64, StoreError> {
     u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("negative {what}: {n}")))
 }
 
@@ -279,7 +280,7 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(
 /// (`execute_batch`); here they are cached statements like the rest of the hot path, which
 /// matters because every event batch is a write and a hand-off's write is on the critical path
 /// between two model calls.
-struct WriteTx<'c> {
+pub(crate) struct WriteTx<'c> {
     conn: &'c Connection,
 }
 
@@ -370,21 +371,23 @@ fn append_events(
 /// A finished run keeps its outcome, and plan versions only move forward: a late writer
 /// (a retried transition, a cancel racing the end) gets a conflict instead of undoing them.
 fn check_transition(tx: &WriteTx<'_>, row: &StateRow) -> Result<(), StoreError> {
-    let stored: Option<(String, i64)> = tx
+    let stored: Option<(String, i64, i64)> = tx
         .prepare_cached(
             "SELECT status,
-                    (SELECT COALESCE(MAX(version), 0) FROM plan_versions WHERE run_id = ?1)
+                    (SELECT COALESCE(MAX(version), 0) FROM plan_versions WHERE run_id = ?1),
+                    lease_token
              FROM runs WHERE run_id = ?1",
         )
         .and_then(|mut stmt| {
-            stmt.query_row([&row.run_id], |r| Ok((r.get(0)?, r.get(1)?)))
+            stmt.query_row([&row.run_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .optional()
         })
         .map_err(db_error)?;
     // An unknown run is reported as NotFound by the update that follows.
-    let Some((status, plan_version)) = stored else {
+    let Some((status, plan_version, lease_token)) = stored else {
         return Ok(());
     };
+    lease::check_fence(&row.run_id, lease_token, row.lease_token)?;
     let status: RunStatus = status
         .parse()
         .map_err(|e| StoreError::Corrupt(format!("run {}: {e}", row.run_id)))?;
@@ -525,6 +528,8 @@ struct StateRow {
     state_json: String,
     /// The plan, when it has a version (version 0 is "no plan yet").
     plan: Option<(u32, String)>,
+    /// The writer's lease token (the fence), if it holds one.
+    lease_token: Option<u64>,
 }
 
 impl StateRow {
@@ -544,8 +549,39 @@ impl StateRow {
             updated_at_ms: saturating_i64(now_ms),
             state_json: encode(state, "run state")?,
             plan,
+            lease_token: state.lease_token,
         })
     }
+}
+
+type SummaryRow = (String, String, String, String, i64, i64);
+
+fn summary_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SummaryRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+    ))
+}
+
+fn summary_of(row: SummaryRow) -> Result<RunSummary, StoreError> {
+    let (run_id, mode, objective, status, created, updated) = row;
+    let mode: Mode = serde_json::from_value(serde_json::Value::String(mode.clone()))
+        .map_err(|_| StoreError::Corrupt(format!("run {run_id}: unknown mode {mode:?}")))?;
+    let status: RunStatus = status
+        .parse()
+        .map_err(|e| StoreError::Corrupt(format!("run {run_id}: {e}")))?;
+    Ok(RunSummary {
+        mode,
+        objective,
+        status,
+        created_at_ms: to_u64(created, "created_at_ms")?,
+        updated_at_ms: to_u64(updated, "updated_at_ms")?,
+        run_id,
+    })
 }
 
 #[async_trait]
@@ -626,53 +662,67 @@ impl RunStore for SqliteStore {
     async fn list_runs(
         &self,
         limit: usize,
-        before_ms: Option<u64>,
+        before: Option<&RunCursor>,
     ) -> Result<Vec<RunSummary>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let before = before_ms.map(saturating_i64);
+        let before = before.map(|c| (saturating_i64(c.created_at_ms), c.run_id.clone()));
         self.call(move |conn| {
+            let (ms, id) = before.unzip();
             let mut stmt = conn
-                .prepare(
+                .prepare_cached(
                     "SELECT run_id, mode, objective, status, created_at_ms, updated_at_ms
                      FROM runs
-                     WHERE ?1 IS NULL OR created_at_ms < ?1
+                     WHERE ?1 IS NULL OR (created_at_ms, run_id) < (?1, ?2)
                      ORDER BY created_at_ms DESC, run_id DESC
-                     LIMIT ?2",
+                     LIMIT ?3",
                 )
                 .map_err(db_error)?;
             let rows = stmt
-                .query_map(params![before, limit], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, String>(3)?,
-                        r.get::<_, i64>(4)?,
-                        r.get::<_, i64>(5)?,
-                    ))
-                })
+                .query_map(params![ms, id, limit], summary_row)
                 .map_err(db_error)?;
-            rows.map(|row| {
-                let (run_id, mode, objective, status, created, updated) = row.map_err(db_error)?;
-                let mode: Mode = serde_json::from_value(serde_json::Value::String(mode.clone()))
-                    .map_err(|_| {
-                        StoreError::Corrupt(format!("run {run_id}: unknown mode {mode:?}"))
-                    })?;
-                let status: RunStatus = status
-                    .parse()
-                    .map_err(|e| StoreError::Corrupt(format!("run {run_id}: {e}")))?;
-                Ok(RunSummary {
-                    mode,
-                    objective,
-                    status,
-                    created_at_ms: to_u64(created, "created_at_ms")?,
-                    updated_at_ms: to_u64(updated, "updated_at_ms")?,
-                    run_id,
-                })
-            })
-            .collect()
+            rows.map(|row| summary_of(row.map_err(db_error)?))
+                .collect()
         })
         .await
+    }
+
+    async fn list_active(
+        &self,
+        limit: usize,
+        after: Option<&RunCursor>,
+    ) -> Result<Vec<ActiveRun>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let after = after.map(|c| (saturating_i64(c.created_at_ms), c.run_id.clone()));
+        self.call(move |conn| lease::list_active(conn, limit, after))
+            .await
+    }
+
+    async fn acquire_lease(
+        &self,
+        run_id: &str,
+        owner: &str,
+        ttl_ms: u64,
+    ) -> Result<Claim, StoreError> {
+        let (run_id, owner) = (run_id.to_owned(), owner.to_owned());
+        let now = self.clock.now_ms();
+        self.write(
+            move |tx| lease::acquire(tx, &run_id, &owner, now, ttl_ms),
+            |_| false,
+        )
+        .await
+    }
+
+    async fn renew_lease(&self, held: &Lease, ttl_ms: u64) -> Result<Lease, StoreError> {
+        let held = held.clone();
+        let now = self.clock.now_ms();
+        self.write(move |tx| lease::renew(tx, held, now, ttl_ms), |_| false)
+            .await
+    }
+
+    async fn release_lease(&self, held: &Lease) -> Result<(), StoreError> {
+        let held = held.clone();
+        self.write(move |tx| lease::release(tx, &held), |_| false)
+            .await
     }
 
     async fn put_step_result(
@@ -740,6 +790,7 @@ impl RunStore for SqliteStore {
         step_id: &str,
         attempt: u32,
         handoff: &[Event],
+        fence: Option<u64>,
     ) -> Result<OpenedStep, StoreError> {
         check_events(run_id, handoff)?;
         let run_id = run_id.to_owned();
@@ -750,9 +801,7 @@ impl RunStore for SqliteStore {
                 if let Some(stored) = read_step_result(tx, &run_id, &step_id, attempt)? {
                     return Ok(OpenedStep::Stored(stored));
                 }
-                if !run_exists(tx, &run_id)? {
-                    return Err(StoreError::NotFound(run_id));
-                }
+                lease::check_writer(tx, &run_id, fence)?;
                 append_events(tx, &run_id, handoff)?;
                 let results = read_step_results(tx, &run_id)?;
                 Ok(OpenedStep::Open { results })
@@ -830,6 +879,7 @@ impl RunStore for SqliteStore {
                 let frames = save_transition(tx, row, events)?;
                 let mut opened = Vec::with_capacity(opens.len());
                 let mut results = None;
+                // The fence was checked with the state above, in this transaction.
                 for o in opens {
                     if let Some(stored) = read_step_result(tx, &run_id, &o.step_id, o.attempt)? {
                         opened.push(OpenedStep::Stored(stored));
@@ -866,15 +916,18 @@ impl RunStore for SqliteStore {
 
 #[async_trait]
 impl EventLog for SqliteStore {
-    async fn append(&self, run_id: &str, events: &[Event]) -> Result<Vec<Frame>, StoreError> {
+    async fn append_fenced(
+        &self,
+        run_id: &str,
+        events: &[Event],
+        fence: Option<u64>,
+    ) -> Result<Vec<Frame>, StoreError> {
         check_events(run_id, events)?;
         let run_id = run_id.to_owned();
         let events = events.to_vec();
         self.write(
             move |tx| {
-                if !run_exists(tx, &run_id)? {
-                    return Err(StoreError::NotFound(run_id));
-                }
+                lease::check_writer(tx, &run_id, fence)?;
                 append_events(tx, &run_id, events)
             },
             |frames| !frames.is_empty(),

@@ -41,6 +41,11 @@ const MIGRATIONS: &[&str] = &[
          event_json TEXT NOT NULL,
          PRIMARY KEY (run_id, seq)
      ) WITHOUT ROWID;",
+    // 2: run leases (owner, fencing token, expiry) and the index recovery pages through.
+    "ALTER TABLE runs ADD COLUMN lease_owner TEXT;
+     ALTER TABLE runs ADD COLUMN lease_token INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE runs ADD COLUMN lease_expires_at_ms INTEGER NOT NULL DEFAULT 0;
+     CREATE INDEX runs_by_status ON runs (status, created_at_ms, run_id);",
 ];
 
 /// The schema version this build writes.

@@ -15,7 +15,22 @@ pub const GSI1_SK: &str = "gsi1sk";
 /// The one partition of [`GSI1`]: every run's meta item, newest first by its sort key.
 pub const GSI1_PARTITION: &str = "RUNS";
 
+/// The active-runs index: only meta items of runs that have not finished carry its keys
+/// (a sparse index), so recovery reads in-progress runs without reading every run.
+pub const GSI2: &str = "byActive";
+pub const GSI2_PK: &str = "gsi2pk";
+pub const GSI2_SK: &str = "gsi2sk";
+pub const GSI2_PARTITION: &str = "ACTIVE";
+
 pub const META: &str = "META";
+/// The run's lease item: small, so renewing it costs one write unit (the meta item, with the
+/// state inline, can be many).
+pub const LEASE: &str = "LEASE";
+/// Attributes of the lease item; `leaseToken` is mirrored on the meta item, where fenced
+/// writes check it.
+pub const LEASE_OWNER: &str = "leaseOwner";
+pub const LEASE_TOKEN: &str = "leaseToken";
+pub const LEASE_EXPIRES: &str = "leaseExpires";
 pub const REPORT: &str = "REPORT";
 pub const IDEM_SK: &str = "IDEM";
 pub const EVENT_PREFIX: &str = "EV#";
@@ -102,11 +117,6 @@ pub fn created_sk(created_at_ms: u64, run_id: &str) -> String {
     format!("{created_at_ms:020}#{run_id}")
 }
 
-/// Every [`created_sk`] of a run created before `before_ms` sorts below this.
-pub fn created_before(before_ms: u64) -> String {
-    format!("{before_ms:020}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,8 +129,8 @@ mod tests {
         assert!(event_sk(10) < event_sk(u64::MAX));
         assert!(plan_sk(2) < plan_sk(10));
         assert!(created_sk(999, "z") < created_sk(1_000, "a"));
-        // AND a run created at exactly `before` is not "before" it
-        assert!(created_sk(4_999, "r") < created_before(5_000));
-        assert!(created_sk(5_000, "r") > created_before(5_000));
+        // AND runs of the same millisecond sort by id, after every earlier millisecond
+        assert!(created_sk(5_000, "a") < created_sk(5_000, "b"));
+        assert!(created_sk(4_999, "z") < created_sk(5_000, "a"));
     }
 }

@@ -21,6 +21,7 @@
 mod body;
 mod config;
 mod keys;
+mod lease;
 mod table;
 
 use std::collections::HashMap;
@@ -38,7 +39,10 @@ use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Put, TransactWriteItem, Update};
 use orchestrator_core::engine::RunState;
 use orchestrator_core::event::{Event, Frame};
-use orchestrator_core::ports::{Clock, Created, EventLog, RunStore, StoreError, SystemClock};
+use orchestrator_core::ports::{
+    ActiveRun, Claim, Clock, Created, EventLog, Lease, RunCursor, RunStore, StoreError,
+    SystemClock,
+};
 use orchestrator_core::types::{Mode, Plan, RunReport, RunStatus, RunSummary, StepResult};
 use tokio::sync::watch;
 
@@ -98,6 +102,8 @@ struct Meta {
     plan_version: u32,
     step_count: u64,
     body: Option<StoredBody>,
+    /// The current lease's token (0: never leased).
+    lease_token: u64,
 }
 
 /// A state to save along with events.
@@ -444,6 +450,7 @@ impl DynamoDbStore {
             keys::BODY,
             keys::BLOB,
             keys::PARTS,
+            keys::LEASE_TOKEN,
         ];
         // The inline body is projected too, only so that `StoredBody::of` can tell the two
         // forms apart; it is at most INLINE_MAX and read with the same request.
@@ -479,6 +486,7 @@ impl DynamoDbStore {
             plan_version: need_n(&item, keys::PLAN_VERSION, run_id)?,
             step_count: need_n(&item, keys::STEP_COUNT, run_id)?,
             body: StoredBody::of(&item),
+            lease_token: get_n(&item, keys::LEASE_TOKEN).unwrap_or(0),
         }))
     }
 
@@ -758,11 +766,15 @@ impl DynamoDbStore {
     /// as the last of them. Events beyond one transaction's limits go in several, each
     /// gap-free; the state goes with the last, so a reader never sees a state whose events
     /// are missing.
+    ///
+    /// `fence`: the writer's lease token; every try checks it against the meta item it read,
+    /// whose `rev` condition makes the check hold at the write (a takeover bumps `rev`).
     async fn write_log(
         &self,
         run_id: &str,
         events: &[Pending],
         mut state: Option<StateWrite>,
+        fence: Option<u64>,
     ) -> Result<Vec<Frame>, StoreError> {
         let pk = keys::run_pk(run_id);
         let ttl = self.ttl();
@@ -774,6 +786,9 @@ impl DynamoDbStore {
                 .read_meta(run_id)
                 .await?
                 .ok_or_else(|| StoreError::NotFound(run_id.to_owned()))?;
+            if fence.is_some_and(|token| token != meta.lease_token) {
+                return Err(StoreError::LeaseLost(run_id.to_owned()));
+            }
             if let Some(write) = &state {
                 check_transition(run_id, &meta, write)?;
             }
@@ -801,6 +816,11 @@ impl DynamoDbStore {
                 update.set(keys::STATUS, s(write.status.as_str()));
                 update.set(keys::UPDATED_AT, n(write.updated_at_ms));
                 update.set(keys::PLAN_VERSION, n(write.plan_version()));
+                if write.status.is_terminal() {
+                    // Out of the active-runs index.
+                    update.remove(keys::GSI2_PK);
+                    update.remove(keys::GSI2_SK);
+                }
                 match &write.body {
                     Body::Inline(json) => {
                         update.set(keys::BODY, s(json.clone()));
@@ -895,6 +915,13 @@ impl DynamoDbStore {
             keys::GSI1_SK.into(),
             s(keys::created_sk(state.started_at_ms, run_id)),
         );
+        if !state.status.is_terminal() {
+            meta.insert(keys::GSI2_PK.into(), s(keys::GSI2_PARTITION));
+            meta.insert(
+                keys::GSI2_SK.into(),
+                s(keys::created_sk(state.started_at_ms, run_id)),
+            );
+        }
         meta.insert(keys::RUN_ID.into(), s(run_id));
         meta.insert(keys::STATUS.into(), s(state.status.as_str()));
         meta.insert(keys::MODE.into(), s(state.request.mode.to_string()));
@@ -963,7 +990,7 @@ impl DynamoDbStore {
             })
             .collect();
         if take < events.len() {
-            frames.extend(self.write_log(run_id, &events[take..], None).await?);
+            frames.extend(self.write_log(run_id, &events[take..], None, None).await?);
         }
         Ok(Created::New { frames })
     }
@@ -1111,7 +1138,9 @@ impl RunStore for DynamoDbStore {
         self.write_parts(&pk, write.bodies(), None).await?;
         self.write_parts(&pk, bodies_of(&pending), self.ttl())
             .await?;
-        let written = self.write_log(&state.run_id, &pending, Some(write)).await;
+        let written = self
+            .write_log(&state.run_id, &pending, Some(write), state.lease_token)
+            .await;
         match &written {
             Ok(frames) if !frames.is_empty() => self.poke(),
             Ok(_) => {}
@@ -1132,7 +1161,7 @@ impl RunStore for DynamoDbStore {
     async fn list_runs(
         &self,
         limit: usize,
-        before_ms: Option<u64>,
+        before: Option<&RunCursor>,
     ) -> Result<Vec<RunSummary>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
@@ -1147,12 +1176,15 @@ impl RunStore for DynamoDbStore {
             .scan_index_forward(false)
             .expression_attribute_names("#pk", keys::GSI1_PK)
             .expression_attribute_values(":pk", s(keys::GSI1_PARTITION));
-        base = match before_ms {
+        base = match before {
             None => base.key_condition_expression("#pk = :pk"),
-            Some(before) => base
+            Some(c) => base
                 .key_condition_expression("#pk = :pk AND #sk < :before")
                 .expression_attribute_names("#sk", keys::GSI1_SK)
-                .expression_attribute_values(":before", s(keys::created_before(before))),
+                .expression_attribute_values(
+                    ":before",
+                    s(keys::created_sk(c.created_at_ms, &c.run_id)),
+                ),
         };
         let items = self.query_pages(base, Some(limit)).await?;
         items
@@ -1181,6 +1213,31 @@ impl RunStore for DynamoDbStore {
                 })
             })
             .collect()
+    }
+
+    async fn list_active(
+        &self,
+        limit: usize,
+        after: Option<&RunCursor>,
+    ) -> Result<Vec<ActiveRun>, StoreError> {
+        self.active_runs(limit, after).await
+    }
+
+    async fn acquire_lease(
+        &self,
+        run_id: &str,
+        owner: &str,
+        ttl_ms: u64,
+    ) -> Result<Claim, StoreError> {
+        self.take_lease(run_id, owner, ttl_ms).await
+    }
+
+    async fn renew_lease(&self, lease: &Lease, ttl_ms: u64) -> Result<Lease, StoreError> {
+        self.extend_lease(lease, ttl_ms).await
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        self.drop_lease(lease).await
     }
 
     async fn put_step_result(
@@ -1257,13 +1314,18 @@ impl RunStore for DynamoDbStore {
 
 #[async_trait]
 impl EventLog for DynamoDbStore {
-    async fn append(&self, run_id: &str, events: &[Event]) -> Result<Vec<Frame>, StoreError> {
+    async fn append_fenced(
+        &self,
+        run_id: &str,
+        events: &[Event],
+        fence: Option<u64>,
+    ) -> Result<Vec<Frame>, StoreError> {
         check_events(run_id, events)?;
         let pending = Self::encode_events(events)?;
         let pk = keys::run_pk(run_id);
         self.write_parts(&pk, bodies_of(&pending), self.ttl())
             .await?;
-        let written = self.write_log(run_id, &pending, None).await;
+        let written = self.write_log(run_id, &pending, None, fence).await;
         match &written {
             Ok(frames) if !frames.is_empty() => self.poke(),
             Ok(_) => {}

@@ -62,6 +62,22 @@ impl DynamoDbStore {
             )
             .build()
             .map_err(build_error)?;
+        let active = GlobalSecondaryIndex::builder()
+            .index_name(keys::GSI2)
+            .key_schema(key(keys::GSI2_PK, KeyType::Hash)?)
+            .key_schema(key(keys::GSI2_SK, KeyType::Range)?)
+            .projection(
+                Projection::builder()
+                    .projection_type(ProjectionType::Include)
+                    .set_non_key_attributes(Some(
+                        [keys::RUN_ID, keys::STATUS, keys::CREATED_AT]
+                            .map(str::to_owned)
+                            .to_vec(),
+                    ))
+                    .build(),
+            )
+            .build()
+            .map_err(build_error)?;
         let created = self
             .client
             .create_table()
@@ -71,9 +87,12 @@ impl DynamoDbStore {
             .attribute_definitions(attr(keys::SK)?)
             .attribute_definitions(attr(keys::GSI1_PK)?)
             .attribute_definitions(attr(keys::GSI1_SK)?)
+            .attribute_definitions(attr(keys::GSI2_PK)?)
+            .attribute_definitions(attr(keys::GSI2_SK)?)
             .key_schema(key(keys::PK, KeyType::Hash)?)
             .key_schema(key(keys::SK, KeyType::Range)?)
             .global_secondary_indexes(index)
+            .global_secondary_indexes(active)
             .send()
             .await;
         match created {
