@@ -9,7 +9,8 @@ use async_trait::async_trait;
 use orchestrator_core::engine::RunState;
 use orchestrator_core::event::{Event, EventKind, Frame, HandoffStage};
 use orchestrator_core::ports::{
-    Committed, Created, EventLog, OpenedStep, RunStore, StoreError, TransitionWrite,
+    ActiveRun, Claim, Committed, Created, EventLog, Lease, OpenedStep, RunCursor, RunStore,
+    StoreError, TransitionWrite,
 };
 use orchestrator_core::types::{RunReport, RunSummary, StepResult};
 use orchestrator_runner::Store;
@@ -45,6 +46,9 @@ pub struct StoreCounters {
     pub handoffs_occurred: u64,
     /// Writes that dispatched steps (carried at least one handoff `requested`).
     pub dispatch_writes: u64,
+    /// Lease writes: takes (a conditional write each), renewals and releases.
+    #[serde(default)]
+    pub lease_writes: u64,
 }
 
 #[derive(Default)]
@@ -151,10 +155,35 @@ impl RunStore for CountingStore {
     async fn list_runs(
         &self,
         limit: usize,
-        before_ms: Option<u64>,
+        before: Option<&RunCursor>,
     ) -> Result<Vec<RunSummary>, StoreError> {
         self.count(|c| c.reads += 1);
-        self.inner.list_runs(limit, before_ms).await
+        self.inner.list_runs(limit, before).await
+    }
+    async fn list_active(
+        &self,
+        limit: usize,
+        after: Option<&RunCursor>,
+    ) -> Result<Vec<ActiveRun>, StoreError> {
+        self.count(|c| c.reads += 1);
+        self.inner.list_active(limit, after).await
+    }
+    async fn acquire_lease(
+        &self,
+        run_id: &str,
+        owner: &str,
+        ttl_ms: u64,
+    ) -> Result<Claim, StoreError> {
+        self.count(|c| c.lease_writes += 1);
+        self.inner.acquire_lease(run_id, owner, ttl_ms).await
+    }
+    async fn renew_lease(&self, lease: &Lease, ttl_ms: u64) -> Result<Lease, StoreError> {
+        self.count(|c| c.lease_writes += 1);
+        self.inner.renew_lease(lease, ttl_ms).await
+    }
+    async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        self.count(|c| c.lease_writes += 1);
+        self.inner.release_lease(lease).await
     }
     async fn put_step_result(
         &self,
@@ -191,11 +220,12 @@ impl RunStore for CountingStore {
         step_id: &str,
         attempt: u32,
         handoff: &[Event],
+        fence: Option<u64>,
     ) -> Result<OpenedStep, StoreError> {
         self.count(|c| c.open_step += 1);
         let opened = self
             .inner
-            .open_step(run_id, step_id, attempt, handoff)
+            .open_step(run_id, step_id, attempt, handoff, fence)
             .await?;
         // Only an opened step appended its handoff.
         if matches!(opened, OpenedStep::Open { .. }) {
@@ -236,10 +266,15 @@ impl RunStore for CountingStore {
 
 #[async_trait]
 impl EventLog for CountingStore {
-    async fn append(&self, run_id: &str, events: &[Event]) -> Result<Vec<Frame>, StoreError> {
+    async fn append_fenced(
+        &self,
+        run_id: &str,
+        events: &[Event],
+        fence: Option<u64>,
+    ) -> Result<Vec<Frame>, StoreError> {
         self.count(|c| c.append += 1);
         self.saw(events);
-        self.inner.append(run_id, events).await
+        self.inner.append_fenced(run_id, events, fence).await
     }
     async fn read_after(
         &self,

@@ -16,6 +16,8 @@ pub struct Config {
     /// The DynamoDB table and client settings, used when the store is DynamoDB.
     pub dynamodb: orchestrator_store::DynamoDbConfig,
     pub serve: ServeConfig,
+    /// How long a run's lease lasts unrenewed (ORCHESTRATOR_LEASE_SECONDS).
+    pub lease_ttl: Duration,
 }
 
 /// Where runs, events and reports are kept.
@@ -90,8 +92,13 @@ impl Config {
             max_runs: number("ORCHESTRATOR_MAX_RUNS", 256)?,
             max_body_bytes: number("ORCHESTRATOR_MAX_BODY_BYTES", 64 * 1024)?,
         };
+        let lease_seconds: f64 = number("ORCHESTRATOR_LEASE_SECONDS", 15.0)?;
+        if !(0.1..=86_400.0).contains(&lease_seconds) {
+            bail!("ORCHESTRATOR_LEASE_SECONDS must be between 0.1 and 86400");
+        }
         Ok(Self {
             llm,
+            lease_ttl: Duration::from_secs_f64(lease_seconds),
             db: var("ORCHESTRATOR_DB").map(PathBuf::from),
             store,
             dynamodb,

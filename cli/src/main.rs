@@ -17,7 +17,9 @@ use orchestrator_agents::{Planner, Prompts, specialists_with_prompts};
 use orchestrator_core::ports::{Model, SystemClock};
 use orchestrator_core::types::{Budget, Mode, RunRequest, RunStatus};
 use orchestrator_llm::Provider;
-use orchestrator_runner::{Delivered, Launch, RunError, Runner, RunnerConfig, Started, Store};
+use orchestrator_runner::{
+    Delivered, Launch, LeaseConfig, RunError, Runner, RunnerConfig, Started, Store,
+};
 use orchestrator_store::{DynamoDbStore, SqliteStore};
 
 use crate::config::{Config, StoreKind};
@@ -87,10 +89,17 @@ enum Command {
         max_steps: Option<u32>,
     },
     /// Continue a run whose process stopped, from its last finished step
+    ///
+    /// A run another live process drives is left alone: exit 3, naming that process (or, with
+    /// --follow, its stream is followed to the end).
     Resume {
         run_id: String,
+        /// Print the exact SSE frames instead of the rendered run
         #[arg(long)]
         json: bool,
+        /// When another process drives the run, follow its stream instead of exiting 3
+        #[arg(long)]
+        follow: bool,
     },
     /// Answer a run waiting at a checkpoint, then continue it
     Approve {
@@ -315,6 +324,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         RunnerConfig {
             notices,
             messages,
+            lease: LeaseConfig {
+                ttl: config.lease_ttl,
+                ..LeaseConfig::default()
+            },
             ..RunnerConfig::default()
         },
     );
@@ -342,11 +355,38 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let run_id = launch.state.run_id.clone();
             follow(&runner, &run_id, Some(launch), mode, json).await
         }
-        Command::Resume { run_id, json } => {
-            let launch = runner.resume(&run_id).await.map_err(explain)?;
-            let mode = launch.state.request.mode;
-            follow(&runner, &run_id, Some(launch), mode, json).await
-        }
+        Command::Resume {
+            run_id,
+            json,
+            follow: watch,
+        } => match runner.resume(&run_id).await {
+            Ok(launch) => {
+                let mode = launch.state.request.mode;
+                follow(&runner, &run_id, Some(launch), mode, json).await
+            }
+            Err(RunError::Owned {
+                owner,
+                expires_in_ms,
+                ..
+            }) => {
+                let owner = clean(&owner);
+                if !watch {
+                    eprintln!(
+                        "error: run {run_id} is being driven by {owner} (its lease runs {:.1} s more if that process stops renewing it); nothing was changed.\nFollow it with `orchestrator resume {run_id} --follow`, or resume it once that process has stopped.",
+                        expires_in_ms as f64 / 1000.0
+                    );
+                    return Ok(ExitCode::from(3));
+                }
+                eprintln!("note: run {run_id} is being driven by {owner}; following its stream");
+                let mode = runner
+                    .store()
+                    .load_run(&run_id)
+                    .await?
+                    .map_or(Mode::App, |s| s.request.mode);
+                watch_run(&runner, &run_id, mode, json).await
+            }
+            Err(e) => Err(explain(e)),
+        },
         Command::Approve {
             run_id,
             checkpoint_id,
@@ -431,10 +471,23 @@ async fn serve(
         })?;
     let store = runner.store().clone();
     let control = orchestrator_api::LocalControl::new(runner, config.max_runs);
-    let recovered = control
-        .recover()
-        .await
-        .map_err(|e| anyhow!("resuming interrupted runs: {e}"))?;
+    // Runs in progress that no live process drives (a previous process of this server died,
+    // or another replica did) are taken over now and every third of a lease time after.
+    let watcher = control.clone();
+    tokio::spawn(async move {
+        let every = watcher.runner().lease_config().renew_every();
+        loop {
+            match watcher.take_over_orphans().await {
+                Ok(taken) if !taken.is_empty() => eprintln!(
+                    "took over {} run(s) that no live process was driving",
+                    taken.len()
+                ),
+                Ok(_) => {}
+                Err(e) => eprintln!("warning: looking for interrupted runs: {e}"),
+            }
+            tokio::time::sleep(every).await;
+        }
+    });
     let auth = config.api_key.is_some();
     let app = orchestrator_api::router(
         Arc::new(control),
@@ -451,18 +504,13 @@ async fn serve(
     );
     let local = listener.local_addr()?;
     eprintln!(
-        "orchestrator listening on http://{local} ({}{}){}",
+        "orchestrator listening on http://{local} ({}{})",
         if auth {
             "bearer API_KEY required"
         } else {
             "no auth: set API_KEY to require a bearer token"
         },
         if offline { ", offline model" } else { "" },
-        if recovered.is_empty() {
-            String::new()
-        } else {
-            format!("; resumed {} interrupted run(s)", recovered.len())
-        }
     );
     // SSE frames are small writes a few ms apart: without TCP_NODELAY, Nagle's algorithm holds
     // each one until the client ACKs the previous, and delayed ACKs make that up to 40 ms.
@@ -499,6 +547,28 @@ async fn follow(
     mode: Mode,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
+    follow_from(runner, run_id, launch, mode, json, false).await
+}
+
+/// Follows a run another process drives, to its end (or its pause).
+async fn watch_run(
+    runner: &Runner,
+    run_id: &str,
+    mode: Mode,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    follow_from(runner, run_id, None, mode, json, true).await
+}
+
+/// `elsewhere`: another process drives the run; keep reading while it is running.
+async fn follow_from(
+    runner: &Runner,
+    run_id: &str,
+    launch: Option<Launch>,
+    mode: Mode,
+    json: bool,
+    elsewhere: bool,
+) -> anyhow::Result<ExitCode> {
     let driver = launch.map(|l| {
         let r = runner.clone();
         tokio::spawn(async move { r.drive(l).await })
@@ -512,6 +582,7 @@ async fn follow(
     let store = runner.store().clone();
     let mut after = 0;
     let mut driver = driver;
+    let mut elsewhere = elsewhere;
     let mut outcome: Option<Result<RunStatus, RunError>> = None;
     loop {
         let frames = store.read_after(run_id, after, 1000).await?;
@@ -543,16 +614,36 @@ async fn follow(
             continue; // drain what the driver wrote last
         }
         if driver.is_none() {
-            // Nothing drives the run here: paused, or an idempotent replay of another run.
-            return match outcome {
-                Some(Err(e)) => Err(explain(e)),
-                _ => paused(runner, run_id).await,
-            };
+            match outcome.take() {
+                // Another process took the run over (its lease had lapsed here): it carries
+                // on there, and its stream is followed to the end.
+                Some(Err(e)) if e.taken_over() => {
+                    eprintln!("note: another process took run {run_id} over; following its stream");
+                    elsewhere = true;
+                }
+                Some(Err(e)) => return Err(explain(e)),
+                _ if elsewhere && still_running(runner, run_id).await? => {}
+                // Nothing drives the run here: paused, or an idempotent replay of another run.
+                _ => return paused(runner, run_id).await,
+            }
         }
         store
             .wait_beyond(run_id, after, Duration::from_millis(500))
             .await?;
     }
+}
+
+async fn still_running(runner: &Runner, run_id: &str) -> anyhow::Result<bool> {
+    let state = runner.store().load_run(run_id).await?;
+    Ok(state.is_some_and(|s| s.status == RunStatus::Running))
+}
+
+/// Text from a request, a model or another process, safe to print: control characters
+/// (escape sequences could clear or retitle the terminal) become U+FFFD.
+fn clean(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect()
 }
 
 async fn paused(runner: &Runner, run_id: &str) -> anyhow::Result<ExitCode> {

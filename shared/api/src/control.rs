@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use orchestrator_core::ports::RunCursor;
 use orchestrator_core::types::{RunRequest, RunStatus, ValidationError};
 use orchestrator_runner::{Delivered, Launch, RunError, Runner, Started};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -51,6 +52,9 @@ impl From<RunError> for ApiError {
             } => ApiError::Conflict(format!(
                 "run {run_id} is not waiting at checkpoint {checkpoint_id}"
             )),
+            RunError::Owned { run_id, owner, .. } => ApiError::Conflict(format!(
+                "run {run_id} is being driven by another process ({owner}); retry once it pauses"
+            )),
         }
     }
 }
@@ -92,31 +96,69 @@ impl LocalControl {
             let run_id = launch.state.run_id.clone();
             match runner.drive(launch).await {
                 Ok(status) => tracing::info!(%run_id, %status, "run driven"),
+                Err(e) if e.taken_over() => {
+                    tracing::info!(%run_id, "another process took the run over")
+                }
                 Err(e) => tracing::error!(%run_id, error = %e, "run stopped with an error"),
             }
             drop(permit);
         });
     }
 
-    /// Picks up runs a previous process left in progress (not those waiting on a person).
-    pub async fn recover(&self) -> Result<Vec<String>, ApiError> {
-        let mut resumed = Vec::new();
-        let mut before = None;
+    /// One pass of recovery: takes over every run in progress that no live process drives
+    /// (its owner died, or a previous process of this one stopped), oldest first. Each waits
+    /// for a free slot, so a backlog beyond the admission limit queues instead of failing.
+    /// A run created less than a lease time ago is left to its creator, which claims it at
+    /// once. Returns the runs taken over.
+    pub async fn take_over_orphans(&self) -> Result<Vec<String>, ApiError> {
+        const PAGE: usize = 200;
+        let store = self.runner.store().clone();
+        let grace = self.runner.lease_config().ttl_ms();
+        let mut taken = Vec::new();
+        let mut after: Option<RunCursor> = None;
         loop {
-            let page = self.runner.store().list_runs(200, before).await?;
+            let page = store.list_active(PAGE, after.as_ref()).await?;
             let Some(last) = page.last() else { break };
-            before = Some(last.created_at_ms);
+            after = Some(last.cursor());
             for run in page.iter().filter(|r| r.status == RunStatus::Running) {
-                let permit = self.permit()?;
-                let launch = self.runner.resume(&run.run_id).await?;
-                self.spawn(launch, Some(permit));
-                resumed.push(run.run_id.clone());
+                let now = self.runner.now_ms();
+                if self.runner.is_live(&run.run_id) || run.created_at_ms.saturating_add(grace) > now
+                {
+                    continue;
+                }
+                if self.take_over(&run.run_id).await? {
+                    taken.push(run.run_id.clone());
+                }
             }
-            if page.len() < 200 {
+            if page.len() < PAGE {
                 break;
             }
         }
-        Ok(resumed)
+        Ok(taken)
+    }
+
+    /// Resumes the run here if its lease is free, once a slot is.
+    async fn take_over(&self, run_id: &str) -> Result<bool, ApiError> {
+        let permit = self
+            .active
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError::Internal("the run slots are closed".into()))?;
+        match self.runner.resume(run_id).await {
+            Ok(launch) => {
+                self.spawn(launch, Some(permit));
+                Ok(true)
+            }
+            // Driven by a live process, finished or gone since the listing: not ours.
+            Err(RunError::Owned { .. } | RunError::Finished { .. } | RunError::NotFound(_)) => {
+                Ok(false)
+            }
+            Err(e) => {
+                tracing::warn!(%run_id, error = %e, "could not take the run over");
+                Ok(false)
+            }
+        }
     }
 
     async fn delivered(&self, delivered: Delivered) -> Result<(), ApiError> {

@@ -116,6 +116,9 @@ impl From<orchestrator_core::ports::StoreError> for ApiError {
                 message: format!("the store is unavailable: {m}"),
                 retry_after_secs: 1,
             },
+            orchestrator_core::ports::StoreError::LeaseLost(id) => ApiError::Conflict(format!(
+                "run {id} was taken over by another process while this one wrote it; retry"
+            )),
             other => ApiError::Internal(other.to_string()),
         }
     }

@@ -12,6 +12,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use orchestrator_core::engine::Checkpoint;
+use orchestrator_core::ports::RunCursor;
 use orchestrator_core::types::{Mode, Plan, RunReport, RunRequest, RunStatus, RunSummary};
 use orchestrator_runner::Store;
 use serde::{Deserialize, Serialize};
@@ -391,16 +392,16 @@ async fn get_run(
 #[derive(Debug, Deserialize)]
 struct ListQuery {
     limit: Option<usize>,
-    before: Option<u64>,
+    cursor: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RunList {
     pub runs: Vec<RunSummary>,
-    /// Pass as `before` for the next page; absent on the last page.
+    /// Pass as `cursor` for the next page; absent on the last page. Opaque.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next_before: Option<u64>,
+    pub next_cursor: Option<String>,
 }
 
 async fn list_runs(
@@ -418,11 +419,23 @@ async fn list_runs(
             message: "must be between 1 and 200".into(),
         });
     }
-    let runs = state.store.list_runs(limit, q.before).await?;
-    let next_before = (runs.len() == limit)
-        .then(|| runs.last().map(|r| r.created_at_ms))
+    let cursor = q
+        .cursor
+        .as_deref()
+        .map(|c| {
+            RunCursor::decode(c).ok_or_else(|| ApiError::Invalid {
+                field: "cursor".into(),
+                message:
+                    "is not a cursor this API handed out; pass nextCursor from the page before"
+                        .into(),
+            })
+        })
+        .transpose()?;
+    let runs = state.store.list_runs(limit, cursor.as_ref()).await?;
+    let next_cursor = (runs.len() == limit)
+        .then(|| runs.last().map(|r| RunCursor::after(r).encode()))
         .flatten();
-    Ok(axum::Json(RunList { runs, next_before }))
+    Ok(axum::Json(RunList { runs, next_cursor }))
 }
 
 #[derive(Debug, Deserialize)]

@@ -140,6 +140,7 @@ impl Control for SfnControl {
         {
             Started::New(launch) => {
                 let run_id = launch.state.run_id.clone();
+                self.transitions.owned_by_execution(&run_id).await?;
                 if let Err(e) = self.start_execution(&run_id).await {
                     // No execution will ever drive this run: end it visibly rather than leave
                     // a run that looks alive.

@@ -60,6 +60,10 @@ impl From<StoreError> for FunctionError {
         match e {
             StoreError::NotFound(id) => FunctionError::RunNotFound(id),
             StoreError::Conflict(m) => FunctionError::StoreConflict(m),
+            // Step Functions owns its runs; a lease on one is a local process's mistake.
+            StoreError::LeaseLost(id) => {
+                FunctionError::StoreConflict(format!("run {id} is leased by another driver"))
+            }
             // Corrupt data will not mend itself, but the table might be mid-write: one more try.
             StoreError::Corrupt(m) | StoreError::Unavailable(m) => {
                 FunctionError::StoreUnavailable(m)

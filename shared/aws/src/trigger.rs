@@ -484,6 +484,10 @@ impl TriggerFunction {
             }
             tracing::info!(runId = %run_id, "the run exists; making sure its execution is started");
         }
+        self.transitions
+            .owned_by_execution(&run_id)
+            .await
+            .map_err(|e| Failure::Transient(TriggerError::Store(e.to_string())))?;
         self.executions
             .start(&run_id)
             .await

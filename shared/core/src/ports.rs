@@ -89,7 +89,10 @@ pub struct Lease {
 pub enum Claim {
     Acquired(Lease),
     /// Another owner holds it and has not let it lapse.
-    Held { owner: String, expires_at_ms: u64 },
+    Held {
+        owner: String,
+        expires_at_ms: u64,
+    },
 }
 
 /// A run that has not finished (running, or waiting on a person), as recovery sees it.

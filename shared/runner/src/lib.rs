@@ -15,16 +15,19 @@ use orchestrator_agents::{PlanContext, Planner, Specialists};
 use orchestrator_core::engine::{Action, Input, PlannerState, ReplanReason, RunState};
 use orchestrator_core::event::Event;
 use orchestrator_core::ports::{
-    Clock, Committed, EventLog, OpenedStep, RunStore, StepOpening, StoreError,
+    Claim, Clock, Committed, EventLog, Lease, OpenedStep, RunStore, StepOpening, StoreError,
 };
 use orchestrator_core::types::{RunReport, RunRequest, RunStatus, StepResult, ValidationError};
 use tokio::sync::mpsc;
 
+mod lease;
 mod steps;
 mod transitions;
 
+pub use lease::{LeaseConfig, process_owner};
+
 pub use steps::{StepEnd, StepRunner, Transient, input_of, outcome_of, stored_input};
-pub use transitions::{Transitions, events_of};
+pub use transitions::{EXECUTION_OWNER, Transitions, events_of};
 
 /// A store that is both a run store and an event log (SQLite here, DynamoDB on AWS).
 pub trait Store: RunStore + EventLog {}
@@ -45,6 +48,20 @@ pub enum RunError {
         run_id: String,
         checkpoint_id: String,
     },
+    /// Another live process drives the run (it holds the run's lease).
+    #[error("run {run_id} is being driven by {owner} (its lease runs {expires_in_ms} ms more)")]
+    Owned {
+        run_id: String,
+        owner: String,
+        expires_in_ms: u64,
+    },
+}
+
+impl RunError {
+    /// Another owner took the run over while this process drove it: it stops, quietly.
+    pub fn taken_over(&self) -> bool {
+        matches!(self, RunError::Store(StoreError::LeaseLost(_)))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -59,6 +76,8 @@ pub struct RunnerConfig {
     pub notices: Vec<String>,
     /// Messages every run states right after `start` (e.g. which provider and model run it).
     pub messages: Vec<String>,
+    /// Who this process is when it drives a run, and how long its lease lasts unrenewed.
+    pub lease: LeaseConfig,
 }
 
 impl Default for RunnerConfig {
@@ -69,15 +88,18 @@ impl Default for RunnerConfig {
             tick: Duration::from_secs(1),
             notices: Vec::new(),
             messages: Vec::new(),
+            lease: LeaseConfig::default(),
         }
     }
 }
 
-/// A run ready to be driven: its state and the actions its last transition asked for.
+/// A run ready to be driven: its state and the actions its last transition asked for, and
+/// the lease it was made under (`drive` takes one when there is none).
 #[derive(Debug)]
 pub struct Launch {
     pub state: RunState,
     pub actions: Vec<Action>,
+    pub lease: Option<Lease>,
 }
 
 #[derive(Debug)]
@@ -143,6 +165,22 @@ impl Runner {
         &self.transitions
     }
 
+    pub fn lease_config(&self) -> &LeaseConfig {
+        &self.transitions.config().lease
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.transitions.clock().now_ms()
+    }
+
+    /// A task of this process drives the run.
+    pub fn is_live(&self, run_id: &str) -> bool {
+        self.live
+            .lock()
+            .map(|live| live.contains_key(run_id))
+            .unwrap_or(false)
+    }
+
     /// The agents a chat run may be answered by.
     pub fn chat_agents(&self) -> Vec<String> {
         self.transitions.chat_agents()
@@ -163,15 +201,59 @@ impl Runner {
     }
 
     /// Picks up a run after its process stopped: re-issues what was in flight.
+    /// Refused (`Owned`) while another live process drives the run.
     pub async fn resume(&self, run_id: &str) -> Result<Launch, RunError> {
-        let state = self.transitions.load(run_id).await?;
+        let mut state = self.transitions.load(run_id).await?;
         if state.status.is_terminal() {
             return Err(RunError::Finished {
                 run_id: run_id.to_owned(),
                 status: state.status,
             });
         }
-        self.transitions.transition(state, Input::Resumed).await
+        let lease = self.claim(&mut state).await?;
+        self.leased(state, Input::Resumed, lease).await
+    }
+
+    /// Takes the run's lease for this process and fences the state's writes with it.
+    async fn claim(&self, state: &mut RunState) -> Result<Lease, RunError> {
+        let config = &self.transitions.config().lease;
+        let claim = self
+            .store()
+            .acquire_lease(&state.run_id, &config.owner, config.ttl_ms())
+            .await?;
+        match claim {
+            Claim::Acquired(lease) => {
+                state.lease_token = Some(lease.token);
+                Ok(lease)
+            }
+            Claim::Held {
+                owner,
+                expires_at_ms,
+            } => Err(RunError::Owned {
+                run_id: state.run_id.clone(),
+                owner,
+                expires_in_ms: expires_at_ms.saturating_sub(self.transitions.clock().now_ms()),
+            }),
+        }
+    }
+
+    /// A transition under a lease just taken; the lease is let go if the transition fails.
+    async fn leased(
+        &self,
+        state: RunState,
+        input: Input,
+        lease: Lease,
+    ) -> Result<Launch, RunError> {
+        match self.transitions.transition(state, input).await {
+            Ok(launch) => Ok(Launch {
+                lease: Some(lease),
+                ..launch
+            }),
+            Err(e) => {
+                let _ = self.store().release_lease(&lease).await;
+                Err(e)
+            }
+        }
     }
 
     /// Answers a checkpoint. A live run gets the answer at once; a stored one is advanced here.
@@ -200,7 +282,10 @@ impl Runner {
         self.deliver(state, Input::Cancelled { reason }).await
     }
 
-    async fn deliver(&self, state: RunState, input: Input) -> Result<Delivered, RunError> {
+    /// To the task driving the run here; else applied under the run's lease. A cancel of a
+    /// run another process drives is written without the lease: it ends the run, and that
+    /// process stops at its next write, which finds the run finished.
+    async fn deliver(&self, mut state: RunState, input: Input) -> Result<Delivered, RunError> {
         let sender = self
             .live
             .lock()
@@ -211,9 +296,14 @@ impl Runner {
         {
             return Ok(Delivered::Live);
         }
-        Ok(Delivered::Applied(Box::new(
-            self.transitions.transition(state, input).await?,
-        )))
+        let launch = match self.claim(&mut state).await {
+            Ok(lease) => self.leased(state, input, lease).await?,
+            Err(RunError::Owned { .. }) if matches!(input, Input::Cancelled { .. }) => {
+                self.transitions.transition(state, input).await?
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(Delivered::Applied(Box::new(launch)))
     }
 
     /// The run's report, built from the stored state and results when it has none yet.
@@ -229,8 +319,55 @@ impl Runner {
     /// cross-thread wake-up where a poll costs nothing (bench/README.md). A step's result is
     /// written together with the transition it causes and the openings of the steps that
     /// transition dispatches: one write per hand-off between steps.
+    ///
+    /// The run's lease is held throughout (taken here if the launch has none), renewed every
+    /// third of its time and let go at the end. A run another owner takes over ends the drive
+    /// with an error for which [`RunError::taken_over`] holds; nothing more is written.
     pub async fn drive(&self, launch: Launch) -> Result<RunStatus, RunError> {
-        let Launch { mut state, actions } = launch;
+        let Launch {
+            mut state,
+            actions,
+            lease,
+        } = launch;
+        let lease = match lease {
+            Some(lease) => Some(lease),
+            None if state.status.is_terminal() => None,
+            None => Some(self.claim(&mut state).await?),
+        };
+        state.lease_token = lease.as_ref().map(|l| l.token);
+        let mut held = lease;
+        let run_id = state.run_id.clone();
+        let driven = self.drive_leased(state, actions, &mut held).await;
+        if let Some(lease) = held
+            && let Err(e) = self.store().release_lease(&lease).await
+        {
+            tracing::warn!(run_id = %lease.run_id, error = %e, "could not release the lease");
+        }
+        self.settled(&run_id, driven).await
+    }
+
+    /// A drive that ran into a run finished by someone else (a cancel from another process)
+    /// ends with that run's status.
+    async fn settled(
+        &self,
+        run_id: &str,
+        driven: Result<RunStatus, RunError>,
+    ) -> Result<RunStatus, RunError> {
+        if let Err(RunError::Store(StoreError::Conflict(_))) = &driven
+            && let Ok(state) = self.transitions.load(run_id).await
+            && state.status.is_terminal()
+        {
+            return Ok(state.status);
+        }
+        driven
+    }
+
+    async fn drive_leased(
+        &self,
+        mut state: RunState,
+        actions: Vec<Action>,
+        held: &mut Option<Lease>,
+    ) -> Result<RunStatus, RunError> {
         let run_id = state.run_id.clone();
         let (tx, mut rx) = mpsc::unbounded_channel();
         if let Ok(mut live) = self.live.lock() {
@@ -247,6 +384,10 @@ impl Runner {
         let mut opened: VecDeque<Option<OpenedStep>> = VecDeque::new();
         let mut tick = tokio::time::interval(self.transitions.config().tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let lease_config = self.transitions.config().lease.clone();
+        let every = lease_config.renew_every();
+        let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             for action in pending.drain(..) {
                 match action {
@@ -290,6 +431,12 @@ impl Runner {
                 },
                 Some(input) = rx.recv() => (input, None),
                 _ = tick.tick() => (Input::BudgetTick, None),
+                _ = renew.tick(), if held.is_some() => {
+                    if let Some(lease) = held.take() {
+                        *held = Some(self.store().renew_lease(&lease, lease_config.ttl_ms()).await?);
+                    }
+                    continue;
+                }
             };
             let advanced = self.advance(state, input, ended).await?;
             state = advanced.state;
@@ -328,7 +475,8 @@ impl Runner {
             Some(Committed::ResultTaken(stored)) => {
                 let ours = result.as_ref().unwrap_or(&stored).clone();
                 let input = stored_input(stored, &ours, retryable);
-                let state = self.transitions.load(&next.run_id).await?;
+                let mut state = self.transitions.load(&next.run_id).await?;
+                state.lease_token = next.lease_token;
                 let (next, actions) = self.transitions.engine().apply(state, input, now);
                 let openings = self.openings(&next, &actions);
                 let opened = match self

@@ -146,7 +146,9 @@ impl StepRunner {
             Ran::NeedsHuman(input) => Ok(input),
             Ran::Finished { result, trailing } => {
                 if !trailing.is_empty() {
-                    self.store.append(&state.run_id, &trailing).await?;
+                    self.store
+                        .append_fenced(&state.run_id, &trailing, state.lease_token)
+                        .await?;
                 }
                 Ok(self.store_result(&state.run_id, result, false).await)
             }
@@ -201,6 +203,7 @@ impl StepRunner {
                 &dispatch.step_id,
                 dispatch.attempt,
                 &[occurred(state, dispatch)],
+                state.lease_token,
             )
             .await
     }
@@ -246,6 +249,7 @@ impl StepRunner {
                 run_id: run_id.clone(),
             },
             step_id: dispatch.step_id.clone(),
+            fence: state.lease_token,
             batcher: tokio::sync::Mutex::new(DeltaBatcher::new(
                 self.delta_max_chars,
                 self.delta_max_age_ms,
@@ -467,6 +471,8 @@ struct BatchingSink {
     clock: Arc<dyn Clock>,
     template: Event,
     step_id: String,
+    /// The driver's lease token: a step whose run was taken over stops writing into its log.
+    fence: Option<u64>,
     batcher: tokio::sync::Mutex<DeltaBatcher>,
     error: Mutex<Option<StoreError>>,
 }
@@ -487,7 +493,7 @@ impl BatchingSink {
         let event = self.delta_event(text);
         if let Err(e) = self
             .store
-            .append(&event.run_id, std::slice::from_ref(&event))
+            .append_fenced(&event.run_id, std::slice::from_ref(&event), self.fence)
             .await
             && let Ok(mut slot) = self.error.lock()
         {
@@ -540,7 +546,10 @@ impl DeltaSink for BatchingSink {
         }
         let mut event = self.template.clone();
         event.kind = kind;
-        if let Err(e) = self.store.append(&event.run_id, &[event.clone()]).await
+        if let Err(e) = self
+            .store
+            .append_fenced(&event.run_id, &[event.clone()], self.fence)
+            .await
             && let Ok(mut slot) = self.error.lock()
         {
             slot.get_or_insert(e);

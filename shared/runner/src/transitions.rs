@@ -15,6 +15,9 @@ use orchestrator_core::types::{
 
 use crate::{Launch, RunError, RunnerConfig, Started, Store};
 
+/// The lease owner of runs a Step Functions execution drives.
+pub const EXECUTION_OWNER: &str = "step-functions";
+
 #[derive(Clone)]
 pub struct Transitions {
     engine: Arc<Engine>,
@@ -142,9 +145,23 @@ impl Transitions {
         });
         events.splice(1.min(events.len())..1.min(events.len()), notices);
         match self.store.create_run(&state, &events).await? {
-            Created::New { .. } => Ok(Started::New(Box::new(Launch { state, actions }))),
+            Created::New { .. } => Ok(Started::New(Box::new(Launch {
+                state,
+                actions,
+                lease: None,
+            }))),
             Created::Existing { run_id } => Ok(Started::Existing { run_id }),
         }
+    }
+
+    /// Marks the run as driven by its Step Functions execution, for good: the execution owns
+    /// it, and no local process (`serve` on the same table) ever takes it over. Marking a run
+    /// again does nothing.
+    pub async fn owned_by_execution(&self, run_id: &str) -> Result<(), RunError> {
+        self.store
+            .acquire_lease(run_id, EXECUTION_OWNER, u64::MAX)
+            .await?;
+        Ok(())
     }
 
     pub async fn load(&self, run_id: &str) -> Result<RunState, RunError> {
@@ -210,6 +227,7 @@ impl Transitions {
         Ok(Launch {
             state,
             actions: all,
+            lease: None,
         })
     }
 

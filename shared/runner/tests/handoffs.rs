@@ -13,7 +13,8 @@ use orchestrator_core::engine::RunState;
 use orchestrator_core::event::{Event, EventKind, Frame};
 use orchestrator_core::fakes::ScriptedModel;
 use orchestrator_core::ports::{
-    Committed, Created, EventLog, OpenedStep, RunStore, StoreError, SystemClock, TransitionWrite,
+    ActiveRun, Claim, Committed, Created, EventLog, Lease, OpenedStep, RunCursor, RunStore,
+    StoreError, SystemClock, TransitionWrite,
 };
 use orchestrator_core::types::{RunReport, RunRequest, RunStatus, RunSummary, StepResult};
 use orchestrator_runner::{Runner, RunnerConfig, Started};
@@ -82,9 +83,30 @@ impl RunStore for Recording {
     async fn list_runs(
         &self,
         limit: usize,
-        before_ms: Option<u64>,
+        before: Option<&RunCursor>,
     ) -> Result<Vec<RunSummary>, StoreError> {
-        self.inner.list_runs(limit, before_ms).await
+        self.inner.list_runs(limit, before).await
+    }
+    async fn list_active(
+        &self,
+        limit: usize,
+        after: Option<&RunCursor>,
+    ) -> Result<Vec<ActiveRun>, StoreError> {
+        self.inner.list_active(limit, after).await
+    }
+    async fn acquire_lease(
+        &self,
+        run_id: &str,
+        owner: &str,
+        ttl_ms: u64,
+    ) -> Result<Claim, StoreError> {
+        self.inner.acquire_lease(run_id, owner, ttl_ms).await
+    }
+    async fn renew_lease(&self, lease: &Lease, ttl_ms: u64) -> Result<Lease, StoreError> {
+        self.inner.renew_lease(lease, ttl_ms).await
+    }
+    async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        self.inner.release_lease(lease).await
     }
     async fn put_step_result(
         &self,
@@ -118,10 +140,11 @@ impl RunStore for Recording {
         step_id: &str,
         attempt: u32,
         handoff: &[Event],
+        fence: Option<u64>,
     ) -> Result<OpenedStep, StoreError> {
         self.saw("open_step");
         self.inner
-            .open_step(run_id, step_id, attempt, handoff)
+            .open_step(run_id, step_id, attempt, handoff, fence)
             .await
     }
     async fn commit_finished(
@@ -152,9 +175,14 @@ impl RunStore for Recording {
 
 #[async_trait]
 impl EventLog for Recording {
-    async fn append(&self, run_id: &str, events: &[Event]) -> Result<Vec<Frame>, StoreError> {
+    async fn append_fenced(
+        &self,
+        run_id: &str,
+        events: &[Event],
+        fence: Option<u64>,
+    ) -> Result<Vec<Frame>, StoreError> {
         self.saw("append");
-        self.inner.append(run_id, events).await
+        self.inner.append_fenced(run_id, events, fence).await
     }
     async fn read_after(
         &self,

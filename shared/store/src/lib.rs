@@ -24,8 +24,8 @@ use async_trait::async_trait;
 use orchestrator_core::engine::RunState;
 use orchestrator_core::event::{Event, Frame};
 use orchestrator_core::ports::{
-    ActiveRun, Claim, Clock, Committed, Created, EventLog, Lease, OpenedStep, RunCursor,
-    RunStore, StoreError, SystemClock, TransitionWrite,
+    ActiveRun, Claim, Clock, Committed, Created, EventLog, Lease, OpenedStep, RunCursor, RunStore,
+    StoreError, SystemClock, TransitionWrite,
 };
 use orchestrator_core::report::build_report;
 use orchestrator_core::types::{Mode, Plan, RunReport, RunStatus, RunSummary, StepResult};
@@ -680,8 +680,7 @@ impl RunStore for SqliteStore {
             let rows = stmt
                 .query_map(params![ms, id, limit], summary_row)
                 .map_err(db_error)?;
-            rows.map(|row| summary_of(row.map_err(db_error)?))
-                .collect()
+            rows.map(|row| summary_of(row.map_err(db_error)?)).collect()
         })
         .await
     }

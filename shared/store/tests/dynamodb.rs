@@ -101,6 +101,8 @@ conformance!(
     commit_finished_writes_the_report,
     commit_transition_writes_it_all,
     commit_transition_refuses_a_taken_result,
+    paging_within_one_millisecond,
+    leases_fence_stale_owners,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

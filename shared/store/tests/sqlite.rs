@@ -28,6 +28,18 @@ fn db_path(dir: &TempDir) -> PathBuf {
 }
 
 #[tokio::test]
+async fn paging_within_one_millisecond() {
+    let (_dir, s) = fresh();
+    conformance::paging_within_one_millisecond(&s).await;
+}
+
+#[tokio::test]
+async fn leases_fence_stale_owners() {
+    let (_dir, s) = fresh();
+    conformance::leases_fence_stale_owners(&s).await;
+}
+
+#[tokio::test]
 async fn create_once() {
     let (_dir, s) = fresh();
     conformance::create_once(&s).await;

@@ -9,8 +9,8 @@ use orchestrator_core::ports::{ActiveRun, Claim, Lease, RunCursor, StoreError};
 use orchestrator_core::types::RunStatus;
 
 use super::{
-    DynamoDbStore, MAX_CONFLICTS, MetaUpdate, backoff, build_error, get_n, get_s, keys, n,
-    need_n, s,
+    DynamoDbStore, MAX_CONFLICTS, MetaUpdate, backoff, build_error, get_n, get_s, keys, n, need_n,
+    s,
 };
 
 impl DynamoDbStore {

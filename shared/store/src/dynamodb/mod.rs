@@ -40,8 +40,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Put, TransactWrite
 use orchestrator_core::engine::RunState;
 use orchestrator_core::event::{Event, Frame};
 use orchestrator_core::ports::{
-    ActiveRun, Claim, Clock, Created, EventLog, Lease, RunCursor, RunStore, StoreError,
-    SystemClock,
+    ActiveRun, Claim, Clock, Created, EventLog, Lease, RunCursor, RunStore, StoreError, SystemClock,
 };
 use orchestrator_core::types::{Mode, Plan, RunReport, RunStatus, RunSummary, StepResult};
 use tokio::sync::watch;

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use orchestrator_core::engine::RunState;
 use orchestrator_core::event::{Event, EventKind, Frame};
 use orchestrator_core::ports::{
-    Committed, Created, EventLog, OpenedStep, RunStore, StepOpening, StoreError, TransitionWrite,
+    Claim, Committed, Created, EventLog, Lease, OpenedStep, RunCursor, RunStore, StepOpening,
+    StoreError, TransitionWrite,
 };
 use orchestrator_core::types::{
     Plan, PlanStep, ReportSummary, RunReport, RunRequest, RunStatus, StepMetrics, StepResult,
@@ -595,10 +596,16 @@ pub async fn list_runs_newest_first<S: RunStore + EventLog>(s: &S) {
         rows.into_iter().map(|r| r.run_id).collect()
     };
 
-    // WHEN listing two at a time, paging by the last one's creation time
+    // WHEN listing two at a time, paging by the last run of each page
     let page1 = s.list_runs(2, None).await.unwrap();
-    let page2 = s.list_runs(2, Some(page1[1].created_at_ms)).await.unwrap();
-    let page3 = s.list_runs(2, Some(page2[1].created_at_ms)).await.unwrap();
+    let page2 = s
+        .list_runs(2, Some(&RunCursor::after(&page1[1])))
+        .await
+        .unwrap();
+    let page3 = s
+        .list_runs(2, Some(&RunCursor::after(&page2[1])))
+        .await
+        .unwrap();
 
     // THEN the runs come newest first, each once
     assert_eq!(ids(page1.clone()), vec!["r5", "r4"]);
@@ -674,7 +681,7 @@ pub async fn open_step_once_per_attempt<S: RunStore + EventLog>(s: &S) {
 
     // WHEN step s1's first attempt is opened
     let opened = s
-        .open_step("run-o", "s1", 1, &messages("run-o", &["handoff s1"]))
+        .open_step("run-o", "s1", 1, &messages("run-o", &["handoff s1"]), None)
         .await
         .unwrap();
 
@@ -695,7 +702,13 @@ pub async fn open_step_once_per_attempt<S: RunStore + EventLog>(s: &S) {
     let s1 = step_result("s1", 1, json!({"text": "draft"}));
     s.put_step_result("run-o", &s1).await.unwrap();
     let again = s
-        .open_step("run-o", "s1", 1, &messages("run-o", &["handoff again"]))
+        .open_step(
+            "run-o",
+            "s1",
+            1,
+            &messages("run-o", &["handoff again"]),
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(again, OpenedStep::Stored(s1));
@@ -703,7 +716,7 @@ pub async fn open_step_once_per_attempt<S: RunStore + EventLog>(s: &S) {
 
     // AND an unknown run is NotFound, with nothing written
     let err = s
-        .open_step("ghost", "s1", 1, &messages("ghost", &["handoff"]))
+        .open_step("ghost", "s1", 1, &messages("ghost", &["handoff"]), None)
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
@@ -867,4 +880,174 @@ pub async fn commit_transition_refuses_a_taken_result<S: RunStore + EventLog>(s:
         .unwrap_err();
     assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
     assert!(s.get_step_result("ghost", "a", 1).await.unwrap().is_none());
+}
+
+/// Every page of `list_runs`, `limit` at a time.
+async fn list_all<S: RunStore + EventLog>(s: &S, limit: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut cursor: Option<RunCursor> = None;
+    loop {
+        let page = s.list_runs(limit, cursor.as_ref()).await.unwrap();
+        ids.extend(page.iter().map(|r| r.run_id.clone()));
+        match page.last() {
+            Some(last) if page.len() == limit => cursor = Some(RunCursor::after(last)),
+            _ => return ids,
+        }
+    }
+}
+
+/// Every page of `list_active`, `limit` at a time.
+async fn active_all<S: RunStore + EventLog>(s: &S, limit: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut cursor: Option<RunCursor> = None;
+    loop {
+        let page = s.list_active(limit, cursor.as_ref()).await.unwrap();
+        ids.extend(page.iter().map(|r| r.run_id.clone()));
+        match page.last() {
+            Some(last) if page.len() == limit => cursor = Some(last.cursor()),
+            _ => return ids,
+        }
+    }
+}
+
+pub async fn paging_within_one_millisecond<S: RunStore + EventLog>(s: &S) {
+    // GIVEN 30 runs created in the same millisecond, between runs of the one before and after,
+    // and 5 of them finished
+    let mut expected = vec!["before".to_owned()];
+    create_new(s, &state("before", 999), &[]).await;
+    for i in 0..30 {
+        let id = format!("same-{i:02}");
+        create_new(s, &state(&id, 1_000), &[]).await;
+        expected.push(id);
+    }
+    create_new(s, &state("after", 1_001), &[]).await;
+    expected.push("after".to_owned());
+    for i in [3, 7, 11, 20, 29] {
+        let mut done = state(&format!("same-{i:02}"), 1_000);
+        done.status = RunStatus::Completed;
+        s.commit(&done, &[]).await.unwrap();
+    }
+
+    // WHEN every run is listed one, then seven, at a time
+    // THEN each is listed exactly once, newest first (same millisecond: by id)
+    let mut newest_first = expected.clone();
+    newest_first.reverse();
+    assert_eq!(list_all(s, 1).await, newest_first);
+    assert_eq!(list_all(s, 7).await, newest_first);
+
+    // AND the runs in progress are listed once each, oldest first, the finished left out
+    let finished = ["same-03", "same-07", "same-11", "same-20", "same-29"];
+    let active: Vec<String> = expected
+        .iter()
+        .filter(|id| !finished.contains(&id.as_str()))
+        .cloned()
+        .collect();
+    // The DynamoDB index is eventually consistent: give it a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while active_all(s, 4).await != active && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(active_all(s, 4).await, active);
+    assert_eq!(active_all(s, 1).await, active);
+}
+
+fn lost<T: std::fmt::Debug>(r: Result<T, StoreError>) -> bool {
+    matches!(r, Err(StoreError::LeaseLost(_)))
+}
+
+fn acquired(claim: Claim) -> Lease {
+    match claim {
+        Claim::Acquired(lease) => lease,
+        Claim::Held { owner, .. } => panic!("the lease is held by {owner}"),
+    }
+}
+
+pub async fn leases_fence_stale_owners<S: RunStore + EventLog>(s: &S) {
+    // GIVEN a run whose lease process A holds
+    create_new(s, &state("run-l", 1_000), &[]).await;
+    let a = acquired(s.acquire_lease("run-l", "A", 300).await.unwrap());
+    assert_eq!((a.owner.as_str(), a.token), ("A", 1));
+
+    // WHEN B asks while A's lease runs
+    // THEN B is told A holds it, and so is A itself
+    for asker in ["B", "A"] {
+        match s.acquire_lease("run-l", asker, 300).await.unwrap() {
+            Claim::Held { owner, .. } => assert_eq!(owner, "A"),
+            Claim::Acquired(l) => panic!("{asker} took a held lease: {l:?}"),
+        }
+    }
+    // AND A's fenced writes go through, and its renewal keeps the token
+    let mut as_a = state("run-l", 1_000);
+    as_a.lease_token = Some(a.token);
+    s.commit(&as_a, &messages("run-l", &["by A"]))
+        .await
+        .unwrap();
+    let a = s.renew_lease(&a, 300).await.unwrap();
+    assert_eq!(a.token, 1);
+
+    // WHEN A stops renewing and B takes the lapsed lease
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let b = acquired(s.acquire_lease("run-l", "B", 60_000).await.unwrap());
+    assert_eq!((b.owner.as_str(), b.token), ("B", 2));
+
+    // THEN every write A makes under its old token is refused, and changes nothing
+    assert!(lost(s.commit(&as_a, &messages("run-l", &["late A"])).await));
+    assert!(lost(
+        s.append_fenced("run-l", &messages("run-l", &["late delta"]), Some(1))
+            .await
+    ));
+    assert!(lost(
+        s.open_step(
+            "run-l",
+            "s1",
+            1,
+            &messages("run-l", &["late handoff"]),
+            Some(1)
+        )
+        .await
+    ));
+    let result = step_result("s1", 1, json!({"by": "A"}));
+    let transition = s
+        .commit_transition(TransitionWrite {
+            state: &as_a,
+            events: &messages("run-l", &["late transition"]),
+            result: Some(&result),
+            opens: &[],
+            now_ms: 2_000,
+        })
+        .await;
+    assert!(lost(transition));
+    assert!(lost(s.renew_lease(&a, 300).await));
+    let log: Vec<String> = s
+        .read_after("run-l", 0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| match f.event.kind {
+            EventKind::Message { message } => message,
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(log, ["by A"]);
+    assert_eq!(s.get_step_result("run-l", "s1", 1).await.unwrap(), None);
+
+    // AND A letting go of its old lease does not free B's
+    s.release_lease(&a).await.unwrap();
+    match s.acquire_lease("run-l", "C", 300).await.unwrap() {
+        Claim::Held { owner, .. } => assert_eq!(owner, "B"),
+        Claim::Acquired(l) => panic!("C took B's lease: {l:?}"),
+    }
+    // AND B writes under its token, and releasing lets the next owner in at once
+    let mut as_b = state("run-l", 1_000);
+    as_b.lease_token = Some(b.token);
+    s.commit(&as_b, &messages("run-l", &["by B"]))
+        .await
+        .unwrap();
+    s.release_lease(&b).await.unwrap();
+    let c = acquired(s.acquire_lease("run-l", "C", 300).await.unwrap());
+    assert_eq!(c.token, 3);
+    // AND a writer with no lease (a person's cancel) is not fenced
+    s.append("run-l", &messages("run-l", &["unfenced"]))
+        .await
+        .unwrap();
 }

@@ -1,0 +1,47 @@
+//! Who this process is when it drives runs, and how long its leases last.
+
+use std::time::Duration;
+
+/// The lease time when none is configured: long enough to ride out a slow store write, short
+/// enough that a dead process's runs are picked up soon.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(15);
+
+#[derive(Debug, Clone)]
+pub struct LeaseConfig {
+    /// Names this process in leases (and in the error a second driver gets).
+    pub owner: String,
+    /// A lease not renewed for this long lapses; another process may then take the run.
+    pub ttl: Duration,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        Self {
+            owner: process_owner(),
+            ttl: DEFAULT_LEASE_TTL,
+        }
+    }
+}
+
+impl LeaseConfig {
+    pub fn ttl_ms(&self) -> u64 {
+        u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Renewals come three times per lease time, so one late or lost renewal is survived.
+    pub fn renew_every(&self) -> Duration {
+        (self.ttl / 3).max(Duration::from_millis(10))
+    }
+}
+
+/// `host:pid:random`, unique per process even when pids are reused across restarts.
+pub fn process_owner() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned());
+    let nonce = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}:{}:{}", std::process::id(), &nonce[..8])
+}
