@@ -173,9 +173,12 @@ impl RunStore for CountingStore {
         run_id: &str,
         owner: &str,
         ttl_ms: u64,
+        replacing: Option<&str>,
     ) -> Result<Claim, StoreError> {
         self.count(|c| c.lease_writes += 1);
-        self.inner.acquire_lease(run_id, owner, ttl_ms).await
+        self.inner
+            .acquire_lease(run_id, owner, ttl_ms, replacing)
+            .await
     }
     async fn renew_lease(&self, lease: &Lease, ttl_ms: u64) -> Result<Lease, StoreError> {
         self.count(|c| c.lease_writes += 1);

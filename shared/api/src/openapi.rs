@@ -431,11 +431,12 @@ fn parameters() -> Value {
             "description": "Runs per page.",
             "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 20},
         },
-        "Before": {
-            "name": "before", "in": "query", "required": false,
-            "description": "Only runs created before this time (ms since the Unix epoch): pass \
-                the previous page's `nextBefore`.",
-            "schema": {"type": "integer", "minimum": 0, "format": "uint64"},
+        "Cursor": {
+            "name": "cursor", "in": "query", "required": false,
+            "description": "Where the next page starts: the previous page's `nextCursor`, as \
+                it was handed out (opaque). Runs are ordered by creation time, then id, so \
+                none is skipped or listed twice.",
+            "schema": {"type": "string"},
         },
     })
 }
@@ -581,7 +582,7 @@ fn paths(s: &mut Schemas) -> Value {
                 "operationId": "listRuns",
                 "tags": ["runs"],
                 "summary": "List runs, most recent first",
-                "parameters": [param("Limit"), param("Before")],
+                "parameters": [param("Limit"), param("Cursor")],
                 "responses": responses(
                     json!({"200": json_response("A page of runs.", s.output::<RunList>())}),
                     &[&auth[..], &[INVALID, INTERNAL, UNAVAILABLE]].concat(),
@@ -1396,13 +1397,12 @@ mod tests {
         // Listing, a page at a time.
         let (_, page) = c.json(&app, get("/api/v1/runs?limit=2")).await;
         assert_eq!(page["runs"].as_array().unwrap().len(), 2);
-        let next = page["nextBefore"].as_u64().unwrap();
+        let next = page["nextCursor"].as_str().unwrap();
         let (_, last) = c
-            .json(&app, get(&format!("/api/v1/runs?limit=2&before={next}")))
+            .json(&app, get(&format!("/api/v1/runs?limit=2&cursor={next}")))
             .await;
-        // One left, unless two runs were created within the same millisecond.
-        assert!(last["runs"].as_array().unwrap().len() <= 1);
-        assert!(last.get("nextBefore").is_none());
+        assert_eq!(last["runs"].as_array().unwrap().len(), 1);
+        assert!(last.get("nextCursor").is_none());
         let (_, health) = c.json(&app, get("/healthz")).await;
         assert_eq!(health, json!({"status": "ok"}));
         let (_, doc) = c.json(&app, get("/openapi.json")).await;

@@ -196,13 +196,15 @@ pub trait RunStore: EventLog + Send + Sync {
         after: Option<&RunCursor>,
     ) -> Result<Vec<ActiveRun>, StoreError>;
     /// Takes the run's lease for `owner` for `ttl_ms` (from the store's clock) when no one
-    /// holds it or its holder let it lapse; the new lease's token is the old one plus one.
-    /// A lease still held, even by `owner` itself, is `Held`.
+    /// holds it, its holder let it lapse, or its holder is `replacing` (an owner the caller
+    /// knows is dead); the new lease's token is the old one plus one. A lease still held,
+    /// even by `owner` itself, is `Held`.
     async fn acquire_lease(
         &self,
         run_id: &str,
         owner: &str,
         ttl_ms: u64,
+        replacing: Option<&str>,
     ) -> Result<Claim, StoreError>;
     /// Extends a lease still held; `LeaseLost` when another owner has taken it.
     async fn renew_lease(&self, lease: &Lease, ttl_ms: u64) -> Result<Lease, StoreError>;

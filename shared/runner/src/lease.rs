@@ -36,12 +36,35 @@ impl LeaseConfig {
 
 /// `host:pid:random`, unique per process even when pids are reused across restarts.
 pub fn process_owner() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+    let host = hostname().unwrap_or_else(|| "localhost".to_owned());
+    let nonce = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}:{}:{}", std::process::id(), &nonce[..8])
+}
+
+/// The hostname, as [`process_owner`] writes it.
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
         .or_else(|_| std::env::var("HOSTNAME"))
         .map(|h| h.trim().to_owned())
         .ok()
         .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_owned());
-    let nonce = uuid::Uuid::new_v4().simple().to_string();
-    format!("{host}:{}:{}", std::process::id(), &nonce[..8])
+}
+
+/// An owner of [`process_owner`]'s form, on this machine, whose process is gone. Only a
+/// certainty counts: another machine's owner, or a system without `/proc`, is never "dead"
+/// here (its lease lapses instead). A wrong "dead" cannot cause harm beyond a takeover: the
+/// fencing token stops the old owner's writes.
+pub fn owner_is_dead(owner: &str) -> bool {
+    let mut parts = owner.rsplitn(3, ':');
+    let (Some(_nonce), Some(pid), Some(host)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    let Ok(pid) = pid.parse::<u32>() else {
+        return false;
+    };
+    let proc_fs = std::path::Path::new("/proc/self").exists();
+    proc_fs
+        && pid != std::process::id()
+        && hostname().as_deref() == Some(host)
+        && !std::path::Path::new("/proc").join(pid.to_string()).exists()
 }

@@ -214,13 +214,22 @@ impl Runner {
         self.leased(state, Input::Resumed, lease).await
     }
 
-    /// Takes the run's lease for this process and fences the state's writes with it.
+    /// Takes the run's lease for this process and fences the state's writes with it. A
+    /// holder this machine knows is dead (its process is gone) is replaced without waiting
+    /// for its lease to lapse.
     async fn claim(&self, state: &mut RunState) -> Result<Lease, RunError> {
         let config = &self.transitions.config().lease;
-        let claim = self
-            .store()
-            .acquire_lease(&state.run_id, &config.owner, config.ttl_ms())
+        let store = self.store();
+        let mut claim = store
+            .acquire_lease(&state.run_id, &config.owner, config.ttl_ms(), None)
             .await?;
+        if let Claim::Held { owner, .. } = &claim
+            && lease::owner_is_dead(owner)
+        {
+            claim = store
+                .acquire_lease(&state.run_id, &config.owner, config.ttl_ms(), Some(owner))
+                .await?;
+        }
         match claim {
             Claim::Acquired(lease) => {
                 state.lease_token = Some(lease.token);

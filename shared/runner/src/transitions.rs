@@ -159,7 +159,7 @@ impl Transitions {
     /// again does nothing.
     pub async fn owned_by_execution(&self, run_id: &str) -> Result<(), RunError> {
         self.store
-            .acquire_lease(run_id, EXECUTION_OWNER, u64::MAX)
+            .acquire_lease(run_id, EXECUTION_OWNER, u64::MAX, None)
             .await?;
         Ok(())
     }

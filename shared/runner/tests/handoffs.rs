@@ -99,8 +99,11 @@ impl RunStore for Recording {
         run_id: &str,
         owner: &str,
         ttl_ms: u64,
+        replacing: Option<&str>,
     ) -> Result<Claim, StoreError> {
-        self.inner.acquire_lease(run_id, owner, ttl_ms).await
+        self.inner
+            .acquire_lease(run_id, owner, ttl_ms, replacing)
+            .await
     }
     async fn renew_lease(&self, lease: &Lease, ttl_ms: u64) -> Result<Lease, StoreError> {
         self.inner.renew_lease(lease, ttl_ms).await

@@ -78,10 +78,12 @@ pub(crate) fn acquire(
     owner: &str,
     now_ms: u64,
     ttl_ms: u64,
+    replacing: Option<&str>,
 ) -> Result<Claim, StoreError> {
     let held = read(tx, run_id)?;
     let expires = to_u64(held.expires_at_ms, "lease_expires_at_ms")?;
-    if let Some(holder) = held.owner.filter(|_| expires > now_ms) {
+    let live = |holder: &String| expires > now_ms && Some(holder.as_str()) != replacing;
+    if let Some(holder) = held.owner.filter(live) {
         return Ok(Claim::Held {
             owner: holder,
             expires_at_ms: expires,

@@ -701,11 +701,13 @@ impl RunStore for SqliteStore {
         run_id: &str,
         owner: &str,
         ttl_ms: u64,
+        replacing: Option<&str>,
     ) -> Result<Claim, StoreError> {
         let (run_id, owner) = (run_id.to_owned(), owner.to_owned());
+        let replacing = replacing.map(str::to_owned);
         let now = self.clock.now_ms();
         self.write(
-            move |tx| lease::acquire(tx, &run_id, &owner, now, ttl_ms),
+            move |tx| lease::acquire(tx, &run_id, &owner, now, ttl_ms, replacing.as_deref()),
             |_| false,
         )
         .await

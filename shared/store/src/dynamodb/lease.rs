@@ -19,6 +19,7 @@ impl DynamoDbStore {
         run_id: &str,
         owner: &str,
         ttl_ms: u64,
+        replacing: Option<&str>,
     ) -> Result<Claim, StoreError> {
         let pk = keys::run_pk(run_id);
         let mut conflicts = 0;
@@ -30,7 +31,8 @@ impl DynamoDbStore {
                 .ok_or_else(|| StoreError::NotFound(run_id.to_owned()))?;
             if let Some(item) = self.get(&pk, keys::LEASE).await? {
                 let expires: u64 = get_n(&item, keys::LEASE_EXPIRES).unwrap_or(0);
-                if let Some(holder) = get_s(&item, keys::LEASE_OWNER).filter(|_| expires > now) {
+                let live = |holder: &&str| expires > now && Some(*holder) != replacing;
+                if let Some(holder) = get_s(&item, keys::LEASE_OWNER).filter(live) {
                     return Ok(Claim::Held {
                         owner: holder.to_owned(),
                         expires_at_ms: expires,

@@ -1227,8 +1227,9 @@ impl RunStore for DynamoDbStore {
         run_id: &str,
         owner: &str,
         ttl_ms: u64,
+        replacing: Option<&str>,
     ) -> Result<Claim, StoreError> {
-        self.take_lease(run_id, owner, ttl_ms).await
+        self.take_lease(run_id, owner, ttl_ms, replacing).await
     }
 
     async fn renew_lease(&self, lease: &Lease, ttl_ms: u64) -> Result<Lease, StoreError> {

@@ -965,13 +965,13 @@ fn acquired(claim: Claim) -> Lease {
 pub async fn leases_fence_stale_owners<S: RunStore + EventLog>(s: &S) {
     // GIVEN a run whose lease process A holds
     create_new(s, &state("run-l", 1_000), &[]).await;
-    let a = acquired(s.acquire_lease("run-l", "A", 300).await.unwrap());
+    let a = acquired(s.acquire_lease("run-l", "A", 300, None).await.unwrap());
     assert_eq!((a.owner.as_str(), a.token), ("A", 1));
 
     // WHEN B asks while A's lease runs
     // THEN B is told A holds it, and so is A itself
     for asker in ["B", "A"] {
-        match s.acquire_lease("run-l", asker, 300).await.unwrap() {
+        match s.acquire_lease("run-l", asker, 300, None).await.unwrap() {
             Claim::Held { owner, .. } => assert_eq!(owner, "A"),
             Claim::Acquired(l) => panic!("{asker} took a held lease: {l:?}"),
         }
@@ -987,7 +987,7 @@ pub async fn leases_fence_stale_owners<S: RunStore + EventLog>(s: &S) {
 
     // WHEN A stops renewing and B takes the lapsed lease
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let b = acquired(s.acquire_lease("run-l", "B", 60_000).await.unwrap());
+    let b = acquired(s.acquire_lease("run-l", "B", 60_000, None).await.unwrap());
     assert_eq!((b.owner.as_str(), b.token), ("B", 2));
 
     // THEN every write A makes under its old token is refused, and changes nothing
@@ -1033,7 +1033,7 @@ pub async fn leases_fence_stale_owners<S: RunStore + EventLog>(s: &S) {
 
     // AND A letting go of its old lease does not free B's
     s.release_lease(&a).await.unwrap();
-    match s.acquire_lease("run-l", "C", 300).await.unwrap() {
+    match s.acquire_lease("run-l", "C", 300, None).await.unwrap() {
         Claim::Held { owner, .. } => assert_eq!(owner, "B"),
         Claim::Acquired(l) => panic!("C took B's lease: {l:?}"),
     }
@@ -1044,8 +1044,15 @@ pub async fn leases_fence_stale_owners<S: RunStore + EventLog>(s: &S) {
         .await
         .unwrap();
     s.release_lease(&b).await.unwrap();
-    let c = acquired(s.acquire_lease("run-l", "C", 300).await.unwrap());
+    let c = acquired(s.acquire_lease("run-l", "C", 300, None).await.unwrap());
     assert_eq!(c.token, 3);
+    // AND an owner known dead is replaced at once, its lease running or not
+    match s.acquire_lease("run-l", "D", 300, Some("B")).await.unwrap() {
+        Claim::Held { owner, .. } => assert_eq!(owner, "C", "B no longer holds it"),
+        Claim::Acquired(l) => panic!("D replaced C, which was not named: {l:?}"),
+    }
+    let d = acquired(s.acquire_lease("run-l", "D", 300, Some("C")).await.unwrap());
+    assert_eq!((d.owner.as_str(), d.token), ("D", 4));
     // AND a writer with no lease (a person's cancel) is not fenced
     s.append("run-l", &messages("run-l", &["unfenced"]))
         .await
