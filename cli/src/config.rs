@@ -18,6 +18,8 @@ pub struct Config {
     pub serve: ServeConfig,
     /// How long a run's lease lasts unrenewed (ORCHESTRATOR_LEASE_SECONDS).
     pub lease_ttl: Duration,
+    /// This process's name in run leases (ORCHESTRATOR_OWNER); else host:pid:random.
+    pub owner: Option<String>,
 }
 
 /// Where runs, events and reports are kept.
@@ -96,9 +98,16 @@ impl Config {
         if !(0.1..=86_400.0).contains(&lease_seconds) {
             bail!("ORCHESTRATOR_LEASE_SECONDS must be between 0.1 and 86400");
         }
+        let owner = var("ORCHESTRATOR_OWNER").map(|o| o.trim().to_owned());
+        if let Some(o) = &owner
+            && (o.len() > 200 || o.chars().any(char::is_control))
+        {
+            bail!("ORCHESTRATOR_OWNER must be at most 200 characters, with no control characters");
+        }
         Ok(Self {
             llm,
             lease_ttl: Duration::from_secs_f64(lease_seconds),
+            owner,
             db: var("ORCHESTRATOR_DB").map(PathBuf::from),
             store,
             dynamodb,

@@ -326,7 +326,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             messages,
             lease: LeaseConfig {
                 ttl: config.lease_ttl,
-                ..LeaseConfig::default()
+                owner: config
+                    .owner
+                    .clone()
+                    .unwrap_or_else(orchestrator_runner::process_owner),
             },
             ..RunnerConfig::default()
         },
@@ -477,13 +480,11 @@ async fn serve(
     tokio::spawn(async move {
         let every = watcher.runner().lease_config().renew_every();
         loop {
-            match watcher.take_over_orphans().await {
-                Ok(taken) if !taken.is_empty() => eprintln!(
-                    "took over {} run(s) that no live process was driving",
-                    taken.len()
-                ),
-                Ok(_) => {}
-                Err(e) => eprintln!("warning: looking for interrupted runs: {e}"),
+            let taken = |run_id: &str| {
+                eprintln!("took over run {run_id}: no live process was driving it");
+            };
+            if let Err(e) = watcher.take_over_orphans(taken).await {
+                eprintln!("warning: looking for interrupted runs: {e}");
             }
             tokio::time::sleep(every).await;
         }

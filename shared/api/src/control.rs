@@ -109,12 +109,12 @@ impl LocalControl {
     /// (its owner died, or a previous process of this one stopped), oldest first. Each waits
     /// for a free slot, so a backlog beyond the admission limit queues instead of failing.
     /// A run created less than a lease time ago is left to its creator, which claims it at
-    /// once. Returns the runs taken over.
-    pub async fn take_over_orphans(&self) -> Result<Vec<String>, ApiError> {
+    /// once. `taken` hears of each run as it is taken over; returns how many were.
+    pub async fn take_over_orphans(&self, taken: impl Fn(&str)) -> Result<usize, ApiError> {
         const PAGE: usize = 200;
         let store = self.runner.store().clone();
         let grace = self.runner.lease_config().ttl_ms();
-        let mut taken = Vec::new();
+        let mut count = 0;
         let mut after: Option<RunCursor> = None;
         loop {
             let page = store.list_active(PAGE, after.as_ref()).await?;
@@ -127,14 +127,15 @@ impl LocalControl {
                     continue;
                 }
                 if self.take_over(&run.run_id).await? {
-                    taken.push(run.run_id.clone());
+                    taken(&run.run_id);
+                    count += 1;
                 }
             }
             if page.len() < PAGE {
                 break;
             }
         }
-        Ok(taken)
+        Ok(count)
     }
 
     /// Resumes the run here if its lease is free, once a slot is.

@@ -56,7 +56,7 @@ impl RunCursor {
     }
 
     pub fn decode(text: &str) -> Option<Self> {
-        if text.len() % 2 != 0 || text.len() > 1024 {
+        if !text.len().is_multiple_of(2) || text.len() > 1024 {
             return None;
         }
         let bytes = (0..text.len())
