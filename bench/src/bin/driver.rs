@@ -518,6 +518,55 @@ struct DynamoResult {
     store: Value,
     mock: Option<MockStats>,
     table: String,
+    /// WRU of each lease write on the run's items as they are at its end (the largest meta
+    /// item the run had: an upper bound for a take).
+    #[serde(default)]
+    lease_wru: Option<LeaseWru>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct LeaseWru {
+    take: f64,
+    renew: f64,
+    release: f64,
+}
+
+/// What run leases cost on DynamoDB: per run (a take and a release; a renewal per third of a
+/// lease time the run lasts) and per minute a run is driven (15 s leases: 12 renewals).
+fn print_lease_cost(l: LeaseWru, writes: Option<u64>) {
+    let usd = cost::price("dynamodb_wru") * 1000.0;
+    let per_run = l.take + l.release;
+    let per_minute = 60.0 / 5.0 * l.renew;
+    println!(
+        "  leases (included above; lease writes this run: {}): take {:.0} WRU, renew {:.0}, release {:.0}: {per_run:.0} WRU per run (${:.4} per 1000 runs) plus {per_minute:.0} WRU per run-minute driven by `serve` (${:.4} per 1000 run-minutes); on Step Functions one take per run",
+        writes.map_or("?".to_owned(), |w| w.to_string()),
+        l.take,
+        l.renew,
+        l.release,
+        per_run * usd,
+        per_minute * usd,
+    );
+}
+
+/// Measures one take, renewal and release of the run's lease, each on its own.
+async fn lease_wru(ddb: &DynamoDbStore, meter: &CapacityMeter) -> anyhow::Result<LeaseWru> {
+    use orchestrator_core::ports::{Claim, RunStore};
+    let run = ddb.list_runs(1, None).await?;
+    let run_id = &run.first().context("the run is listed")?.run_id;
+    let wru = || meter.counters().wru;
+    let start = wru();
+    let Claim::Acquired(lease) = ddb.acquire_lease(run_id, "bench", 15_000, None).await? else {
+        bail!("the finished run's lease is held");
+    };
+    let took = wru();
+    let lease = ddb.renew_lease(&lease, 15_000).await?;
+    let renewed = wru();
+    ddb.release_lease(&lease).await?;
+    Ok(LeaseWru {
+        take: took - start,
+        renew: renewed - took,
+        release: wru() - renewed,
+    })
 }
 
 async fn dynamo(endpoint: &str, base_url: &str) -> anyhow::Result<DynamoResult> {
@@ -539,7 +588,7 @@ async fn dynamo(endpoint: &str, base_url: &str) -> anyhow::Result<DynamoResult> 
     config.endpoint_url = Some(endpoint.to_owned());
     let ddb = DynamoDbStore::new(client, &config);
     ddb.create_table().await?;
-    let counting = Arc::new(CountingStore::new(Arc::new(ddb), true));
+    let counting = Arc::new(CountingStore::new(Arc::new(ddb.clone()), true));
     let model: Arc<dyn Model> = Arc::new(OpenAiModel::new(
         base_url,
         None,
@@ -566,7 +615,9 @@ async fn dynamo(endpoint: &str, base_url: &str) -> anyhow::Result<DynamoResult> 
     capacity.bytes_written -= before_capacity.bytes_written;
     capacity.items_read -= before_capacity.items_read;
     capacity.bytes_read -= before_capacity.bytes_read;
+    let lease_wru = Some(lease_wru(&ddb, &meter).await?);
     Ok(DynamoResult {
+        lease_wru,
         status: status.to_string(),
         capacity: serde_json::to_value(capacity)?,
         store: serde_json::to_value(counting.counters())?,
@@ -1089,6 +1140,9 @@ fn all(args: AllArgs) -> anyhow::Result<()> {
                 .map(Value::to_string)
                 .unwrap_or_default(),
         );
+        if let Some(l) = d.lease_wru {
+            print_lease_cost(l, d.store.get("lease_writes").and_then(Value::as_u64));
+        }
         print!("{}", c.report(figures.as_ref(), &figures_path));
     }
     if dynamo.is_none() {
