@@ -103,6 +103,7 @@ impl crate::Specialist for Generation {
             temperature: ctx.request.options.temperature,
             max_tokens: Some(4_000),
             json: false,
+            schema: None,
             tools: Vec::new(),
             tool_choice: Default::default(),
         };

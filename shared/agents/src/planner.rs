@@ -59,6 +59,7 @@ impl Planner {
             temperature: Some(0.0),
             max_tokens: Some(2_000),
             json: true,
+            schema: None,
             tools: Vec::new(),
             tool_choice: Default::default(),
         };

@@ -83,6 +83,7 @@ impl crate::Specialist for Qa {
             temperature: Some(0.0),
             max_tokens: Some(1_500),
             json: true,
+            schema: None,
             tools: Vec::new(),
             tool_choice: Default::default(),
         };

@@ -65,6 +65,7 @@ impl crate::Specialist for Strategy {
             temperature: ctx.request.options.temperature,
             max_tokens: Some(1_000),
             json: true,
+            schema: None,
             tools: Vec::new(),
             tool_choice: Default::default(),
         };

@@ -433,11 +433,25 @@ pub struct ModelRequest {
     pub max_tokens: Option<u32>,
     /// The reply must be one JSON object.
     pub json: bool,
+    /// The shape that JSON object must have, when the caller knows it: providers that can
+    /// enforce a schema are given it; the others get JSON mode or only the prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<ReplySchema>,
     /// Tools the model may call; none means a plain completion.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tools: Vec<ToolSpec>,
     #[serde(default)]
     pub tool_choice: ToolChoice,
+}
+
+/// A JSON Schema for a structured reply, generated from the Rust type that parses it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplySchema {
+    /// Names the schema to the provider (OpenAI's `json_schema.name`, Bedrock's tool name):
+    /// letters, digits, `_` and `-`, at most 64.
+    pub name: String,
+    /// A JSON Schema (draft 2020-12 as schemars writes it) of one JSON object.
+    pub schema: serde_json::Value,
 }
 
 impl ModelRequest {
@@ -450,6 +464,7 @@ impl ModelRequest {
             temperature: None,
             max_tokens: None,
             json: false,
+            schema: None,
             tools: Vec::new(),
             tool_choice: ToolChoice::Auto,
         }

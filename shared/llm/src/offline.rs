@@ -515,6 +515,7 @@ mod tests {
             temperature: None,
             max_tokens: None,
             json: true,
+            schema: None,
             tools: Vec::new(),
             tool_choice: Default::default(),
         }

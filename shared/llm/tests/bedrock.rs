@@ -46,6 +46,7 @@ fn request() -> ModelRequest {
         temperature: Some(0.2),
         max_tokens: Some(100),
         json: false,
+        schema: None,
         tools: Vec::new(),
         tool_choice: Default::default(),
     }

@@ -43,6 +43,7 @@ fn request(json: bool) -> ModelRequest {
         temperature: Some(0.2),
         max_tokens: Some(100),
         json,
+        schema: None,
         tools: Vec::new(),
         tool_choice: Default::default(),
     }
