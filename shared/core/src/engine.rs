@@ -266,6 +266,9 @@ pub struct RunState {
     /// Steps paused on a person, by step id: their conversation, and the answer once given.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub suspended: BTreeMap<String, Suspended>,
+    /// The extra planner turn a plan stalled by a failed step gets has been used.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stall_replanned: bool,
     /// The fencing token of the lease its driver holds ([`crate::ports::Lease`]); never
     /// stored with the state. The store refuses a commit of this state once another owner
     /// has taken the run over. `None`: a writer without a lease (a Step Functions execution
@@ -304,6 +307,7 @@ impl RunState {
             error: None,
             hitl_requests: 0,
             suspended: BTreeMap::new(),
+            stall_replanned: false,
             lease_token: None,
         }
     }
@@ -454,6 +458,7 @@ impl Engine {
             return false;
         };
         state.usage.add(usage);
+        let patch = state.plan.reconcile(patch);
         let next = match state.plan.apply_patch(&patch) {
             Ok(next) => next,
             Err(e) => {
@@ -769,6 +774,12 @@ impl Engine {
             );
             return false;
         }
+        Self::call_planner(state, reason, out);
+        true
+    }
+
+    /// Asks the planner, whatever the replan cap says.
+    fn call_planner(state: &mut RunState, reason: ReplanReason, out: &mut Out) {
         state.replans += 1;
         out.emit(EventKind::Phase {
             phase: Phase::Planning,
@@ -780,7 +791,6 @@ impl Engine {
         out.0.push(Action::CallPlanner {
             reason: Some(reason),
         });
-        true
     }
 
     fn on_approval(
@@ -1051,6 +1061,20 @@ impl Engine {
             .filter(|s| s.status == StepStatus::Pending)
             .map(|s| s.id.as_str())
             .collect();
+        if !blocked.is_empty() && !failed.is_empty() && !state.stall_replanned {
+            // One more planner turn, told which step failed and why, before the run fails.
+            state.stall_replanned = true;
+            let step_id = failed[0].to_owned();
+            let error = state
+                .plan
+                .step(&step_id)
+                .and_then(|s| s.note.clone())
+                .unwrap_or_else(|| "it failed".to_owned());
+            if !matches!(state.planner, PlannerState::Awaiting { .. }) {
+                Self::call_planner(state, ReplanReason::StepFailed { step_id, error }, out);
+            }
+            return;
+        }
         if !blocked.is_empty() {
             let why = format!(
                 "stalled: steps {} wait on steps that cannot finish ({})",

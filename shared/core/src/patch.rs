@@ -524,6 +524,47 @@ fn new_step(index: usize, item: &Value, ids: &mut IdGen) -> Result<PlanStep, Pat
 }
 
 impl Plan {
+    /// The patch as it can apply to this plan, for the ids planners reuse: a step added under
+    /// the id of a step not started (pending, failed, skipped) replaces that step; one added
+    /// under the id of a step done or running (or of a step added earlier in the same patch)
+    /// gets a fresh id, and the patch's other new steps that depended on that id depend on
+    /// the new step. A patch is never refused for reusing an id.
+    pub fn reconcile(&self, mut patch: PlanPatch) -> PlanPatch {
+        let mut taken: Vec<String> = self.steps.iter().map(|s| s.id.clone()).collect();
+        taken.extend(patch.steps_add.iter().map(|s| s.id.clone()));
+        let mut ids = IdGen::new(&taken);
+        let mut added: HashSet<String> = HashSet::new();
+        let mut renamed: Vec<(usize, String, String)> = Vec::new();
+        for (index, step) in patch.steps_add.iter_mut().enumerate() {
+            let existing = self.step(&step.id).map(|s| s.status);
+            let history = matches!(existing, Some(StepStatus::Done | StepStatus::InProgress));
+            if history || added.contains(&step.id) {
+                let fresh = ids.fresh();
+                renamed.push((index, step.id.clone(), fresh.clone()));
+                step.id = fresh;
+            } else if existing.is_some() && !patch.steps_remove.contains(&step.id) {
+                patch.steps_remove.push(step.id.clone());
+            }
+            added.insert(step.id.clone());
+        }
+        // A later step that named the reused id meant the step added under it.
+        for (index, old, fresh) in renamed {
+            for later in patch.steps_add.iter_mut().skip(index + 1) {
+                for dep in later.depends_on.iter_mut().filter(|d| **d == old) {
+                    dep.clone_from(&fresh);
+                }
+            }
+        }
+        // An update of a replaced step is the replacement's business.
+        let replaced: HashSet<&String> = patch.steps_remove.iter().collect();
+        let updates = std::mem::take(&mut patch.steps_update);
+        patch.steps_update = updates
+            .into_iter()
+            .filter(|u| !(replaced.contains(&u.id) && added.contains(&u.id)))
+            .collect();
+        patch
+    }
+
     /// The plan after `patch`, with version bumped; the plan is unchanged on error. Done and
     /// in-progress steps are history: a patch may not remove them or rewrite their status.
     pub fn apply_patch(&self, patch: &PlanPatch) -> Result<Plan, PatchError> {

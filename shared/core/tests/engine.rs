@@ -471,6 +471,36 @@ fn the_run_fails_when_the_replan_cap_is_reached() {
 }
 
 #[test]
+fn a_plan_stalled_by_a_failed_step_gets_one_more_planner_turn_before_failing() {
+    // GIVEN a run whose first step failed for good and whose replan left the plan as it was
+    let mut run = Run::app().planned(linear_plan());
+    run.fail("s1", "strategy answered in riddles", false);
+    let noop = replan_input(
+        &run,
+        json!({ "update": [{ "id": "s2", "note": "waiting" }] }),
+    );
+
+    // WHEN the steps that depend on it cannot run
+    let actions = run.send(noop);
+
+    // THEN the planner is asked once more, told which step failed and why
+    assert_eq!(
+        planner_calls(&actions),
+        vec![Some(ReplanReason::StepFailed {
+            step_id: "s1".into(),
+            error: "strategy answered in riddles".into(),
+        })]
+    );
+    assert_eq!(run.state.status, RunStatus::Running);
+
+    // AND when that turn changes nothing either, the run fails as stalled
+    let again = replan_input(&run, json!({ "update": [{ "id": "s2", "note": "still" }] }));
+    let actions = run.send(again);
+    assert!(planner_calls(&actions).is_empty());
+    assert_eq!(finish_status(&actions), Some(RunStatus::Failed));
+}
+
+#[test]
 fn a_planner_repeating_the_same_change_for_the_same_reason_fails_the_run() {
     // GIVEN a run whose first step failed and was retried through a replan
     let mut run = Run::app().planned(linear_plan());

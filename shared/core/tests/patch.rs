@@ -507,3 +507,54 @@ fn history_cannot_be_rewritten_by_the_planner() {
         Some(StepStatus::Pending)
     );
 }
+
+#[test]
+fn a_patch_reusing_an_id_is_reconciled_never_refused() {
+    // GIVEN a plan with a done step, a failed one and a pending one that depends on it
+    let before = plan(vec![
+        step("s1", "strategy", StepStatus::Done, &[]),
+        step("s2", "generation", StepStatus::Failed, &["s1"]),
+        step("s3", "qa", StepStatus::Pending, &["s2"]),
+    ]);
+    // WHEN a replan adds s1 again (done), s2 again (failed), and a new step on "s1"
+    let patch = PlanPatch {
+        steps_add: vec![
+            step("s1", "strategy", StepStatus::Pending, &[]),
+            step("s2", "generation", StepStatus::Pending, &["s1"]),
+            step("s9", "qa", StepStatus::Pending, &["s1", "s2"]),
+        ],
+        ..PlanPatch::default()
+    };
+    let patch = before.reconcile(patch);
+    let after = before.apply_patch(&patch).unwrap();
+
+    // THEN the done s1 stays as it was and the new one gets a fresh id, which the later
+    // steps of the patch depend on
+    let fresh = &patch.steps_add[0].id;
+    assert!(
+        !["s1", "s2", "s3", "s9"].contains(&fresh.as_str()),
+        "{fresh}"
+    );
+    assert_eq!(after.step("s1").unwrap().status, StepStatus::Done);
+    assert_eq!(after.step("s2").unwrap().depends_on, vec![fresh.clone()]);
+    assert_eq!(
+        after.step("s9").unwrap().depends_on,
+        vec![fresh.clone(), "s2".to_owned()]
+    );
+    // AND the failed s2 is replaced by the new one, pending, its dependent kept
+    assert_eq!(after.step("s2").unwrap().status, StepStatus::Pending);
+    assert_eq!(after.step("s3").unwrap().depends_on, ids(&["s2"]));
+    assert_eq!(after.steps.len(), 5);
+
+    // AND the same id twice in one patch: the second is renamed
+    let twice = PlanPatch {
+        steps_add: vec![
+            step("s7", "qa", StepStatus::Pending, &[]),
+            step("s7", "qa", StepStatus::Pending, &[]),
+        ],
+        ..PlanPatch::default()
+    };
+    let twice = before.reconcile(twice);
+    assert_ne!(twice.steps_add[0].id, twice.steps_add[1].id);
+    assert!(before.apply_patch(&twice).is_ok());
+}
