@@ -3,9 +3,11 @@
 //! Retries (exponential backoff with jitter on throttling and 5xx, none on other 4xx) and the
 //! connect and per-attempt timeouts are the SDK's own, configured from `Resilience`; this adapter
 //! maps the SDK's errors and events onto the Model port and checks that a stream reached its
-//! `messageStop`.
+//! `messageStop`. A structured reply (a request with a schema) is forced through a tool whose
+//! input schema is the reply's: the tool's input comes back as the reply's JSON text.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,13 +17,14 @@ use aws_sdk_bedrockruntime::config::retry::RetryConfig;
 use aws_sdk_bedrockruntime::config::timeout::TimeoutConfig;
 use aws_sdk_bedrockruntime::config::{BehaviorVersion, Region};
 use aws_sdk_bedrockruntime::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_bedrockruntime::operation::converse::ConverseOutput as ConverseReply;
 use aws_sdk_bedrockruntime::operation::converse_stream::ConverseStreamOutput as StreamOutput;
 use aws_sdk_bedrockruntime::types::{
     AnyToolChoice, AutoToolChoice, ContentBlock, ContentBlockDelta, ContentBlockStart,
     ConversationRole, ConverseOutput, ConverseStreamOutput, InferenceConfiguration, Message,
-    SystemContentBlock, TokenUsage, Tool, ToolChoice as WireToolChoice, ToolConfiguration,
-    ToolInputSchema, ToolResultBlock, ToolResultContentBlock, ToolResultStatus, ToolSpecification,
-    ToolUseBlock,
+    SpecificToolChoice, SystemContentBlock, TokenUsage, Tool, ToolChoice as WireToolChoice,
+    ToolConfiguration, ToolInputSchema, ToolResultBlock, ToolResultContentBlock, ToolResultStatus,
+    ToolSpecification, ToolUseBlock,
 };
 use aws_smithy_types::{Document, Number};
 use futures::StreamExt;
@@ -34,6 +37,7 @@ use orchestrator_core::types::Usage;
 use serde_json::Value;
 
 use crate::config::{LlmConfig, Resilience};
+use crate::schema::{tool_input_schema, wire_name};
 use crate::telemetry::record_usage;
 
 const GEN_AI_SYSTEM: &str = "aws.bedrock";
@@ -50,6 +54,15 @@ pub struct BedrockModel {
     client: Client,
     model_id: String,
     request_timeout: Duration,
+    /// Set once the model refused the forced reply tool (not every model on Bedrock can be made
+    /// to call a given tool): structured calls rely on the prompt alone from then on.
+    reply_tool_refused: AtomicBool,
+}
+
+/// The tool a structured reply is forced through: its name and the configuration forcing it.
+struct ReplyTool {
+    name: String,
+    config: ToolConfiguration,
 }
 
 impl BedrockModel {
@@ -97,6 +110,92 @@ impl BedrockModel {
             client: Client::from_conf(config),
             model_id: model_id.into(),
             request_timeout: resilience.request_timeout,
+            reply_tool_refused: AtomicBool::new(false),
+        }
+    }
+
+    /// The forced tool whose input is the reply, for a request with a schema and no tools of
+    /// its own (a request with tools keeps them, and the schema is left to the prompt).
+    fn reply_tool(&self, request: &ModelRequest) -> Result<Option<ReplyTool>, ModelError> {
+        let Some(schema) = &request.schema else {
+            return Ok(None);
+        };
+        if !request.tools.is_empty() || self.reply_tool_refused.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let invalid = |e: &dyn std::fmt::Display| {
+            ModelError::Invalid(format!("cannot build the request: {e}"))
+        };
+        let name = wire_name(&schema.name);
+        let description = schema
+            .schema
+            .get("description")
+            .and_then(Value::as_str)
+            .unwrap_or("Give your reply as this tool's input.");
+        let spec = ToolSpecification::builder()
+            .name(&name)
+            .description(description)
+            .input_schema(ToolInputSchema::Json(to_document(&tool_input_schema(
+                &schema.schema,
+            ))))
+            .build()
+            .map_err(|e| invalid(&e))?;
+        let choice = SpecificToolChoice::builder()
+            .name(&name)
+            .build()
+            .map_err(|e| invalid(&e))?;
+        let config = ToolConfiguration::builder()
+            .tools(Tool::ToolSpec(spec))
+            .tool_choice(WireToolChoice::Tool(choice))
+            .build()
+            .map_err(|e| invalid(&e))?;
+        Ok(Some(ReplyTool { name, config }))
+    }
+
+    /// One Converse call, with the forced reply tool when there is one.
+    async fn converse(
+        &self,
+        request: &ModelRequest,
+        reply_tool: Option<&ReplyTool>,
+    ) -> Result<ConverseReply, ModelError> {
+        let mut parts = self.parts(request)?;
+        if let Some(tool) = reply_tool {
+            parts.tools = Some(tool.config.clone());
+        }
+        self.client
+            .converse()
+            .model_id(&self.model_id)
+            .set_system(Some(parts.system))
+            .set_messages(Some(parts.messages))
+            .inference_config(parts.inference)
+            .set_tool_config(parts.tools)
+            .send()
+            .await
+            .map_err(|e| sdk_error(e, self.request_timeout))
+    }
+
+    /// Converse with the forced reply tool; if the model refuses to be forced (a validation
+    /// error about tools), once more without it, remembered for this adapter.
+    async fn converse_structured(
+        &self,
+        request: &ModelRequest,
+        reply_tool: Option<&ReplyTool>,
+    ) -> Result<ConverseReply, ModelError> {
+        match self.converse(request, reply_tool).await {
+            Err(ModelError::Provider {
+                status: 400,
+                message,
+            }) if reply_tool.is_some() && message.to_ascii_lowercase().contains("tool") => {
+                if !self.reply_tool_refused.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        gen_ai.system = GEN_AI_SYSTEM,
+                        gen_ai.request.model = %self.model_id,
+                        "the model refused the forced reply tool; structured replies rely on the prompt from now on"
+                    );
+                }
+                self.converse(request, None).await
+            }
+            other => other,
         }
     }
 
@@ -216,6 +315,8 @@ impl BedrockModel {
         })
     }
 
+    /// The reply schema is not forced here: structured calls use `complete`, and a forced tool's
+    /// input would arrive as tool-use deltas rather than the text a stream's reader shows.
     async fn open_stream(
         &self,
         request: ModelRequest,
@@ -399,6 +500,38 @@ fn usage_of(u: &TokenUsage) -> Usage {
     }
 }
 
+/// The text and tool calls of a Converse reply. The input of the forced reply tool is the reply
+/// itself: it comes back as JSON text and no tool call, as a JSON reply from any provider would.
+fn reply_of(
+    output: Option<&ConverseOutput>,
+    forced: Option<&str>,
+) -> Result<(String, Vec<ToolCall>), ModelError> {
+    let Some(ConverseOutput::Message(m)) = output else {
+        return Err(ModelError::Invalid("the reply has no message".into()));
+    };
+    let uses = || m.content().iter().filter_map(|b| b.as_tool_use().ok());
+    if let Some(name) = forced
+        && let Some(reply) = uses().find(|t| t.name() == name)
+    {
+        return Ok((from_document(reply.input()).to_string(), Vec::new()));
+    }
+    let text = m
+        .content()
+        .iter()
+        .filter_map(|b| b.as_text().ok())
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("");
+    let calls = uses()
+        .map(|t| ToolCall {
+            id: t.tool_use_id().to_owned(),
+            name: t.name().to_owned(),
+            arguments: from_document(t.input()),
+        })
+        .collect();
+    Ok((text, calls))
+}
+
 /// Maps the SDK's error (after its own retries) onto the port's.
 fn sdk_error<E>(e: SdkError<E, HttpResponse>, timeout: Duration) -> ModelError
 where
@@ -437,41 +570,12 @@ impl Model for BedrockModel {
     }
 
     async fn complete(&self, request: ModelRequest) -> Result<ModelResponse, ModelError> {
-        let parts = self.parts(&request)?;
+        let reply_tool = self.reply_tool(&request)?;
         let out = self
-            .client
-            .converse()
-            .model_id(&self.model_id)
-            .set_system(Some(parts.system))
-            .set_messages(Some(parts.messages))
-            .inference_config(parts.inference)
-            .set_tool_config(parts.tools)
-            .send()
-            .await
-            .map_err(|e| sdk_error(e, self.request_timeout))?;
-        let (text, tool_calls) = match out.output() {
-            Some(ConverseOutput::Message(m)) => {
-                let text = m
-                    .content()
-                    .iter()
-                    .filter_map(|b| b.as_text().ok())
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join("");
-                let calls = m
-                    .content()
-                    .iter()
-                    .filter_map(|b| b.as_tool_use().ok())
-                    .map(|t| ToolCall {
-                        id: t.tool_use_id().to_owned(),
-                        name: t.name().to_owned(),
-                        arguments: from_document(t.input()),
-                    })
-                    .collect::<Vec<_>>();
-                (text, calls)
-            }
-            _ => return Err(ModelError::Invalid("the reply has no message".into())),
-        };
+            .converse_structured(&request, reply_tool.as_ref())
+            .await?;
+        let forced = reply_tool.as_ref().map(|t| t.name.as_str());
+        let (text, tool_calls) = reply_of(out.output(), forced)?;
         let usage = out.usage().map(usage_of).unwrap_or_default();
         record_usage(GEN_AI_SYSTEM, &self.model_id, request.purpose, false, usage);
         Ok(ModelResponse {

@@ -6,6 +6,7 @@ pub mod bedrock;
 pub mod config;
 pub mod offline;
 pub mod openai;
+mod schema;
 mod telemetry;
 
 use std::sync::Arc;

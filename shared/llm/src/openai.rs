@@ -6,7 +6,7 @@
 //! types below are the few fields this needs and stay private.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::config::{ApiKey, Resilience};
+use crate::schema::{strict_schema, wire_name};
 use crate::telemetry::record_usage;
 
 const GEN_AI_SYSTEM: &str = "openai";
@@ -46,8 +47,130 @@ pub struct OpenAiModel {
     key: Option<ApiKey>,
     model: String,
     resilience: Resilience,
-    /// Cleared when the endpoint refuses `response_format`, so later calls do not ask again.
-    json_mode: AtomicBool,
+    /// The strongest reply format the endpoint is believed to accept, so later calls do not ask
+    /// again for one it refused.
+    accepted: Accepted,
+}
+
+/// How a JSON reply is asked for, strongest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+enum Format {
+    /// `response_format: json_schema`, strict.
+    Schema = 0,
+    /// `response_format: json_object`.
+    JsonObject = 1,
+    /// No `response_format`: the prompt alone asks for JSON.
+    PromptOnly = 2,
+}
+
+impl Format {
+    fn weaker(self) -> Format {
+        match self {
+            Format::Schema => Format::JsonObject,
+            Format::JsonObject | Format::PromptOnly => Format::PromptOnly,
+        }
+    }
+
+    fn wire_name(self) -> &'static str {
+        match self {
+            Format::Schema => "json_schema",
+            Format::JsonObject => "json_object",
+            Format::PromptOnly => "none",
+        }
+    }
+}
+
+/// A `Format` shared by the calls of one adapter: it only ever steps down, so concurrent calls
+/// need no lock and a refusal is never forgotten.
+struct Accepted(AtomicU8);
+
+impl Accepted {
+    fn get(&self) -> Format {
+        match self.0.load(Ordering::Relaxed) {
+            0 => Format::Schema,
+            1 => Format::JsonObject,
+            _ => Format::PromptOnly,
+        }
+    }
+
+    /// Steps down to `to`; true only for the call that did it, so the change is logged once.
+    fn lower(&self, to: Format) -> bool {
+        self.0.fetch_max(to as u8, Ordering::Relaxed) < to as u8
+    }
+}
+
+/// A reply schema made strict for one call.
+struct Strict {
+    name: String,
+    schema: Value,
+}
+
+impl Strict {
+    /// None without a schema, or when strict mode cannot express it: that call asks for
+    /// `json_object` instead, and the endpoint is not marked as refusing `json_schema`.
+    fn of(request: &ModelRequest) -> Option<Strict> {
+        let reply = request.schema.as_ref()?;
+        let Some(schema) = strict_schema(&reply.schema) else {
+            tracing::debug!(
+                gen_ai.system = GEN_AI_SYSTEM,
+                "the reply schema has open parts strict mode cannot express; asking for json_object"
+            );
+            return None;
+        };
+        Some(Strict {
+            name: wire_name(&reply.name),
+            schema,
+        })
+    }
+}
+
+/// What an error status says about the format an attempt asked for.
+#[derive(Debug, PartialEq, Eq)]
+enum Refusal {
+    /// Not about the format.
+    No,
+    /// The message names the format: the endpoint does not take it.
+    Certain,
+    /// A bare 400 or 422 to a `json_schema` request: the schema may be the cause, or not. Proven
+    /// only if the same call succeeds with `json_object`.
+    Suspected,
+}
+
+/// Endpoints word a refused format in many ways (OpenAI, vLLM, LM Studio, proxies); they all name
+/// the parameter or the kind of format.
+const FORMAT_WORDS: [&str; 6] = [
+    "response_format",
+    "response format",
+    "json_schema",
+    "json_object",
+    "schema",
+    "structured output",
+];
+
+fn refusal(asked: Format, status: u16, message: &str) -> Refusal {
+    let client_error = (400..500).contains(&status) && status != 429;
+    if asked == Format::PromptOnly || !client_error {
+        return Refusal::No;
+    }
+    let message = message.to_ascii_lowercase();
+    if FORMAT_WORDS.iter().any(|w| message.contains(w)) {
+        Refusal::Certain
+    } else if asked == Format::Schema && matches!(status, 400 | 422) {
+        Refusal::Suspected
+    } else {
+        Refusal::No
+    }
+}
+
+/// A failed attempt, before it is classified.
+enum Failure {
+    Status {
+        status: u16,
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    Other(ModelError),
 }
 
 impl OpenAiModel {
@@ -72,13 +195,47 @@ impl OpenAiModel {
             key,
             model: model.into(),
             resilience,
-            json_mode: AtomicBool::new(true),
+            accepted: Accepted(AtomicU8::new(Format::Schema as u8)),
         })
     }
 
+    /// The format one attempt asks for: what the request wants, but no stronger than the
+    /// endpoint accepts nor than this call has stepped down to.
+    fn format_for(&self, request: &ModelRequest, strict: bool, floor: Format) -> Format {
+        let wanted = if strict {
+            Format::Schema
+        } else if request.json || request.schema.is_some() {
+            Format::JsonObject
+        } else {
+            Format::PromptOnly
+        };
+        wanted.max(self.accepted.get()).max(floor)
+    }
+
+    /// Remembers that the endpoint refused `refused`, logging it once (no prompt, key or URL).
+    fn step_down(&self, refused: Format, status: u16) {
+        let now = refused.weaker();
+        if self.accepted.lower(now) {
+            tracing::warn!(
+                gen_ai.system = GEN_AI_SYSTEM,
+                gen_ai.request.model = %self.model,
+                status,
+                refused = refused.wire_name(),
+                now = now.wire_name(),
+                "the endpoint refused this response_format; asking with the weaker one from now on"
+            );
+        }
+    }
+
     /// The request's JSON, serialised straight from the wire types (no `Value` tree is built or
-    /// kept while the call is in flight), and whether it asks for JSON mode.
-    fn body(&self, request: &ModelRequest, stream: bool) -> (Bytes, bool) {
+    /// kept while the call is in flight).
+    fn body(
+        &self,
+        request: &ModelRequest,
+        stream: bool,
+        format: Format,
+        strict: Option<&Strict>,
+    ) -> Bytes {
         let mut messages = Vec::with_capacity(request.messages.len() + 1);
         if !request.system.is_empty() {
             messages.push(WireMessage {
@@ -142,101 +299,78 @@ impl OpenAiModel {
             stream_options: stream.then_some(StreamOptions {
                 include_usage: true,
             }),
-            response_format: (request.json && self.json_mode.load(Ordering::Relaxed)).then_some(
-                ResponseFormat {
+            response_format: match (format, strict) {
+                (Format::PromptOnly, _) => None,
+                (Format::Schema, Some(s)) => Some(ResponseFormat {
+                    kind: "json_schema",
+                    json_schema: Some(WireJsonSchema {
+                        name: &s.name,
+                        schema: &s.schema,
+                        strict: true,
+                    }),
+                }),
+                _ => Some(ResponseFormat {
                     kind: "json_object",
-                },
-            ),
+                    json_schema: None,
+                }),
+            },
         };
-        let json_mode = body.response_format.is_some();
         // The wire types are plain structs of strings and JSON values: they always serialise.
-        (
-            Bytes::from(serde_json::to_vec(&body).unwrap_or_default()),
-            json_mode,
-        )
+        Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
     }
 
-    /// Sends until a 2xx: retries 429, 5xx and refused connections with backoff; returns any
-    /// other failure at once.
+    /// Sends until a 2xx: retries 429, 5xx and refused connections with backoff; steps the reply
+    /// format down when the endpoint refuses it; returns any other failure at once.
     async fn send(
         &self,
         request: &ModelRequest,
         stream: bool,
     ) -> Result<reqwest::Response, ModelError> {
-        let purpose = request.purpose;
+        let strict = Strict::of(request);
+        // After a suspected refusal this call alone steps down; the endpoint's state only once
+        // the weaker format is accepted (a 400 may be about something else, e.g. the length).
+        let mut floor = Format::Schema;
+        let mut unproven: Option<(Format, u16)> = None;
         let mut retry = 0;
         loop {
+            let format = self.format_for(request, strict.is_some(), floor);
             // Built for each attempt rather than kept for a retry: the body is freed as soon as
             // it is sent, not held for the whole call.
-            let (body, json_mode) = self.body(request, stream);
-            let mut req = self
-                .http
-                .post(self.endpoint.clone())
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body);
-            if let Some(key) = &self.key {
-                req = req.bearer_auth(key.expose());
-            }
-            let timeout = self.resilience.request_timeout;
-            let sent = if stream {
-                // Only the headers: the body is read chunk by chunk under the read timeout.
-                match tokio::time::timeout(timeout, req.send()).await {
-                    Ok(r) => r.map_err(|e| transport(e, timeout)),
-                    Err(_) => Err(ModelError::Timeout(timeout.as_millis() as u64)),
-                }
-            } else {
-                req.timeout(timeout)
-                    .send()
-                    .await
-                    .map_err(|e| transport(e, timeout))
-            };
-            let (err, retry_after) = match sent {
-                Ok(resp) if resp.status().is_success() => return Ok(resp),
+            let body = self.body(request, stream, format, strict.as_ref());
+            let (err, retry_after) = match self.post(body, stream).await {
                 Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    let retry_after = resp
-                        .headers()
-                        .get(reqwest::header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .map(Duration::from_secs);
-                    let text = resp.text().await.unwrap_or_default();
-                    let message = error_message(&text);
-                    if status == 400 && json_mode && message.contains("response_format") {
-                        // The endpoint has no JSON mode: the prompts ask for JSON anyway.
-                        tracing::warn!(
-                            gen_ai.system = GEN_AI_SYSTEM,
-                            "the endpoint refused response_format; asking without it from now on"
-                        );
-                        self.json_mode.store(false, Ordering::Relaxed);
+                    if let Some((refused, status)) = unproven {
+                        self.step_down(refused, status);
+                    }
+                    return Ok(resp);
+                }
+                Err(Failure::Status {
+                    status,
+                    message,
+                    retry_after,
+                }) => match refusal(format, status, &message) {
+                    // Each step is to a strictly weaker format, so this loop ends.
+                    Refusal::Certain => {
+                        self.step_down(format, status);
                         continue;
                     }
-                    let err = if status == 429 {
-                        ModelError::Throttled(message)
-                    } else {
-                        ModelError::Provider { status, message }
-                    };
-                    (err, retry_after)
-                }
-                Err(e) => (e, None),
+                    Refusal::Suspected => {
+                        floor = format.weaker();
+                        unproven = Some((format, status));
+                        continue;
+                    }
+                    Refusal::No => (status_error(status, message), retry_after),
+                },
+                Err(Failure::Other(e)) => (e, None),
             };
-            let worth_retrying = match &err {
-                ModelError::Throttled(_) => true,
-                ModelError::Provider { status, .. } => *status >= 500,
-                // Refused or reset before the request reached the model: nothing was spent.
-                ModelError::Transport(_) => true,
-                // A timeout has already cost the whole budget once; the engine's step retry
-                // decides whether to spend it again.
-                _ => false,
-            };
-            if !worth_retrying || retry >= self.resilience.max_retries {
+            if !worth_retrying(&err) || retry >= self.resilience.max_retries {
                 return Err(err);
             }
             let delay = self.resilience.backoff(retry, retry_after);
             tracing::warn!(
                 gen_ai.system = GEN_AI_SYSTEM,
                 gen_ai.request.model = %self.model,
-                purpose = ?purpose,
+                purpose = ?request.purpose,
                 retry = retry + 1,
                 delay_ms = delay.as_millis() as u64,
                 error = %err,
@@ -245,6 +379,48 @@ impl OpenAiModel {
             tokio::time::sleep(delay).await;
             retry += 1;
         }
+    }
+
+    /// One attempt: the response when it is a 2xx, otherwise what went wrong.
+    async fn post(&self, body: Bytes, stream: bool) -> Result<reqwest::Response, Failure> {
+        let mut req = self
+            .http
+            .post(self.endpoint.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        if let Some(key) = &self.key {
+            req = req.bearer_auth(key.expose());
+        }
+        let timeout = self.resilience.request_timeout;
+        let sent = if stream {
+            // Only the headers: the body is read chunk by chunk under the read timeout.
+            match tokio::time::timeout(timeout, req.send()).await {
+                Ok(r) => r.map_err(|e| transport(e, timeout)),
+                Err(_) => Err(ModelError::Timeout(timeout.as_millis() as u64)),
+            }
+        } else {
+            req.timeout(timeout)
+                .send()
+                .await
+                .map_err(|e| transport(e, timeout))
+        };
+        let resp = sent.map_err(Failure::Other)?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let text = resp.text().await.unwrap_or_default();
+        Err(Failure::Status {
+            status,
+            message: error_message(&text),
+            retry_after,
+        })
     }
 
     async fn open_stream(
@@ -484,6 +660,26 @@ fn transport(e: reqwest::Error, timeout: Duration) -> ModelError {
     ModelError::Transport(text)
 }
 
+fn status_error(status: u16, message: String) -> ModelError {
+    if status == 429 {
+        ModelError::Throttled(message)
+    } else {
+        ModelError::Provider { status, message }
+    }
+}
+
+fn worth_retrying(err: &ModelError) -> bool {
+    match err {
+        ModelError::Throttled(_) => true,
+        ModelError::Provider { status, .. } => *status >= 500,
+        // Refused or reset before the request reached the model: nothing was spent.
+        ModelError::Transport(_) => true,
+        // A timeout has already cost the whole budget once; the engine's step retry decides
+        // whether to spend it again.
+        _ => false,
+    }
+}
+
 /// The message of an error body, whatever its shape: OpenAI's `{"error": {"message"}}`,
 /// Ollama's `{"error": "..."}`, vLLM's `{"message"}`, or plain text.
 fn error_message(body: &str) -> String {
@@ -557,7 +753,7 @@ struct WireRequest<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     stream_options: Option<StreamOptions>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    response_format: Option<ResponseFormat>,
+    response_format: Option<ResponseFormat<'a>>,
 }
 
 #[derive(Serialize)]
@@ -605,9 +801,18 @@ struct StreamOptions {
 }
 
 #[derive(Serialize)]
-struct ResponseFormat {
+struct ResponseFormat<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    json_schema: Option<WireJsonSchema<'a>>,
+}
+
+#[derive(Serialize)]
+struct WireJsonSchema<'a> {
+    name: &'a str,
+    schema: &'a Value,
+    strict: bool,
 }
 
 #[derive(Deserialize)]
@@ -696,5 +901,63 @@ mod tests {
         );
         assert_eq!(error_message("Bad Gateway\n"), "Bad Gateway");
         assert_eq!(error_message(""), "(no body)");
+    }
+
+    #[test]
+    fn refusals_are_read_from_the_status_and_the_message() {
+        // GIVEN errors to attempts that asked for each format
+        let vllm = "The provided JSON schema contains features not supported by xgrammar.";
+        // WHEN classified THEN a message naming the format is a refusal of it
+        assert_eq!(
+            refusal(
+                Format::Schema,
+                400,
+                "response_format json_schema is not supported"
+            ),
+            Refusal::Certain
+        );
+        assert_eq!(refusal(Format::Schema, 422, vllm), Refusal::Certain);
+        assert_eq!(
+            refusal(
+                Format::JsonObject,
+                400,
+                "Unrecognized argument: response_format"
+            ),
+            Refusal::Certain
+        );
+        // AND a bare 400 or 422 is only a suspicion, and only against json_schema
+        assert_eq!(
+            refusal(Format::Schema, 400, "context length exceeded"),
+            Refusal::Suspected
+        );
+        assert_eq!(
+            refusal(Format::JsonObject, 400, "bad max_tokens"),
+            Refusal::No
+        );
+        assert_eq!(refusal(Format::Schema, 401, "invalid key"), Refusal::No);
+        // AND throttling, server errors and prompt-only attempts are never refusals
+        assert_eq!(refusal(Format::Schema, 429, "schema quota"), Refusal::No);
+        assert_eq!(
+            refusal(Format::Schema, 500, "json_schema crashed"),
+            Refusal::No
+        );
+        assert_eq!(
+            refusal(Format::PromptOnly, 400, "response_format"),
+            Refusal::No
+        );
+    }
+
+    #[test]
+    fn the_accepted_format_only_steps_down() {
+        // GIVEN a fresh state
+        let accepted = Accepted(AtomicU8::new(Format::Schema as u8));
+        // WHEN lowered to json_object twice, then to the prompt, then "raised"
+        let first = accepted.lower(Format::JsonObject);
+        let again = accepted.lower(Format::JsonObject);
+        let prompt = accepted.lower(Format::PromptOnly);
+        let raised = accepted.lower(Format::Schema);
+        // THEN only the real steps count, and it never goes back up
+        assert!(first && !again && prompt && !raised);
+        assert_eq!(accepted.get(), Format::PromptOnly);
     }
 }

@@ -377,3 +377,143 @@ async fn converse_stream_tool_use_deltas_are_assembled() {
         ]
     );
 }
+
+// Structured replies: the schema forced through a tool whose input is the reply.
+
+fn verdict_schema() -> Value {
+    json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "VerdictReply",
+        "description": "A QA verdict.",
+        "type": "object",
+        "properties": {
+            "score": {"type": "number", "format": "double"},
+            "pass": {"type": "boolean"},
+            "note": {"type": ["string", "null"]}
+        },
+        "required": ["score", "pass"]
+    })
+}
+
+fn structured() -> ModelRequest {
+    let mut req = request();
+    req.json = true;
+    req.schema = Some(orchestrator_core::ports::ReplySchema {
+        name: "qa_verdict".into(),
+        schema: verdict_schema(),
+    });
+    req
+}
+
+fn converse_reply(content: Value) -> Reply {
+    Reply::json(
+        200,
+        json!({"output": {"message": {"role": "assistant", "content": content}},
+               "stopReason": "tool_use",
+               "usage": {"inputTokens": 12, "outputTokens": 5, "totalTokens": 17},
+               "metrics": {"latencyMs": 10}}),
+    )
+}
+
+#[tokio::test]
+async fn a_schema_is_forced_through_a_tool_and_its_input_comes_back_as_json() {
+    // GIVEN an endpoint whose model answers with the forced tool
+    let verdict = json!({"score": 0.9, "pass": true, "note": null});
+    let server = MockServer::script(vec![converse_reply(json!([
+        {"toolUse": {"toolUseId": "tu-1", "name": "qa_verdict", "input": verdict}}
+    ]))])
+    .await;
+    let model = model(&server);
+
+    // WHEN a structured reply is asked for
+    let reply = model.complete(structured()).await.unwrap();
+
+    // THEN the tool's input is the reply's text, as JSON, and no tool call comes back
+    assert_eq!(serde_json::from_str::<Value>(&reply.text).unwrap(), verdict);
+    assert!(reply.tool_calls.is_empty());
+    assert_eq!(reply.usage.output_tokens, 5);
+    // AND the request carried the one tool, with the schema, and a choice naming it
+    let body = server.requests()[0].json();
+    let config = &body["toolConfig"];
+    assert_eq!(config["tools"].as_array().unwrap().len(), 1);
+    let spec = &config["tools"][0]["toolSpec"];
+    assert_eq!(spec["name"], "qa_verdict");
+    assert_eq!(spec["description"], "A QA verdict.");
+    let mut expected = verdict_schema();
+    expected.as_object_mut().unwrap().remove("$schema");
+    expected.as_object_mut().unwrap().remove("title");
+    assert_eq!(spec["inputSchema"]["json"], expected);
+    assert_eq!(
+        config["toolChoice"],
+        json!({"tool": {"name": "qa_verdict"}})
+    );
+}
+
+#[tokio::test]
+async fn a_text_answer_to_a_schema_call_comes_back_as_text() {
+    // GIVEN an endpoint whose model writes text instead of calling the tool
+    let server = MockServer::script(vec![converse_reply(json!([
+        {"text": "{\"score\": 0.4, \"pass\": false}"}
+    ]))])
+    .await;
+    let model = model(&server);
+
+    // WHEN a structured reply is asked for
+    let reply = model.complete(structured()).await.unwrap();
+
+    // THEN the text is the reply
+    assert_eq!(reply.text, "{\"score\": 0.4, \"pass\": false}");
+    assert!(reply.tool_calls.is_empty());
+}
+
+#[tokio::test]
+async fn a_request_with_its_own_tools_is_not_forced_to_the_schema() {
+    use orchestrator_core::tools::ToolSpec;
+    // GIVEN an endpoint, and a structured request that also offers a tool of its own
+    let server = MockServer::script(vec![converse_reply(json!([{"text": "{}"}]))]).await;
+    let model = model(&server);
+    let mut req = structured();
+    req.tools = vec![ToolSpec {
+        name: "text_stats".into(),
+        description: "Measure a text".into(),
+        parameters: json!({"type": "object", "properties": {"text": {"type": "string"}}}).into(),
+    }];
+
+    // WHEN it is called
+    model.complete(req).await.unwrap();
+
+    // THEN only its own tool is offered, with the usual automatic choice
+    let config = &server.requests()[0].json()["toolConfig"];
+    assert_eq!(config["tools"].as_array().unwrap().len(), 1);
+    assert_eq!(config["tools"][0]["toolSpec"]["name"], "text_stats");
+    assert_eq!(config["toolChoice"], json!({"auto": {}}));
+}
+
+#[tokio::test]
+async fn a_model_that_cannot_be_forced_gets_the_prompt_alone_from_then_on() {
+    // GIVEN an endpoint whose model refuses a forced tool choice, and answers without one
+    let server = MockServer::start(|sent, _| {
+        if sent.json().get("toolConfig").is_some() {
+            Reply::json(400, json!({"message": "This model doesn't support the toolConfig.toolChoice.tool field. Remove toolConfig.toolChoice.tool and try again."}))
+                .header("x-amzn-errortype", "ValidationException")
+        } else {
+            converse_reply(json!([{"text": "{\"score\": 1, \"pass\": true}"}]))
+        }
+    })
+    .await;
+    let model = model(&server);
+
+    // WHEN two structured calls are made
+    let first = model.complete(structured()).await.unwrap();
+    let second = model.complete(structured()).await.unwrap();
+
+    // THEN the first was asked again without the tool, the second never had it
+    let forced: Vec<bool> = server
+        .requests()
+        .iter()
+        .map(|r| r.json().get("toolConfig").is_some())
+        .collect();
+    assert_eq!(forced, [true, false, false]);
+    assert_eq!(first.text, "{\"score\": 1, \"pass\": true}");
+    assert_eq!(second.text, first.text);
+}

@@ -381,12 +381,15 @@ async fn the_planner_repairs_invalid_json_through_the_real_adapter() {
 
     // WHEN the planner plans
     let outcome = planner
-        .plan(PlanContext {
-            request: &request,
-            plan: &Plan::default(),
-            reason: None,
-            capabilities: &capabilities,
-        })
+        .plan(
+            PlanContext {
+                request: &request,
+                plan: &Plan::default(),
+                reason: None,
+                capabilities: &capabilities,
+            },
+            &orchestrator_agents::NoDeltas,
+        )
         .await
         .unwrap();
 
@@ -575,5 +578,330 @@ async fn a_specialist_gets_tool_errors_and_refusals_back_over_http() {
             .as_str()
             .unwrap()
             .contains("refused")
+    );
+}
+
+// Structured replies: json_schema strict, and the fallback chain to json_object and the prompt.
+
+/// What schemars 1.x writes for a QA verdict: `$schema`, `title`, `format`, `minimum`,
+/// `default`, a nullable option, a `$defs` entry behind a `$ref`, fields left out of `required`.
+fn verdict_schema() -> Value {
+    json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "VerdictReply",
+        "description": "A QA verdict.",
+        "type": "object",
+        "properties": {
+            "criteria": {"type": "array", "items": {"$ref": "#/$defs/CriterionReply"}},
+            "issues": {"type": "array", "default": [], "items": {"type": "string"}},
+            "pass": {"type": "boolean"},
+            "score": {"description": "0.0 to 1.0.", "type": "number", "format": "double"},
+            "attempts": {"type": "integer", "format": "uint32", "minimum": 0}
+        },
+        "required": ["score", "pass", "criteria"],
+        "$defs": {
+            "CriterionReply": {
+                "type": "object",
+                "properties": {
+                    "details": {"type": ["string", "null"]},
+                    "id": {"description": "ac1, ac2, ...", "type": "string"},
+                    "passed": {"type": "boolean"}
+                },
+                "required": ["id", "passed"]
+            }
+        }
+    })
+}
+
+const VERDICT: &str = r#"{"score":0.9,"pass":true,"issues":[],"attempts":1,"criteria":[{"id":"ac1","passed":true,"details":null}]}"#;
+
+fn structured(schema: Value) -> ModelRequest {
+    let mut req = request(true);
+    req.schema = Some(orchestrator_core::ports::ReplySchema {
+        name: "qa_verdict".into(),
+        schema,
+    });
+    req
+}
+
+/// What OpenAI's strict mode refuses in a schema, by path.
+fn strict_violations(node: &Value, path: &str, found: &mut Vec<String>) {
+    let Some(map) = node.as_object() else {
+        found.push(format!("{path}: not a schema object"));
+        return;
+    };
+    for refused in [
+        "$schema", "title", "format", "default", "minimum", "oneOf", "allOf",
+    ] {
+        if map.contains_key(refused) {
+            found.push(format!("{path}: {refused}"));
+        }
+    }
+    if map.contains_key("$ref") && map.len() > 1 {
+        found.push(format!("{path}: $ref with siblings"));
+    }
+    if let Some(props) = map.get("properties").and_then(Value::as_object) {
+        if map.get("additionalProperties") != Some(&json!(false)) {
+            found.push(format!("{path}: additionalProperties is not false"));
+        }
+        let mut required: Vec<&str> = map["required"]
+            .as_array()
+            .map(|r| r.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        required.sort_unstable();
+        let mut names: Vec<&str> = props.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        if required != names {
+            found.push(format!(
+                "{path}: required {required:?} is not every property"
+            ));
+        }
+    }
+    for key in ["properties", "$defs"] {
+        for (name, sub) in map
+            .get(key)
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            strict_violations(sub, &format!("{path}/{key}/{name}"), found);
+        }
+    }
+    if let Some(items) = map.get("items") {
+        strict_violations(items, &format!("{path}/items"), found);
+    }
+    for (i, sub) in map
+        .get("anyOf")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        strict_violations(sub, &format!("{path}/anyOf/{i}"), found);
+    }
+}
+
+/// The response_format a request carried: "json_schema", "json_object" or "none".
+fn format_of(body: &Value) -> &str {
+    body["response_format"]["type"].as_str().unwrap_or("none")
+}
+
+/// An endpoint that enforces strict json_schema as OpenAI does: a schema strict mode refuses
+/// gets the 400 OpenAI gives; a valid one gets the verdict.
+fn enforcing(sent: &support::Recorded, _: usize) -> Reply {
+    let body = sent.json();
+    let format = &body["response_format"];
+    let mut found = Vec::new();
+    if format["type"] != "json_schema" || format["json_schema"]["strict"] != true {
+        found.push(format!("not strict json_schema: {format}"));
+    } else {
+        strict_violations(&format["json_schema"]["schema"], "#", &mut found);
+    }
+    if found.is_empty() {
+        Reply::json(200, completion(VERDICT))
+    } else {
+        let message = format!("Invalid schema for response_format 'qa_verdict': {found:?}");
+        Reply::json(
+            400,
+            json!({"error": {"message": message, "type": "invalid_request_error"}}),
+        )
+    }
+}
+
+#[tokio::test]
+async fn a_schema_is_sent_as_strict_json_schema() {
+    // GIVEN an endpoint that enforces strict json_schema
+    let server = MockServer::start(enforcing).await;
+    let model = model(&server, fast());
+
+    // WHEN a reply is asked for with the schema schemars wrote
+    let reply = model.complete(structured(verdict_schema())).await.unwrap();
+
+    // THEN one request, accepted: strict, every object closed with all its properties required
+    let sent = server.requests();
+    assert_eq!(sent.len(), 1);
+    let format = &sent[0].json()["response_format"];
+    let mut found = Vec::new();
+    strict_violations(&format["json_schema"]["schema"], "#", &mut found);
+    assert!(found.is_empty(), "{found:?}");
+    assert_eq!(format["type"], "json_schema");
+    assert_eq!(format["json_schema"]["name"], "qa_verdict");
+    assert_eq!(format["json_schema"]["strict"], true);
+    // AND the optional field stays nullable, the $ref and descriptions stay
+    let schema = &format["json_schema"]["schema"];
+    let details = &schema["$defs"]["CriterionReply"]["properties"]["details"];
+    assert_eq!(details["type"], json!(["string", "null"]));
+    assert_eq!(
+        schema["properties"]["criteria"]["items"]["$ref"],
+        "#/$defs/CriterionReply"
+    );
+    assert_eq!(schema["properties"]["score"]["description"], "0.0 to 1.0.");
+    // AND the reply is the JSON the endpoint wrote
+    let verdict: Value = serde_json::from_str(&reply.text).unwrap();
+    assert_eq!(verdict["score"], 0.9);
+    assert!(reply.tool_calls.is_empty());
+}
+
+#[tokio::test]
+async fn a_schema_strict_mode_cannot_express_asks_for_json_object_this_time_only() {
+    // GIVEN an endpoint that takes json_schema and json_object alike
+    let server = MockServer::script(vec![Reply::json(200, completion(VERDICT))]).await;
+    let model = model(&server, fast());
+    let mut open = verdict_schema();
+    open["properties"]["extra"] = json!({"type": "object", "additionalProperties": true});
+
+    // WHEN a call's schema has an open map, then the next call's has none
+    model.complete(structured(open)).await.unwrap();
+    model.complete(structured(verdict_schema())).await.unwrap();
+
+    // THEN the first asked for json_object, and the second still for json_schema
+    let formats: Vec<String> = server
+        .requests()
+        .iter()
+        .map(|r| format_of(&r.json()).to_owned())
+        .collect();
+    assert_eq!(formats, ["json_object", "json_schema"]);
+}
+
+#[derive(Clone, Default)]
+struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    /// Captures this thread's events (a tokio test runs on one thread) until the guard drops.
+    fn capture(&self) -> tracing::subscriber::DefaultGuard {
+        let writer = self.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
+    fn warnings(&self, about: &str) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .filter(|l| l.contains("WARN") && l.contains(about))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn an_endpoint_refusing_json_schema_gets_json_object_from_then_on() {
+    // GIVEN an endpoint that refuses json_schema with a 400 but takes json_object
+    let server = MockServer::start(|sent, _| {
+        if format_of(&sent.json()) == "json_schema" {
+            Reply::json(
+                400,
+                json!({"error": {"message": "response_format json_schema is not supported"}}),
+            )
+        } else {
+            Reply::json(200, completion(VERDICT))
+        }
+    })
+    .await;
+    let model = model(&server, fast());
+    let logs = Logs::default();
+    let _capture = logs.capture();
+
+    // WHEN two structured calls are made
+    let first = model.complete(structured(verdict_schema())).await.unwrap();
+    let after_first = server.requests().len();
+    let second = model.complete(structured(verdict_schema())).await.unwrap();
+
+    // THEN the first fell back within the call (two requests), the second went straight to
+    // json_object (one request), and both got the JSON
+    assert_eq!(after_first, 2);
+    let formats: Vec<String> = server
+        .requests()
+        .iter()
+        .map(|r| format_of(&r.json()).to_owned())
+        .collect();
+    assert_eq!(formats, ["json_schema", "json_object", "json_object"]);
+    assert_eq!(first.text, VERDICT);
+    assert_eq!(second.text, VERDICT);
+    // AND the step down was logged once, without the prompt, the key or the URL
+    let warnings = logs.warnings("response_format");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    for secret in ["Acme Sync", "sk-test", server.url.as_str()] {
+        assert!(!warnings[0].contains(secret), "{}", warnings[0]);
+    }
+}
+
+#[tokio::test]
+async fn an_endpoint_refusing_every_response_format_gets_the_prompt_alone_from_then_on() {
+    // GIVEN an endpoint that knows no response_format at all
+    let server = MockServer::start(|sent, _| {
+        if sent.json().get("response_format").is_some() {
+            Reply::json(400, json!({"error": {"message": "Unrecognized request argument supplied: response_format"}}))
+        } else {
+            Reply::json(200, completion(VERDICT))
+        }
+    })
+    .await;
+    let model = model(&server, fast());
+    let logs = Logs::default();
+    let _capture = logs.capture();
+
+    // WHEN two structured calls are made
+    model.complete(structured(verdict_schema())).await.unwrap();
+    let reply = model.complete(structured(verdict_schema())).await.unwrap();
+
+    // THEN the first stepped down twice within the call, the second asked with the prompt alone
+    let formats: Vec<String> = server
+        .requests()
+        .iter()
+        .map(|r| format_of(&r.json()).to_owned())
+        .collect();
+    assert_eq!(formats, ["json_schema", "json_object", "none", "none"]);
+    assert_eq!(reply.text, VERDICT);
+    // AND each step down was logged once
+    assert_eq!(logs.warnings("response_format").len(), 2);
+}
+
+#[tokio::test]
+async fn a_bad_request_that_is_not_about_the_schema_keeps_json_schema() {
+    // GIVEN an endpoint that refuses every request for a reason that is not the format
+    let server = MockServer::script(vec![Reply::json(
+        400,
+        json!({"error": {"message": "This model's maximum context length is 8192 tokens", "code": "context_length_exceeded"}}),
+    )])
+    .await;
+    let model = model(&server, fast());
+
+    // WHEN two structured calls are made
+    let err = model
+        .complete(structured(verdict_schema()))
+        .await
+        .unwrap_err();
+    model
+        .complete(structured(verdict_schema()))
+        .await
+        .unwrap_err();
+
+    // THEN each call tried json_object once more, failed with the endpoint's own error, and
+    // json_schema was not given up on
+    let formats: Vec<String> = server
+        .requests()
+        .iter()
+        .map(|r| format_of(&r.json()).to_owned())
+        .collect();
+    assert_eq!(
+        formats,
+        ["json_schema", "json_object", "json_schema", "json_object"]
+    );
+    assert!(
+        matches!(err, ModelError::Provider { status: 400, ref message } if message.contains("context length")),
+        "{err:?}"
     );
 }
