@@ -142,7 +142,7 @@ async fn a_run_against_an_openai_compatible_server_completes_and_names_its_model
         .map(|f| f.1["message"].as_str().unwrap())
         .collect();
     assert_eq!(streamed, DRAFT.concat());
-    // AND every role was asked, with the key, JSON mode for the structured ones
+    // AND every role was asked, with the key, and the planner with its reply's schema
     let seen = seen.lock().unwrap().clone();
     let roles: Vec<String> = seen
         .iter()
@@ -161,7 +161,11 @@ async fn a_run_against_an_openai_compatible_server_completes_and_names_its_model
         assert_eq!(headers["authorization"], format!("Bearer {KEY}").as_str());
         assert_eq!(body["model"], "e2e-model");
     }
-    assert_eq!(seen[0].1["response_format"]["type"], "json_object");
+    assert_eq!(seen[0].1["response_format"]["type"], "json_schema");
+    assert_eq!(
+        seen[0].1["response_format"]["json_schema"]["name"],
+        "plan_patch"
+    );
     // AND the info log has token usage in GenAI names, and no key, URL or prompt
     assert!(stderr.contains("gen_ai.usage.input_tokens"), "{stderr}");
     assert!(!stderr.contains(KEY), "{stderr}");

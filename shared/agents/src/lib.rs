@@ -14,20 +14,20 @@ use serde_json::Value;
 
 mod finalize;
 mod generation;
-mod json;
 mod planner;
 mod prompt_set;
 mod qa;
 mod repair;
+pub mod replies;
 mod strategy;
 pub mod tools;
 
 pub use finalize::Finalize;
 pub use generation::Generation;
-pub use json::extract_json;
 pub use planner::{PlanContext, PlanOutcome, Planner};
 pub use prompt_set::{PROMPT_FILES, Prompts, PromptsError};
 pub use qa::Qa;
+pub use replies::read_json as extract_json;
 pub use strategy::Strategy;
 pub use tools::{Tool, ToolError, ToolRegistry, Toolset};
 
@@ -57,12 +57,13 @@ pub enum AgentError {
 }
 
 impl AgentError {
+    /// Worth another attempt of the step: a transient model error, or replies that could not
+    /// be used (another attempt asks afresh, and models do not answer the same way twice).
     pub fn retryable(&self) -> bool {
         match self {
             AgentError::Model(e) => e.retryable(),
-            AgentError::Invalid(_) | AgentError::MissingInput(_) | AgentError::NeedsHuman(_) => {
-                false
-            }
+            AgentError::Invalid(_) => true,
+            AgentError::MissingInput(_) | AgentError::NeedsHuman(_) => false,
         }
     }
 }

@@ -5,10 +5,11 @@ use orchestrator_core::patch::{PlanPatch, normalize_patch};
 use orchestrator_core::ports::{ChatMessage, Model, ModelRequest, Purpose};
 use orchestrator_core::types::{Plan, RunRequest, StepAction, Usage};
 
-use crate::repair::{Repaired, complete_with_repair};
+use crate::repair::{Repaired, complete_with_retries};
+use crate::replies::{plan_schema, read_json};
 use serde_json::json;
 
-use crate::{AgentError, extract_json};
+use crate::{AgentError, DeltaSink};
 
 pub struct PlanContext<'a> {
     pub request: &'a RunRequest,
@@ -29,7 +30,11 @@ pub struct PlanOutcome {
 pub struct Planner {
     model: Arc<dyn Model>,
     prompts: Arc<crate::Prompts>,
+    attempts: u32,
 }
+
+/// Calls per plan at most, the first included: like a step's attempts.
+pub const PLANNER_ATTEMPTS: u32 = 3;
 
 impl Planner {
     pub fn new(model: Arc<dyn Model>) -> Self {
@@ -37,11 +42,21 @@ impl Planner {
     }
 
     pub fn with_prompts(model: Arc<dyn Model>, prompts: Arc<crate::Prompts>) -> Self {
-        Self { model, prompts }
+        Self {
+            model,
+            prompts,
+            attempts: PLANNER_ATTEMPTS,
+        }
     }
 
-    /// Asks for a patch; an unusable reply gets one repair request quoting the problem.
-    pub async fn plan(&self, ctx: PlanContext<'_>) -> Result<PlanOutcome, AgentError> {
+    /// Asks for a patch, retried like a step: an unusable reply gets a repair request quoting
+    /// the problem, a transient model error the same request again, up to the attempts; each
+    /// retry is a `warning` on `sink`.
+    pub async fn plan(
+        &self,
+        ctx: PlanContext<'_>,
+        sink: &dyn DeltaSink,
+    ) -> Result<PlanOutcome, AgentError> {
         let context = json!({
             "objective": ctx.request.objective,
             "capabilities": ctx.capabilities,
@@ -59,7 +74,7 @@ impl Planner {
             temperature: Some(0.0),
             max_tokens: Some(2_000),
             json: true,
-            schema: None,
+            schema: Some(plan_schema().clone()),
             tools: Vec::new(),
             tool_choice: Default::default(),
         };
@@ -67,9 +82,14 @@ impl Planner {
             value: patch,
             usage,
             repaired,
-        } = complete_with_repair(self.model.as_ref(), request, "planner", |reply| {
-            self.validate(reply, &ctx)
-        })
+        } = complete_with_retries(
+            self.model.as_ref(),
+            request,
+            "planner",
+            self.attempts,
+            sink,
+            |reply| self.validate(reply, &ctx),
+        )
         .await?;
         Ok(PlanOutcome {
             patch,
@@ -80,9 +100,10 @@ impl Planner {
 
     /// Parses, normalises and dry-runs the patch against the current plan.
     fn validate(&self, reply: &str, ctx: &PlanContext<'_>) -> Result<PlanPatch, String> {
-        let raw = extract_json(reply)?;
+        let raw = read_json(reply)?;
         let existing: Vec<String> = ctx.plan.steps.iter().map(|s| s.id.clone()).collect();
-        let mut patch = normalize_patch(&raw, &existing).map_err(|e| e.to_string())?;
+        let patch = normalize_patch(&raw, &existing).map_err(|e| e.to_string())?;
+        let mut patch = ctx.plan.reconcile(patch);
         let next = ctx.plan.apply_patch(&patch).map_err(|e| e.to_string())?;
         if let Some(step) = next.steps.iter().find(|s| {
             s.status == orchestrator_core::types::StepStatus::Pending

@@ -1,32 +1,92 @@
+use std::time::Duration;
+
+use orchestrator_core::event::EventKind;
 use orchestrator_core::ports::{ChatMessage, Model, ModelRequest};
 use orchestrator_core::tools::ToolChoice;
 use orchestrator_core::types::Usage;
+use serde_json::json;
 
-use crate::AgentError;
 use crate::tools::Turns;
+use crate::{AgentError, DeltaSink};
 
-/// What a structured call gave: the parsed value, the tokens of every call, and whether the
-/// repair request was needed.
+/// What a structured call gave: the parsed value, the tokens of every call, and whether it
+/// took more than one.
 pub struct Repaired<T> {
     pub value: T,
     pub usage: Usage,
     pub repaired: bool,
 }
 
-/// Asks the model, parses the reply, and when the reply is unusable asks once more, quoting the
-/// problem. After that the failure is final (`AgentError::Invalid`, naming `what`).
-pub async fn complete_with_repair<T>(
+/// Asks the model until a reply parses, at most `attempts` calls: an unusable reply is
+/// answered with a repair request quoting the problem, a transient model error with the same
+/// request after a pause. Each retry is a `warning` on `sink`, with its attempt and cause.
+pub async fn complete_with_retries<T>(
     model: &dyn Model,
-    request: ModelRequest,
+    mut request: ModelRequest,
     what: &str,
+    attempts: u32,
+    sink: &dyn DeltaSink,
     parse: impl Fn(&str) -> Result<T, String>,
 ) -> Result<Repaired<T>, AgentError> {
-    let first = model.complete(request.clone()).await?;
-    repair(model, request, first.text, first.usage, what, parse).await
+    let mut usage = Usage::default();
+    let mut attempt = 1;
+    loop {
+        let cause = match model.complete(request.clone()).await {
+            Ok(reply) => {
+                usage.add(reply.usage);
+                match parse(&reply.text) {
+                    Ok(value) => {
+                        let repaired = attempt > 1;
+                        return Ok(Repaired {
+                            value,
+                            usage,
+                            repaired,
+                        });
+                    }
+                    Err(problem) if attempt < attempts => {
+                        ask_again(&mut request, reply.text, &problem);
+                        format!("its reply could not be used: {problem}")
+                    }
+                    Err(problem) => {
+                        return Err(AgentError::Invalid(format!(
+                            "{what} reply, after {attempt} attempts: {problem}"
+                        )));
+                    }
+                }
+            }
+            Err(e) if e.retryable() && attempt < attempts => {
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                format!("the model call failed: {e}")
+            }
+            Err(e) => return Err(e.into()),
+        };
+        attempt += 1;
+        retried(sink, what, attempt, attempts, &cause).await;
+    }
 }
 
-/// Like `complete_with_repair`, for a specialist with tools: the first answer comes from its
-/// conversation (tools and all); the repair request, if needed, asks for the JSON alone.
+/// A `warning` that a call is made again, and why.
+async fn retried(sink: &dyn DeltaSink, what: &str, attempt: u32, attempts: u32, cause: &str) {
+    tracing::warn!(%what, attempt, %cause, "retrying a model call");
+    sink.event(EventKind::warning(
+        format!("Asking the {what} again (attempt {attempt} of {attempts}): {cause}"),
+        Some(json!({ "agent": what, "attempt": attempt, "maxAttempts": attempts, "cause": cause })),
+    ))
+    .await;
+}
+
+fn ask_again(request: &mut ModelRequest, reply: String, problem: &str) {
+    request
+        .messages
+        .push(ChatMessage::assistant(reply, Vec::new()));
+    request.messages.push(ChatMessage::user(format!(
+        "Your reply could not be used: {problem}. Reply again with only the corrected JSON."
+    )));
+}
+
+/// For a specialist with tools: the first answer comes from its conversation (tools and
+/// all); when it cannot be used, one repair request asks for the JSON alone (a `warning`
+/// says so). A second unusable reply fails the attempt; the engine may run the step again.
 pub(crate) async fn converse_with_repair<T>(
     turns: &Turns<'_>,
     request: ModelRequest,
@@ -34,21 +94,8 @@ pub(crate) async fn converse_with_repair<T>(
     parse: impl Fn(&str) -> Result<T, String>,
 ) -> Result<Repaired<T>, AgentError> {
     let first = turns.run(request).await?;
-    let mut request = first.request;
-    request.tool_choice = ToolChoice::None;
-    repair(turns.model, request, first.text, first.usage, what, parse).await
-}
-
-async fn repair<T>(
-    model: &dyn Model,
-    mut request: ModelRequest,
-    first: String,
-    first_usage: Usage,
-    what: &str,
-    parse: impl Fn(&str) -> Result<T, String>,
-) -> Result<Repaired<T>, AgentError> {
-    let mut usage = first_usage;
-    let problem = match parse(&first) {
+    let mut usage = first.usage;
+    let problem = match parse(&first.text) {
         Ok(value) => {
             return Ok(Repaired {
                 value,
@@ -58,14 +105,12 @@ async fn repair<T>(
         }
         Err(problem) => problem,
     };
-    tracing::warn!(%what, %problem, "unusable reply; asking for a repair");
-    request
-        .messages
-        .push(ChatMessage::assistant(first, Vec::new()));
-    request.messages.push(ChatMessage::user(format!(
-        "Your reply could not be used: {problem}. Reply again with only the corrected JSON."
-    )));
-    let second = model.complete(request).await?;
+    let mut request = first.request;
+    request.tool_choice = ToolChoice::None;
+    ask_again(&mut request, first.text, &problem);
+    let cause = format!("its reply could not be used: {problem}");
+    retried(turns.sink, what, 2, 2, &cause).await;
+    let second = turns.model.complete(request).await?;
     usage.add(second.usage);
     let value = parse(&second.text)
         .map_err(|p| AgentError::Invalid(format!("{what} reply, after one repair: {p}")))?;

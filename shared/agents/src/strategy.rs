@@ -4,9 +4,12 @@ use async_trait::async_trait;
 use orchestrator_core::ports::{ChatMessage, Model, ModelRequest, Purpose};
 use serde_json::{Value, json};
 
+use orchestrator_core::event::EventKind;
+
 use crate::repair::{Repaired, converse_with_repair};
+use crate::replies::{field, read_json, refusal, strategy_schema, text_of, without_reasoning};
 use crate::tools::Turns;
-use crate::{AgentError, DeltaSink, SpecialistOutput, StepContext, extract_json};
+use crate::{AgentError, DeltaSink, SpecialistOutput, StepContext};
 
 /// Audience, angle and key messages for the writer.
 pub struct Strategy {
@@ -65,7 +68,7 @@ impl crate::Specialist for Strategy {
             temperature: ctx.request.options.temperature,
             max_tokens: Some(1_000),
             json: true,
-            schema: None,
+            schema: Some(strategy_schema().clone()),
             tools: Vec::new(),
             tool_choice: Default::default(),
         };
@@ -77,25 +80,74 @@ impl crate::Specialist for Strategy {
             stream: false,
         };
         let Repaired { value, usage, .. } =
-            converse_with_repair(&turns, request, "strategy", parse).await?;
+            converse_with_repair(&turns, request, "strategist", parse).await?;
+        if let Read::Prose(_) = &value {
+            sink.event(EventKind::warning(
+                "The strategist answered in prose, not JSON: the writer gets its text as notes",
+                Some(json!({ "stepId": ctx.step.id, "capabilityId": "strategy" })),
+            ))
+            .await;
+        }
         Ok(SpecialistOutput {
-            output: value,
+            output: value.into_output(),
             usage,
         })
     }
 }
 
-fn parse(reply: &str) -> Result<Value, String> {
-    let v = extract_json(reply)?;
-    let obj = v.as_object().ok_or("the strategy must be a JSON object")?;
-    for key in ["audience", "angle"] {
-        let present = obj
-            .get(key)
-            .and_then(Value::as_str)
-            .is_some_and(|s| !s.trim().is_empty());
-        if !present {
-            return Err(format!("the field {key:?} is missing or empty"));
+/// A strategy read from a reply: the JSON asked for, or prose, which is kept.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Read {
+    Json(Value),
+    Prose(String),
+}
+
+impl Read {
+    fn into_output(self) -> Value {
+        match self {
+            Read::Json(v) => v,
+            Read::Prose(text) => json!({ "notes": text }),
         }
     }
-    Ok(v)
 }
+
+/// Any JSON object is a strategy (the canonical fields filled from the aliases models use);
+/// a reply with no JSON is prose the writer can still use. Only an empty reply, a refusal or
+/// JSON that is not an object is unusable.
+pub(crate) fn parse(reply: &str) -> Result<Read, String> {
+    let text = without_reasoning(reply);
+    match read_json(text) {
+        Ok(Value::Object(mut obj)) => {
+            for (canonical, aliases) in ALIASES {
+                if obj.contains_key(*canonical) {
+                    continue;
+                }
+                if let Some(v) = field(&obj, aliases).cloned() {
+                    obj.insert((*canonical).to_owned(), v);
+                }
+            }
+            if let Some(v) = obj.get("audience").and_then(text_of) {
+                obj.insert("audience".into(), Value::String(v));
+            }
+            Ok(Read::Json(Value::Object(obj)))
+        }
+        Ok(_) => Err("the strategy must be a JSON object".into()),
+        Err(_) if text.is_empty() => Err("the reply is empty".into()),
+        Err(_) if refusal(text).is_some() => Err(format!("the model refused: {text:?}")),
+        Err(_) if !text.contains('{') => Ok(Read::Prose(text.to_owned())),
+        Err(problem) => Err(problem),
+    }
+}
+
+const ALIASES: &[(&str, &[&str])] = &[
+    (
+        "audience",
+        &["targetAudience", "target", "readers", "persona"],
+    ),
+    ("angle", &["approach", "hook", "positioning", "theme"]),
+    (
+        "keyMessages",
+        &["messages", "keyPoints", "points", "keyMessage"],
+    ),
+    ("callToAction", &["cta"]),
+];

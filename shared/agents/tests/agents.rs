@@ -33,12 +33,15 @@ async fn an_unparsable_plan_gets_one_repair_request_quoting_the_problem() {
     let request = RunRequest::new("Write a launch post");
     // WHEN it plans
     let outcome = planner
-        .plan(PlanContext {
-            request: &request,
-            plan: &Plan::default(),
-            reason: None,
-            capabilities: &caps(),
-        })
+        .plan(
+            PlanContext {
+                request: &request,
+                plan: &Plan::default(),
+                reason: None,
+                capabilities: &caps(),
+            },
+            &NoDeltas,
+        )
         .await
         .unwrap();
     // THEN the repair request quoted the parse error, and the patch is usable
@@ -59,28 +62,31 @@ async fn an_unparsable_plan_gets_one_repair_request_quoting_the_problem() {
 }
 
 #[tokio::test]
-async fn a_plan_still_unusable_after_the_repair_fails_visibly() {
+async fn a_plan_still_unusable_after_every_attempt_fails_visibly() {
     let model = Arc::new(ScriptedModel::new([
         Ok("{}".to_owned()),
+        Ok("I can't help with that.".to_owned()),
         Ok(r#"{"stepsAdd": [{"capabilityId": "seo", "label": "Optimise keywords"}]}"#.to_owned()),
     ]));
     let planner = Planner::new(model);
     let request = RunRequest::new("x");
     let err = planner
-        .plan(PlanContext {
-            request: &request,
-            plan: &Plan::default(),
-            reason: None,
-            capabilities: &caps(),
-        })
+        .plan(
+            PlanContext {
+                request: &request,
+                plan: &Plan::default(),
+                reason: None,
+                capabilities: &caps(),
+            },
+            &NoDeltas,
+        )
         .await
         .unwrap_err();
     let text = err.to_string();
     assert!(
-        text.contains("after one repair") && text.contains("seo"),
+        text.contains("after 3 attempts") && text.contains("seo"),
         "{text}"
     );
-    assert!(!err.retryable());
 }
 
 fn step(id: &str, capability: &str) -> PlanStep {

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use orchestrator_agents::{PlanContext, Planner, Prompts, prompts};
+use orchestrator_agents::{NoDeltas, PlanContext, Planner, Prompts, prompts};
 use orchestrator_core::fakes::ScriptedModel;
 use orchestrator_core::types::{Plan, RunRequest};
 
@@ -52,12 +52,15 @@ async fn the_planner_sends_the_prompt_it_was_given() {
 
     // WHEN it plans
     planner
-        .plan(PlanContext {
-            request: &RunRequest::new("Write a launch post"),
-            plan: &Plan::default(),
-            reason: None,
-            capabilities: &["generation".to_owned(), "finalize".to_owned()],
-        })
+        .plan(
+            PlanContext {
+                request: &RunRequest::new("Write a launch post"),
+                plan: &Plan::default(),
+                reason: None,
+                capabilities: &["generation".to_owned(), "finalize".to_owned()],
+            },
+            &NoDeltas,
+        )
         .await
         .unwrap();
 

@@ -8,7 +8,7 @@ use orchestrator_agents::{AgentError, PlanContext, Planner};
 use orchestrator_core::engine::{Dispatch, Input, PlannerState, RunState};
 use orchestrator_core::ports::StoreError;
 use orchestrator_core::types::QualityVerdict;
-use orchestrator_runner::{StepRunner, Transitions, outcome_of};
+use orchestrator_runner::{LogSink, StepRunner, Transitions, outcome_of};
 use serde_json::{Value, json};
 use tracing::Instrument;
 
@@ -70,11 +70,13 @@ impl PlannerFunction {
             reason: reason.as_ref(),
             capabilities: &capabilities,
         };
-        let input = match self.planner.plan(ctx).await {
+        let sink = LogSink::new(self.transitions.store().clone(), &state);
+        let input = match self.planner.plan(ctx, &sink).await {
             Ok(outcome) => Input::PlanProposed {
                 patch: outcome.patch,
                 usage: outcome.usage,
             },
+            // The planner retried within the call already; Step Functions retries it again.
             Err(AgentError::Model(e)) if e.retryable() => {
                 tracing::warn!(error = %e, "planner model call failed; Step Functions retries it");
                 return Err(if e.throttled() {

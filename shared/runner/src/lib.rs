@@ -21,10 +21,12 @@ use orchestrator_core::types::{RunReport, RunRequest, RunStatus, StepResult, Val
 use tokio::sync::mpsc;
 
 mod lease;
+mod log_sink;
 mod steps;
 mod transitions;
 
 pub use lease::{LeaseConfig, process_owner};
+pub use log_sink::LogSink;
 
 pub use steps::{StepEnd, StepRunner, Transient, input_of, outcome_of, stored_input};
 pub use transitions::{EXECUTION_OWNER, Transitions, events_of};
@@ -528,7 +530,8 @@ impl Runner {
             reason: reason.as_ref(),
             capabilities: &capabilities,
         };
-        match self.planner.plan(ctx).await {
+        let sink = LogSink::new(self.store().clone(), &state);
+        match self.planner.plan(ctx, &sink).await {
             Ok(outcome) => Input::PlanProposed {
                 patch: outcome.patch,
                 usage: outcome.usage,

@@ -278,6 +278,11 @@ impl StepRunner {
                 sink.finish().await?;
                 return Err(Transient::of_model(&e));
             }
+            // Replies that could not be used, even after a repair: another attempt asks afresh.
+            Ok(Err(e @ AgentError::Invalid(_))) => {
+                sink.finish().await?;
+                return Err(Transient::Unavailable(e.to_string()));
+            }
             Ok(Err(e)) => (
                 serde_json::Value::Null,
                 Usage::default(),
