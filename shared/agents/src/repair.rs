@@ -34,7 +34,8 @@ pub async fn complete_with_retries<T>(
         let cause = match model.complete(request.clone()).await {
             Ok(reply) => {
                 usage.add(reply.usage);
-                match parse(&reply.text) {
+                let text = reply_text(reply.text, &reply.tool_calls);
+                match parse(&text) {
                     Ok(value) => {
                         let repaired = attempt > 1;
                         return Ok(Repaired {
@@ -44,7 +45,7 @@ pub async fn complete_with_retries<T>(
                         });
                     }
                     Err(problem) if attempt < attempts => {
-                        ask_again(&mut request, reply.text, &problem);
+                        ask_again(&mut request, text, &problem);
                         format!("its reply could not be used: {problem}")
                     }
                     Err(problem) => {
@@ -62,6 +63,15 @@ pub async fn complete_with_retries<T>(
         };
         attempt += 1;
         retried(sink, what, attempt, attempts, &cause).await;
+    }
+}
+
+/// What to parse of a reply: its text, or, when a model answered a structured request with
+/// nothing but a tool call (some do, to emit JSON), that call's arguments.
+fn reply_text(text: String, calls: &[orchestrator_core::tools::ToolCall]) -> String {
+    match calls.first() {
+        Some(call) if text.trim().is_empty() => call.arguments.to_string(),
+        _ => text,
     }
 }
 
