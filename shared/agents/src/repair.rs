@@ -34,6 +34,18 @@ pub async fn complete_with_retries<T>(
         let cause = match model.complete(request.clone()).await {
             Ok(reply) => {
                 usage.add(reply.usage);
+                for note in &reply.retries {
+                    sink.event(EventKind::warning(
+                        format!(
+                            "The {what}'s model call was made again (attempt {}): {}",
+                            note.attempt, note.cause
+                        ),
+                        Some(
+                            json!({ "agent": what, "attempt": note.attempt, "cause": note.cause }),
+                        ),
+                    ))
+                    .await;
+                }
                 let text = reply_text(reply.text, &reply.tool_calls);
                 match parse(&text) {
                     Ok(value) => {

@@ -127,6 +127,7 @@ impl Model for ScriptedModel {
             usage: usage(&reply.text),
             text: reply.text,
             tool_calls: reply.tool_calls,
+            retries: Vec::new(),
         })
     }
 

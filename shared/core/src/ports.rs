@@ -478,15 +478,29 @@ pub struct ModelResponse {
     /// The tools the model asked to call, in order; answer them and call again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<ToolCall>,
+    /// The attempts the adapter made again before this reply (throttling, 5xx), so that the
+    /// stream a user watches can say so.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retries: Vec<RetryNote>,
+}
+
+/// An attempt of a model call that the adapter made again, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetryNote {
+    /// The attempt that followed (2 for the first retry).
+    pub attempt: u32,
+    pub cause: String,
 }
 
 /// A piece of a streamed reply. A `ToolCall` comes whole once its arguments have streamed in;
-/// `Usage` comes once, at the end.
+/// `Usage` comes once, at the end; `Retried` only before the first text.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StreamItem {
     Text(String),
     ToolCall(ToolCall),
     Usage(Usage),
+    /// The adapter made the call again before the reply began (throttling, 5xx).
+    Retried(RetryNote),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

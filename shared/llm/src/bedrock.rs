@@ -582,6 +582,7 @@ impl Model for BedrockModel {
             text,
             usage,
             tool_calls,
+            retries: Vec::new(),
         })
     }
 

@@ -73,6 +73,7 @@ impl Model for OfflineModel {
             text,
             usage,
             tool_calls: Vec::new(),
+            retries: Vec::new(),
         })
     }
 

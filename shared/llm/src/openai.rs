@@ -15,7 +15,8 @@ use futures::stream::{self, BoxStream};
 use futures::{StreamExt, TryStreamExt};
 use orchestrator_core::event::SseParser;
 use orchestrator_core::ports::{
-    ChatRole, Model, ModelError, ModelInfo, ModelRequest, ModelResponse, Purpose, StreamItem,
+    ChatRole, Model, ModelError, ModelInfo, ModelRequest, ModelResponse, Purpose, RetryNote,
+    StreamItem,
 };
 use orchestrator_core::tools::{ToolCall, ToolChoice};
 use orchestrator_core::types::Usage;
@@ -321,17 +322,19 @@ impl OpenAiModel {
 
     /// Sends until a 2xx: retries 429, 5xx and refused connections with backoff; steps the reply
     /// format down when the endpoint refuses it; returns any other failure at once.
+    /// The attempts made again come back with the response, for the stream a user watches.
     async fn send(
         &self,
         request: &ModelRequest,
         stream: bool,
-    ) -> Result<reqwest::Response, ModelError> {
+    ) -> Result<(reqwest::Response, Vec<RetryNote>), ModelError> {
         let strict = Strict::of(request);
         // After a suspected refusal this call alone steps down; the endpoint's state only once
         // the weaker format is accepted (a 400 may be about something else, e.g. the length).
         let mut floor = Format::Schema;
         let mut unproven: Option<(Format, u16)> = None;
         let mut retry = 0;
+        let mut notes = Vec::new();
         loop {
             let format = self.format_for(request, strict.is_some(), floor);
             // Built for each attempt rather than kept for a retry: the body is freed as soon as
@@ -342,7 +345,7 @@ impl OpenAiModel {
                     if let Some((refused, status)) = unproven {
                         self.step_down(refused, status);
                     }
-                    return Ok(resp);
+                    return Ok((resp, notes));
                 }
                 Err(Failure::Status {
                     status,
@@ -378,6 +381,10 @@ impl OpenAiModel {
             );
             tokio::time::sleep(delay).await;
             retry += 1;
+            notes.push(RetryNote {
+                attempt: retry + 1,
+                cause: err.to_string(),
+            });
         }
     }
 
@@ -427,7 +434,7 @@ impl OpenAiModel {
         &self,
         request: ModelRequest,
     ) -> Result<BoxStream<'_, Result<StreamItem, ModelError>>, ModelError> {
-        let resp = self.send(&request, true).await?;
+        let (resp, retries) = self.send(&request, true).await?;
         let timeout = self.resilience.request_timeout;
         let body = resp
             .bytes_stream()
@@ -445,7 +452,10 @@ impl OpenAiModel {
         let state = StreamState {
             body,
             parser: SseParser::default(),
-            queue: VecDeque::new(),
+            queue: retries
+                .into_iter()
+                .map(|note| Ok(StreamItem::Retried(note)))
+                .collect(),
             calls: BTreeMap::new(),
             finished: false,
             usage: None,
@@ -592,7 +602,7 @@ impl Model for OpenAiModel {
 
     async fn complete(&self, request: ModelRequest) -> Result<ModelResponse, ModelError> {
         let timeout = self.resilience.request_timeout;
-        let resp = self.send(&request, false).await?;
+        let (resp, retries) = self.send(&request, false).await?;
         let bytes = resp.bytes().await.map_err(|e| transport(e, timeout))?;
         let reply: WireResponse = serde_json::from_slice(&bytes)
             .map_err(|e| ModelError::Invalid(format!("not a chat completion: {e}")))?;
@@ -631,6 +641,7 @@ impl Model for OpenAiModel {
             text,
             usage,
             tool_calls,
+            retries,
         })
     }
 

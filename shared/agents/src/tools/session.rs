@@ -8,7 +8,9 @@ use std::sync::{Arc, OnceLock};
 
 use futures::StreamExt;
 use orchestrator_core::event::EventKind;
-use orchestrator_core::ports::{ChatMessage, Model, ModelRequest, ModelResponse, StreamItem};
+use orchestrator_core::ports::{
+    ChatMessage, Model, ModelRequest, ModelResponse, RetryNote, StreamItem,
+};
 use orchestrator_core::tools::{
     DEFAULT_MAX_TURNS, HITL_TOOL, HumanRequest, ToolCall, ToolChoice, ToolSession,
 };
@@ -180,13 +182,18 @@ impl Turns<'_> {
 
     async fn call(&self, request: &ModelRequest) -> Result<ModelResponse, AgentError> {
         if !self.stream {
-            return Ok(self.model.complete(request.clone()).await?);
+            let reply = self.model.complete(request.clone()).await?;
+            for note in &reply.retries {
+                self.retried(note).await;
+            }
+            return Ok(reply);
         }
         let mut stream = self.model.stream(request.clone());
         let mut reply = ModelResponse {
             text: String::new(),
             usage: Usage::default(),
             tool_calls: Vec::new(),
+            retries: Vec::new(),
         };
         while let Some(item) = stream.next().await {
             match item? {
@@ -196,9 +203,23 @@ impl Turns<'_> {
                 }
                 StreamItem::ToolCall(call) => reply.tool_calls.push(call),
                 StreamItem::Usage(u) => reply.usage = u,
+                StreamItem::Retried(note) => self.retried(&note).await,
             }
         }
         Ok(reply)
+    }
+
+    /// A `warning` that the adapter made a model call of this step again, and why.
+    async fn retried(&self, note: &RetryNote) {
+        let step = &self.ctx.step.id;
+        self.event(EventKind::warning(
+            format!(
+                "Step {step}: the model call was made again (attempt {}): {}",
+                note.attempt, note.cause
+            ),
+            Some(json!({ "stepId": step, "attempt": note.attempt, "cause": note.cause })),
+        ))
+        .await;
     }
 
     /// Answers the calls in order; stops at a `hitl_request` that a person must answer.
