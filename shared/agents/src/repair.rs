@@ -78,11 +78,11 @@ pub async fn complete_with_retries<T>(
     }
 }
 
-/// What to parse of a reply: its text, or, when a model answered a structured request with
-/// nothing but a tool call (some do, to emit JSON), that call's arguments.
+/// What to parse of a reply: its text, or, when a model answered a structured request with a
+/// tool call and no JSON in its text (some do, to emit JSON), that call's arguments.
 fn reply_text(text: String, calls: &[orchestrator_core::tools::ToolCall]) -> String {
     match calls.first() {
-        Some(call) if text.trim().is_empty() => call.arguments.to_string(),
+        Some(call) if !text.contains('{') => call.arguments.to_string(),
         _ => text,
     }
 }

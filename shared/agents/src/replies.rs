@@ -106,17 +106,24 @@ pub fn verdict_schema() -> &'static ReplySchema {
     SCHEMA.get_or_init(|| schema_of::<VerdictReply>("qa_verdict"))
 }
 
-/// The reply without the reasoning some models write first (`<think>...</think>`, or a
-/// `<think>` never closed when the reply was cut off).
-pub fn without_reasoning(reply: &str) -> &str {
+/// The answer after the reasoning some models write first (`<think>...</think>`), or why
+/// there is none: an empty reply, or one cut off while the model was still reasoning.
+pub fn answer(reply: &str) -> Result<&str, Unusable> {
     let mut rest = reply.trim_start();
     while let Some(after) = rest.strip_prefix("<think>") {
         match after.find("</think>") {
             Some(end) => rest = after[end + "</think>".len()..].trim_start(),
-            None => return "",
+            None => {
+                return Err("the reply was cut off while the model was still reasoning (its <think> never closed), so it holds no answer; answer more briefly".into());
+            }
         }
     }
-    rest.trim_end()
+    let rest = rest.trim_end();
+    if rest.is_empty() {
+        Err("the reply is empty".into())
+    } else {
+        Ok(rest)
+    }
 }
 
 /// A reply that only says no: short, with no JSON, in the words refusals use.
@@ -137,7 +144,8 @@ pub fn refusal(text: &str) -> Option<&str> {
         "as an ai",
     ];
     let t = text.trim();
-    let lower = t.to_lowercase();
+    // Models often write the typographic apostrophe: "I’m sorry".
+    let lower = t.to_lowercase().replace('\u{2019}', "'");
     let short = t.chars().count() <= 300 && !t.contains('{');
     (short && OPENINGS.iter().any(|o| lower.starts_with(o))).then_some(t)
 }
@@ -145,10 +153,7 @@ pub fn refusal(text: &str) -> Option<&str> {
 /// The JSON object or array in a reply, however it is wrapped, with its keys folded to
 /// lowerCamelCase. The errors name what was wrong in words a model (and a person) can act on.
 pub fn read_json(reply: &str) -> Result<Value, Unusable> {
-    let text = without_reasoning(reply);
-    if text.is_empty() {
-        return Err("the reply is empty".into());
-    }
+    let text = answer(reply)?;
     if let Some(no) = refusal(text) {
         return Err(format!("the model refused: {no:?}"));
     }

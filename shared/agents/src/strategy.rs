@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use orchestrator_core::event::EventKind;
 
 use crate::repair::{Repaired, converse_with_repair};
-use crate::replies::{field, read_json, refusal, strategy_schema, text_of, without_reasoning};
+use crate::replies::{answer, field, read_json, refusal, strategy_schema, text_of};
 use crate::tools::Turns;
 use crate::{AgentError, DeltaSink, SpecialistOutput, StepContext};
 
@@ -115,9 +115,13 @@ impl Read {
 /// a reply with no JSON is prose the writer can still use. Only an empty reply, a refusal or
 /// JSON that is not an object is unusable.
 pub(crate) fn parse(reply: &str) -> Result<Read, String> {
-    let text = without_reasoning(reply);
+    let text = answer(reply)?;
     match read_json(text) {
-        Ok(Value::Object(mut obj)) => {
+        Ok(Value::Object(obj)) => {
+            let mut obj = match field(&obj, &["strategy", "result", "output"]) {
+                Some(Value::Object(inner)) if !obj.contains_key("audience") => inner.clone(),
+                _ => obj,
+            };
             for (canonical, aliases) in ALIASES {
                 if obj.contains_key(*canonical) {
                     continue;
@@ -132,7 +136,6 @@ pub(crate) fn parse(reply: &str) -> Result<Read, String> {
             Ok(Read::Json(Value::Object(obj)))
         }
         Ok(_) => Err("the strategy must be a JSON object".into()),
-        Err(_) if text.is_empty() => Err("the reply is empty".into()),
         Err(_) if refusal(text).is_some() => Err(format!("the model refused: {text:?}")),
         Err(_) if !text.contains('{') => Ok(Read::Prose(text.to_owned())),
         Err(problem) => Err(problem),

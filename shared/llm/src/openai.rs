@@ -626,7 +626,7 @@ impl Model for OpenAiModel {
                 .finish(i as u32)
             })
             .collect();
-        let text = match message.content {
+        let text = match message.content.or(message.refusal) {
             Some(text) => text,
             None if !tool_calls.is_empty() => String::new(),
             None => {
@@ -841,6 +841,10 @@ struct WireChoice {
 #[derive(Deserialize)]
 struct WireContent {
     content: Option<String>,
+    /// A structured-output refusal (OpenAI sets it instead of `content`): its words are the
+    /// reply, so the caller can name the refusal.
+    #[serde(default)]
+    refusal: Option<String>,
     /// Whole calls in a reply; pieces of calls (with their `index`) in a stream's deltas.
     #[serde(default)]
     tool_calls: Vec<WireCallPiece>,

@@ -123,6 +123,7 @@ fn case(kind: &'static str, role: Role, replies: &[Turn], expect: Expect, calls:
 
 impl Case {
     /// What the OpenAI-compatible adapter gives instead.
+    #[allow(dead_code)] // every row reads the same on both adapters today
     fn on_openai(mut self, expect: Expect, calls: usize) -> Self {
         self.openai = Want { expect, calls };
         self
@@ -300,15 +301,14 @@ Research first, then write, then review.
             Steps(FOUR),
             1,
         ),
-        // FINDING: a reply cut off while reasoning is reported as "the reply is empty", not as
-        // cut off (replies.rs, without_reasoning returns "" and read_json calls that empty).
+        // Cut off while reasoning: named as such.
         case(
             "<think> never closed (cut off while reasoning)",
             P,
             &[Cut(
                 "<think>\nThe user wants a launch post for Acme Sync. First I should research the audience: IT managers, probably. Then the writer drafts, then",
             )],
-            Error(&["empty", "after 3 attempts"]),
+            Error(&["cut off while the model was still reasoning", "after 3 attempts"]),
             3,
         ),
         case(
@@ -320,9 +320,7 @@ Research first, then write, then review.
             Steps(FOUR),
             1,
         ),
-        // FINDING (OpenAI-compatible): a sentence with the plan as a tool call is read from the
-        // sentence, so the plan in the call is never seen (agents repair.rs, reply_text uses
-        // the call only when the text is blank). Bedrock reads the forced tool's input.
+        // A sentence without JSON beside a tool call: the call's arguments are the reply.
         case(
             "a sentence, then the JSON as a tool call",
             P,
@@ -332,8 +330,7 @@ Research first, then write, then review.
             )],
             Steps(FOUR),
             1,
-        )
-        .on_openai(Error(&["no JSON object", "after 3 attempts"]), 3),
+        ),
         case(
             "refusal (\"I can't help with that.\")",
             P,
@@ -341,19 +338,15 @@ Research first, then write, then review.
             Error(&["refused", "I can't help with that", "after 3 attempts"]),
             3,
         ),
-        // FINDING: a refusal with a typographic apostrophe (as OpenAI models write it) is not
-        // recognised (replies.rs, refusal matches "i can't" with ASCII ' only): the error says
-        // "no JSON object" instead of naming the refusal.
+        // A refusal with a typographic apostrophe (as OpenAI models write it) is named as one.
         case(
             "refusal with a typographic apostrophe (\u{2019})",
             P,
             &[Text("I\u{2019}m sorry, but I can\u{2019}t help with that.")],
-            Error(&["no JSON object", "after 3 attempts"]),
+            Error(&["refused", "after 3 attempts"]),
             3,
         ),
-        // FINDING (OpenAI-compatible): OpenAI's structured-output refusal (`refusal` set,
-        // `content` null) fails at once with "no message content" and the refusal's words are
-        // lost (llm openai.rs, complete: WireContent has no `refusal`).
+        // OpenAI's structured-output refusal (`refusal` set, `content` null) is the reply's words.
         case(
             "refusal in OpenAI's `refusal` field",
             P,
@@ -362,8 +355,7 @@ Research first, then write, then review.
             )],
             Error(&["refused", "cannot assist", "after 3 attempts"]),
             3,
-        )
-        .on_openai(Error(&["no message content"]), 1),
+        ),
         case(
             "empty reply",
             P,
@@ -532,20 +524,14 @@ This should resonate with a technical audience."#,
             strategy("IT managers at mid-size firms", "Sync that never loses a file", 1),
             1,
         ),
-        // FINDING: a strategy wrapped in {"strategy": {...}} is accepted as is: no audience,
-        // angle or key messages at the top level, and no warning (agents strategy.rs, parse
-        // unwraps no wrapper, unlike the planner's {"plan": ...} and QA's {"verdict": ...}).
+        // A strategy wrapped in {"strategy": {...}} is unwrapped.
         case(
             "wrapped in {\"strategy\": {...}}",
             S,
             &[Text(
                 r#"{"strategy": {"audience": "IT managers at mid-size firms", "angle": "Sync that never loses a file", "keyMessages": ["Real-time sync"]}}"#,
             )],
-            Expect::Strategy {
-                audience: None,
-                angle: None,
-                messages: 0,
-            },
+            strategy("IT managers at mid-size firms", "Sync that never loses a file", 1),
             1,
         ),
         case(
@@ -562,38 +548,32 @@ This should resonate with a technical audience."#,
             S,
             &[Text(
                 r#"<think>Who buys sync software? IT managers. The angle: reliability.</think>
-{"audience": "IT managers at mid-size firms", "angle": "Sync that never loses a file", "keyMessages": ["Real-time sync", "End-to-end encryption"]}"#,
+    {"audience": "IT managers at mid-size firms", "angle": "Sync that never loses a file", "keyMessages": ["Real-time sync", "End-to-end encryption"]}"#,
             )],
             strategy("IT managers at mid-size firms", "Sync that never loses a file", 2),
             1,
         ),
-        // FINDING: cut off while reasoning reads as "the reply is empty" (see the plan row).
+        // Cut off while reasoning: named as such.
         case(
             "<think> never closed (cut off while reasoning)",
             S,
             &[Cut(
                 "<think>Who buys sync software? Mostly IT managers, but small agencies too. The angle could be",
             )],
-            Error(&["empty", "after one repair"]),
+            Error(&["cut off while the model was still reasoning", "after one repair"]),
             2,
         ),
-        // FINDING: a strategy that is only a tool call is not read from the call's arguments
-        // (agents repair.rs, converse_with_repair / tools session.rs, Turns::run treat it as a
-        // call of a tool that is not offered): the call is refused, the model asked again until
-        // the turn limit, and the error names the turn limit, not the reply.
+        // A strategy given only as a call of a tool nobody offered: the call's arguments.
         case(
             "only a tool call",
             S,
             &[Call(
                 r#"{"audience": "IT managers at mid-size firms", "angle": "Sync that never loses a file", "keyMessages": ["Real-time sync"]}"#,
             )],
-            Error(&["turn limit"]),
-            6,
+            strategy("IT managers at mid-size firms", "Sync that never loses a file", 1),
+            1,
         ),
-        // FINDING (OpenAI-compatible): with the step's tools off, Bedrock forces the reply tool
-        // and reads its input, but a tool call from an OpenAI-compatible endpoint is still not
-        // read (same place as above): refused as "not available (available: none)" until the
-        // turn limit.
+        // With the step's tools off: Bedrock forces the reply tool; an OpenAI call is read too.
         case(
             "only a tool call (step's tools off)",
             S,
@@ -603,8 +583,7 @@ This should resonate with a technical audience."#,
             strategy("IT managers at mid-size firms", "Sync that never loses a file", 1),
             1,
         )
-        .tools_off()
-        .on_openai(Error(&["turn limit"]), 6),
+        .tools_off(),
         // FINDING: prose stopped by the length limit is kept as notes like any prose, with no
         // word that it was cut off (the adapters drop finish_reason / stopReason in `complete`;
         // strategy.rs, parse cannot tell).
@@ -624,14 +603,13 @@ This should resonate with a technical audience."#,
             Error(&["refused", "cannot assist", "after one repair"]),
             2,
         ),
-        // FINDING: a refusal with a typographic apostrophe is not recognised and is kept as
-        // notes for the writer, with no error (replies.rs, refusal; strategy.rs, parse).
+        // A refusal with a typographic apostrophe is an error, not notes for the writer.
         case(
             "refusal with a typographic apostrophe (\u{2019})",
             S,
             &[Text("I\u{2019}m sorry, but I can\u{2019}t help with that.")],
-            Notes("I\u{2019}m sorry"),
-            1,
+            Error(&["refused", "after one repair"]),
+            2,
         ),
         case(
             "empty reply",
@@ -940,7 +918,7 @@ Nice work!"#,
             Q,
             &[Text(
                 r#"<think>The draft has a CTA ("Start your free trial"). Word count is 87, under 100. Score it 0.9.</think>
-{"score": 0.9, "pass": true, "issues": [], "criteria": [{"id": "ac1", "passed": true}, {"id": "ac2", "passed": true}]}"#,
+    {"score": 0.9, "pass": true, "issues": [], "criteria": [{"id": "ac1", "passed": true}, {"id": "ac2", "passed": true}]}"#,
             )],
             Verdict {
                 score: 0.9,
@@ -949,27 +927,31 @@ Nice work!"#,
             },
             1,
         ),
-        // FINDING: cut off while reasoning reads as "the reply is empty" (see the plan row).
+        // Cut off while reasoning: named as such.
         case(
             "<think> never closed (cut off while reasoning)",
             Q,
             &[Cut(
                 "<think>Let me count the words of the draft. Introducing Acme Sync: one, two, three",
             )],
-            Error(&["empty", "after one repair"]),
+            Error(&["cut off while the model was still reasoning", "after one repair"]),
             2,
         ),
-        // FINDING: a verdict that is only a tool call is not read (see the strategy row).
+        // A verdict given only as a call of a tool nobody offered: the call's arguments.
         case(
             "only a tool call",
             Q,
             &[Call(
                 r#"{"score": 0.9, "pass": true, "issues": [], "criteria": [{"id": "ac1", "passed": true}, {"id": "ac2", "passed": true}]}"#,
             )],
-            Error(&["turn limit"]),
-            6,
+            Verdict {
+                score: 0.9,
+                issues: &[],
+                criteria: &[true, true],
+            },
+            1,
         ),
-        // FINDING (OpenAI-compatible): see the strategy row with the step's tools off.
+        // With the step's tools off (see the strategy row).
         case(
             "only a tool call (step's tools off)",
             Q,
@@ -983,17 +965,16 @@ Nice work!"#,
             },
             1,
         )
-        .tools_off()
-        .on_openai(Error(&["turn limit"]), 6),
-        // FINDING: see the plan row with a typographic apostrophe.
+        .tools_off(),
+        // A typographic apostrophe (see the plan row).
         case(
             "refusal with a typographic apostrophe (\u{2019})",
             Q,
             &[Text("I\u{2019}m sorry, but I can\u{2019}t help with that.")],
-            Error(&["no JSON object", "after one repair"]),
+            Error(&["refused", "after one repair"]),
             2,
         ),
-        // FINDING (OpenAI-compatible): see the plan row with OpenAI's `refusal` field.
+        // OpenAI's `refusal` field (see the plan row).
         case(
             "refusal in OpenAI's `refusal` field",
             Q,
@@ -1002,8 +983,7 @@ Nice work!"#,
             )],
             Error(&["refused", "cannot assist", "after one repair"]),
             2,
-        )
-        .on_openai(Error(&["no message content"]), 1),
+        ),
         case(
             "refusal (\"I'm sorry, but I cannot assist ...\")",
             Q,

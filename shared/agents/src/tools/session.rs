@@ -106,6 +106,15 @@ impl Turns<'_> {
             turns += 1;
             let reply = self.call(&request).await?;
             usage.add(reply.usage);
+            // A structured answer some models give as a call of a tool named after the reply
+            // (as if it were offered, as Bedrock's forced tool is): its arguments are the answer.
+            if let Some(answer) = self.answer_in_call(&request, &reply) {
+                return Ok(Finished {
+                    text: answer,
+                    usage,
+                    request,
+                });
+            }
             // A call of a tool that was not offered is still answered (refused) below.
             if reply.tool_calls.is_empty() {
                 return Ok(Finished {
@@ -157,6 +166,14 @@ impl Turns<'_> {
                 return Err(self.pause(args, rest, request.messages, turns, usage));
             }
         }
+    }
+
+    fn answer_in_call(&self, request: &ModelRequest, reply: &ModelResponse) -> Option<String> {
+        let reply_name = &request.schema.as_ref()?.name;
+        let call = reply.tool_calls.iter().find(|c| {
+            &c.name == reply_name && self.tools.get(&c.name).is_none() && c.arguments.is_object()
+        })?;
+        (!reply.text.contains('{')).then(|| call.arguments.to_string())
     }
 
     fn pause(
