@@ -140,28 +140,20 @@ impl DynamoDbStore {
         limit: usize,
         after: Option<&RunCursor>,
     ) -> Result<Vec<ActiveRun>, StoreError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let mut base = self
-            .client
-            .query()
-            .table_name(self.table.as_ref())
-            .index_name(keys::GSI2)
-            .scan_index_forward(true)
-            .expression_attribute_names("#pk", keys::GSI2_PK)
-            .expression_attribute_values(":pk", s(keys::GSI2_PARTITION));
-        base = match after {
-            None => base.key_condition_expression("#pk = :pk"),
-            Some(c) => base
-                .key_condition_expression("#pk = :pk AND #sk > :after")
-                .expression_attribute_names("#sk", keys::GSI2_SK)
-                .expression_attribute_values(
-                    ":after",
-                    s(keys::created_sk(c.created_at_ms, &c.run_id)),
+        let bound = after.map(|c| keys::created_sk(c.created_at_ms, &c.run_id));
+        let items = self
+            .index_page(
+                (
+                    keys::GSI2,
+                    keys::GSI2_PK,
+                    keys::GSI2_PARTITION,
+                    keys::GSI2_SK,
                 ),
-        };
-        let items = self.query_pages(base, Some(limit)).await?;
+                bound,
+                true,
+                limit,
+            )
+            .await?;
         items
             .iter()
             .map(|item| {

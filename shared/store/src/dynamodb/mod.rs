@@ -520,6 +520,41 @@ impl DynamoDbStore {
         }
     }
 
+    /// Up to `limit` items of one partition of an index (index, its partition key attribute,
+    /// the partition, its sort key attribute), in sort key order (`forward`) or reversed, with
+    /// sort keys beyond `bound` (after it going forward, before it going back).
+    async fn index_page(
+        &self,
+        (index, pk_attr, partition, sk_attr): (&str, &str, &str, &str),
+        bound: Option<String>,
+        forward: bool,
+        limit: usize,
+    ) -> Result<Vec<Item>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let base = self
+            .client
+            .query()
+            .table_name(self.table.as_ref())
+            .index_name(index)
+            .scan_index_forward(forward)
+            .expression_attribute_names("#pk", pk_attr)
+            .expression_attribute_values(":pk", s(partition));
+        let base = match bound {
+            None => base.key_condition_expression("#pk = :pk"),
+            Some(bound) => base
+                .key_condition_expression(if forward {
+                    "#pk = :pk AND #sk > :bound"
+                } else {
+                    "#pk = :pk AND #sk < :bound"
+                })
+                .expression_attribute_names("#sk", sk_attr)
+                .expression_attribute_values(":bound", s(bound)),
+        };
+        self.query_pages(base, Some(limit)).await
+    }
+
     /// The items of a run's partition whose sort key starts with `prefix`, in key order.
     async fn query_prefix(&self, pk: &str, prefix: &str) -> Result<Vec<Item>, StoreError> {
         let base = self
@@ -1162,30 +1197,22 @@ impl RunStore for DynamoDbStore {
         limit: usize,
         before: Option<&RunCursor>,
     ) -> Result<Vec<RunSummary>, StoreError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
         // The index is read eventually consistent (GSIs offer nothing else): a run created a
         // moment ago may be missing from a listing for a moment.
-        let mut base = self
-            .client
-            .query()
-            .table_name(self.table.as_ref())
-            .index_name(keys::GSI1)
-            .scan_index_forward(false)
-            .expression_attribute_names("#pk", keys::GSI1_PK)
-            .expression_attribute_values(":pk", s(keys::GSI1_PARTITION));
-        base = match before {
-            None => base.key_condition_expression("#pk = :pk"),
-            Some(c) => base
-                .key_condition_expression("#pk = :pk AND #sk < :before")
-                .expression_attribute_names("#sk", keys::GSI1_SK)
-                .expression_attribute_values(
-                    ":before",
-                    s(keys::created_sk(c.created_at_ms, &c.run_id)),
+        let bound = before.map(|c| keys::created_sk(c.created_at_ms, &c.run_id));
+        let items = self
+            .index_page(
+                (
+                    keys::GSI1,
+                    keys::GSI1_PK,
+                    keys::GSI1_PARTITION,
+                    keys::GSI1_SK,
                 ),
-        };
-        let items = self.query_pages(base, Some(limit)).await?;
+                bound,
+                false,
+                limit,
+            )
+            .await?;
         items
             .iter()
             .map(|item| {
