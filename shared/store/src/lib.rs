@@ -57,7 +57,7 @@ pub struct SqliteStore {
 }
 
 struct Shared {
-    conn: tokio::sync::Mutex<Connection>,
+    conn: std::sync::Mutex<Connection>,
     /// Bumped after every committed write that appended events; `wait_beyond` watches it.
     appended: watch::Sender<u64>,
     /// The file (or `:memory:`), for error messages and `Debug`.
@@ -123,7 +123,7 @@ impl SqliteStore {
         let (appended, _) = watch::channel(0);
         Ok(Self {
             shared: Arc::new(Shared {
-                conn: tokio::sync::Mutex::new(conn),
+                conn: std::sync::Mutex::new(conn),
                 appended,
                 location,
             }),
@@ -154,9 +154,12 @@ impl SqliteStore {
     /// Why inline and not on the blocking pool: a statement of this store takes tens of
     /// microseconds, less than the pool's two thread hand-offs (wake a pool thread, wake the
     /// runtime back), which were half the CPU of a run; and under load the pool grew a thread
-    /// per waiting call (bench/README.md). Waiting for the connection is async, so a runtime
-    /// thread is only ever busy running SQL. The one long wait is another process holding the
-    /// write lock (up to [`BUSY_TIMEOUT`]); that blocks this thread, as it would a pool thread.
+    /// per waiting call (bench/README.md). The connection's lock is a plain (blocking) mutex,
+    /// held only while SQL runs: an async one hands itself to the next waiting future, and a
+    /// driver that keeps a step's future unpolled while it awaits the store itself (its loop
+    /// does) then waits on a lock that future will never release. A waiter blocks its thread
+    /// for the tens of microseconds a statement takes; the one long wait is another process
+    /// holding the write lock (up to [`BUSY_TIMEOUT`]).
     async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -164,7 +167,11 @@ impl SqliteStore {
     {
         // A panic while the connection was held rolled its transaction back (`WriteTx` rolls
         // back on drop), so the connection is still usable.
-        let mut conn = self.shared.conn.lock().await;
+        let mut conn = self
+            .shared
+            .conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         f(&mut conn)
     }
 
