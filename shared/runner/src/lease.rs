@@ -68,3 +68,70 @@ pub fn owner_is_dead(owner: &str) -> bool {
         && hostname().as_deref() == Some(host)
         && !std::path::Path::new("/proc").join(pid.to_string()).exists()
 }
+
+/// Renews a lease on its own task, so a driver busy with a slow store write never lets it
+/// lapse; says when another owner has taken it.
+pub(crate) struct Keeper {
+    task: tokio::task::JoinHandle<()>,
+    lease: std::sync::Arc<std::sync::Mutex<Option<orchestrator_core::ports::Lease>>>,
+    lost: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Keeper {
+    pub(crate) fn start(
+        store: std::sync::Arc<dyn crate::Store>,
+        lease: orchestrator_core::ports::Lease,
+        config: &LeaseConfig,
+    ) -> Self {
+        let (lost_tx, lost) = tokio::sync::watch::channel(false);
+        let shared = std::sync::Arc::new(std::sync::Mutex::new(Some(lease)));
+        let held = shared.clone();
+        let (every, ttl_ms) = (config.renew_every(), config.ttl_ms());
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(current) = held.lock().ok().and_then(|l| l.clone()) else {
+                    return;
+                };
+                match store.renew_lease(&current, ttl_ms).await {
+                    Ok(renewed) => {
+                        if let Ok(mut slot) = held.lock() {
+                            *slot = Some(renewed);
+                        }
+                    }
+                    Err(orchestrator_core::ports::StoreError::LeaseLost(_)) => {
+                        if let Ok(mut slot) = held.lock() {
+                            *slot = None;
+                        }
+                        let _ = lost_tx.send(true);
+                        return;
+                    }
+                    // A store hiccup: the next tick tries again, well before the lease lapses.
+                    Err(e) => {
+                        tracing::warn!(run_id = %current.run_id, error = %e, "could not renew the lease")
+                    }
+                }
+            }
+        });
+        Self {
+            task,
+            lease: shared,
+            lost,
+        }
+    }
+
+    /// Resolves once another owner has taken the lease (never, while it is ours).
+    pub(crate) async fn lost(&mut self) {
+        if self.lost.wait_for(|lost| *lost).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Stops renewing; the lease as last renewed, unless another owner has it.
+    pub(crate) fn stop(self) -> Option<orchestrator_core::ports::Lease> {
+        self.task.abort();
+        self.lease.lock().ok().and_then(|mut l| l.take())
+    }
+}

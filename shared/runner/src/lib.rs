@@ -346,10 +346,11 @@ impl Runner {
             None => Some(self.claim(&mut state).await?),
         };
         state.lease_token = lease.as_ref().map(|l| l.token);
-        let mut held = lease;
+        let config = &self.transitions.config().lease;
+        let mut keeper = lease.map(|l| lease::Keeper::start(self.store().clone(), l, config));
         let run_id = state.run_id.clone();
-        let driven = self.drive_leased(state, actions, &mut held).await;
-        if let Some(lease) = held
+        let driven = self.drive_leased(state, actions, keeper.as_mut()).await;
+        if let Some(lease) = keeper.and_then(lease::Keeper::stop)
             && let Err(e) = self.store().release_lease(&lease).await
         {
             tracing::warn!(run_id = %lease.run_id, error = %e, "could not release the lease");
@@ -377,7 +378,7 @@ impl Runner {
         &self,
         mut state: RunState,
         actions: Vec<Action>,
-        held: &mut Option<Lease>,
+        mut keeper: Option<&mut lease::Keeper>,
     ) -> Result<RunStatus, RunError> {
         let run_id = state.run_id.clone();
         let (tx, mut rx) = mpsc::unbounded_channel();
@@ -395,10 +396,6 @@ impl Runner {
         let mut opened: VecDeque<Option<OpenedStep>> = VecDeque::new();
         let mut tick = tokio::time::interval(self.transitions.config().tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let lease_config = self.transitions.config().lease.clone();
-        let every = lease_config.renew_every();
-        let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             for action in pending.drain(..) {
                 match action {
@@ -442,11 +439,8 @@ impl Runner {
                 },
                 Some(input) = rx.recv() => (input, None),
                 _ = tick.tick() => (Input::BudgetTick, None),
-                _ = renew.tick(), if held.is_some() => {
-                    if let Some(lease) = held.take() {
-                        *held = Some(self.store().renew_lease(&lease, lease_config.ttl_ms()).await?);
-                    }
-                    continue;
+                _ = async { if let Some(k) = keeper.as_mut() { k.lost().await } }, if keeper.is_some() => {
+                    return Err(RunError::Store(StoreError::LeaseLost(run_id)));
                 }
             };
             let advanced = self.advance(state, input, ended).await?;
