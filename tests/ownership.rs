@@ -273,11 +273,11 @@ fn wait_until_all_end(server: &Server, runs: &[String], within: Duration) {
 }
 
 /// Two replicas on one store; the first dies -9 while driving its runs.
-fn two_replicas_one_dies(store: &StoreArgs, first_extra: &[&str]) {
-    // GIVEN replica A driving 8 slow runs, and replica B started beside it
-    let a = Server::start(store, 25, 256, first_extra);
-    let runs: Vec<String> = (0..8).map(|_| a.start_run()).collect();
-    let b = Server::start(store, 25, 256, &[]);
+fn two_replicas_one_dies(store: &StoreArgs, first_extra: &[&str], n: usize, chunk_ms: u32) {
+    // GIVEN replica A driving n slow runs, and replica B started beside it
+    let a = Server::start(store, chunk_ms, 256, first_extra);
+    let runs: Vec<String> = (0..n).map(|_| a.start_run()).collect();
+    let b = Server::start(store, chunk_ms, 256, &[]);
 
     // WHEN both run for longer than a lease time (B must take nothing from a live A)
     std::thread::sleep(Duration::from_secs_f64(LEASE_SECONDS * 1.5));
@@ -337,21 +337,60 @@ fn two_replicas_one_dies(store: &StoreArgs, first_extra: &[&str]) {
 fn two_serve_replicas_on_one_sqlite_file_survive_one_killed() {
     let dir = tempfile::tempdir().unwrap();
     let store = StoreArgs::sqlite(&dir.path().join("runs.db"));
-    two_replicas_one_dies(&store, &[]);
+    two_replicas_one_dies(&store, &[], 8, 25);
 }
 
 #[test]
 fn two_serve_replicas_on_one_dynamodb_table_survive_one_killed() {
-    let Ok(endpoint) = std::env::var("DYNAMODB_TEST_ENDPOINT") else {
+    if std::env::var("DYNAMODB_TEST_ENDPOINT").is_err() {
         eprintln!("SKIPPED: needs the DynamoDB emulator (DYNAMODB_TEST_ENDPOINT)");
         assert!(std::env::var("CI").is_err(), "CI runs the emulator");
         return;
-    };
+    }
+    // An emulator of its own: moto slows as it fills, and the other suites fill the shared one.
+    let emulator = Emulator::start();
     let table = format!("own-{}", uuid::Uuid::new_v4().simple());
-    let store = StoreArgs::dynamodb(&endpoint, &table);
+    let store = StoreArgs::dynamodb(&emulator.endpoint, &table);
     // Named owners, as replicas on different machines would be: the dead one's runs wait for
     // its lease to lapse (no process check can vouch for another machine).
-    two_replicas_one_dies(&store, &["--create-table"]);
+    two_replicas_one_dies(&store, &["--create-table"], 6, 15);
+}
+
+/// A moto server started by infra/emulator.sh on a free port, stopped when dropped.
+struct Emulator {
+    endpoint: String,
+    port: u16,
+}
+
+impl Emulator {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let out = Command::new("bash")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../infra/emulator.sh"))
+            .arg(port.to_string())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let endpoint = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        Self { endpoint, port }
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../infra/emulator.sh"))
+            .args(["--stop", &self.port.to_string()])
+            .output();
+    }
 }
 
 #[test]
