@@ -87,30 +87,12 @@ impl DynamoDbStore {
 
     /// Sets the lease item's expiry if its token is still the lease's.
     async fn set_expiry(&self, lease: &Lease, expires_at_ms: u64) -> Result<bool, StoreError> {
-        self.count_write("UpdateItem", 1);
-        let sent = self
-            .client
-            .update_item()
-            .table_name(self.table.as_ref())
-            .set_key(Some(Self::key(&keys::run_pk(&lease.run_id), keys::LEASE)))
-            .update_expression("SET #e = :e")
-            .condition_expression("#t = :t")
-            .expression_attribute_names("#e", keys::LEASE_EXPIRES)
-            .expression_attribute_names("#t", keys::LEASE_TOKEN)
-            .expression_attribute_values(":e", n(expires_at_ms))
-            .expression_attribute_values(":t", n(lease.token))
-            .send()
-            .await;
-        match sent {
-            Ok(_) => Ok(true),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(self.fail("UpdateItem", e)),
-        }
+        let mut update = MetaUpdate::new("#c0 = :c0");
+        update.names.insert("#c0".into(), keys::LEASE_TOKEN.into());
+        update.values.insert(":c0".into(), n(lease.token));
+        update.set(keys::LEASE_EXPIRES, n(expires_at_ms));
+        let pk = keys::run_pk(&lease.run_id);
+        self.update_if(&pk, keys::LEASE, update).await
     }
 
     pub(super) async fn extend_lease(

@@ -714,14 +714,15 @@ impl DynamoDbStore {
         }
     }
 
-    /// Sends a lone conditional meta update. `Ok(false)`: the condition failed.
-    async fn update_meta(&self, pk: &str, update: MetaUpdate) -> Result<bool, StoreError> {
+    /// Sends a lone conditional update of the item (pk, sk). `Ok(false)`: the condition
+    /// failed.
+    async fn update_if(&self, pk: &str, sk: &str, update: MetaUpdate) -> Result<bool, StoreError> {
         self.count_write("UpdateItem", 1);
         let sent = self
             .client
             .update_item()
             .table_name(self.table.as_ref())
-            .set_key(Some(Self::key(pk, keys::META)))
+            .set_key(Some(Self::key(pk, sk)))
             .update_expression(update.expression())
             .condition_expression(update.condition)
             .set_expression_attribute_names(Some(update.names))
@@ -872,7 +873,7 @@ impl DynamoDbStore {
             let written = if take == 0 && new_plan.is_none() {
                 // Only the meta item changes: a plain conditional update, half the cost of
                 // a transaction.
-                self.update_meta(&pk, update).await?
+                self.update_if(&pk, keys::META, update).await?
             } else {
                 let mut items = vec![self.tx_update(&pk, update)?];
                 if let Some((version, body)) = new_plan.filter(|_| with_state) {
