@@ -1047,6 +1047,12 @@ impl Engine {
             self.finish(state, RunStatus::BudgetExhausted, Some(why), now_ms, out);
             return;
         }
+        self.settle(state, now_ms, out);
+    }
+
+    /// Nothing runs and nothing can start: the run ends, unless a plan stalled by a failed
+    /// step still has its one more planner turn.
+    fn settle(&self, state: &mut RunState, now_ms: u64, out: &mut Out) {
         let failed: Vec<&str> = state
             .plan
             .steps
