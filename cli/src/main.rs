@@ -362,34 +362,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             run_id,
             json,
             follow: watch,
-        } => match runner.resume(&run_id).await {
-            Ok(launch) => {
-                let mode = launch.state.request.mode;
-                follow(&runner, &run_id, Some(launch), mode, json).await
-            }
-            Err(RunError::Owned {
-                owner,
-                expires_in_ms,
-                ..
-            }) => {
-                let owner = clean(&owner);
-                if !watch {
-                    eprintln!(
-                        "error: run {run_id} is being driven by {owner} (its lease runs {:.1} s more if that process stops renewing it); nothing was changed.\nFollow it with `orchestrator resume {run_id} --follow`, or resume it once that process has stopped.",
-                        expires_in_ms as f64 / 1000.0
-                    );
-                    return Ok(ExitCode::from(3));
-                }
-                eprintln!("note: run {run_id} is being driven by {owner}; following its stream");
-                let mode = runner
-                    .store()
-                    .load_run(&run_id)
-                    .await?
-                    .map_or(Mode::App, |s| s.request.mode);
-                watch_run(&runner, &run_id, mode, json).await
-            }
-            Err(e) => Err(explain(e)),
-        },
+        } => resume(&runner, &run_id, json, watch).await,
         Command::Approve {
             run_id,
             checkpoint_id,
@@ -527,6 +500,44 @@ async fn serve(
         .await
         .context("the server stopped")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `resume`: continues the run here, or leaves a run another live process drives alone
+/// (exit 3, or its stream followed with `--follow`).
+async fn resume(
+    runner: &Runner,
+    run_id: &str,
+    json: bool,
+    watch: bool,
+) -> anyhow::Result<ExitCode> {
+    match runner.resume(run_id).await {
+        Ok(launch) => {
+            let mode = launch.state.request.mode;
+            follow(runner, run_id, Some(launch), mode, json).await
+        }
+        Err(RunError::Owned {
+            owner,
+            expires_in_ms,
+            ..
+        }) => {
+            let owner = clean(&owner);
+            if !watch {
+                eprintln!(
+                    "error: run {run_id} is being driven by {owner} (its lease runs {:.1} s more if that process stops renewing it); nothing was changed.\nFollow it with `orchestrator resume {run_id} --follow`, or resume it once that process has stopped.",
+                    expires_in_ms as f64 / 1000.0
+                );
+                return Ok(ExitCode::from(3));
+            }
+            eprintln!("note: run {run_id} is being driven by {owner}; following its stream");
+            let mode = runner
+                .store()
+                .load_run(run_id)
+                .await?
+                .map_or(Mode::App, |s| s.request.mode);
+            watch_run(runner, run_id, mode, json).await
+        }
+        Err(e) => Err(explain(e)),
+    }
 }
 
 fn explain(e: RunError) -> anyhow::Error {
