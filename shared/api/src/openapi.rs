@@ -526,6 +526,7 @@ fn sse_example() -> String {
                 data: json!({}),
                 duration_ms: 5120,
                 status: RunStatus::Completed,
+                quality_gate: Default::default(),
             }),
         },
     ];

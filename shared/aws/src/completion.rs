@@ -159,6 +159,7 @@ mod tests {
             },
             final_bundle: None,
             message: None,
+            quality_gate: Default::default(),
         }
     }
 

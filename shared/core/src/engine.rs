@@ -14,8 +14,8 @@ use crate::event::{
 use crate::patch::PlanPatch;
 use crate::tools::{DEFAULT_MAX_HITL_REQUESTS, HitlAnswer, HumanRequest, Suspended};
 use crate::types::{
-    FinalBundle, Mode, Plan, PlanStep, QualityVerdict, RunRequest, RunStatus, StepAction,
-    StepResult, StepStatus, Usage,
+    FinalBundle, Mode, Plan, PlanStep, QualityGate, QualityVerdict, RunRequest, RunStatus,
+    StepAction, StepResult, StepStatus, Usage,
 };
 
 /// The capability that answers in chat mode when the request names none.
@@ -310,6 +310,12 @@ impl RunState {
             stall_replanned: false,
             lease_token: None,
         }
+    }
+
+    /// Whether the result met the QA threshold ([`QualityGate`]).
+    pub fn quality_gate(&self) -> QualityGate {
+        let threshold = self.request.options.quality_threshold;
+        QualityGate::of(self.status, self.quality.as_ref(), threshold)
     }
 
     pub fn duration_ms(&self, now_ms: u64) -> u64 {
@@ -1319,6 +1325,7 @@ impl Engine {
             data,
             duration_ms,
             status,
+            quality_gate: state.quality_gate(),
         });
         out.0.push(Action::Finish { status });
     }

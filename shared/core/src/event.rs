@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::patch::PlanPatch;
-use crate::types::RunStatus;
+use crate::types::{QualityGate, RunStatus};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -167,6 +167,9 @@ pub enum EventKind {
         data: Value,
         duration_ms: u64,
         status: RunStatus,
+        /// `failed` when the run completed below the QA threshold; absent when it passed.
+        #[serde(default, skip_serializing_if = "QualityGate::is_passed")]
+        quality_gate: QualityGate,
     },
 }
 

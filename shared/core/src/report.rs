@@ -30,5 +30,6 @@ pub fn build_report(state: &RunState, mut results: Vec<StepResult>, now_ms: u64)
         steps: results,
         final_bundle: state.final_bundle.clone(),
         message: state.chat_message.clone(),
+        quality_gate: state.quality_gate(),
     }
 }

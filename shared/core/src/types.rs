@@ -490,6 +490,34 @@ impl std::str::FromStr for RunStatus {
     }
 }
 
+/// Whether a run's result met the QA threshold. Only a failed gate is written on the wire
+/// (`qualityGate: "failed"` on the `complete` frame and the RunReport); a run that passed, or
+/// had no QA verdict to judge (chat mode, a plan without a QA step), carries no field.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum QualityGate {
+    #[default]
+    Passed,
+    /// The run completed, but its last QA verdict stayed below the threshold after the last
+    /// revision cycle: the result exists, it is not up to the bar.
+    Failed,
+}
+
+impl QualityGate {
+    /// The gate of a run that ends with `status` and `verdict` as its last QA verdict.
+    pub fn of(status: RunStatus, verdict: Option<&QualityVerdict>, threshold: f64) -> Self {
+        match verdict {
+            Some(v) if status == RunStatus::Completed && v.score < threshold => QualityGate::Failed,
+            _ => QualityGate::Passed,
+        }
+    }
+
+    pub fn is_passed(&self) -> bool {
+        *self == QualityGate::Passed
+    }
+}
+
 /// What the QA specialist reports; the engine's critic loop reads `score`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -587,6 +615,9 @@ pub struct RunReport {
     /// Chat mode: the answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// `failed` when the run completed below the QA threshold; absent when it passed.
+    #[serde(default, skip_serializing_if = "QualityGate::is_passed")]
+    pub quality_gate: QualityGate,
 }
 
 /// One row of a run listing.

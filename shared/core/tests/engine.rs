@@ -3,8 +3,8 @@
 use orchestrator_core::engine::PlannerState;
 use orchestrator_core::event::{HitlKind, Phase};
 use orchestrator_core::{
-    Action, Dispatch, Engine, EngineConfig, EventKind, Input, Mode, ReplanReason, RunRequest,
-    RunState, RunStatus, StepMetrics, StepResult, StepStatus, normalize_patch,
+    Action, Dispatch, Engine, EngineConfig, EventKind, Input, Mode, QualityGate, ReplanReason,
+    RunRequest, RunState, RunStatus, StepMetrics, StepResult, StepStatus, normalize_patch,
 };
 use serde_json::{Value, json};
 
@@ -361,6 +361,54 @@ fn a_low_qa_score_without_revisions_left_warns_and_finishes() {
     // AND the run completes
     let actions = run.finish("s4", bundle(), 10);
     assert_eq!(finish_status(&actions), Some(RunStatus::Completed));
+}
+
+/// The `complete` event's quality gate, as the wire carries it.
+fn complete_quality_gate(actions: &[Action]) -> Option<Value> {
+    events(actions).into_iter().find_map(|e| match e {
+        EventKind::Complete { .. } => serde_json::to_value(e)
+            .ok()
+            .map(|v| v.get("qualityGate").cloned().unwrap_or(Value::Null)),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_run_completed_below_the_threshold_says_its_quality_gate_failed() {
+    // GIVEN a run that allows no revision cycle, whose QA scores below the threshold
+    let mut request = RunRequest::new("Write a launch post");
+    request.options.max_revision_cycles = 0;
+    let mut run = Run::new(EngineConfig::default(), request).planned(linear_plan());
+    run.finish("s1", json!({}), 10);
+    run.finish("s2", json!({ "text": "draft" }), 10);
+    run.finish("s3", verdict(0.6, &["bland"]), 10);
+    // WHEN finalize finishes
+    let actions = run.finish("s4", bundle(), 10);
+    // THEN the run is completed (the result exists) but the complete frame says the gate failed
+    assert_eq!(finish_status(&actions), Some(RunStatus::Completed));
+    assert_eq!(complete_quality_gate(&actions), Some(json!("failed")));
+    // AND so does the report
+    let report = orchestrator_core::report::build_report(&run.state, vec![], run.now);
+    assert_eq!(report.quality_gate, QualityGate::Failed);
+    let wire = serde_json::to_value(&report).unwrap_or_default();
+    assert_eq!(wire["qualityGate"], "failed");
+}
+
+#[test]
+fn a_run_that_passes_qa_carries_no_quality_gate_on_the_wire() {
+    // GIVEN a planned linear run
+    let mut run = Run::app().planned(linear_plan());
+    run.finish("s1", json!({}), 10);
+    run.finish("s2", json!({ "text": "draft" }), 10);
+    run.finish("s3", verdict(0.9, &[]), 10);
+    // WHEN it completes, QA passing
+    let actions = run.finish("s4", bundle(), 10);
+    // THEN the complete frame and the report have no qualityGate field (frames stay as they were)
+    assert_eq!(complete_quality_gate(&actions), Some(Value::Null));
+    let report = orchestrator_core::report::build_report(&run.state, vec![], run.now);
+    assert_eq!(report.quality_gate, QualityGate::Passed);
+    let wire = serde_json::to_value(&report).unwrap_or_default();
+    assert!(wire.get("qualityGate").is_none(), "{wire}");
 }
 
 #[test]

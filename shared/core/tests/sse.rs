@@ -81,6 +81,7 @@ fn frames_survive_being_split_at_any_point() {
                 data: json!({ "message": "fin" }),
                 duration_ms: 1234,
                 status: RunStatus::Completed,
+                quality_gate: Default::default(),
             },
         ),
     ];

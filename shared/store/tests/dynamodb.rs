@@ -323,6 +323,7 @@ async fn a_state_and_a_report_over_400_kb_round_trip_and_replace() {
         },
         final_bundle: None,
         message: None,
+        quality_gate: Default::default(),
     };
     s.put_report(&report).await.unwrap();
     let stored_big = s.get_report("run-big").await.unwrap();

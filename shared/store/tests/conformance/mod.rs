@@ -403,6 +403,7 @@ where
         },
         final_bundle: None,
         message: Some("bye".to_owned()),
+        quality_gate: Default::default(),
     };
     {
         let s = open().await;
@@ -504,6 +505,7 @@ pub async fn reports_upsert<S: RunStore + EventLog>(s: &S) {
         },
         final_bundle: None,
         message: None,
+        quality_gate: Default::default(),
     };
 
     // WHEN a report is put, then replaced
@@ -555,6 +557,7 @@ pub async fn unknown_run<S: RunStore + EventLog>(s: &S) {
         },
         final_bundle: None,
         message: None,
+        quality_gate: Default::default(),
     };
     nf(s.put_report(&report).await);
     assert!(s.read_after("ghost", 0, 10).await.unwrap().is_empty());
