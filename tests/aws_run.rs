@@ -29,7 +29,13 @@ use orchestrator_core::ports::{Purpose, RunStore};
 use orchestrator_store::{DynamoDbConfig, DynamoDbStore};
 use serde_json::{Value, json};
 
-const OBJECTIVE: &str = "Write a launch post for Acme Sync, our file sync app";
+mod golden;
+
+use golden::OBJECTIVE;
+
+/// One emulated stack at a time: the tests of this file take turns (two stacks at once would
+/// starve each other of the machine's cores).
+static ONE_STACK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -339,6 +345,7 @@ async fn the_emulated_aws_stack_streams_replans_retries_pauses_starts_from_a_que
         );
         return;
     }
+    let _turn = ONE_STACK.lock().await;
     // GIVEN a mock LLM whose first QA request is throttled (429)
     let mock = router(MockConfig {
         ttft: Duration::from_millis(5),
@@ -827,4 +834,34 @@ fn sqs_event(m: &aws_sdk_sqs::types::Message, queue_arn: &str) -> Value {
         "eventSourceARN": queue_arn,
         "awsRegion": "us-east-1",
     }]})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reference_run_on_the_emulated_stack_streams_the_golden_frames() {
+    if std::env::var_os("ORCHESTRATOR_AWS_E2E").is_none() && std::env::var_os("CI").is_none() {
+        eprintln!("skipped: set ORCHESTRATOR_AWS_E2E=1 to bring up the emulated AWS stack");
+        return;
+    }
+    let _turn = ONE_STACK.lock().await;
+    // GIVEN the emulated stack with the offline model, as the local golden run has it
+    let stack = Stack::up(&[
+        ("MODEL_PROVIDER", "offline".into()),
+        ("ORCHESTRATOR_OFFLINE_CHUNK_MS", "0".into()),
+    ]);
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    // WHEN the reference run is started through the streamer's function URL and watched
+    let response = http
+        .post(format!(
+            "{}/api/v1/agent/run.stream",
+            stack.var("STREAM_URL")
+        ))
+        .json(&json!({ "objective": OBJECTIVE }))
+        .send()
+        .await
+        .unwrap();
+    let run = frames(response).await;
+    // THEN its frames, normalised, are the very frames of `orchestrator run` and `serve`
+    assert_gap_free(&run);
+    let data = golden::normalise(run.into_iter().map(|f| f.data));
+    golden::assert_golden("the emulated AWS stack", &data);
 }
