@@ -431,3 +431,94 @@ fn an_approval_checkpoint_pauses_the_run_until_approve() {
     let again = run(&db, &["approve", &run_id, &checkpoint]);
     assert!(!again.status.success());
 }
+
+/// ESC, BEL, NUL, DEL or a C1 character (U+009B is CSI on some terminals) in `text`.
+fn terminal_controls(text: &str) -> Vec<char> {
+    text.chars()
+        .filter(|c| c.is_control() && !matches!(c, '\n' | '\t'))
+        .collect()
+}
+
+#[test]
+fn control_characters_from_a_request_never_reach_the_terminal() {
+    // GIVEN a request whose objective would clear and retitle a terminal
+    let (dir, db) = temp_db();
+    let request = dir.path().join("req.json");
+    let objective = "hi \u{1b}[2J\u{1b}]0;pwned\u{7} \u{0}\u{7f}\u{9b}31m Acme Sync";
+    std::fs::write(
+        &request,
+        serde_json::json!({ "objective": objective }).to_string(),
+    )
+    .unwrap();
+    // WHEN it runs, rendered for a person, then is listed, shown and its events printed
+    let ran = run(&db, &["run", "--request", request.to_str().unwrap()]);
+    assert!(ran.status.success(), "stderr: {}", stderr(&ran));
+    let listed = run(&db, &["runs"]);
+    let run_id = stdout(&listed)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let shown = run(&db, &["show", &run_id]);
+    let events = run(&db, &["show", &run_id, "--events"]);
+    // THEN none of them prints a control character but line breaks and tabs
+    for (what, out) in [
+        ("run", &ran),
+        ("runs", &listed),
+        ("show", &shown),
+        ("show --events", &events),
+    ] {
+        for text in [stdout(out), stderr(out)] {
+            assert_eq!(terminal_controls(&text), vec![], "{what}: {text:?}");
+        }
+    }
+    // AND the objective is still there to read, its controls replaced in the listing
+    assert!(
+        stdout(&listed).contains("hi \u{fffd}[2J\u{fffd}]0;pwned\u{fffd}"),
+        "{}",
+        stdout(&listed)
+    );
+    // AND the JSON outputs still carry the draft written from it exactly, escape and all
+    let report: Value = serde_json::from_str(&stdout(&shown)).unwrap();
+    assert!(report["steps"].to_string().contains("hi \\u001b[2J"));
+    let frames = frames(&stdout(&events));
+    assert!(
+        frames.iter().any(|f| {
+            f.1 == "delta" && f.2["message"].as_str().unwrap().contains("hi \u{1b}[2J")
+        })
+    );
+}
+
+#[test]
+fn a_run_left_below_the_qa_threshold_exits_4_and_says_so() {
+    // GIVEN the offline model, whose first draft fails QA, and no revision cycle allowed
+    let (_dir, db) = temp_db();
+    // WHEN the run is rendered for a person
+    let human = run(&db, &["run", OBJECTIVE, "--max-revisions", "0"]);
+    // THEN it completes with its own exit code, and says the quality gate failed
+    assert_eq!(human.status.code(), Some(4), "stderr: {}", stderr(&human));
+    assert!(
+        stdout(&human).contains("■ Run completed\n✗ QUALITY GATE FAILED"),
+        "{}",
+        stdout(&human)
+    );
+    // WHEN it runs again with --json
+    let json = run(&db, &["run", OBJECTIVE, "--max-revisions", "0", "--json"]);
+    // THEN the complete frame says completed, with the quality gate failed
+    assert_eq!(json.status.code(), Some(4), "stderr: {}", stderr(&json));
+    let frames = frames(&stdout(&json));
+    let complete = &frames.last().unwrap().2;
+    assert_eq!(complete["status"], "completed");
+    assert_eq!(complete["qualityGate"], "failed");
+    // AND the RunReport says so, and `show` says it on stderr too
+    let run_id = complete["runId"].as_str().unwrap();
+    let shown = run(&db, &["show", run_id]);
+    let report: Value = serde_json::from_str(&stdout(&shown)).unwrap();
+    assert_eq!(report["status"], "completed");
+    assert_eq!(report["qualityGate"], "failed");
+    assert!(
+        stderr(&shown).contains("QUALITY GATE FAILED"),
+        "{}",
+        stderr(&shown)
+    );
+}

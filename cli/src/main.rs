@@ -3,6 +3,7 @@
 
 mod config;
 mod render;
+mod terminal;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -15,7 +16,7 @@ use axum::serve::ListenerExt;
 use clap::{Parser, Subcommand, ValueEnum};
 use orchestrator_agents::{Planner, Prompts, specialists_with_prompts};
 use orchestrator_core::ports::{Model, SystemClock};
-use orchestrator_core::types::{Budget, Mode, RunRequest, RunStatus};
+use orchestrator_core::types::{Budget, Mode, QualityGate, RunRequest, RunStatus};
 use orchestrator_llm::Provider;
 use orchestrator_runner::{
     Delivered, Launch, LeaseConfig, RunError, Runner, RunnerConfig, Started, Store,
@@ -170,7 +171,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", terminal::block(&format!("{e:#}")));
             ExitCode::from(2)
         }
     }
@@ -393,10 +394,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let when = humantime::format_rfc3339_seconds(
                     std::time::UNIX_EPOCH + Duration::from_millis(r.created_at_ms),
                 );
-                let objective: String = r.objective.chars().take(60).collect();
+                let objective: String = terminal::line(&r.objective).chars().take(60).collect();
                 println!(
                     "{}  {}  {:<16} {:<4} {}",
-                    r.run_id,
+                    terminal::line(&r.run_id),
                     when,
                     r.status.as_str(),
                     r.mode,
@@ -424,7 +425,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             } else {
                 let report = runner.report(&run_id).await.map_err(explain)?;
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                let json = serde_json::to_string_pretty(&report)?;
+                println!("{}", terminal::json(&json));
+                if report.quality_gate == QualityGate::Failed {
+                    eprintln!("{}", render::QUALITY_GATE_FAILED);
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -520,7 +525,7 @@ async fn resume(
             expires_in_ms,
             ..
         }) => {
-            let owner = clean(&owner);
+            let owner = terminal::line(&owner);
             if !watch {
                 eprintln!(
                     "error: run {run_id} is being driven by {owner} (its lease runs {:.1} s more if that process stops renewing it); nothing was changed.\nFollow it with `orchestrator resume {run_id} --follow`, or resume it once that process has stopped.",
@@ -604,15 +609,11 @@ async fn follow_from(
                 if let Some(d) = driver.take() {
                     outcome = Some(d.await?);
                 }
-                let status = match outcome {
+                let report = match outcome {
                     Some(Err(e)) => return Err(explain(e)),
-                    _ => runner.report(run_id).await.map_err(explain)?.status,
+                    _ => runner.report(run_id).await.map_err(explain)?,
                 };
-                return Ok(if status == RunStatus::Completed {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::from(1)
-                });
+                return Ok(exit_code(report.status, report.quality_gate));
             }
         }
         if !frames.is_empty() {
@@ -650,12 +651,14 @@ async fn still_running(runner: &Runner, run_id: &str) -> anyhow::Result<bool> {
     Ok(state.is_some_and(|s| s.status == RunStatus::Running))
 }
 
-/// Text from a request, a model or another process, safe to print: control characters
-/// (escape sequences could clear or retitle the terminal) become U+FFFD.
-fn clean(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
-        .collect()
+/// The exit code of a finished run (README.md, "Exit codes"): 0 completed, 4 completed below
+/// the QA threshold, 1 failed, cancelled or out of budget.
+fn exit_code(status: RunStatus, gate: QualityGate) -> ExitCode {
+    match (status, gate) {
+        (RunStatus::Completed, QualityGate::Passed) => ExitCode::SUCCESS,
+        (RunStatus::Completed, QualityGate::Failed) => ExitCode::from(4),
+        _ => ExitCode::from(1),
+    }
 }
 
 async fn paused(runner: &Runner, run_id: &str) -> anyhow::Result<ExitCode> {
@@ -668,8 +671,8 @@ async fn paused(runner: &Runner, run_id: &str) -> anyhow::Result<ExitCode> {
         let mut err = std::io::stderr();
         writeln!(
             err,
-            "The run is paused at checkpoint {}. Continue it with:\n  orchestrator approve {run_id} {}\nor end it with:\n  orchestrator approve {run_id} {} --reject",
-            cp.id, cp.id, cp.id
+            "The run is paused at checkpoint {id}. Continue it with:\n  orchestrator approve {run_id} {id}\nor end it with:\n  orchestrator approve {run_id} {id} --reject",
+            id = terminal::line(&cp.id)
         )?;
         if std::io::stdin().is_terminal() {
             writeln!(

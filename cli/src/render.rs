@@ -4,14 +4,17 @@ use std::collections::HashMap;
 use std::io::{self, Write};
 
 use orchestrator_core::event::{EventKind, Frame, HandoffStage, SSE_PROLOGUE};
-use orchestrator_core::types::{FinalBundle, Mode, Plan, StepStatus};
+use orchestrator_core::types::{FinalBundle, Mode, Plan, QualityGate, StepStatus};
+
+use crate::terminal::{self, Clean, block, line};
 
 pub trait Render {
     /// Shows one frame; returns true when the run's stream is complete.
     fn frame(&mut self, frame: &Frame) -> io::Result<bool>;
 }
 
-/// The wire contract, byte for byte.
+/// The wire contract, byte for byte; but DEL and C1 characters, which serde_json leaves raw,
+/// are `\u` escaped (the same JSON values) so that no frame can drive the terminal.
 pub struct Sse<W: Write> {
     out: W,
     opened: bool,
@@ -29,16 +32,18 @@ impl<W: Write> Render for Sse<W> {
             self.out.write_all(SSE_PROLOGUE.as_bytes())?;
             self.opened = true;
         }
-        self.out.write_all(frame.to_sse().as_bytes())?;
+        self.out
+            .write_all(terminal::json(&frame.to_sse()).as_bytes())?;
         self.out.flush()?;
         Ok(matches!(frame.event.kind, EventKind::Complete { .. }))
     }
 }
 
 /// A checklist that is re-printed when the plan changes, the draft as it streams, QA verdicts,
-/// and the result with time and tokens at the end.
+/// and the result with time and tokens at the end. Everything goes out through [`Clean`]: text
+/// from the request or a model never reaches the terminal as a control character.
 pub struct Human<W: Write> {
-    out: W,
+    out: Clean<W>,
     mode: Mode,
     plan: Plan,
     status: HashMap<String, StepStatus>,
@@ -49,7 +54,7 @@ pub struct Human<W: Write> {
 impl<W: Write> Human<W> {
     pub fn new(out: W, mode: Mode) -> Self {
         Self {
-            out,
+            out: Clean::new(out),
             mode,
             plan: Plan::default(),
             status: HashMap::new(),
@@ -79,17 +84,21 @@ impl<W: Write> Human<W> {
             writeln!(
                 self.out,
                 "  {mark} {:<4} {:<11} {}",
-                step.id,
-                who,
-                step.title()
+                line(&step.id),
+                line(who),
+                line(&step.title())
             )?;
         }
         Ok(())
     }
 
     fn result(&mut self, bundle: &FinalBundle) -> io::Result<()> {
-        writeln!(self.out, "\n── Result ({}) ──", bundle.result.platform)?;
-        writeln!(self.out, "{}", bundle.result.content.trim_end())?;
+        writeln!(
+            self.out,
+            "\n── Result ({}) ──",
+            line(&bundle.result.platform)
+        )?;
+        writeln!(self.out, "{}", block(bundle.result.content.trim_end()))?;
         writeln!(self.out, "──")?;
         writeln!(
             self.out,
@@ -107,8 +116,8 @@ impl<W: Write> Human<W> {
                 self.out,
                 "  {} {} {}",
                 if c.passed { "✓" } else { "✗" },
-                c.id,
-                c.details.as_deref().unwrap_or("")
+                line(&c.id),
+                line(c.details.as_deref().unwrap_or(""))
             )?;
         }
         Ok(())
@@ -123,16 +132,19 @@ impl<W: Write> Render for Human<W> {
         }
         match kind {
             EventKind::Start { message } => {
-                writeln!(self.out, "▶ {message} · run {}", frame.event.run_id)?
+                let run_id = line(&frame.event.run_id);
+                writeln!(self.out, "▶ {} · run {run_id}", line(message))?
             }
-            EventKind::Phase { message, .. } => writeln!(self.out, "… {message}")?,
+            EventKind::Phase { message, .. } => writeln!(self.out, "… {}", line(message))?,
             EventKind::PlanUpdate { data } => {
                 if let Ok(next) = self.plan.apply_patch(&data.patch) {
                     self.plan = next;
                 }
                 self.plan.version = data.version;
                 match &data.reason {
-                    Some(reason) => writeln!(self.out, "Plan v{} ({reason}):", data.version)?,
+                    Some(reason) => {
+                        writeln!(self.out, "Plan v{} ({}):", data.version, line(reason))?
+                    }
                     None => writeln!(self.out, "Plan v{}:", data.version)?,
                 }
                 self.checklist()?;
@@ -147,35 +159,35 @@ impl<W: Write> Render for Human<W> {
                 if self.streaming.as_deref() != Some(data.step_id.as_str()) {
                     self.end_stream()?;
                     if self.mode == Mode::App {
-                        writeln!(self.out, "  ┌ draft from {}", data.step_id)?;
+                        writeln!(self.out, "  ┌ draft from {}", line(&data.step_id))?;
                     }
                     write!(self.out, "  │ ")?;
                     self.streaming = Some(data.step_id.clone());
                 }
                 self.streamed = true;
-                write!(self.out, "{}", message.replace('\n', "\n  │ "))?;
+                write!(self.out, "{}", block(message).replace('\n', "\n  │ "))?;
             }
             EventKind::Message { message } => {
                 if !(self.mode == Mode::Chat && self.streamed) {
-                    writeln!(self.out, "  {message}")?;
+                    writeln!(self.out, "  {}", block(message))?;
                 }
             }
             EventKind::Warning { message, .. } => {
                 if let Some(step) = frame.event.kind.clone().warning_step_failed() {
                     self.status.insert(step, StepStatus::Failed);
                 }
-                writeln!(self.out, "⚠ {message}")?;
+                writeln!(self.out, "⚠ {}", block(message))?;
             }
-            EventKind::Error { message, .. } => writeln!(self.out, "✗ {message}")?,
+            EventKind::Error { message, .. } => writeln!(self.out, "✗ {}", block(message))?,
             EventKind::ToolCall { message, data } => {
                 let args = data.get("args").map(|a| a.to_string()).unwrap_or_default();
                 let args: String = args.chars().take(100).collect();
-                writeln!(self.out, "  ⚙ {message} {args}")?;
+                writeln!(self.out, "  ⚙ {} {}", line(message), line(&args))?;
             }
             EventKind::ToolResult { message, data } => {
                 match data.pointer("/result/error").and_then(|e| e.as_str()) {
-                    Some(error) => writeln!(self.out, "  ⚙ {message}: {error}")?,
-                    None => writeln!(self.out, "  ⚙ {message} done")?,
+                    Some(error) => writeln!(self.out, "  ⚙ {}: {}", line(message), line(error))?,
+                    None => writeln!(self.out, "  ⚙ {} done", line(message))?,
                 }
             }
             EventKind::HitlRequest { data } => writeln!(
@@ -185,10 +197,10 @@ impl<W: Write> Render for Human<W> {
                     orchestrator_core::event::HitlKind::Approval => "approval",
                     orchestrator_core::event::HitlKind::Clarify => "an answer",
                 },
-                data.checkpoint_id,
-                data.question,
-                data.expires_at,
-                data.checkpoint_id
+                line(&data.checkpoint_id),
+                line(&data.question),
+                line(&data.expires_at),
+                line(&data.checkpoint_id)
             )?,
             EventKind::Metrics {
                 tokens,
@@ -200,8 +212,8 @@ impl<W: Write> Render for Human<W> {
                     writeln!(
                         self.out,
                         "✓ {} ({}) done in {} ms · {} tokens in, {} out",
-                        scope.step_id,
-                        scope.capability_id,
+                        line(&scope.step_id),
+                        line(&scope.capability_id),
                         duration_ms,
                         tokens.input,
                         tokens.output
@@ -216,7 +228,12 @@ impl<W: Write> Render for Human<W> {
                     tokens.output
                 )?,
             },
-            EventKind::Complete { data, status, .. } => {
+            EventKind::Complete {
+                data,
+                status,
+                quality_gate,
+                ..
+            } => {
                 if self.mode == Mode::App && !self.plan.steps.is_empty() {
                     writeln!(self.out, "Plan v{} at the end:", self.plan.version)?;
                     self.checklist()?;
@@ -225,6 +242,9 @@ impl<W: Write> Render for Human<W> {
                     self.result(&bundle)?;
                 }
                 writeln!(self.out, "■ Run {status}")?;
+                if *quality_gate == QualityGate::Failed {
+                    writeln!(self.out, "{QUALITY_GATE_FAILED}")?;
+                }
                 self.out.flush()?;
                 return Ok(true);
             }
@@ -233,6 +253,9 @@ impl<W: Write> Render for Human<W> {
         Ok(false)
     }
 }
+
+/// What a run that completed below the QA threshold ends with (and `orchestrator show` says).
+pub const QUALITY_GATE_FAILED: &str = "✗ QUALITY GATE FAILED: the result stayed below the QA threshold after the last revision cycle (the result is kept; the run exits 4)";
 
 trait WarningStep {
     fn warning_step_failed(self) -> Option<String>;
