@@ -214,7 +214,7 @@ fn need_n<T: std::str::FromStr>(item: &Item, name: &str, run_id: &str) -> Result
     })
 }
 
-use crate::{decode, encode};
+use crate::codec::{decode, encode};
 
 fn plan_body(state: &RunState) -> Result<Option<(u32, Body)>, StoreError> {
     if state.plan.version == 0 {

@@ -5,10 +5,10 @@
 use orchestrator_core::ports::{ActiveRun, Claim, Lease, StoreError};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::{WriteTx, db_error, saturating_i64, to_u64};
+use super::{WriteTx, db_error, saturating_i64, to_u64};
 
 /// A write under lease `fence` is refused once the run's token has moved on.
-pub(crate) fn check_fence(run_id: &str, stored: i64, fence: Option<u64>) -> Result<(), StoreError> {
+pub(super) fn check_fence(run_id: &str, stored: i64, fence: Option<u64>) -> Result<(), StoreError> {
     match fence {
         Some(token) if saturating_i64(token) != stored => {
             Err(StoreError::LeaseLost(run_id.to_owned()))
@@ -18,7 +18,7 @@ pub(crate) fn check_fence(run_id: &str, stored: i64, fence: Option<u64>) -> Resu
 }
 
 /// The run exists, and a fenced writer still holds its lease.
-pub(crate) fn check_writer(
+pub(super) fn check_writer(
     tx: &WriteTx<'_>,
     run_id: &str,
     fence: Option<u64>,
@@ -72,7 +72,7 @@ fn write(tx: &WriteTx<'_>, lease: &Lease) -> Result<(), StoreError> {
     Ok(())
 }
 
-pub(crate) fn acquire(
+pub(super) fn acquire(
     tx: &WriteTx<'_>,
     run_id: &str,
     owner: &str,
@@ -99,7 +99,7 @@ pub(crate) fn acquire(
     Ok(Claim::Acquired(lease))
 }
 
-pub(crate) fn renew(
+pub(super) fn renew(
     tx: &WriteTx<'_>,
     mut lease: Lease,
     now_ms: u64,
@@ -112,7 +112,7 @@ pub(crate) fn renew(
     Ok(lease)
 }
 
-pub(crate) fn release(tx: &WriteTx<'_>, lease: &Lease) -> Result<(), StoreError> {
+pub(super) fn release(tx: &WriteTx<'_>, lease: &Lease) -> Result<(), StoreError> {
     let held = read(tx, &lease.run_id)?;
     if held.token == saturating_i64(lease.token) {
         write(
@@ -126,7 +126,7 @@ pub(crate) fn release(tx: &WriteTx<'_>, lease: &Lease) -> Result<(), StoreError>
     Ok(())
 }
 
-pub(crate) fn list_active(
+pub(super) fn list_active(
     conn: &Connection,
     limit: i64,
     after: Option<(i64, String)>,

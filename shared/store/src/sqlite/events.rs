@@ -1,0 +1,150 @@
+//! The per-run event log: appends numbered in the writer's transaction, reads, and waits for
+//! what comes next.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use orchestrator_core::event::{Event, Frame};
+use orchestrator_core::ports::{EventLog, StoreError};
+use rusqlite::params;
+
+use super::{SqliteStore, WriteTx, db_error, lease, saturating_i64, to_u64};
+use crate::codec::{decode, encode};
+
+impl SqliteStore {
+    async fn has_beyond(&self, run_id: &str, after: u64) -> Result<bool, StoreError> {
+        let run_id = run_id.to_owned();
+        self.call(move |conn| {
+            conn.query_row(
+                "SELECT EXISTS (SELECT 1 FROM events WHERE run_id = ?1 AND seq > ?2)",
+                params![run_id, saturating_i64(after)],
+                |r| r.get(0),
+            )
+            .map_err(db_error)
+        })
+        .await
+    }
+}
+
+/// Events must belong to the run whose log they go to: a mismatch is a caller's bug that
+/// would put a foreign `runId` on the wire.
+pub(super) fn check_events(run_id: &str, events: &[Event]) -> Result<(), StoreError> {
+    match events.iter().find(|e| e.run_id != run_id) {
+        Some(e) => Err(StoreError::Conflict(format!(
+            "an event of run {} cannot go to the log of run {run_id}",
+            e.run_id
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Appends `events` after the run's last seq; the caller holds a write transaction.
+pub(super) fn append_events(
+    tx: &WriteTx<'_>,
+    run_id: &str,
+    events: Vec<Event>,
+) -> Result<Vec<Frame>, StoreError> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let last: i64 = tx
+        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM events WHERE run_id = ?1")
+        .and_then(|mut stmt| stmt.query_row([run_id], |r| r.get(0)))
+        .map_err(db_error)?;
+    let mut seq = to_u64(last, "seq")?;
+    let mut stmt = tx
+        .prepare_cached("INSERT INTO events (run_id, seq, event_json) VALUES (?1, ?2, ?3)")
+        .map_err(db_error)?;
+    let mut frames = Vec::with_capacity(events.len());
+    for event in events {
+        seq += 1;
+        let json = encode(&event, "event")?;
+        stmt.execute(params![run_id, saturating_i64(seq), json])
+            .map_err(db_error)?;
+        frames.push(Frame { seq, event });
+    }
+    Ok(frames)
+}
+
+#[async_trait]
+impl EventLog for SqliteStore {
+    async fn append_fenced(
+        &self,
+        run_id: &str,
+        events: &[Event],
+        fence: Option<u64>,
+    ) -> Result<Vec<Frame>, StoreError> {
+        check_events(run_id, events)?;
+        let run_id = run_id.to_owned();
+        let events = events.to_vec();
+        self.write(
+            move |tx| {
+                lease::check_writer(tx, &run_id, fence)?;
+                append_events(tx, &run_id, events)
+            },
+            |frames| !frames.is_empty(),
+        )
+        .await
+    }
+
+    async fn read_after(
+        &self,
+        run_id: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Frame>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let run_id = run_id.to_owned();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.call(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT seq, event_json FROM events
+                     WHERE run_id = ?1 AND seq > ?2
+                     ORDER BY seq
+                     LIMIT ?3",
+                )
+                .map_err(db_error)?;
+            let rows = stmt
+                .query_map(params![run_id, saturating_i64(after), limit], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                })
+                .map_err(db_error)?;
+            rows.map(|row| {
+                let (seq, json) = row.map_err(db_error)?;
+                Ok(Frame {
+                    seq: to_u64(seq, "seq")?,
+                    event: decode(&json, "event", &run_id)?,
+                })
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn wait_beyond(
+        &self,
+        run_id: &str,
+        after: u64,
+        timeout: Duration,
+    ) -> Result<(), StoreError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        // Subscribe before looking, so an append that lands between the look and the wait
+        // still wakes us (the receiver has seen only the value current at subscription).
+        let mut appended = self.shared.appended.subscribe();
+        loop {
+            if self.has_beyond(run_id, after).await? {
+                return Ok(());
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(());
+            }
+            let nap = (deadline - now).min(self.poll.max(Duration::from_millis(10)));
+            // Woken, timed out or (never, while `self` lives) closed: look again either way.
+            let _ = tokio::time::timeout(nap, appended.changed()).await;
+        }
+    }
+}

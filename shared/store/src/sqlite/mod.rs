@@ -1,0 +1,277 @@
+//! A SQLite adapter for the [`RunStore`] and [`EventLog`] ports: the store behind local runs,
+//! the CLI and tests. One file holds runs (state snapshots), plan versions, step results,
+//! reports and the per-run event log.
+//!
+//! rusqlite is blocking, so every call runs on tokio's blocking pool against one connection
+//! behind a mutex. Writers take `BEGIN IMMEDIATE` transactions, so seqs stay gap-free and
+//! ordered even when several processes write the same file (SQLite serialises them; the busy
+//! timeout makes the others wait instead of failing).
+//!
+//! [`EventLog::wait_beyond`] is woken in-process by every write that appends events, with no
+//! polling delay. Writes from another process on the same file do not wake it; it re-checks
+//! the database every [`CROSS_PROCESS_POLL`] (configurable) to see those.
+//!
+//! The parts: [`runs`] (rows, states, plan versions), [`listing`], [`results`] (step results
+//! and reports), [`events`] (the log and [`EventLog`]), [`lease`], [`schema`], and
+//! [`run_store`], where [`RunStore`]'s calls put them together in transactions.
+//!
+//! [`RunStore`]: orchestrator_core::ports::RunStore
+//! [`EventLog`]: orchestrator_core::ports::EventLog
+//! [`EventLog::wait_beyond`]: orchestrator_core::ports::EventLog::wait_beyond
+
+mod events;
+mod lease;
+mod listing;
+mod results;
+mod run_store;
+mod runs;
+mod schema;
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use orchestrator_core::ports::{Clock, StoreError, SystemClock};
+use rusqlite::{Connection, ErrorCode};
+use tokio::sync::watch;
+
+pub use schema::SCHEMA_VERSION;
+
+/// How long a writer waits for another connection's lock before giving up with
+/// [`StoreError::Unavailable`].
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often [`EventLog::wait_beyond`] re-reads the database while it waits, by default, to
+/// see events that another process appended (in-process appends wake it at once).
+pub const CROSS_PROCESS_POLL: Duration = Duration::from_millis(250);
+
+/// Runs, plans, step results, reports and event logs in one SQLite database.
+///
+/// Cheap to clone: clones share the connection and the append notifications.
+#[derive(Clone)]
+pub struct SqliteStore {
+    shared: Arc<Shared>,
+    clock: Arc<dyn Clock>,
+    poll: Duration,
+}
+
+struct Shared {
+    conn: std::sync::Mutex<Connection>,
+    /// Bumped after every committed write that appended events; `wait_beyond` watches it.
+    appended: watch::Sender<u64>,
+    /// The file (or `:memory:`), for error messages and `Debug`.
+    location: String,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("location", &self.shared.location)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file at `path` and brings its schema up to
+    /// date. The parent directory must exist. Errors name the path: a file that is not a
+    /// SQLite database is [`StoreError::Corrupt`]; one that cannot be opened for writing, or
+    /// was written by a newer build, is [`StoreError::Unavailable`].
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let location = path.display().to_string();
+        let conn = Connection::open(path).map_err(|e| open_error(&location, e))?;
+        if conn
+            .is_readonly(rusqlite::MAIN_DB)
+            .map_err(|e| open_error(&location, e))?
+        {
+            return Err(StoreError::Unavailable(format!(
+                "cannot open the database {location} for writing: the file is read-only"
+            )));
+        }
+        Self::init(conn, location)
+    }
+
+    /// A private database in memory, gone when the last clone is dropped. For tests.
+    pub fn open_in_memory() -> Result<Self, StoreError> {
+        let location = ":memory:".to_owned();
+        let conn = Connection::open_in_memory().map_err(|e| open_error(&location, e))?;
+        Self::init(conn, location)
+    }
+
+    /// Uses `clock` for the runs' `updated_at_ms` (the default is the system clock).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// How often a waiting [`EventLog::wait_beyond`] re-reads the database for events that
+    /// another process appended (default [`CROSS_PROCESS_POLL`]). In-process appends wake it
+    /// at once regardless.
+    pub fn with_cross_process_poll(mut self, every: Duration) -> Self {
+        self.poll = every;
+        self
+    }
+
+    fn init(mut conn: Connection, location: String) -> Result<Self, StoreError> {
+        configure(&conn).map_err(|e| open_error(&location, e))?;
+        schema::migrate(&mut conn).map_err(|e| match e {
+            schema::MigrateError::TooNew { found } => StoreError::Unavailable(format!(
+                "the database {location} has schema version {found}, newer than the {SCHEMA_VERSION} this build knows: use a newer build or another file"
+            )),
+            schema::MigrateError::Sqlite(e) => open_error(&location, e),
+        })?;
+        let (appended, _) = watch::channel(0);
+        Ok(Self {
+            shared: Arc::new(Shared {
+                conn: std::sync::Mutex::new(conn),
+                appended,
+                location,
+            }),
+            clock: Arc::new(SystemClock),
+            poll: CROSS_PROCESS_POLL,
+        })
+    }
+
+    /// Runs `f` with the connection, on the calling task's thread, once the connection is free.
+    ///
+    /// Why inline and not on the blocking pool: a statement of this store takes tens of
+    /// microseconds, less than the pool's two thread hand-offs (wake a pool thread, wake the
+    /// runtime back), which were half the CPU of a run; and under load the pool grew a thread
+    /// per waiting call (bench/README.md). The connection's lock is a plain (blocking) mutex,
+    /// held only while SQL runs: an async one hands itself to the next waiting future, and a
+    /// driver that keeps a step's future unpolled while it awaits the store itself (its loop
+    /// does) then waits on a lock that future will never release. A waiter blocks its thread
+    /// for the tens of microseconds a statement takes; the one long wait is another process
+    /// holding the write lock (up to [`BUSY_TIMEOUT`]).
+    async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        // A panic while the connection was held rolled its transaction back (`WriteTx` rolls
+        // back on drop), so the connection is still usable.
+        let mut conn = self
+            .shared
+            .conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut conn)
+    }
+
+    /// Runs `f` in a write transaction (`BEGIN IMMEDIATE`) and commits it; when `appended`
+    /// says the result added events, wakes the `wait_beyond` callers.
+    async fn write<T, F>(&self, f: F, appended: fn(&T) -> bool) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTx<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let written = self
+            .call(move |conn| {
+                let tx = WriteTx::begin(conn)?;
+                let written = f(&tx)?;
+                tx.commit()?;
+                Ok(written)
+            })
+            .await?;
+        if appended(&written) {
+            self.poke();
+        }
+        Ok(written)
+    }
+
+    /// Wakes the `wait_beyond` callers of this store and its clones.
+    fn poke(&self) {
+        self.shared.appended.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // An in-memory database answers "memory"; either way the answer is not an error.
+    let _mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    // Every statement of the hot paths is prepared once per connection and reused (preparing
+    // costs more than running most of them); room for all of them.
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(())
+}
+
+/// Distinct statements the store prepares and keeps (about 20 today).
+const STATEMENT_CACHE: usize = 64;
+
+fn open_error(location: &str, e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => StoreError::Corrupt(format!(
+            "{location} is not a usable SQLite database ({e}): move it aside or choose another file"
+        )),
+        _ => StoreError::Unavailable(format!("cannot open the database {location}: {e}")),
+    }
+}
+
+fn db_error(e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+            StoreError::Unavailable(format!("the database is busy: {e}"))
+        }
+        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => {
+            StoreError::Corrupt(e.to_string())
+        }
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+fn saturating_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn to_u64(n: i64, what: &str) -> Result<u64, StoreError> {
+    u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("negative {what}: {n}")))
+}
+
+/// A write transaction (`BEGIN IMMEDIATE`) that rolls back unless committed.
+///
+/// Why not rusqlite's `Transaction`: it parses `BEGIN` and `COMMIT` anew on every write
+/// (`execute_batch`); here they are cached statements like the rest of the hot path, which
+/// matters because every event batch is a write and a hand-off's write is on the critical path
+/// between two model calls.
+struct WriteTx<'c> {
+    conn: &'c Connection,
+}
+
+impl<'c> WriteTx<'c> {
+    fn begin(conn: &'c Connection) -> Result<Self, StoreError> {
+        run_cached(conn, "BEGIN IMMEDIATE")?;
+        Ok(WriteTx { conn })
+    }
+
+    fn commit(self) -> Result<(), StoreError> {
+        run_cached(self.conn, "COMMIT")
+    }
+}
+
+impl std::ops::Deref for WriteTx<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
+
+impl Drop for WriteTx<'_> {
+    fn drop(&mut self) {
+        // Open after an error or a panic, and after a failed COMMIT (SQLite may keep the
+        // transaction): the connection must not carry it into the next write. There is no
+        // one left to report a failed rollback to.
+        if !self.conn.is_autocommit() {
+            let _ = run_cached(self.conn, "ROLLBACK");
+        }
+    }
+}
+
+fn run_cached(conn: &Connection, sql: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(sql)
+        .and_then(|mut stmt| stmt.raw_execute())
+        .map(drop)
+        .map_err(db_error)
+}
