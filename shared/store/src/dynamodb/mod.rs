@@ -42,6 +42,7 @@ use orchestrator_core::event::{Event, Frame};
 use orchestrator_core::ports::{
     ActiveRun, Claim, Clock, Created, EventLog, Lease, RunCursor, RunStore, StoreError, SystemClock,
 };
+use orchestrator_core::report::build_report;
 use orchestrator_core::types::{Mode, Plan, RunReport, RunStatus, RunSummary, StepResult};
 use tokio::sync::watch;
 
@@ -1328,6 +1329,30 @@ impl RunStore for DynamoDbStore {
             (Ok(()), _) => {}
         }
         put
+    }
+
+    /// Composed of the other calls: the report first, so whoever sees the final status or
+    /// `complete` can read it.
+    async fn commit_finished(
+        &self,
+        state: &RunState,
+        events: &[Event],
+        now_ms: u64,
+    ) -> Result<Vec<Frame>, StoreError> {
+        // The commit refuses such a late writer too, but only after the report was written.
+        if let Some(stored) = self.load_run(&state.run_id).await?
+            && stored.status.is_terminal()
+            && stored.status != state.status
+        {
+            return Err(StoreError::Conflict(format!(
+                "run {} has finished ({}); its status cannot change to {}",
+                state.run_id, stored.status, state.status
+            )));
+        }
+        let results = self.step_results(&state.run_id).await?;
+        self.put_report(&build_report(state, results, now_ms))
+            .await?;
+        self.commit(state, events).await
     }
 
     async fn get_report(&self, run_id: &str) -> Result<Option<RunReport>, StoreError> {
