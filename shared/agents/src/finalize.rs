@@ -1,7 +1,8 @@
 use async_trait::async_trait;
+use orchestrator_core::engine::QA_CAPABILITY;
 use orchestrator_core::types::{
-    AcceptanceOverall, AcceptanceReport, FinalBundle, QualitySummary, QualityVerdict,
-    ResultContent, Usage,
+    AcceptanceOverall, AcceptanceReport, FINALIZE_CAPABILITY, FinalBundle, GENERATION_CAPABILITY,
+    QualitySummary, QualityVerdict, ResultContent, STRATEGY_CAPABILITY, Usage,
 };
 use serde_json::{Value, json};
 
@@ -13,7 +14,7 @@ pub struct Finalize;
 #[async_trait]
 impl crate::Specialist for Finalize {
     fn capability(&self) -> &'static str {
-        "finalize"
+        FINALIZE_CAPABILITY
     }
 
     async fn run(
@@ -21,7 +22,7 @@ impl crate::Specialist for Finalize {
         ctx: &StepContext,
         _sink: &dyn DeltaSink,
     ) -> Result<SpecialistOutput, AgentError> {
-        let draft = ctx.latest("generation").ok_or_else(|| {
+        let draft = ctx.latest(GENERATION_CAPABILITY).ok_or_else(|| {
             AgentError::MissingInput(format!("step {} has no draft to finalize", ctx.step.id))
         })?;
         let content = draft
@@ -36,10 +37,10 @@ impl crate::Specialist for Finalize {
             .or_else(|| ctx.platform())
             .unwrap_or_else(|| "blog".into());
         let verdict: Option<QualityVerdict> = ctx
-            .latest("qa")
+            .latest(QA_CAPABILITY)
             .and_then(|q| serde_json::from_value(q.clone()).ok());
         let rationale = ctx
-            .latest("strategy")
+            .latest(STRATEGY_CAPABILITY)
             .and_then(|s| s.get("angle"))
             .and_then(Value::as_str)
             .map(str::to_owned);

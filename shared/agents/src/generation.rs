@@ -1,8 +1,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use orchestrator_core::engine::QA_CAPABILITY;
 use orchestrator_core::ports::{ChatMessage, Model, ModelError, ModelRequest, Purpose};
-use orchestrator_core::types::Mode;
+use orchestrator_core::types::{GENERATION_CAPABILITY, Mode, STRATEGY_CAPABILITY};
 use serde_json::{Value, json};
 
 use crate::tools::Turns;
@@ -46,7 +47,7 @@ impl Generation {
 #[async_trait]
 impl crate::Specialist for Generation {
     fn capability(&self) -> &'static str {
-        "generation"
+        GENERATION_CAPABILITY
     }
 
     async fn run(
@@ -65,12 +66,12 @@ impl crate::Specialist for Generation {
         } else {
             // A revision sees the previous draft and the latest QA issues; nothing else of the run.
             let feedback = ctx
-                .latest("qa")
+                .latest(QA_CAPABILITY)
                 .and_then(|q| q.get("issues"))
                 .cloned()
                 .unwrap_or(Value::Null);
             let previous = ctx
-                .latest("generation")
+                .latest(GENERATION_CAPABILITY)
                 .and_then(|g| g.get("text"))
                 .cloned()
                 .unwrap_or(Value::Null);
@@ -81,7 +82,7 @@ impl crate::Specialist for Generation {
                     "objective": ctx.request.objective,
                     "task": ctx.step.label,
                     "platform": platform,
-                    "strategy": ctx.latest("strategy"),
+                    "strategy": ctx.latest(STRATEGY_CAPABILITY),
                     "brief": ctx.request.state.brief,
                     "acceptanceCriteria": ctx.acceptance_criteria(),
                     "previousDraft": previous,

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use orchestrator_core::event::EventKind;
 use orchestrator_core::ports::{Model, ModelError};
 use orchestrator_core::tools::{HumanRequest, Resume};
-use orchestrator_core::types::{PlanStep, RunRequest, Usage};
+use orchestrator_core::types::{PlanStep, RunRequest, STRATEGY_CAPABILITY, Usage};
 use serde_json::Value;
 
 mod finalize;
@@ -117,7 +117,7 @@ impl StepContext {
             .and_then(|b| b.get("platform"))
             .and_then(Value::as_str);
         let from_strategy = self
-            .latest("strategy")
+            .latest(STRATEGY_CAPABILITY)
             .and_then(|s| s.get("platform"))
             .and_then(Value::as_str);
         from_brief.or(from_strategy).map(str::to_owned)

@@ -1,8 +1,11 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use orchestrator_core::engine::QA_CAPABILITY;
 use orchestrator_core::ports::{ChatMessage, Model, ModelRequest, Purpose};
-use orchestrator_core::types::{CriterionResult, QualityVerdict};
+use orchestrator_core::types::{
+    CriterionResult, GENERATION_CAPABILITY, QualityVerdict, STRATEGY_CAPABILITY,
+};
 use serde_json::json;
 
 use serde_json::{Map, Value};
@@ -50,7 +53,7 @@ impl Qa {
 #[async_trait]
 impl crate::Specialist for Qa {
     fn capability(&self) -> &'static str {
-        "qa"
+        QA_CAPABILITY
     }
 
     async fn run(
@@ -59,7 +62,7 @@ impl crate::Specialist for Qa {
         sink: &dyn DeltaSink,
     ) -> Result<SpecialistOutput, AgentError> {
         let draft = ctx
-            .latest("generation")
+            .latest(GENERATION_CAPABILITY)
             .and_then(|g| g.get("text"))
             .and_then(|t| t.as_str())
             .ok_or_else(|| {
@@ -74,7 +77,7 @@ impl crate::Specialist for Qa {
         let context = json!({
             "objective": ctx.request.objective,
             "draft": draft,
-            "strategy": ctx.latest("strategy"),
+            "strategy": ctx.latest(STRATEGY_CAPABILITY),
             "acceptanceCriteria": criteria,
             "threshold": threshold,
         })

@@ -5,6 +5,7 @@ use orchestrator_core::ports::{ChatMessage, Model, ModelRequest, Purpose};
 use serde_json::{Value, json};
 
 use orchestrator_core::event::EventKind;
+use orchestrator_core::types::STRATEGY_CAPABILITY;
 
 use crate::repair::{Repaired, converse_with_repair};
 use crate::replies::{answer, field, read_json, refusal, strategy_schema, text_of};
@@ -45,7 +46,7 @@ impl Strategy {
 #[async_trait]
 impl crate::Specialist for Strategy {
     fn capability(&self) -> &'static str {
-        "strategy"
+        STRATEGY_CAPABILITY
     }
 
     async fn run(
@@ -84,7 +85,7 @@ impl crate::Specialist for Strategy {
         if let Read::Prose(_) = &value {
             sink.event(EventKind::warning(
                 "The strategist answered in prose, not JSON: the writer gets its text as notes",
-                Some(json!({ "stepId": ctx.step.id, "capabilityId": "strategy" })),
+                Some(json!({ "stepId": ctx.step.id, "capabilityId": STRATEGY_CAPABILITY })),
             ))
             .await;
         }

@@ -336,6 +336,12 @@ pub enum StepAction {
 
 /// The capability that assembles the final bundle; `action: finalize` steps run it.
 pub const FINALIZE_CAPABILITY: &str = "finalize";
+/// The capability that sets audience, angle and key messages before the draft.
+pub const STRATEGY_CAPABILITY: &str = "strategy";
+/// The capability that writes the draft (or, in chat mode, the answer).
+pub const GENERATION_CAPABILITY: &str = "generation";
+/// The capability whose verdict drives the critic loop.
+pub const QA_CAPABILITY: &str = "qa";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]

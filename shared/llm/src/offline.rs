@@ -11,10 +11,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::StreamExt;
 use futures::stream::{self, BoxStream};
+use orchestrator_core::engine::QA_CAPABILITY;
 use orchestrator_core::ports::{
     Model, ModelError, ModelInfo, ModelRequest, ModelResponse, Purpose, StreamItem,
 };
-use orchestrator_core::types::Usage;
+use orchestrator_core::types::{GENERATION_CAPABILITY, STRATEGY_CAPABILITY, Usage};
 use serde_json::{Map, Value, json};
 
 /// Characters per streamed chunk, like a tokenizer's pieces.
@@ -204,9 +205,9 @@ fn plan(ctx: &Map<String, Value>) -> Value {
     let Some(reason) = reason else {
         let ids = next_ids(&current, if approval { 5 } else { 4 });
         let mut steps = vec![
-            json!({"id": ids[0], "capabilityId": "strategy", "label": "Define the audience, angle and key messages"}),
-            json!({"id": ids[1], "capabilityId": "generation", "label": "Write the draft", "dependsOn": [ids[0]]}),
-            json!({"id": ids[2], "capabilityId": "qa", "label": "Review the draft against the acceptance criteria", "dependsOn": [ids[1]]}),
+            json!({"id": ids[0], "capabilityId": STRATEGY_CAPABILITY, "label": "Define the audience, angle and key messages"}),
+            json!({"id": ids[1], "capabilityId": GENERATION_CAPABILITY, "label": "Write the draft", "dependsOn": [ids[0]]}),
+            json!({"id": ids[2], "capabilityId": QA_CAPABILITY, "label": "Review the draft against the acceptance criteria", "dependsOn": [ids[1]]}),
         ];
         let mut last = ids[2].clone();
         if approval {
@@ -253,7 +254,7 @@ fn plan(ctx: &Map<String, Value>) -> Value {
     let ids = next_ids(&current, if approval { 4 } else { 3 });
     let issues = strings(reason.get("issues"));
     let mut steps = Vec::new();
-    let after = done("qa").or_else(|| done("strategy"));
+    let after = done(QA_CAPABILITY).or_else(|| done(STRATEGY_CAPABILITY));
     let deps = |d: &Option<String>| d.iter().cloned().collect::<Vec<_>>();
     let (label, note) = match kind {
         "quality_below_threshold" => (
@@ -271,8 +272,8 @@ fn plan(ctx: &Map<String, Value>) -> Value {
             ),
         ),
     };
-    steps.push(json!({"id": ids[0], "capabilityId": "generation", "label": label, "dependsOn": deps(&after), "note": note}));
-    steps.push(json!({"id": ids[1], "capabilityId": "qa", "label": "Review the revision", "dependsOn": [ids[0]]}));
+    steps.push(json!({"id": ids[0], "capabilityId": GENERATION_CAPABILITY, "label": label, "dependsOn": deps(&after), "note": note}));
+    steps.push(json!({"id": ids[1], "capabilityId": QA_CAPABILITY, "label": "Review the revision", "dependsOn": [ids[0]]}));
     let mut last = ids[1].clone();
     if approval {
         steps.push(json!({"id": ids[2], "action": "approval", "label": "Approve the revised draft before it is finalized?", "dependsOn": [last]}));
