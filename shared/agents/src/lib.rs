@@ -19,6 +19,7 @@ mod prompt_set;
 mod qa;
 mod repair;
 pub mod replies;
+mod specialist;
 mod strategy;
 pub mod tools;
 

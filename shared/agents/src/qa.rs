@@ -1,66 +1,47 @@
-use std::sync::Arc;
-
 use async_trait::async_trait;
 use orchestrator_core::engine::QA_CAPABILITY;
-use orchestrator_core::ports::{ChatMessage, Model, ModelRequest, Purpose};
+use orchestrator_core::ports::{Purpose, ReplySchema};
 use orchestrator_core::types::{
     CriterionResult, GENERATION_CAPABILITY, QualityVerdict, STRATEGY_CAPABILITY,
 };
-use serde_json::json;
+use serde_json::{Map, Value, json};
 
-use serde_json::{Map, Value};
-
-use crate::repair::{Repaired, converse_with_repair};
-use crate::replies::{field, read_json, score_of, text_of, verdict_schema, yes_no};
-use crate::tools::Turns;
-use crate::{AgentError, DeltaSink, SpecialistOutput, StepContext};
+use crate::replies::{Unusable, field, read_json, score_of, text_of, verdict_schema, yes_no};
+use crate::specialist::{Ask, ModelSpecialist, Reading, Role};
+use crate::{AgentError, DeltaSink, Prompts, StepContext};
 
 /// The critic: scores the latest draft and reports on every acceptance criterion.
-pub struct Qa {
-    model: Arc<dyn Model>,
-    prompts: Arc<crate::Prompts>,
-    tools: Arc<crate::ToolRegistry>,
+pub type Qa = ModelSpecialist<QaRole>;
+
+/// The critic's part of the specialist skeleton.
+pub struct QaRole;
+
+/// What a verdict is read against.
+pub struct Bar {
+    criteria: Vec<String>,
+    threshold: f64,
 }
 
-impl Qa {
-    pub fn new(model: Arc<dyn Model>) -> Self {
-        Self::with_prompts(model, Arc::new(crate::Prompts::builtin()))
-    }
-
-    pub fn with_prompts(model: Arc<dyn Model>, prompts: Arc<crate::Prompts>) -> Self {
-        Self {
-            model,
-            prompts,
-            tools: Arc::new(crate::ToolRegistry::builtin()),
-        }
-    }
-
-    /// Draws its tools from this registry instead of the built-in one.
-    pub fn with_tools(mut self, tools: Arc<crate::ToolRegistry>) -> Self {
-        self.tools = tools;
-        self
-    }
-
-    /// The tools this specialist may use (before the request's policy and allowlist).
-    pub const TOOLS: &'static [&'static str] = &[
+#[async_trait]
+impl Role for QaRole {
+    const CAPABILITY: &'static str = QA_CAPABILITY;
+    const TOOLS: &'static [&'static str] = &[
         "text_stats",
         "platform_constraints",
         "read_artifact",
         "hitl_request",
     ];
-}
+    const STREAMS: bool = false;
+    const READING: Reading = Reading::Repaired { agent: "QA" };
+    const MAX_TOKENS: u32 = 1_500;
+    type Keep = Bar;
+    type Reply = QualityVerdict;
 
-#[async_trait]
-impl crate::Specialist for Qa {
-    fn capability(&self) -> &'static str {
-        QA_CAPABILITY
+    fn schema() -> Option<&'static ReplySchema> {
+        Some(verdict_schema())
     }
 
-    async fn run(
-        &self,
-        ctx: &StepContext,
-        sink: &dyn DeltaSink,
-    ) -> Result<SpecialistOutput, AgentError> {
+    fn ask(prompts: &Prompts, ctx: &StepContext) -> Result<Ask<Bar>, AgentError> {
         let draft = ctx
             .latest(GENERATION_CAPABILITY)
             .and_then(|g| g.get("text"))
@@ -73,7 +54,6 @@ impl crate::Specialist for Qa {
             })?;
         let criteria = ctx.acceptance_criteria();
         let threshold = ctx.request.options.quality_threshold;
-        // Serialised at once: the JSON tree is not kept through the model call.
         let context = json!({
             "objective": ctx.request.objective,
             "draft": draft,
@@ -82,35 +62,29 @@ impl crate::Specialist for Qa {
             "threshold": threshold,
         })
         .to_string();
-        let request = ModelRequest {
+        Ok(Ask {
             purpose: Purpose::Review,
-            system: self.prompts.qa.clone(),
-            messages: vec![ChatMessage::user(context)],
+            system: prompts.qa.clone(),
+            context,
             temperature: Some(0.0),
-            max_tokens: Some(1_500),
-            json: true,
-            schema: Some(verdict_schema().clone()),
-            tools: Vec::new(),
-            tool_choice: Default::default(),
-        };
-        let turns = Turns {
-            model: self.model.as_ref(),
-            ctx,
-            sink,
-            tools: self.tools.for_step(Self::TOOLS, &ctx.request.options),
-            stream: false,
-        };
-        let Repaired {
-            value: verdict,
-            usage,
-            ..
-        } = converse_with_repair(&turns, request, "QA", |reply| {
-            parse(reply, &criteria, threshold)
+            keep: Bar {
+                criteria,
+                threshold,
+            },
         })
-        .await?;
-        let output =
-            serde_json::to_value(&verdict).map_err(|e| AgentError::Invalid(e.to_string()))?;
-        Ok(SpecialistOutput { output, usage })
+    }
+
+    fn read(bar: &Bar, reply: &str) -> Result<QualityVerdict, Unusable> {
+        parse(reply, &bar.criteria, bar.threshold)
+    }
+
+    async fn output(
+        _: Bar,
+        verdict: QualityVerdict,
+        _: &StepContext,
+        _: &dyn DeltaSink,
+    ) -> Result<Value, AgentError> {
+        serde_json::to_value(&verdict).map_err(|e| AgentError::Invalid(e.to_string()))
     }
 }
 

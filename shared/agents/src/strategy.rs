@@ -1,59 +1,37 @@
-use std::sync::Arc;
-
 use async_trait::async_trait;
-use orchestrator_core::ports::{ChatMessage, Model, ModelRequest, Purpose};
+use orchestrator_core::event::EventKind;
+use orchestrator_core::ports::{Purpose, ReplySchema};
+use orchestrator_core::types::STRATEGY_CAPABILITY;
 use serde_json::{Value, json};
 
-use orchestrator_core::event::EventKind;
-use orchestrator_core::types::STRATEGY_CAPABILITY;
-
-use crate::repair::{Repaired, converse_with_repair};
-use crate::replies::{answer, field, read_json, refusal, strategy_schema, text_of};
-use crate::tools::Turns;
-use crate::{AgentError, DeltaSink, SpecialistOutput, StepContext};
+use crate::replies::{Unusable, answer, field, read_json, refusal, strategy_schema, text_of};
+use crate::specialist::{Ask, ModelSpecialist, Reading, Role};
+use crate::{AgentError, DeltaSink, Prompts, StepContext};
 
 /// Audience, angle and key messages for the writer.
-pub struct Strategy {
-    model: Arc<dyn Model>,
-    prompts: Arc<crate::Prompts>,
-    tools: Arc<crate::ToolRegistry>,
-}
+pub type Strategy = ModelSpecialist<StrategyRole>;
 
-impl Strategy {
-    pub fn new(model: Arc<dyn Model>) -> Self {
-        Self::with_prompts(model, Arc::new(crate::Prompts::builtin()))
-    }
-
-    pub fn with_prompts(model: Arc<dyn Model>, prompts: Arc<crate::Prompts>) -> Self {
-        Self {
-            model,
-            prompts,
-            tools: Arc::new(crate::ToolRegistry::builtin()),
-        }
-    }
-
-    /// Draws its tools from this registry instead of the built-in one.
-    pub fn with_tools(mut self, tools: Arc<crate::ToolRegistry>) -> Self {
-        self.tools = tools;
-        self
-    }
-
-    /// The tools this specialist may use (before the request's policy and allowlist).
-    pub const TOOLS: &'static [&'static str] =
-        &["platform_constraints", "read_artifact", "hitl_request"];
-}
+/// The strategist's part of the specialist skeleton.
+pub struct StrategyRole;
 
 #[async_trait]
-impl crate::Specialist for Strategy {
-    fn capability(&self) -> &'static str {
-        STRATEGY_CAPABILITY
+impl Role for StrategyRole {
+    const CAPABILITY: &'static str = STRATEGY_CAPABILITY;
+    const TOOLS: &'static [&'static str] =
+        &["platform_constraints", "read_artifact", "hitl_request"];
+    const STREAMS: bool = false;
+    const READING: Reading = Reading::Repaired {
+        agent: "strategist",
+    };
+    const MAX_TOKENS: u32 = 1_000;
+    type Keep = ();
+    type Reply = Read;
+
+    fn schema() -> Option<&'static ReplySchema> {
+        Some(strategy_schema())
     }
 
-    async fn run(
-        &self,
-        ctx: &StepContext,
-        sink: &dyn DeltaSink,
-    ) -> Result<SpecialistOutput, AgentError> {
+    fn ask(prompts: &Prompts, ctx: &StepContext) -> Result<Ask<()>, AgentError> {
         let context = json!({
             "objective": ctx.request.objective,
             "task": ctx.step.label,
@@ -62,43 +40,40 @@ impl crate::Specialist for Strategy {
             "platform": ctx.platform(),
         })
         .to_string();
-        let request = ModelRequest {
+        Ok(Ask {
             purpose: Purpose::Strategy,
-            system: self.prompts.strategy.clone(),
-            messages: vec![ChatMessage::user(context)],
+            system: prompts.strategy.clone(),
+            context,
             temperature: ctx.request.options.temperature,
-            max_tokens: Some(1_000),
-            json: true,
-            schema: Some(strategy_schema().clone()),
-            tools: Vec::new(),
-            tool_choice: Default::default(),
-        };
-        let turns = Turns {
-            model: self.model.as_ref(),
-            ctx,
-            sink,
-            tools: self.tools.for_step(Self::TOOLS, &ctx.request.options),
-            stream: false,
-        };
-        let Repaired { value, usage, .. } =
-            converse_with_repair(&turns, request, "strategist", parse).await?;
-        if let Read::Prose(_) = &value {
+            keep: (),
+        })
+    }
+
+    fn read((): &(), reply: &str) -> Result<Read, Unusable> {
+        parse(reply)
+    }
+
+    /// A strategy in prose is kept as the writer's notes, with a `warning` that says so.
+    async fn output(
+        (): (),
+        reply: Read,
+        ctx: &StepContext,
+        sink: &dyn DeltaSink,
+    ) -> Result<Value, AgentError> {
+        if let Read::Prose(_) = &reply {
             sink.event(EventKind::warning(
                 "The strategist answered in prose, not JSON: the writer gets its text as notes",
                 Some(json!({ "stepId": ctx.step.id, "capabilityId": STRATEGY_CAPABILITY })),
             ))
             .await;
         }
-        Ok(SpecialistOutput {
-            output: value.into_output(),
-            usage,
-        })
+        Ok(reply.into_output())
     }
 }
 
 /// A strategy read from a reply: the JSON asked for, or prose, which is kept.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Read {
+pub enum Read {
     Json(Value),
     Prose(String),
 }

@@ -1,0 +1,168 @@
+//! The skeleton every model-backed specialist shares: build the request from the step's own
+//! context, hold the conversation (tools, streaming, one repair request), read the reply, and
+//! turn it into the step's output. A [`Role`] says only what differs: its capability, tools,
+//! prompt and context, reply schema, whether it streams, and how its reply becomes the output.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use orchestrator_core::ports::{
+    ChatMessage, Model, ModelError, ModelRequest, Purpose, ReplySchema,
+};
+use orchestrator_core::types::Usage;
+use serde_json::Value;
+
+use crate::repair::{Repaired, converse_with_repair};
+use crate::replies::Unusable;
+use crate::tools::Turns;
+use crate::{AgentError, DeltaSink, Prompts, SpecialistOutput, StepContext, ToolRegistry};
+
+/// How a reply that cannot be used is handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reading {
+    /// One repair request quotes the problem; `agent` names the specialist in its warning and
+    /// in the error when the repaired reply is unusable too.
+    Repaired { agent: &'static str },
+    /// The step fails at once as an invalid model reply: a draft already streamed to the
+    /// reader is not asked for again.
+    AsIs,
+}
+
+/// The part of a step's model request that is the role's: the rest (one user message, the
+/// reply schema, the tools) the skeleton adds.
+pub struct Ask<S> {
+    pub purpose: Purpose,
+    pub system: String,
+    /// The step's context, already serialised: the JSON tree is not kept through the call.
+    pub context: String,
+    pub temperature: Option<f32>,
+    /// What the role keeps from the context to read the reply and build the output.
+    pub keep: S,
+}
+
+/// What one model-backed specialist is, beyond the skeleton.
+#[async_trait]
+pub trait Role: Send + Sync + 'static {
+    const CAPABILITY: &'static str;
+    /// The tools it may use (before the request's policy and allowlist).
+    const TOOLS: &'static [&'static str];
+    /// Its reply's text streams to the sink as it is written.
+    const STREAMS: bool;
+    const READING: Reading;
+    const MAX_TOKENS: u32;
+    /// What the request was built from that the reply and the output still need.
+    type Keep: Send + Sync;
+    /// The reply, read.
+    type Reply: Send;
+
+    /// The shape of a JSON reply; none when the reply is prose.
+    fn schema() -> Option<&'static ReplySchema>;
+    /// The request for this step, or why the step cannot run.
+    fn ask(prompts: &Prompts, ctx: &StepContext) -> Result<Ask<Self::Keep>, AgentError>;
+    /// The reply made usable, or why it cannot be.
+    fn read(keep: &Self::Keep, reply: &str) -> Result<Self::Reply, Unusable>;
+    /// The step's output from the reply.
+    async fn output(
+        keep: Self::Keep,
+        reply: Self::Reply,
+        ctx: &StepContext,
+        sink: &dyn DeltaSink,
+    ) -> Result<Value, AgentError>;
+}
+
+/// A specialist that asks a model, configured by its [`Role`].
+pub struct ModelSpecialist<R> {
+    model: Arc<dyn Model>,
+    prompts: Arc<Prompts>,
+    tools: Arc<ToolRegistry>,
+    role: PhantomData<fn() -> R>,
+}
+
+impl<R: Role> ModelSpecialist<R> {
+    /// The tools this specialist may use (before the request's policy and allowlist).
+    pub const TOOLS: &'static [&'static str] = R::TOOLS;
+
+    pub fn new(model: Arc<dyn Model>) -> Self {
+        Self::with_prompts(model, Arc::new(Prompts::builtin()))
+    }
+
+    pub fn with_prompts(model: Arc<dyn Model>, prompts: Arc<Prompts>) -> Self {
+        Self {
+            model,
+            prompts,
+            tools: Arc::new(ToolRegistry::builtin()),
+            role: PhantomData,
+        }
+    }
+
+    /// Draws its tools from this registry instead of the built-in one.
+    pub fn with_tools(mut self, tools: Arc<ToolRegistry>) -> Self {
+        self.tools = tools;
+        self
+    }
+}
+
+#[async_trait]
+impl<R: Role> crate::Specialist for ModelSpecialist<R> {
+    fn capability(&self) -> &'static str {
+        R::CAPABILITY
+    }
+
+    async fn run(
+        &self,
+        ctx: &StepContext,
+        sink: &dyn DeltaSink,
+    ) -> Result<SpecialistOutput, AgentError> {
+        let Ask {
+            purpose,
+            system,
+            context,
+            temperature,
+            keep,
+        } = R::ask(&self.prompts, ctx)?;
+        let schema = R::schema();
+        let request = ModelRequest {
+            purpose,
+            system,
+            messages: vec![ChatMessage::user(context)],
+            temperature,
+            max_tokens: Some(R::MAX_TOKENS),
+            json: schema.is_some(),
+            schema: schema.cloned(),
+            tools: Vec::new(),
+            tool_choice: Default::default(),
+        };
+        let turns = Turns {
+            model: self.model.as_ref(),
+            ctx,
+            sink,
+            tools: self.tools.for_step(R::TOOLS, &ctx.request.options),
+            stream: R::STREAMS,
+        };
+        let (reply, usage) = converse::<R>(&turns, request, &keep).await?;
+        let output = R::output(keep, reply, ctx, sink).await?;
+        Ok(SpecialistOutput { output, usage })
+    }
+}
+
+/// The conversation's reply, read as the role reads it, and the tokens it took.
+async fn converse<R: Role>(
+    turns: &Turns<'_>,
+    request: ModelRequest,
+    keep: &R::Keep,
+) -> Result<(R::Reply, Usage), AgentError> {
+    match R::READING {
+        Reading::Repaired { agent } => {
+            let Repaired { value, usage, .. } =
+                converse_with_repair(turns, request, agent, |reply| R::read(keep, reply)).await?;
+            Ok((value, usage))
+        }
+        Reading::AsIs => {
+            let finished = turns.run(request).await?;
+            let value = R::read(keep, &finished.text)
+                .map_err(|problem| AgentError::Model(ModelError::Invalid(problem)))?;
+            Ok((value, finished.usage))
+        }
+    }
+}
