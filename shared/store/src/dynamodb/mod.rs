@@ -177,6 +177,30 @@ impl MetaUpdate {
         self.remove.push(attr);
     }
 
+    /// Saves a state: its status (out of the active-runs index once finished), its time, its
+    /// plan version and its body, inline or named by its parts' token.
+    fn set_state(&mut self, write: &StateWrite) {
+        self.set(keys::STATUS, s(write.status.as_str()));
+        self.set(keys::UPDATED_AT, n(write.updated_at_ms));
+        self.set(keys::PLAN_VERSION, n(write.plan_version()));
+        if write.status.is_terminal() {
+            self.remove(keys::GSI2_PK);
+            self.remove(keys::GSI2_SK);
+        }
+        match &write.body {
+            Body::Inline(json) => {
+                self.set(keys::BODY, s(json.clone()));
+                self.remove(keys::BLOB);
+                self.remove(keys::PARTS);
+            }
+            Body::Parts { token, parts } => {
+                self.set(keys::BLOB, s(token.clone()));
+                self.set(keys::PARTS, n(parts.len()));
+                self.remove(keys::BODY);
+            }
+        }
+    }
+
     fn expression(&self) -> String {
         let mut expr = format!("SET {}", self.set.join(", "));
         if !self.remove.is_empty() {
@@ -255,6 +279,21 @@ fn check_transition(run_id: &str, meta: &Meta, write: &StateWrite) -> Result<(),
         )));
     }
     Ok(())
+}
+
+/// The meta item's update for one try of a log write: `rev` moves on, on condition that it
+/// is still the one read (no one wrote in between); `lastSeq` moves past the `taken` events;
+/// the state goes along when it is this try's to write.
+fn log_update(meta: &Meta, taken: usize, state: Option<&StateWrite>) -> MetaUpdate {
+    let mut update = MetaUpdate::new("#c0 = :c0");
+    update.names.insert("#c0".into(), keys::REV.into());
+    update.values.insert(":c0".into(), n(meta.rev));
+    update.set(keys::REV, n(meta.rev + 1));
+    update.set(keys::LAST_SEQ, n(meta.last_seq + taken as u64));
+    if let Some(write) = state {
+        update.set_state(write);
+    }
+    update
 }
 
 /// How many of `events` fit in one transaction next to `fixed_items` items of `fixed_bytes`.
@@ -842,51 +881,14 @@ impl DynamoDbStore {
                 return Ok(frames);
             }
 
-            let last_seq = meta.last_seq + take as u64;
-            let mut update = MetaUpdate::new("#c0 = :c0");
-            update.names.insert("#c0".into(), keys::REV.into());
-            update.values.insert(":c0".into(), n(meta.rev));
-            update.set(keys::REV, n(meta.rev + 1));
-            update.set(keys::LAST_SEQ, n(last_seq));
-            if let Some(write) = state.as_ref().filter(|_| with_state) {
-                update.set(keys::STATUS, s(write.status.as_str()));
-                update.set(keys::UPDATED_AT, n(write.updated_at_ms));
-                update.set(keys::PLAN_VERSION, n(write.plan_version()));
-                if write.status.is_terminal() {
-                    // Out of the active-runs index.
-                    update.remove(keys::GSI2_PK);
-                    update.remove(keys::GSI2_SK);
-                }
-                match &write.body {
-                    Body::Inline(json) => {
-                        update.set(keys::BODY, s(json.clone()));
-                        update.remove(keys::BLOB);
-                        update.remove(keys::PARTS);
-                    }
-                    Body::Parts { token, parts } => {
-                        update.set(keys::BLOB, s(token.clone()));
-                        update.set(keys::PARTS, n(parts.len()));
-                        update.remove(keys::BODY);
-                    }
-                }
-            }
-
-            let written = if take == 0 && new_plan.is_none() {
+            let update = log_update(&meta, take, state.as_ref().filter(|_| with_state));
+            let plan = new_plan.filter(|_| with_state);
+            let written = if take == 0 && plan.is_none() {
                 // Only the meta item changes: a plain conditional update, half the cost of
                 // a transaction.
                 self.update_if(&pk, keys::META, update).await?
             } else {
-                let mut items = vec![self.tx_update(&pk, update)?];
-                if let Some((version, body)) = new_plan.filter(|_| with_state) {
-                    items.push(self.tx_put(Self::plan_item(&pk, *version, body), None)?);
-                }
-                for (i, pending) in rest[..take].iter().enumerate() {
-                    let seq = meta.last_seq + 1 + i as u64;
-                    items.push(self.tx_put(
-                        self.event_item(&pk, seq, &pending.body, ttl),
-                        Some("attribute_not_exists(#pk)"),
-                    )?);
-                }
+                let items = self.log_items(&pk, update, plan, &rest[..take], meta.last_seq, ttl)?;
                 self.transact(items).await?
             };
 
@@ -919,6 +921,32 @@ impl DynamoDbStore {
         }
     }
 
+    /// The transaction of one try of [`Self::write_log`]: the meta item's update, the new plan
+    /// version (if it goes), and the events numbered on from `last_seq`, each put only where
+    /// no item is (so a seq is never written twice).
+    fn log_items(
+        &self,
+        pk: &str,
+        update: MetaUpdate,
+        plan: Option<&(u32, Body)>,
+        events: &[Pending],
+        last_seq: u64,
+        ttl: Option<u64>,
+    ) -> Result<Vec<TransactWriteItem>, StoreError> {
+        let mut items = vec![self.tx_update(pk, update)?];
+        if let Some((version, body)) = plan {
+            items.push(self.tx_put(Self::plan_item(pk, *version, body), None)?);
+        }
+        for (i, pending) in events.iter().enumerate() {
+            let seq = last_seq + 1 + i as u64;
+            items.push(self.tx_put(
+                self.event_item(pk, seq, &pending.body, ttl),
+                Some("attribute_not_exists(#pk)"),
+            )?);
+        }
+        Ok(items)
+    }
+
     /// Deletes the parts of bodies that were written for a write that did not happen.
     async fn discard_bodies<'a>(&self, pk: &str, bodies: impl IntoIterator<Item = &'a Body>) {
         let tokens: Vec<String> = bodies
@@ -942,61 +970,14 @@ impl DynamoDbStore {
         events: &[Pending],
     ) -> Result<Created, StoreError> {
         let run_id = state.run_id.as_str();
-        let pk = keys::run_pk(run_id);
         let key = state.request.idempotency_key.as_deref();
-
-        let mut meta = Self::key(&pk, keys::META);
-        meta.insert(keys::GSI1_PK.into(), s(keys::GSI1_PARTITION));
-        meta.insert(
-            keys::GSI1_SK.into(),
-            s(keys::created_sk(state.started_at_ms, run_id)),
-        );
-        if !state.status.is_terminal() {
-            meta.insert(keys::GSI2_PK.into(), s(keys::GSI2_PARTITION));
-            meta.insert(
-                keys::GSI2_SK.into(),
-                s(keys::created_sk(state.started_at_ms, run_id)),
-            );
-        }
-        meta.insert(keys::RUN_ID.into(), s(run_id));
-        meta.insert(keys::STATUS.into(), s(state.status.as_str()));
-        meta.insert(keys::MODE.into(), s(state.request.mode.to_string()));
-        meta.insert(keys::OBJECTIVE.into(), s(state.request.objective.clone()));
-        meta.insert(keys::CREATED_AT.into(), n(state.started_at_ms));
-        meta.insert(keys::UPDATED_AT.into(), n(write.updated_at_ms));
-        meta.insert(keys::REV.into(), n(1));
-        meta.insert(keys::PLAN_VERSION.into(), n(write.plan_version()));
-        meta.insert(keys::STEP_COUNT.into(), n(0));
-        if let Some(key) = key {
-            meta.insert(keys::IDEM_KEY.into(), s(key));
-        }
-        write.body.put_attrs(&mut meta);
-
         let fixed = 1 + usize::from(key.is_some()) + usize::from(write.plan.is_some());
         let fixed_bytes = write.body.inline_len()
             + write.plan.as_ref().map_or(0, |(_, b)| b.inline_len())
             + state.request.objective.len()
             + 2048;
         let take = fit(events, fixed, fixed_bytes);
-        meta.insert(keys::LAST_SEQ.into(), n(take));
-
-        let ttl = self.ttl();
-        let mut items = Vec::with_capacity(fixed + take);
-        if let Some(key) = key {
-            let mut idem = Self::key(&keys::idem_pk(key), keys::IDEM_SK);
-            idem.insert(keys::RUN_ID.into(), s(run_id));
-            items.push(self.tx_put(idem, Some("attribute_not_exists(#pk)"))?);
-        }
-        items.push(self.tx_put(meta, Some("attribute_not_exists(#pk)"))?);
-        if let Some((version, body)) = &write.plan {
-            items.push(self.tx_put(Self::plan_item(&pk, *version, body), None)?);
-        }
-        for (i, pending) in events[..take].iter().enumerate() {
-            items.push(self.tx_put(
-                self.event_item(&pk, i as u64 + 1, &pending.body, ttl),
-                Some("attribute_not_exists(#pk)"),
-            )?);
-        }
+        let items = self.create_items(state, write, &events[..take])?;
 
         let mut conflicts = 0;
         while !self.transact(items.clone()).await? {
@@ -1029,6 +1010,74 @@ impl DynamoDbStore {
             frames.extend(self.write_log(run_id, &events[take..], None, None).await?);
         }
         Ok(Created::New { frames })
+    }
+
+    /// The transaction that creates a run: its idempotency key's item (if it has a key), its
+    /// meta item, its first plan version and its first `events` (seqs from 1). The key and the
+    /// meta item are put only where none is, so a run is created once.
+    fn create_items(
+        &self,
+        state: &RunState,
+        write: &StateWrite,
+        events: &[Pending],
+    ) -> Result<Vec<TransactWriteItem>, StoreError> {
+        let run_id = state.run_id.as_str();
+        let pk = keys::run_pk(run_id);
+        let key = state.request.idempotency_key.as_deref();
+        let mut meta = Self::meta_item(&pk, state, write);
+        meta.insert(keys::LAST_SEQ.into(), n(events.len()));
+
+        let ttl = self.ttl();
+        let mut items = Vec::with_capacity(3 + events.len());
+        if let Some(key) = key {
+            let mut idem = Self::key(&keys::idem_pk(key), keys::IDEM_SK);
+            idem.insert(keys::RUN_ID.into(), s(run_id));
+            items.push(self.tx_put(idem, Some("attribute_not_exists(#pk)"))?);
+        }
+        items.push(self.tx_put(meta, Some("attribute_not_exists(#pk)"))?);
+        if let Some((version, body)) = &write.plan {
+            items.push(self.tx_put(Self::plan_item(&pk, *version, body), None)?);
+        }
+        for (i, pending) in events.iter().enumerate() {
+            items.push(self.tx_put(
+                self.event_item(&pk, i as u64 + 1, &pending.body, ttl),
+                Some("attribute_not_exists(#pk)"),
+            )?);
+        }
+        Ok(items)
+    }
+
+    /// A new run's meta item, but its `lastSeq`: in both listing indexes (the active one only
+    /// while it has not finished), with its first state.
+    fn meta_item(pk: &str, state: &RunState, write: &StateWrite) -> Item {
+        let run_id = state.run_id.as_str();
+        let mut meta = Self::key(pk, keys::META);
+        meta.insert(keys::GSI1_PK.into(), s(keys::GSI1_PARTITION));
+        meta.insert(
+            keys::GSI1_SK.into(),
+            s(keys::created_sk(state.started_at_ms, run_id)),
+        );
+        if !state.status.is_terminal() {
+            meta.insert(keys::GSI2_PK.into(), s(keys::GSI2_PARTITION));
+            meta.insert(
+                keys::GSI2_SK.into(),
+                s(keys::created_sk(state.started_at_ms, run_id)),
+            );
+        }
+        meta.insert(keys::RUN_ID.into(), s(run_id));
+        meta.insert(keys::STATUS.into(), s(state.status.as_str()));
+        meta.insert(keys::MODE.into(), s(state.request.mode.to_string()));
+        meta.insert(keys::OBJECTIVE.into(), s(state.request.objective.clone()));
+        meta.insert(keys::CREATED_AT.into(), n(state.started_at_ms));
+        meta.insert(keys::UPDATED_AT.into(), n(write.updated_at_ms));
+        meta.insert(keys::REV.into(), n(1));
+        meta.insert(keys::PLAN_VERSION.into(), n(write.plan_version()));
+        meta.insert(keys::STEP_COUNT.into(), n(0));
+        if let Some(key) = state.request.idempotency_key.as_deref() {
+            meta.insert(keys::IDEM_KEY.into(), s(key));
+        }
+        write.body.put_attrs(&mut meta);
+        meta
     }
 
     async fn step_item(

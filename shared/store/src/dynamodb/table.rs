@@ -17,67 +17,67 @@ fn build_error(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("cannot build the table definition: {e}"))
 }
 
+fn attr(name: &str) -> Result<AttributeDefinition, StoreError> {
+    AttributeDefinition::builder()
+        .attribute_name(name)
+        .attribute_type(ScalarAttributeType::S)
+        .build()
+        .map_err(build_error)
+}
+
+fn key(name: &str, kind: KeyType) -> Result<KeySchemaElement, StoreError> {
+    KeySchemaElement::builder()
+        .attribute_name(name)
+        .key_type(kind)
+        .build()
+        .map_err(build_error)
+}
+
+/// An index over (`pk`, `sk`) that carries `attrs` besides its keys.
+fn index(
+    name: &str,
+    (pk, sk): (&str, &str),
+    attrs: &[&str],
+) -> Result<GlobalSecondaryIndex, StoreError> {
+    GlobalSecondaryIndex::builder()
+        .index_name(name)
+        .key_schema(key(pk, KeyType::Hash)?)
+        .key_schema(key(sk, KeyType::Range)?)
+        .projection(
+            Projection::builder()
+                .projection_type(ProjectionType::Include)
+                .set_non_key_attributes(Some(attrs.iter().map(|a| (*a).to_owned()).collect()))
+                .build(),
+        )
+        .build()
+        .map_err(build_error)
+}
+
 impl DynamoDbStore {
     /// Creates the table with its index and TTL setting, on-demand billing, and waits until it
     /// is active. Does nothing to a table that already exists. For tests, emulators and local
     /// use; deployments create it from the SAM template.
     pub async fn create_table(&self) -> Result<(), StoreError> {
         let table = self.table.as_ref();
-        let attr = |name: &str| {
-            AttributeDefinition::builder()
-                .attribute_name(name)
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .map_err(build_error)
-        };
-        let key = |name: &str, kind: KeyType| {
-            KeySchemaElement::builder()
-                .attribute_name(name)
-                .key_type(kind)
-                .build()
-                .map_err(build_error)
-        };
-        let index = GlobalSecondaryIndex::builder()
-            .index_name(keys::GSI1)
-            .key_schema(key(keys::GSI1_PK, KeyType::Hash)?)
-            .key_schema(key(keys::GSI1_SK, KeyType::Range)?)
-            // Only what a run listing shows: the state JSON stays out of the index, so a
-            // state write does not copy it there.
-            .projection(
-                Projection::builder()
-                    .projection_type(ProjectionType::Include)
-                    .set_non_key_attributes(Some(
-                        [
-                            keys::RUN_ID,
-                            keys::MODE,
-                            keys::OBJECTIVE,
-                            keys::STATUS,
-                            keys::CREATED_AT,
-                            keys::UPDATED_AT,
-                        ]
-                        .map(str::to_owned)
-                        .to_vec(),
-                    ))
-                    .build(),
-            )
-            .build()
-            .map_err(build_error)?;
-        let active = GlobalSecondaryIndex::builder()
-            .index_name(keys::GSI2)
-            .key_schema(key(keys::GSI2_PK, KeyType::Hash)?)
-            .key_schema(key(keys::GSI2_SK, KeyType::Range)?)
-            .projection(
-                Projection::builder()
-                    .projection_type(ProjectionType::Include)
-                    .set_non_key_attributes(Some(
-                        [keys::RUN_ID, keys::STATUS, keys::CREATED_AT]
-                            .map(str::to_owned)
-                            .to_vec(),
-                    ))
-                    .build(),
-            )
-            .build()
-            .map_err(build_error)?;
+        // Only what a run listing shows: the state JSON stays out of the index, so a state
+        // write does not copy it there.
+        let runs = index(
+            keys::GSI1,
+            (keys::GSI1_PK, keys::GSI1_SK),
+            &[
+                keys::RUN_ID,
+                keys::MODE,
+                keys::OBJECTIVE,
+                keys::STATUS,
+                keys::CREATED_AT,
+                keys::UPDATED_AT,
+            ],
+        )?;
+        let active = index(
+            keys::GSI2,
+            (keys::GSI2_PK, keys::GSI2_SK),
+            &[keys::RUN_ID, keys::STATUS, keys::CREATED_AT],
+        )?;
         let created = self
             .client
             .create_table()
@@ -91,7 +91,7 @@ impl DynamoDbStore {
             .attribute_definitions(attr(keys::GSI2_SK)?)
             .key_schema(key(keys::PK, KeyType::Hash)?)
             .key_schema(key(keys::SK, KeyType::Range)?)
-            .global_secondary_indexes(index)
+            .global_secondary_indexes(runs)
             .global_secondary_indexes(active)
             .send()
             .await;
@@ -106,6 +106,12 @@ impl DynamoDbStore {
             Err(e) => return Err(self.fail("CreateTable", e)),
         }
         self.wait_active().await?;
+        self.enable_ttl().await
+    }
+
+    /// Turns on expiry by the TTL attribute, unless it is on already.
+    async fn enable_ttl(&self) -> Result<(), StoreError> {
+        let table = self.table.as_ref();
         let ttl = TimeToLiveSpecification::builder()
             .enabled(true)
             .attribute_name(keys::TTL)
