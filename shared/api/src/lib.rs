@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -21,11 +21,13 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub mod control;
 pub mod error;
+mod extract;
 pub mod openapi;
 mod sse;
 
 pub use control::{Control, LocalControl, StartedRun};
 pub use error::{ApiError, ErrorBody};
+use extract::{PathParams, QueryParams};
 
 /// The API's knobs, read once by the binary that serves it.
 #[derive(Debug, Clone)]
@@ -78,13 +80,18 @@ pub fn router(control: Arc<dyn Control>, store: Arc<dyn Store>, config: ApiConfi
         .route("/runs/{id}", get(get_run))
         .route("/runs/{id}/events", get(run_events))
         .route("/runs/{id}/cancel", post(cancel_run))
-        .route("/runs/{id}/approvals/{checkpoint}", post(answer_checkpoint))
+        .route(
+            "/runs/{id}/approvals/{checkpointId}",
+            post(answer_checkpoint),
+        )
+        .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     let mut app = Router::new()
         .nest("/api/v1", api)
         .route("/", get(viewer))
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi_json))
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .with_state(state.clone());
     if let Some(cors) = cors_layer(&state.config.cors_origins) {
@@ -120,16 +127,27 @@ async fn not_found() -> ApiError {
     ApiError::NotFound("no such route; see /openapi.json".into())
 }
 
+/// A route that exists, asked with a method it does not serve; axum adds the Allow header.
+async fn method_not_allowed(method: Method) -> ApiError {
+    ApiError::MethodNotAllowed(format!(
+        "{method} is not served here; the Allow header lists the methods that are"
+    ))
+}
+
+/// The token of an `Authorization: Bearer <token>` header. The scheme is case-insensitive
+/// (RFC 9110, 11.1): `bearer` and `BEARER` are `Bearer`.
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim_start_matches(' ');
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 async fn auth(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let Some(key) = state.config.api_key.as_deref() else {
         return next.run(request).await;
     };
-    let given = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
+    match bearer_token(request.headers()) {
         None => ApiError::Unauthorized.into_response(),
         Some(token)
             if bool::from(subtle::ConstantTimeEq::ct_eq(
@@ -242,7 +260,8 @@ async fn run_request(
     body: Body,
 ) -> Result<RunRequest, ApiError> {
     let mut request: RunRequest = read_json(body, state.config.max_body_bytes).await?;
-    if let Some(key) = header_text(headers, "idempotency-key")? {
+    let header_key = header_text(headers, "idempotency-key")?;
+    if let Some(key) = header_key {
         match &request.idempotency_key {
             Some(body_key) if body_key != key => {
                 return Err(ApiError::Invalid {
@@ -254,7 +273,13 @@ async fn run_request(
             _ => request.idempotency_key = Some(key.to_owned()),
         }
     }
-    state.control.validate(&request)?;
+    state.control.validate(&request).map_err(|mut e| {
+        // The key came from the header: the header is what to fix.
+        if e.field == "idempotencyKey" && header_key.is_some() {
+            e.field = "idempotency-key".into();
+        }
+        ApiError::from(e)
+    })?;
     Ok(request)
 }
 
@@ -365,7 +390,7 @@ pub struct RunView {
 
 async fn get_run(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
 ) -> Result<axum::Json<RunView>, ApiError> {
     let run = state
         .store
@@ -389,12 +414,6 @@ async fn get_run(
     }))
 }
 
-#[derive(Debug, Deserialize)]
-struct ListQuery {
-    limit: Option<usize>,
-    cursor: Option<String>,
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RunList {
@@ -406,22 +425,20 @@ pub struct RunList {
 
 async fn list_runs(
     State(state): State<AppState>,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    query: QueryParams,
 ) -> Result<axum::Json<RunList>, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::Invalid {
-        field: "query".into(),
-        message: e.body_text(),
-    })?;
-    let limit = q.limit.unwrap_or(20);
+    let limit = match query.one("limit")? {
+        None => 20,
+        Some(v) => v.trim().parse::<usize>().unwrap_or(0),
+    };
     if !(1..=200).contains(&limit) {
         return Err(ApiError::Invalid {
             field: "limit".into(),
-            message: "must be between 1 and 200".into(),
+            message: "must be a whole number between 1 and 200".into(),
         });
     }
-    let cursor = q
-        .cursor
-        .as_deref()
+    let cursor = query
+        .one("cursor")?
         .map(|c| {
             RunCursor::decode(c).ok_or_else(|| ApiError::Invalid {
                 field: "cursor".into(),
@@ -438,15 +455,10 @@ async fn list_runs(
     Ok(axum::Json(RunList { runs, next_cursor }))
 }
 
-#[derive(Debug, Deserialize)]
-struct EventsQuery {
-    after: Option<String>,
-}
-
 async fn run_events(
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    Query(q): Query<EventsQuery>,
+    PathParams(id): PathParams<String>,
+    query: QueryParams,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let parse = |field: &str, v: &str| {
@@ -455,7 +467,7 @@ async fn run_events(
             message: format!("{v:?} is not a sequence number"),
         })
     };
-    let after = match (header_text(&headers, "last-event-id")?, q.after.as_deref()) {
+    let after = match (header_text(&headers, "last-event-id")?, query.one("after")?) {
         (Some(v), _) => parse("Last-Event-ID", v)?,
         (None, Some(v)) => parse("after", v)?,
         (None, None) => 0,
@@ -485,7 +497,7 @@ pub struct Accepted {
 
 async fn cancel_run(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
 ) -> Result<Response, ApiError> {
     state
         .control
@@ -518,7 +530,7 @@ pub struct ApprovalRequest {
 
 async fn answer_checkpoint(
     State(state): State<AppState>,
-    Path((id, checkpoint)): Path<(String, String)>,
+    PathParams((id, checkpoint)): PathParams<(String, String)>,
     body: Body,
 ) -> Result<Response, ApiError> {
     let answer: ApprovalRequest = read_json(body, state.config.max_body_bytes).await?;

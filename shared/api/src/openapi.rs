@@ -44,7 +44,9 @@ fn build() -> Value {
             "version": env!("CARGO_PKG_VERSION"),
             "description": "Runs of the multi-agent orchestrator: start them, watch their events \
                 over Server-Sent Events, steer them (cancel, answer checkpoints) and read their \
-                reports. Errors are always an ErrorBody with a stable `code`.",
+                reports. Every error of every route, down to an unknown route or method and a bad \
+                path or query parameter, is an ErrorBody (application/json) with a stable `code` \
+                and, when one part of the request is at fault, the `field` naming it.",
         },
         "tags": [
             {"name": "runs", "description": "Start, watch and steer runs."},
@@ -60,8 +62,9 @@ fn build() -> Value {
                     "type": "http",
                     "scheme": "bearer",
                     "description": "Needed on every /api/v1 route when the server has API_KEY \
-                        set: `Authorization: Bearer <API_KEY>`. Without the header the answer is \
-                        401, with a wrong key 403. Without API_KEY no header is needed.",
+                        set: `Authorization: Bearer <API_KEY>`; the scheme is case-insensitive \
+                        (`bearer` works too). Without the header the answer is 401, with a wrong \
+                        key 403. Without API_KEY no header is needed.",
                 },
             },
         },
@@ -303,6 +306,7 @@ fn error_kinds() -> Vec<(ApiError, &'static str)> {
         ApiError::Unauthorized,
         ApiError::Forbidden,
         ApiError::NotFound(String::new()),
+        ApiError::MethodNotAllowed(String::new()),
         ApiError::Conflict(String::new()),
         ApiError::TooLarge(0),
         ApiError::Overloaded {
@@ -318,11 +322,14 @@ fn error_kinds() -> Vec<(ApiError, &'static str)> {
                     "the body is empty or not JSON, or a header is not visible ASCII; `field` names the header"
                 }
                 ApiError::Invalid { .. } => {
-                    "the request breaks a rule; `field` names the JSON path, query parameter or header at fault"
+                    "the request breaks a rule; `field` names the JSON path, path or query parameter, or header at fault"
                 }
                 ApiError::Unauthorized => "no bearer token (the server has API_KEY set)",
                 ApiError::Forbidden => "the bearer token is not the API key",
                 ApiError::NotFound(_) => "no such run, or no such route",
+                ApiError::MethodNotAllowed(_) => {
+                    "the route exists but not with this method; the Allow header lists those it serves"
+                }
                 ApiError::Conflict(_) => "the run has finished, or is not waiting at that checkpoint",
                 ApiError::TooLarge(_) => "the body is larger than the server's limit",
                 ApiError::Overloaded { .. } => {
@@ -597,7 +604,7 @@ fn paths(s: &mut Schemas) -> Value {
             "parameters": [param("RunId")],
             "responses": responses(
                 json!({"200": json_response("The run.", s.output::<RunView>())}),
-                &[&auth[..], &[NOT_FOUND, INTERNAL, UNAVAILABLE]].concat(),
+                &[&auth[..], &[NOT_FOUND, INVALID, INTERNAL, UNAVAILABLE]].concat(),
             ),
         }},
         "/api/v1/runs/{id}/events": {"get": {
@@ -620,7 +627,7 @@ fn paths(s: &mut Schemas) -> Value {
             "parameters": [param("RunId")],
             "responses": responses(
                 json!({"202": json_response("The cancellation was delivered: `status` is `cancelling`.", accepted.clone())}),
-                &[&auth[..], &[NOT_FOUND, CONFLICT, INTERNAL, UNAVAILABLE]].concat(),
+                &[&auth[..], &[NOT_FOUND, CONFLICT, INVALID, INTERNAL, UNAVAILABLE]].concat(),
             ),
         }},
         "/api/v1/runs/{id}/approvals/{checkpointId}": {"post": {

@@ -798,7 +798,7 @@ async fn the_router_answers_as_documented() {
         (
             get("/api/v1/runs?limit=many"),
             StatusCode::UNPROCESSABLE_ENTITY,
-            Some("query"),
+            Some("limit"),
         ),
         (get("/api/v1/runs/nope"), StatusCode::NOT_FOUND, None),
         (get("/api/v1/runs/nope/events"), StatusCode::NOT_FOUND, None),
