@@ -1,6 +1,7 @@
 // The run viewer in headless Chromium, against a real `orchestrator serve`: a person starts a
 // run, watches the plan, the replan and the streamed draft, loses the connection mid-run and gets
-// everything back without a gap, approves the checkpoint, and reads the result.
+// everything back without a gap, approves the checkpoint, and reads the result; then a run left
+// below the QA threshold shows its failed quality gate.
 // Usage: node tests/browser/viewer.mjs <path/to/orchestrator> [screenshot.png]
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -101,9 +102,23 @@ try {
     if (ids.length !== v.frames) throw new Error(`server has ${ids.length} frames, page ${v.frames}`);
     // And the run shows up in the recent runs list.
     await page.waitForSelector(`#runs li[data-run-id="${v.runId}"]`);
+    // It passed QA: no quality gate badge.
+    if (await page.isVisible('#gateBadge')) throw new Error('a passing run shows the quality gate failed');
   });
 
   if (screenshot) await page.screenshot({ path: screenshot, fullPage: true });
+
+  await step('WHEN a run completes below the QA threshold with no revision cycle left THEN the viewer says its quality gate failed', async () => {
+    const before = await page.evaluate(() => window.viewer.runId);
+    await page.fill('#revisions', '0');
+    await page.uncheck('#approval');
+    await page.click('#startButton');
+    await page.waitForFunction(prev => window.viewer.runId !== prev && window.viewer.done, before, { timeout: 60_000 });
+    const status = await page.textContent('#status');
+    if (status !== 'completed') throw new Error(`status ${status}`);
+    await page.waitForSelector('#gateBadge:not(.hidden)');
+    await page.waitForSelector('#gate:not(.hidden)');
+  });
 } catch (e) {
   if (!failed) { failed++; console.log(`FAIL ${e.message}`); }
   console.error(serverLog);
@@ -112,6 +127,6 @@ try {
   server.kill();
   rmSync(work, { recursive: true, force: true });
 }
-const total = 6;
+const total = 7;
 console.log(`viewer: ${passed} passed, ${total - passed} failed`);
 process.exit(passed === total ? 0 : 1);
