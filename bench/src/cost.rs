@@ -298,76 +298,89 @@ impl CostModel {
     /// come from, the lines and the totals. `emulated` is the run the model was given (and
     /// the file it came from), or `None` with the path where measured figures would be read.
     pub fn report(&self, emulated: Option<&EmulatedRun>, figures: &Path) -> String {
-        let o = &self.orchestration;
-        let s = &self.shape;
         let mut out = String::new();
         match emulated {
-            Some(run) => {
-                let by_function: Vec<String> = run
-                    .invocations_by_function()
-                    .iter()
-                    .map(|(f, n)| format!("{n} {f}"))
-                    .collect();
-                let _ = writeln!(
-                    out,
-                    "  measured (emulated stack: {}, run {}): {} states entered + {} task {} = {} Standard state transitions; {} Lambda invocations ({}); function time {} billed ms at {} MB arm64 ({}; debug binaries under cargo lambda watch, durations from the execution history, so an upper bound)",
-                    figures.display(),
-                    run.run_id,
-                    run.states_entered.values().sum::<u64>(),
-                    run.task_retries,
-                    if run.task_retries == 1 {
-                        "retry"
-                    } else {
-                        "retries"
-                    },
-                    o.state_transitions,
-                    o.lambda_invocations,
-                    by_function.join(", "),
-                    o.function_ms,
-                    self.lambda.memory_mb,
-                    match o.function_ms_source {
-                        Source::Emulated => "each invocation rounded up to 1 ms".to_owned(),
-                        _ => format!(
-                            "modelled: the history lacks a duration; {} ms per advance, {} ms per planner/specialist",
-                            self.lambda.advance_ms, self.lambda.worker_overhead_ms
-                        ),
-                    },
-                );
-                let _ = writeln!(
-                    out,
-                    "  the emulated run's own figures: {} DynamoDB write and {} read requests (the streamer's polling included), {} frames, {} ms wall",
-                    run.dynamodb_write_requests,
-                    run.dynamodb_read_requests,
-                    run.frames.values().sum::<u64>(),
-                    run.wall_ms,
-                );
-            }
-            None => {
-                let _ = writeln!(
-                    out,
-                    "  modelled along infra/statemachine.asl.json from the engine's actions in the DynamoDB run: {} planner calls, {} step invocations in {} dispatches -> {} Standard state transitions (no retries), {} Lambda invocations ({} advance incl. Notify); function time {} ms at {} MB arm64 ({} ms per advance, {} ms per planner/specialist, assumed)",
-                    s.planner_calls,
-                    s.step_invocations,
-                    s.dispatches,
-                    o.state_transitions,
-                    o.lambda_invocations,
-                    advance_invocations(s),
-                    o.function_ms,
-                    self.lambda.memory_mb,
-                    self.lambda.advance_ms,
-                    self.lambda.worker_overhead_ms,
-                );
-                let _ = writeln!(
-                    out,
-                    "  (no {}: for measured transitions, invocations and durations run `AWS_E2E=1 bench/run.sh`, or `ORCHESTRATOR_AWS_E2E=1 cargo test -p orchestrator-aws --test aws_run -- --nocapture` then `--aws-figures FILE`)",
-                    figures.display()
-                );
-            }
+            Some(run) => self.write_measured(&mut out, run, figures),
+            None => self.write_modelled(&mut out, figures),
         }
+        self.write_lines(&mut out);
+        out
+    }
+
+    /// Where the figures come from when the emulated AWS run measured them.
+    fn write_measured(&self, out: &mut String, run: &EmulatedRun, figures: &Path) {
+        let o = &self.orchestration;
+        let by_function: Vec<String> = run
+            .invocations_by_function()
+            .iter()
+            .map(|(f, n)| format!("{n} {f}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  measured (emulated stack: {}, run {}): {} states entered + {} task {} = {} Standard state transitions; {} Lambda invocations ({}); function time {} billed ms at {} MB arm64 ({}; debug binaries under cargo lambda watch, durations from the execution history, so an upper bound)",
+            figures.display(),
+            run.run_id,
+            run.states_entered.values().sum::<u64>(),
+            run.task_retries,
+            if run.task_retries == 1 {
+                "retry"
+            } else {
+                "retries"
+            },
+            o.state_transitions,
+            o.lambda_invocations,
+            by_function.join(", "),
+            o.function_ms,
+            self.lambda.memory_mb,
+            match o.function_ms_source {
+                Source::Emulated => "each invocation rounded up to 1 ms".to_owned(),
+                _ => format!(
+                    "modelled: the history lacks a duration; {} ms per advance, {} ms per planner/specialist",
+                    self.lambda.advance_ms, self.lambda.worker_overhead_ms
+                ),
+            },
+        );
+        let _ = writeln!(
+            out,
+            "  the emulated run's own figures: {} DynamoDB write and {} read requests (the streamer's polling included), {} frames, {} ms wall",
+            run.dynamodb_write_requests,
+            run.dynamodb_read_requests,
+            run.frames.values().sum::<u64>(),
+            run.wall_ms,
+        );
+    }
+
+    /// Where the figures come from without an emulated run: the state machine, modelled.
+    fn write_modelled(&self, out: &mut String, figures: &Path) {
+        let o = &self.orchestration;
+        let s = &self.shape;
+        let _ = writeln!(
+            out,
+            "  modelled along infra/statemachine.asl.json from the engine's actions in the DynamoDB run: {} planner calls, {} step invocations in {} dispatches -> {} Standard state transitions (no retries), {} Lambda invocations ({} advance incl. Notify); function time {} ms at {} MB arm64 ({} ms per advance, {} ms per planner/specialist, assumed)",
+            s.planner_calls,
+            s.step_invocations,
+            s.dispatches,
+            o.state_transitions,
+            o.lambda_invocations,
+            advance_invocations(s),
+            o.function_ms,
+            self.lambda.memory_mb,
+            self.lambda.advance_ms,
+            self.lambda.worker_overhead_ms,
+        );
+        let _ = writeln!(
+            out,
+            "  (no {}: for measured transitions, invocations and durations run `AWS_E2E=1 bench/run.sh`, or `ORCHESTRATOR_AWS_E2E=1 cargo test -p orchestrator-aws --test aws_run -- --nocapture` then `--aws-figures FILE`)",
+            figures.display()
+        );
+    }
+
+    /// The model wait, the priced lines and the totals.
+    fn write_lines(&self, out: &mut String) {
         let _ = writeln!(
             out,
             "  model wait: {} ms, the reference workload's scheduled model time, billed at {} MB (modelled)",
-            s.model_ms, self.lambda.memory_mb
+            self.shape.model_ms, self.lambda.memory_mb
         );
         let _ = writeln!(
             out,
@@ -388,6 +401,5 @@ impl CostModel {
             self.total_usd * 1000.0,
             self.total_without_model_wait_usd
         );
-        out
     }
 }
