@@ -280,31 +280,10 @@ async fn completions(State(mock): State<Arc<Mock>>, headers: HeaderMap, body: By
         .unwrap_or_default();
     let header_role = headers.get("x-mock-role").and_then(|v| v.to_str().ok());
     let purpose = role_of(&system, header_role);
-    let limit = mock.config.throttle.first(purpose);
-    if limit > 0 {
-        // Counted whatever the answer, so exactly the first `limit` requests are throttled
-        // however many arrive at once.
-        let seen = mock.counters.per_role[role_index(purpose)].fetch_add(1, Ordering::Relaxed);
-        if seen < limit {
-            mock.counters.throttled.fetch_add(1, Ordering::Relaxed);
-            return throttled(purpose, seen + 1, limit);
-        }
+    if let Some(refused) = throttle(&mock, purpose) {
+        return refused;
     }
-    // Built through serde so the mock keeps compiling as the Model port grows optional fields.
-    let messages: Vec<Value> = req
-        .messages
-        .iter()
-        .filter(|m| m.role == "user" || m.role == "assistant")
-        .map(|m| json!({"role": m.role, "content": content_text(&m.content)}))
-        .collect();
-    let request: ModelRequest = match serde_json::from_value(json!({
-        "purpose": purpose,
-        "system": system,
-        "messages": messages,
-        "temperature": null,
-        "max_tokens": null,
-        "json": false,
-    })) {
+    let request = match model_request(&req.messages, purpose, system) {
         Ok(r) => r,
         Err(e) => {
             return (
@@ -315,12 +294,7 @@ async fn completions(State(mock): State<Arc<Mock>>, headers: HeaderMap, body: By
         }
     };
     let text = mock.model.reply(&request);
-    let input_chars: usize = body.len();
-    let usage = json!({
-        "prompt_tokens": input_chars.div_ceil(4),
-        "completion_tokens": text.len().div_ceil(4),
-        "total_tokens": input_chars.div_ceil(4) + text.len().div_ceil(4),
-    });
+    let usage = token_usage(body.len(), &text);
     let chunks = chunks_of(&text);
     let n = chunks.len().max(1) as u32;
     let cfg = mock.config;
@@ -335,28 +309,93 @@ async fn completions(State(mock): State<Arc<Mock>>, headers: HeaderMap, body: By
     // Counted until the reply is sent (for a stream: until the connection drops its body).
     let active = timed.then(|| Active::enter(&mock));
     if !req.stream {
-        // Built before the wait, so the reply goes out the moment it is due.
-        let reply = json!({
-            "id": "chatcmpl-mock",
-            "object": "chat.completion",
-            "model": "mock",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            "usage": usage,
-        });
-        let body = Bytes::from(reply.to_string());
-        if timed {
-            let late = wait_until(&mock, arrived + scheduled).await;
-            record_late(&mock, late);
-        }
-        return Response::builder()
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(body))
-            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+        let due = timed.then_some(arrived + scheduled);
+        return whole_reply(&mock, &text, usage, due).await;
     }
     c.streamed_calls.fetch_add(1, Ordering::Relaxed);
     c.streamed_chunks.fetch_add(u64::from(n), Ordering::Relaxed);
+    let frames = sse_frames(&chunks, &usage, arrived, cfg);
+    streamed_reply(mock, frames, timed, active)
+}
+
+/// The 429 for a request among the first ones of its role the mock is told to throttle.
+fn throttle(mock: &Mock, purpose: Purpose) -> Option<Response> {
+    let limit = mock.config.throttle.first(purpose);
+    if limit == 0 {
+        return None;
+    }
+    // Counted whatever the answer, so exactly the first `limit` requests are throttled
+    // however many arrive at once.
+    let seen = mock.counters.per_role[role_index(purpose)].fetch_add(1, Ordering::Relaxed);
+    if seen >= limit {
+        return None;
+    }
+    mock.counters.throttled.fetch_add(1, Ordering::Relaxed);
+    Some(throttled(purpose, seen + 1, limit))
+}
+
+/// The offline model's request for the conversation.
+fn model_request(
+    messages: &[WireMessage],
+    purpose: Purpose,
+    system: String,
+) -> Result<ModelRequest, serde_json::Error> {
+    // Built through serde so the mock keeps compiling as the Model port grows optional fields.
+    let messages: Vec<Value> = messages
+        .iter()
+        .filter(|m| m.role == "user" || m.role == "assistant")
+        .map(|m| json!({"role": m.role, "content": content_text(&m.content)}))
+        .collect();
+    serde_json::from_value(json!({
+        "purpose": purpose,
+        "system": system,
+        "messages": messages,
+        "temperature": null,
+        "max_tokens": null,
+        "json": false,
+    }))
+}
+
+/// Token counts at 4 bytes a token, in and out.
+fn token_usage(input_bytes: usize, text: &str) -> Value {
+    json!({
+        "prompt_tokens": input_bytes.div_ceil(4),
+        "completion_tokens": text.len().div_ceil(4),
+        "total_tokens": input_bytes.div_ceil(4) + text.len().div_ceil(4),
+    })
+}
+
+/// A non-streamed answer, sent at `due` when the call is timed.
+async fn whole_reply(mock: &Mock, text: &str, usage: Value, due: Option<Instant>) -> Response {
+    // Built before the wait, so the reply goes out the moment it is due.
+    let reply = json!({
+        "id": "chatcmpl-mock",
+        "object": "chat.completion",
+        "model": "mock",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": usage,
+    });
+    let body = Bytes::from(reply.to_string());
+    if let Some(due) = due {
+        let late = wait_until(mock, due).await;
+        record_late(mock, late);
+    }
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// The SSE frames of a streamed answer, each with the time it is due; the last one carries
+/// the finish reason, the usage and `[DONE]`.
+fn sse_frames(
+    chunks: &[String],
+    usage: &Value,
+    arrived: Instant,
+    cfg: MockConfig,
+) -> Vec<(Instant, Bytes)> {
     let last = chunks.len().saturating_sub(1);
-    let frames: Vec<(Instant, Bytes)> = chunks
+    chunks
         .iter()
         .enumerate()
         .map(|(i, chunk)| {
@@ -378,7 +417,18 @@ async fn completions(State(mock): State<Arc<Mock>>, headers: HeaderMap, body: By
                 Bytes::from(frame),
             )
         })
-        .collect();
+        .collect()
+}
+
+/// A streamed answer: each frame written when it is due (when the call is timed). `active`
+/// is held until the connection drops the body.
+fn streamed_reply(
+    mock: Arc<Mock>,
+    frames: Vec<(Instant, Bytes)>,
+    timed: bool,
+    active: Option<Arc<Active>>,
+) -> Response {
+    let last = frames.len().saturating_sub(1);
     // Each chunk is handed to the connection by the task that writes it, as soon as it is
     // due: no other thread or task sits between the wait and the write.
     let stream =
