@@ -30,7 +30,7 @@ use orchestrator_bench::workload::{OBJECTIVE, one_run, reference_calls, runner_o
 use orchestrator_core::ports::Model;
 use orchestrator_core::types::RunStatus;
 use orchestrator_llm::{OfflineModel, OpenAiModel, Resilience};
-use orchestrator_runner::Store;
+use orchestrator_runner::{Runner, Store};
 use orchestrator_store::{DynamoDbConfig, DynamoDbStore, SqliteStore};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -336,8 +336,51 @@ async fn load(
     }
     let setup = rusage::self_usage();
     let stats_before = mock_stats(&http, base_url).await;
-    let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
+    let mut timed = drive(&runner, &timing, runs, concurrency).await?;
+    let elapsed = started.elapsed();
+    let end = rusage::self_usage();
+    let stats_after = mock_stats(&http, base_url).await;
+    let mock = match (stats_before, stats_after) {
+        (Some(b), Some(a)) => Some(a.minus(&b)),
+        _ => None,
+    };
+    timed.walls.sort_by(f64::total_cmp);
+    let scheduled = scheduled_ms.or_else(|| {
+        mock.filter(|m| m.calls > 0)
+            .map(|m| m.scheduled_us as f64 / 1000.0 / runs as f64)
+    });
+    let mut result = timed.result(runs, concurrency, scheduled);
+    result.runtime = variant.runtime;
+    result.elapsed_s = elapsed.as_secs_f64();
+    result.runs_per_s = runs as f64 / elapsed.as_secs_f64();
+    result.cpu_ms_per_run =
+        (end.cpu.saturating_sub(setup.cpu)).as_secs_f64() * 1000.0 / runs as f64;
+    result.rss_setup_mb = mb(setup.max_rss);
+    result.peak_rss_mb = mb(end.max_rss);
+    result.first_delta_ms_median = counting.as_ref().and_then(|c| first_delta_median(c));
+    result.mock = mock;
+    result.store = counting.map(|c| c.counters());
+    Ok(result)
+}
+
+/// What the runs of a load took, one entry per run, ms.
+struct Timed {
+    /// Wall time of each run.
+    walls: Vec<f64>,
+    /// Time inside its model calls.
+    in_calls: Vec<f64>,
+    completed: usize,
+}
+
+/// `runs` runs, `concurrency` at a time, each timed.
+async fn drive(
+    runner: &Runner,
+    timing: &Arc<TimingModel>,
+    runs: usize,
+    concurrency: usize,
+) -> anyhow::Result<Timed> {
+    let next = Arc::new(AtomicUsize::new(0));
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..concurrency.max(1) {
         let runner = runner.clone();
@@ -359,72 +402,69 @@ async fn load(
             (walls, in_calls, completed)
         });
     }
-    let mut walls = Vec::with_capacity(runs);
-    let mut in_calls = Vec::with_capacity(runs);
-    let mut completed = 0;
+    let mut timed = Timed {
+        walls: Vec::with_capacity(runs),
+        in_calls: Vec::with_capacity(runs),
+        completed: 0,
+    };
     while let Some(joined) = workers.join_next().await {
         let (w, i, c) = joined?;
-        walls.extend(w);
-        in_calls.extend(i);
-        completed += c;
+        timed.walls.extend(w);
+        timed.in_calls.extend(i);
+        timed.completed += c;
     }
-    // Runs overlap above concurrency 1, so their calls cannot be told apart there.
-    let (outside, excess) = if concurrency <= 1 {
-        let mut outside: Vec<f64> = walls.iter().zip(&in_calls).map(|(w, i)| w - i).collect();
-        outside.sort_by(f64::total_cmp);
-        (Some(outside), Some(in_calls))
-    } else {
-        (None, None)
-    };
-    let elapsed = started.elapsed();
-    let end = rusage::self_usage();
-    let stats_after = mock_stats(&http, base_url).await;
-    let mock = match (stats_before, stats_after) {
-        (Some(b), Some(a)) => Some(a.minus(&b)),
-        _ => None,
-    };
-    walls.sort_by(f64::total_cmp);
-    let scheduled = scheduled_ms.or_else(|| {
-        mock.filter(|m| m.calls > 0)
-            .map(|m| m.scheduled_us as f64 / 1000.0 / runs as f64)
-    });
-    let overheads: Option<Vec<f64>> =
-        scheduled.map(|s| walls.iter().map(|w| w - s).collect::<Vec<_>>());
-    let first: Option<f64> = counting.as_ref().and_then(|c| {
-        let mut v: Vec<f64> = c
-            .first_delta_latencies()
-            .iter()
-            .map(|d| d.as_secs_f64() * 1000.0)
-            .collect();
-        v.sort_by(f64::total_cmp);
-        (!v.is_empty()).then(|| percentile(&v, 0.5))
-    });
-    Ok(LoadResult {
-        runs,
-        concurrency,
-        runtime: variant.runtime,
-        completed,
-        elapsed_s: elapsed.as_secs_f64(),
-        runs_per_s: runs as f64 / elapsed.as_secs_f64(),
-        wall_ms_median: percentile(&walls, 0.5),
-        wall_ms_p95: percentile(&walls, 0.95),
-        scheduled_ms: scheduled,
-        overhead_ms_median: overheads.as_ref().map(|o| percentile(o, 0.5)),
-        overhead_ms_p95: overheads.as_ref().map(|o| percentile(o, 0.95)),
-        outside_calls_ms_median: outside.as_ref().map(|o| percentile(o, 0.5)),
-        outside_calls_ms_p95: outside.as_ref().map(|o| percentile(o, 0.95)),
-        in_calls_excess_ms_median: excess.zip(scheduled).map(|(calls, s)| {
-            let mut excess: Vec<f64> = calls.iter().map(|c| c - s).collect();
-            excess.sort_by(f64::total_cmp);
-            percentile(&excess, 0.5)
-        }),
-        cpu_ms_per_run: (end.cpu.saturating_sub(setup.cpu)).as_secs_f64() * 1000.0 / runs as f64,
-        rss_setup_mb: mb(setup.max_rss),
-        peak_rss_mb: mb(end.max_rss),
-        first_delta_ms_median: first,
-        mock,
-        store: counting.map(|c| c.counters()),
-    })
+    Ok(timed)
+}
+
+impl Timed {
+    /// The load's wall times and overheads (`walls` sorted); the process figures are left to
+    /// the caller.
+    fn result(self, runs: usize, concurrency: usize, scheduled: Option<f64>) -> LoadResult {
+        let walls = &self.walls;
+        // Runs overlap above concurrency 1, so their calls cannot be told apart there.
+        let (outside, excess) = if concurrency <= 1 {
+            let mut outside: Vec<f64> = walls
+                .iter()
+                .zip(&self.in_calls)
+                .map(|(w, i)| w - i)
+                .collect();
+            outside.sort_by(f64::total_cmp);
+            (Some(outside), Some(&self.in_calls))
+        } else {
+            (None, None)
+        };
+        let overheads: Option<Vec<f64>> =
+            scheduled.map(|s| walls.iter().map(|w| w - s).collect::<Vec<_>>());
+        LoadResult {
+            runs,
+            concurrency,
+            completed: self.completed,
+            wall_ms_median: percentile(walls, 0.5),
+            wall_ms_p95: percentile(walls, 0.95),
+            scheduled_ms: scheduled,
+            overhead_ms_median: overheads.as_ref().map(|o| percentile(o, 0.5)),
+            overhead_ms_p95: overheads.as_ref().map(|o| percentile(o, 0.95)),
+            outside_calls_ms_median: outside.as_ref().map(|o| percentile(o, 0.5)),
+            outside_calls_ms_p95: outside.as_ref().map(|o| percentile(o, 0.95)),
+            in_calls_excess_ms_median: excess.zip(scheduled).map(|(calls, s)| {
+                let mut excess: Vec<f64> = calls.iter().map(|c| c - s).collect();
+                excess.sort_by(f64::total_cmp);
+                percentile(&excess, 0.5)
+            }),
+            ..LoadResult::default()
+        }
+    }
+}
+
+/// From a generation step's handoff to its first delta, median, ms.
+fn first_delta_median(counting: &CountingStore) -> Option<f64> {
+    let mut v: Vec<f64> = counting
+        .first_delta_latencies()
+        .iter()
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .collect();
+    v.sort_by(f64::total_cmp);
+    (!v.is_empty()).then(|| percentile(&v, 0.5))
 }
 
 // ------------------------------------------------------------------------------------ floor
@@ -830,7 +870,71 @@ fn all(args: AllArgs) -> anyhow::Result<()> {
             figures_path.display()
         );
     }
-    let tmp = tempfile::tempdir()?;
+    let m = measure(&args)?;
+    print_table(&args, &m);
+    let cost = m.dynamo.as_ref().map(|d| cost_of(d, figures.as_ref()));
+    match (&m.dynamo, &cost) {
+        (Some(d), Some(c)) => print_cost(d, c, figures.as_ref(), &figures_path),
+        _ => {
+            println!();
+            println!(
+                "AWS cost: not computed (it needs the DynamoDB run: --dynamodb-endpoint or DYNAMODB_ENDPOINT)"
+            );
+        }
+    }
+    let results = json!({
+        "profile": m.profile,
+        "mock": {"ttft_ms": args.ttft_ms, "chunk_ms": args.chunk_ms, "external_base_url": args.base_url},
+        "targets": m.targets(&args),
+        "load": {
+            "zero_latency": [m.cpu, m.cpu_run, m.zero50, m.zero500],
+            "scheduled_latency": [m.real1, m.real1_run, m.real50, m.real500],
+        },
+        "dynamodb": m.dynamo,
+        "cost": cost,
+        "aws_run_figures": figures.as_ref().map(|f| json!({"path": figures_path, "figures": f})),
+        "prices": cost::PRICES,
+    });
+    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&args.out, serde_json::to_string_pretty(&results)?)?;
+    println!();
+    println!("wrote {}", args.out.display());
+    Ok(())
+}
+
+/// Everything `all` measures: the loads (each in its own process), the floors, exec to first
+/// frame, the idle server and the DynamoDB run.
+struct Measurements {
+    profile: String,
+    /// Zero model latency: one run at a time on `serve`'s runtime and on `run`'s, then 50 and
+    /// 500 at once.
+    cpu: LoadResult,
+    cpu_run: LoadResult,
+    zero50: LoadResult,
+    zero500: LoadResult,
+    /// Scheduled latency, in the same order.
+    real1: LoadResult,
+    real1_run: LoadResult,
+    real50: LoadResult,
+    real500: LoadResult,
+    floor_multi: FloorResult,
+    floor_run: FloorResult,
+    startup: Startup,
+    dynamo: Option<DynamoResult>,
+}
+
+/// What starting the binary costs: exec to first frame (offline model and mock), ms, and the
+/// idle server's RSS, MB.
+struct Startup {
+    exec_offline: Vec<f64>,
+    exec_mock: Vec<f64>,
+    idle_rss: f64,
+    idle_hwm: f64,
+}
+
+fn measure(args: &AllArgs) -> anyhow::Result<Measurements> {
     let (scale, realistic_one) = if args.quick { (4, 3) } else { (1, 10) };
     let profile = std::env::current_exe()?
         .parent()
@@ -863,18 +967,7 @@ fn all(args: AllArgs) -> anyhow::Result<()> {
     let floor_run = floor_in_child(&real_url, realistic_one, Flavor::Current)?;
     let real50 = load_in_child(&real_url, 100 / scale, 50, sched, false, multi)?;
     let real500 = load_in_child(&real_url, 1000 / scale, 500, sched, false, multi)?;
-
-    eprintln!("  exec to first frame, idle server");
-    let n_exec = if args.quick { 5 } else { 15 };
-    let exec_offline = exec_to_first_frame(&args.orchestrator, tmp.path(), &[], n_exec)?;
-    let model_env = [
-        ("MODEL_PROVIDER", "openai"),
-        ("MODEL_ID", "mock"),
-        ("OPENAI_BASE_URL", real_url.as_str()),
-    ];
-    let exec_mock = exec_to_first_frame(&args.orchestrator, tmp.path(), &model_env, n_exec)?;
-    let (idle_rss, idle_hwm) = idle_server(&args.orchestrator, tmp.path())?;
-
+    let startup = startup(&args.orchestrator, &real_url, args.quick)?;
     let dynamo = match &args.dynamodb_endpoint {
         Some(endpoint) => Some(dynamo_in_child(endpoint, &real_url)?),
         None => {
@@ -882,21 +975,102 @@ fn all(args: AllArgs) -> anyhow::Result<()> {
             None
         }
     };
+    Ok(Measurements {
+        profile,
+        cpu,
+        cpu_run,
+        zero50,
+        zero500,
+        real1,
+        real1_run,
+        real50,
+        real500,
+        floor_multi,
+        floor_run,
+        startup,
+        dynamo,
+    })
+}
 
-    // ------------------------------------------------------------------ the table
-    let ttft = args.ttft_ms as f64;
-    let first_delta_over_ttft = real1.first_delta_ms_median.map(|d| d - ttft);
+fn startup(orchestrator: &Path, mock_url: &str, quick: bool) -> anyhow::Result<Startup> {
+    eprintln!("  exec to first frame, idle server");
+    let tmp = tempfile::tempdir()?;
+    let n_exec = if quick { 5 } else { 15 };
+    let exec_offline = exec_to_first_frame(orchestrator, tmp.path(), &[], n_exec)?;
+    let model_env = [
+        ("MODEL_PROVIDER", "openai"),
+        ("MODEL_ID", "mock"),
+        ("OPENAI_BASE_URL", mock_url),
+    ];
+    let exec_mock = exec_to_first_frame(orchestrator, tmp.path(), &model_env, n_exec)?;
+    let (idle_rss, idle_hwm) = idle_server(orchestrator, tmp.path())?;
+    Ok(Startup {
+        exec_offline,
+        exec_mock,
+        idle_rss,
+        idle_hwm,
+    })
+}
+
+impl Measurements {
+    /// The first delta after the mock's time to first token, ms.
+    fn first_delta_over_ttft(&self, args: &AllArgs) -> Option<f64> {
+        let ttft = args.ttft_ms as f64;
+        self.real1.first_delta_ms_median.map(|d| d - ttft)
+    }
+
+    /// How late the mock's own timer was, per run of the scheduled-latency load, ms.
+    fn mock_late_ms(&self) -> Option<f64> {
+        self.real1
+            .mock
+            .map(|m| m.late_us as f64 / 1000.0 / self.real1.runs.max(1) as f64)
+    }
+
+    /// The figures with a target or a place in the README, as `results.json` has them.
+    fn targets(&self, args: &AllArgs) -> Value {
+        let (cpu, cpu_run, real1, real1_run) =
+            (&self.cpu, &self.cpu_run, &self.real1, &self.real1_run);
+        let st = &self.startup;
+        json!({
+            "client_cpu_ms_per_run": {"value": cpu.cpu_ms_per_run, "target": 3.0, "measured": true, "runtime": "multi"},
+            "client_cpu_ms_per_run_current_thread": {"value": cpu_run.cpu_ms_per_run, "target": 3.0, "measured": true, "runtime": "current"},
+            "overhead_ms_median": {"value": real1.overhead_ms_median, "target": 2.0, "measured": true, "runtime": "multi"},
+            "overhead_ms_median_current_thread": {"value": real1_run.overhead_ms_median, "p95": real1_run.overhead_ms_p95, "target": 2.0, "measured": true, "runtime": "current"},
+            "overhead_ms_p95": {"value": real1.overhead_ms_p95, "measured": true},
+            "mock_lateness_ms_per_run": {"value": self.mock_late_ms(), "measured": true},
+            "floor_ms_per_run": {"serve_runtime": self.floor_multi, "run_runtime": self.floor_run, "measured": true},
+            "outside_calls_ms_median": {"value": real1.outside_calls_ms_median, "p95": real1.outside_calls_ms_p95, "measured": true},
+            "in_calls_excess_ms_median": {"value": real1.in_calls_excess_ms_median, "measured": true},
+            "peak_rss_mb_500_concurrent": {"value": self.real500.peak_rss_mb, "target": 60.0, "measured": true},
+            "idle_server_rss_mb": {"value": st.idle_rss, "peak": st.idle_hwm, "target": 10.0, "measured": true},
+            "exec_to_first_frame_ms_offline": {"median": percentile(&st.exec_offline, 0.5), "all": st.exec_offline, "target": 20.0, "measured": true},
+            "exec_to_first_frame_ms_mock": {"median": percentile(&st.exec_mock, 0.5), "all": st.exec_mock, "target": 20.0, "measured": true},
+            "first_delta_ms_over_ttft": {"value": self.first_delta_over_ttft(args), "measured": true},
+        })
+    }
+}
+
+/// One line of the table of targets.
+fn row(name: &str, value: String, target: &str) {
+    println!("{name:<58} {value:>12} {target:>10}");
+}
+
+/// The measurements as `bench-driver all` prints them: the workload, the figures with their
+/// targets, then one line per load.
+fn print_table(args: &AllArgs, m: &Measurements) {
     println!();
     println!(
         "Reference workload: planner -> strategy -> generation -> QA (fails) -> replan -> generation -> QA (passes) -> finalize"
     );
-    if let Some(m) = &cpu.mock {
+    if let Some(mock) = &m.cpu.mock {
+        let runs = m.cpu.runs as u64;
         println!(
-            "  per run: {} model calls ({} streamed), {} chunks of <= 4 chars ({} streamed); build profile: {profile}",
-            m.calls / cpu.runs as u64,
-            m.streamed_calls / cpu.runs as u64,
-            m.chunks / cpu.runs as u64,
-            m.streamed_chunks / cpu.runs as u64
+            "  per run: {} model calls ({} streamed), {} chunks of <= 4 chars ({} streamed); build profile: {}",
+            mock.calls / runs,
+            mock.streamed_calls / runs,
+            mock.chunks / runs,
+            mock.streamed_chunks / runs,
+            m.profile
         );
     }
     println!();
@@ -904,44 +1078,56 @@ fn all(args: AllArgs) -> anyhow::Result<()> {
         "{:<58} {:>12} {:>10}",
         "measured (real engine, OpenAiModel, SqliteStore)", "value", "target"
     );
-    let row = |name: &str, value: String, target: &str| {
-        println!("{name:<58} {value:>12} {target:>10}");
-    };
+    print_overhead_rows(args, m);
+    print_breakdown_rows(args, m);
+    if let Some(st) = &m.real1.store {
+        print_store_rows(st, m.real1.runs);
+    }
+    print_startup_rows(&m.startup);
+    print_loads(m);
+}
+
+/// Client CPU at zero latency and the overhead over the scheduled model time.
+fn print_overhead_rows(args: &AllArgs, m: &Measurements) {
     row(
         "client CPU per run, zero model latency (ms) [serve]",
-        format!("{:.2}", cpu.cpu_ms_per_run),
+        format!("{:.2}", m.cpu.cpu_ms_per_run),
         "<= 3",
     );
     row(
         "  the same, one run on the runtime of `orchestrator run`",
-        format!("{:.2}", cpu_run.cpu_ms_per_run),
+        format!("{:.2}", m.cpu_run.cpu_ms_per_run),
         "<= 3",
     );
     row(
         &format!(
-            "overhead over scheduled model time, median (ms) [ttft {ttft} ms, {} ms/chunk]",
-            args.chunk_ms
+            "overhead over scheduled model time, median (ms) [ttft {} ms, {} ms/chunk]",
+            args.ttft_ms as f64, args.chunk_ms
         ),
-        fmt_opt(real1.overhead_ms_median, 2),
+        fmt_opt(m.real1.overhead_ms_median, 2),
         "<= 2",
     );
     row(
         "overhead over scheduled model time, p95 (ms)",
-        fmt_opt(real1.overhead_ms_p95, 2),
+        fmt_opt(m.real1.overhead_ms_p95, 2),
         "",
     );
     row(
         "  the same, median / p95, on the runtime of `orchestrator run` (ms)",
         format!(
             "{} / {}",
-            fmt_opt(real1_run.overhead_ms_median, 2),
-            fmt_opt(real1_run.overhead_ms_p95, 2)
+            fmt_opt(m.real1_run.overhead_ms_median, 2),
+            fmt_opt(m.real1_run.overhead_ms_p95, 2)
         ),
         "<= 2",
     );
-    let mock_late_ms = real1
-        .mock
-        .map(|m| m.late_us as f64 / 1000.0 / real1.runs.max(1) as f64);
+}
+
+/// Where the overhead goes: the floor of a bare client, outside and inside the calls, the
+/// mock's own lateness, and the first delta.
+fn print_breakdown_rows(args: &AllArgs, m: &Measurements) {
+    let (real1, real1_run) = (&m.real1, &m.real1_run);
+    let (floor_multi, floor_run) = (&m.floor_multi, &m.floor_run);
     row(
         "  floor: the 7 calls alone from a bare client, multi / one thread (ms)",
         format!(
@@ -950,22 +1136,18 @@ fn all(args: AllArgs) -> anyhow::Result<()> {
         ),
         "",
     );
+    let above = |load: &LoadResult, floor: &FloorResult| {
+        fmt_opt(
+            load.overhead_ms_median.map(|o| o - floor.excess_ms_median),
+            2,
+        )
+    };
     row(
         "  overhead above the floor, multi / one thread, median (ms)",
         format!(
             "{} / {}",
-            fmt_opt(
-                real1
-                    .overhead_ms_median
-                    .map(|o| o - floor_multi.excess_ms_median),
-                2
-            ),
-            fmt_opt(
-                real1_run
-                    .overhead_ms_median
-                    .map(|o| o - floor_run.excess_ms_median),
-                2
-            )
+            above(real1, floor_multi),
+            above(real1_run, floor_run)
         ),
         "",
     );
@@ -989,7 +1171,7 @@ fn all(args: AllArgs) -> anyhow::Result<()> {
     );
     row(
         "    of which the mock's own timer lateness, per run (ms)",
-        fmt_opt(mock_late_ms, 2),
+        fmt_opt(m.mock_late_ms(), 2),
         "",
     );
     row(
@@ -999,64 +1181,73 @@ fn all(args: AllArgs) -> anyhow::Result<()> {
     );
     row(
         "first delta after ttft (ms; delta batching: 50 ms / 256 B)",
-        fmt_opt(first_delta_over_ttft, 1),
+        fmt_opt(m.first_delta_over_ttft(args), 1),
         "",
     );
-    // Counted on the scheduled-latency run (warm-up included, so per run over runs + 1).
-    if let Some(st) = &real1.store {
-        let per_run = |n: u64| n as f64 / (real1.runs + 1) as f64;
-        let writes = st.create_run
-            + st.commit
-            + st.commit_transition
-            + st.append
-            + st.put_step_result
-            + st.open_step;
-        let deltas = st.events.get("delta").copied().unwrap_or(0);
-        row(
-            "store writes per run (one SQLite transaction each)",
-            format!("{:.1}", per_run(writes)),
-            "",
-        );
-        row(
-            "  of which carry events (one batch each) / events / deltas",
-            format!(
-                "{:.0} / {:.0} / {:.0}",
-                per_run(st.event_batches),
-                per_run(st.events.values().sum()),
-                per_run(deltas)
-            ),
-            "",
-        );
-    }
+}
+
+/// The store's writes, counted on the scheduled-latency run (warm-up included, so per run
+/// over runs + 1).
+fn print_store_rows(st: &orchestrator_bench::counting::StoreCounters, runs: usize) {
+    let per_run = |n: u64| n as f64 / (runs + 1) as f64;
+    let writes = st.create_run
+        + st.commit
+        + st.commit_transition
+        + st.append
+        + st.put_step_result
+        + st.open_step;
+    let deltas = st.events.get("delta").copied().unwrap_or(0);
+    row(
+        "store writes per run (one SQLite transaction each)",
+        format!("{:.1}", per_run(writes)),
+        "",
+    );
+    row(
+        "  of which carry events (one batch each) / events / deltas",
+        format!(
+            "{:.0} / {:.0} / {:.0}",
+            per_run(st.event_batches),
+            per_run(st.events.values().sum()),
+            per_run(deltas)
+        ),
+        "",
+    );
+}
+
+fn print_startup_rows(st: &Startup) {
     row(
         "exec -> first frame, offline model, median (ms)",
-        format!("{:.1}", percentile(&exec_offline, 0.5)),
+        format!("{:.1}", percentile(&st.exec_offline, 0.5)),
         "<= 20",
     );
     row(
         "exec -> first frame, OpenAI-compatible mock, median (ms)",
-        format!("{:.1}", percentile(&exec_mock, 0.5)),
+        format!("{:.1}", percentile(&st.exec_mock, 0.5)),
         "<= 20",
     );
     row(
         "idle `orchestrator serve` RSS (MB)",
-        format!("{idle_rss:.1}"),
+        format!("{:.1}", st.idle_rss),
         "<= 10",
     );
+}
+
+/// One line per load: throughput, wall time, CPU and peak RSS.
+fn print_loads(m: &Measurements) {
     println!();
     println!(
         "{:<26} {:>7} {:>6} {:>10} {:>11} {:>11} {:>10} {:>10}",
         "load", "runs", "conc", "runs/s", "wall p50", "wall p95", "CPU/run", "peak RSS"
     );
     for (name, r) in [
-        ("zero latency", &cpu),
-        ("zero latency, one thread", &cpu_run),
-        ("zero latency", &zero50),
-        ("zero latency", &zero500),
-        ("ttft+chunks scheduled", &real1),
-        ("ttft+chunks, one thread", &real1_run),
-        ("ttft+chunks scheduled", &real50),
-        ("ttft+chunks scheduled", &real500),
+        ("zero latency", &m.cpu),
+        ("zero latency, one thread", &m.cpu_run),
+        ("zero latency", &m.zero50),
+        ("zero latency", &m.zero500),
+        ("ttft+chunks scheduled", &m.real1),
+        ("ttft+chunks, one thread", &m.real1_run),
+        ("ttft+chunks scheduled", &m.real50),
+        ("ttft+chunks scheduled", &m.real500),
     ] {
         println!(
             "{:<26} {:>7} {:>6} {:>10.1} {:>9.1}ms {:>9.1}ms {:>8.2}ms {:>8.1}MB",
@@ -1072,119 +1263,77 @@ fn all(args: AllArgs) -> anyhow::Result<()> {
     }
     println!(
         "(peak RSS at 500 concurrent runs in one process, target <= 60 MB: {:.1} MB)",
-        real500.peak_rss_mb
+        m.real500.peak_rss_mb
     );
+}
 
-    // ------------------------------------------------------------------ the cost model
-    let cost = dynamo.as_ref().map(|d| {
-        let store = &d.store;
-        let n = |k: &str| store.get(k).and_then(Value::as_u64).unwrap_or(0);
-        let plan_updates = store
-            .get("events")
-            .and_then(|e| e.get("plan_update"))
-            .and_then(Value::as_u64)
-            .unwrap_or(0);
-        let shape = RunShape {
-            planner_calls: plan_updates,
-            step_invocations: n("handoffs_occurred"),
-            dispatches: n("dispatch_writes"),
-            model_ms: d.mock.map_or(0, |m| m.scheduled_us / 1000),
-        };
-        let f = |k: &str| d.capacity.get(k).and_then(Value::as_f64).unwrap_or(0.0);
-        let stored = d
-            .capacity
-            .get("bytes_written")
-            .and_then(Value::as_u64)
-            .unwrap_or(0);
-        cost::model(
-            shape,
-            LambdaAssumptions::default(),
-            figures.as_ref(),
-            f("wru"),
-            f("rru"),
-            stored,
-        )
-    });
-    if let (Some(d), Some(c)) = (&dynamo, &cost) {
-        println!();
-        println!("AWS cost of one reference run (prices: {})", c.prices_as_of);
-        println!(
-            "  measured on the emulator (DynamoDbStore, status {}): requests {}, items written {}, {} bytes, {:.1} WRU; items read {}, {:.1} RRU; events {}",
-            d.status,
-            d.capacity
-                .get("requests")
-                .map(Value::to_string)
-                .unwrap_or_default(),
-            d.capacity
-                .get("items_written")
-                .and_then(Value::as_u64)
-                .unwrap_or(0),
-            d.capacity
-                .get("bytes_written")
-                .and_then(Value::as_u64)
-                .unwrap_or(0),
-            c.lines
-                .iter()
-                .find(|l| l.item == "dynamodb_wru")
-                .map_or(0.0, |l| l.quantity),
-            d.capacity
-                .get("items_read")
-                .and_then(Value::as_u64)
-                .unwrap_or(0),
-            c.lines
-                .iter()
-                .find(|l| l.item == "dynamodb_rru")
-                .map_or(0.0, |l| l.quantity),
-            d.store
-                .get("events")
-                .map(Value::to_string)
-                .unwrap_or_default(),
-        );
-        if let Some(l) = d.lease_wru {
-            print_lease_cost(l, d.store.get("lease_writes").and_then(Value::as_u64));
-        }
-        print!("{}", c.report(figures.as_ref(), &figures_path));
-    }
-    if dynamo.is_none() {
-        println!();
-        println!(
-            "AWS cost: not computed (it needs the DynamoDB run: --dynamodb-endpoint or DYNAMODB_ENDPOINT)"
-        );
-    }
+/// The cost model over the DynamoDB run's shape and capacity (and the emulated AWS run's
+/// figures, when there are some).
+fn cost_of(d: &DynamoResult, figures: Option<&EmulatedRun>) -> cost::CostModel {
+    let store = &d.store;
+    let n = |k: &str| store.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let plan_updates = store
+        .get("events")
+        .and_then(|e| e.get("plan_update"))
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let shape = RunShape {
+        planner_calls: plan_updates,
+        step_invocations: n("handoffs_occurred"),
+        dispatches: n("dispatch_writes"),
+        model_ms: d.mock.map_or(0, |m| m.scheduled_us / 1000),
+    };
+    let f = |k: &str| d.capacity.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+    let stored = d
+        .capacity
+        .get("bytes_written")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    cost::model(
+        shape,
+        LambdaAssumptions::default(),
+        figures,
+        f("wru"),
+        f("rru"),
+        stored,
+    )
+}
 
-    let results = json!({
-        "profile": profile,
-        "mock": {"ttft_ms": args.ttft_ms, "chunk_ms": args.chunk_ms, "external_base_url": args.base_url},
-        "targets": {
-            "client_cpu_ms_per_run": {"value": cpu.cpu_ms_per_run, "target": 3.0, "measured": true, "runtime": "multi"},
-            "client_cpu_ms_per_run_current_thread": {"value": cpu_run.cpu_ms_per_run, "target": 3.0, "measured": true, "runtime": "current"},
-            "overhead_ms_median": {"value": real1.overhead_ms_median, "target": 2.0, "measured": true, "runtime": "multi"},
-            "overhead_ms_median_current_thread": {"value": real1_run.overhead_ms_median, "p95": real1_run.overhead_ms_p95, "target": 2.0, "measured": true, "runtime": "current"},
-            "overhead_ms_p95": {"value": real1.overhead_ms_p95, "measured": true},
-            "mock_lateness_ms_per_run": {"value": mock_late_ms, "measured": true},
-            "floor_ms_per_run": {"serve_runtime": floor_multi, "run_runtime": floor_run, "measured": true},
-            "outside_calls_ms_median": {"value": real1.outside_calls_ms_median, "p95": real1.outside_calls_ms_p95, "measured": true},
-            "in_calls_excess_ms_median": {"value": real1.in_calls_excess_ms_median, "measured": true},
-            "peak_rss_mb_500_concurrent": {"value": real500.peak_rss_mb, "target": 60.0, "measured": true},
-            "idle_server_rss_mb": {"value": idle_rss, "peak": idle_hwm, "target": 10.0, "measured": true},
-            "exec_to_first_frame_ms_offline": {"median": percentile(&exec_offline, 0.5), "all": exec_offline, "target": 20.0, "measured": true},
-            "exec_to_first_frame_ms_mock": {"median": percentile(&exec_mock, 0.5), "all": exec_mock, "target": 20.0, "measured": true},
-            "first_delta_ms_over_ttft": {"value": first_delta_over_ttft, "measured": true},
-        },
-        "load": {
-            "zero_latency": [cpu, cpu_run, zero50, zero500],
-            "scheduled_latency": [real1, real1_run, real50, real500],
-        },
-        "dynamodb": dynamo,
-        "cost": cost,
-        "aws_run_figures": figures.as_ref().map(|f| json!({"path": figures_path, "figures": f})),
-        "prices": cost::PRICES,
-    });
-    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&args.out, serde_json::to_string_pretty(&results)?)?;
+/// What the DynamoDB run measured, what leases add, and the cost model's report.
+fn print_cost(
+    d: &DynamoResult,
+    c: &cost::CostModel,
+    figures: Option<&EmulatedRun>,
+    figures_path: &Path,
+) {
+    let capacity = |k: &str| d.capacity.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let quantity = |item: &str| {
+        c.lines
+            .iter()
+            .find(|l| l.item == item)
+            .map_or(0.0, |l| l.quantity)
+    };
     println!();
-    println!("wrote {}", args.out.display());
-    Ok(())
+    println!("AWS cost of one reference run (prices: {})", c.prices_as_of);
+    println!(
+        "  measured on the emulator (DynamoDbStore, status {}): requests {}, items written {}, {} bytes, {:.1} WRU; items read {}, {:.1} RRU; events {}",
+        d.status,
+        d.capacity
+            .get("requests")
+            .map(Value::to_string)
+            .unwrap_or_default(),
+        capacity("items_written"),
+        capacity("bytes_written"),
+        quantity("dynamodb_wru"),
+        capacity("items_read"),
+        quantity("dynamodb_rru"),
+        d.store
+            .get("events")
+            .map(Value::to_string)
+            .unwrap_or_default(),
+    );
+    if let Some(l) = d.lease_wru {
+        print_lease_cost(l, d.store.get("lease_writes").and_then(Value::as_u64));
+    }
+    print!("{}", c.report(figures, figures_path));
 }
