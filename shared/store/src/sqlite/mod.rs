@@ -2,8 +2,8 @@
 //! the CLI and tests. One file holds runs (state snapshots), plan versions, step results,
 //! reports and the per-run event log.
 //!
-//! rusqlite is blocking, so every call runs on tokio's blocking pool against one connection
-//! behind a mutex. Writers take `BEGIN IMMEDIATE` transactions, so seqs stay gap-free and
+//! rusqlite is blocking; every call runs its statements inline, against one connection
+//! behind a mutex (`SqliteStore::call` says why not on the blocking pool). Writers take `BEGIN IMMEDIATE` transactions, so seqs stay gap-free and
 //! ordered even when several processes write the same file (SQLite serialises them; the busy
 //! timeout makes the others wait instead of failing).
 //!
