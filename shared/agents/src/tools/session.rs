@@ -67,42 +67,10 @@ impl Turns<'_> {
         request.tools = self.tools.specs();
         let max_turns = self.max_turns();
         let mut usage = Usage::default();
-        let mut turns = 0;
         let mut hitl_left = self.ctx.hitl_remaining;
-        if let Some(resume) = &self.ctx.resume {
-            // Carry on where the step paused: the answer is the pending call's result.
-            request.messages = resume.session.messages.clone();
-            turns = resume.session.turns;
-            let mut pending: VecDeque<ToolCall> = resume.session.pending.clone().into();
-            if let Some(call) = pending.pop_front() {
-                let result = resume.answer.to_result();
-                let is_error = resume.answer.denied.is_some();
-                self.answered(&mut request.messages, &call, result, is_error)
-                    .await;
-            }
-            if let Step::Pause(args, rest) = self
-                .answer_calls(pending, &mut request.messages, &env, &mut hitl_left)
-                .await
-            {
-                return Err(self.pause(args, rest, request.messages, turns, usage));
-            }
-        }
+        let mut turns = self.resume(&mut request, &env, &mut hitl_left).await?;
         loop {
-            let last = turns + 1 >= max_turns;
-            if !request.tools.is_empty() {
-                request.tool_choice = if last {
-                    ToolChoice::None
-                } else if turns == 0 && self.tools.required {
-                    ToolChoice::Required
-                } else {
-                    ToolChoice::Auto
-                };
-                if last && turns > 0 {
-                    request.messages.push(ChatMessage::user(
-                        "That was the last tool call this step allows: answer now, without calling tools.",
-                    ));
-                }
-            }
+            self.offer_tools(&mut request, turns, max_turns);
             turns += 1;
             let reply = self.call(&request).await?;
             usage.add(reply.usage);
@@ -124,28 +92,9 @@ impl Turns<'_> {
                 });
             }
             if turns >= max_turns {
-                // The model asked for tools on its last turn: the calls are refused.
-                for call in &reply.tool_calls {
-                    self.event(tool_call_event(call, &self.ctx.step.id)).await;
-                    let refusal = json!({ "error": format!("refused: the turn limit ({max_turns}) is reached") });
-                    self.event(tool_result_event(&call.name, refusal, &self.ctx.step.id))
-                        .await;
-                }
-                self.event(EventKind::warning(
-                    format!(
-                        "Step {} reached its turn limit ({max_turns} model calls) with tool calls pending",
-                        self.ctx.step.id
-                    ),
-                    Some(json!({ "stepId": self.ctx.step.id, "maxTurns": max_turns })),
-                ))
-                .await;
-                if reply.text.trim().is_empty() {
-                    return Err(AgentError::Invalid(format!(
-                        "the turn limit ({max_turns} model calls) was reached before the model answered"
-                    )));
-                }
+                let text = self.refuse_past_limit(reply, max_turns).await?;
                 return Ok(Finished {
-                    text: reply.text,
+                    text,
                     usage,
                     request,
                 });
@@ -166,6 +115,87 @@ impl Turns<'_> {
                 return Err(self.pause(args, rest, request.messages, turns, usage));
             }
         }
+    }
+
+    /// Carries on where the step paused, if it did: the person's answer is the pending call's
+    /// result, and the calls after it are answered too. Returns the turns already taken.
+    async fn resume(
+        &self,
+        request: &mut ModelRequest,
+        env: &OnceLock<Arc<StepContext>>,
+        hitl_left: &mut u32,
+    ) -> Result<u32, AgentError> {
+        let Some(resume) = &self.ctx.resume else {
+            return Ok(0);
+        };
+        request.messages = resume.session.messages.clone();
+        let turns = resume.session.turns;
+        let mut pending: VecDeque<ToolCall> = resume.session.pending.clone().into();
+        if let Some(call) = pending.pop_front() {
+            let result = resume.answer.to_result();
+            let is_error = resume.answer.denied.is_some();
+            self.answered(&mut request.messages, &call, result, is_error)
+                .await;
+        }
+        if let Step::Pause(args, rest) = self
+            .answer_calls(pending, &mut request.messages, env, hitl_left)
+            .await
+        {
+            let messages = std::mem::take(&mut request.messages);
+            return Err(self.pause(args, rest, messages, turns, Usage::default()));
+        }
+        Ok(turns)
+    }
+
+    /// Whether the next call may (or, first with `toolPolicy: required`, must) call tools: the
+    /// last turn may not, and after tool calls the model is told so.
+    fn offer_tools(&self, request: &mut ModelRequest, turns: u32, max_turns: u32) {
+        if request.tools.is_empty() {
+            return;
+        }
+        let last = turns + 1 >= max_turns;
+        request.tool_choice = if last {
+            ToolChoice::None
+        } else if turns == 0 && self.tools.required {
+            ToolChoice::Required
+        } else {
+            ToolChoice::Auto
+        };
+        if last && turns > 0 {
+            request.messages.push(ChatMessage::user(
+                "That was the last tool call this step allows: answer now, without calling tools.",
+            ));
+        }
+    }
+
+    /// The model asked for tools on its last turn: the calls are refused, a `warning` says so,
+    /// and the reply's text is the answer if it has any.
+    async fn refuse_past_limit(
+        &self,
+        reply: ModelResponse,
+        max_turns: u32,
+    ) -> Result<String, AgentError> {
+        for call in &reply.tool_calls {
+            self.event(tool_call_event(call, &self.ctx.step.id)).await;
+            let refusal =
+                json!({ "error": format!("refused: the turn limit ({max_turns}) is reached") });
+            self.event(tool_result_event(&call.name, refusal, &self.ctx.step.id))
+                .await;
+        }
+        self.event(EventKind::warning(
+            format!(
+                "Step {} reached its turn limit ({max_turns} model calls) with tool calls pending",
+                self.ctx.step.id
+            ),
+            Some(json!({ "stepId": self.ctx.step.id, "maxTurns": max_turns })),
+        ))
+        .await;
+        if reply.text.trim().is_empty() {
+            return Err(AgentError::Invalid(format!(
+                "the turn limit ({max_turns} model calls) was reached before the model answered"
+            )));
+        }
+        Ok(reply.text)
     }
 
     fn answer_in_call(&self, request: &ModelRequest, reply: &ModelResponse) -> Option<String> {
