@@ -495,6 +495,8 @@ const TOO_LARGE: StatusCode = StatusCode::PAYLOAD_TOO_LARGE;
 const INVALID: StatusCode = StatusCode::UNPROCESSABLE_ENTITY;
 const INTERNAL: StatusCode = StatusCode::INTERNAL_SERVER_ERROR;
 const UNAVAILABLE: StatusCode = StatusCode::SERVICE_UNAVAILABLE;
+/// What every /api/v1 operation may answer when the server has an API key.
+const AUTH: [StatusCode; 2] = [UNAUTHORIZED, FORBIDDEN];
 
 /// A request for the examples: what a client typically sends.
 fn run_request_example() -> Value {
@@ -546,6 +548,7 @@ fn sse_example() -> String {
     out
 }
 
+/// `paths`: the operations that start and list runs, those on one run, then the meta ones.
 fn paths(s: &mut Schemas) -> Value {
     let run_request = s.input::<RunRequest>();
     let start_response = s.output::<StartResponse>();
@@ -554,9 +557,24 @@ fn paths(s: &mut Schemas) -> Value {
     // The data of every frame: generated now so that its definition is there.
     s.output::<Event>();
     s.output::<ErrorBody>();
-    let auth = [UNAUTHORIZED, FORBIDDEN];
+    let sections = [
+        start_operations(s, run_request, start_response),
+        run_operations(s, approval, accepted),
+        meta_operations(s),
+    ];
+    let mut paths = Map::new();
+    for section in sections {
+        if let Value::Object(operations) = section {
+            paths.extend(operations);
+        }
+    }
+    Value::Object(paths)
+}
+
+/// Starting a run (streamed or in the background) and listing runs.
+fn start_operations(s: &mut Schemas, run_request: Value, start_response: Value) -> Value {
     let start_errors = [
-        &auth[..],
+        &AUTH[..],
         &[BAD_REQUEST, TOO_LARGE, INVALID, INTERNAL, UNAVAILABLE],
     ]
     .concat();
@@ -593,10 +611,16 @@ fn paths(s: &mut Schemas) -> Value {
                 "parameters": [param("Limit"), param("Cursor")],
                 "responses": responses(
                     json!({"200": json_response("A page of runs.", s.output::<RunList>())}),
-                    &[&auth[..], &[INVALID, INTERNAL, UNAVAILABLE]].concat(),
+                    &[&AUTH[..], &[INVALID, INTERNAL, UNAVAILABLE]].concat(),
                 ),
             },
         },
+    })
+}
+
+/// One run: read it, stream its events, cancel it, answer its checkpoint.
+fn run_operations(s: &mut Schemas, approval: Value, accepted: Value) -> Value {
+    json!({
         "/api/v1/runs/{id}": {"get": {
             "operationId": "getRun",
             "tags": ["runs"],
@@ -604,7 +628,7 @@ fn paths(s: &mut Schemas) -> Value {
             "parameters": [param("RunId")],
             "responses": responses(
                 json!({"200": json_response("The run.", s.output::<RunView>())}),
-                &[&auth[..], &[NOT_FOUND, INVALID, INTERNAL, UNAVAILABLE]].concat(),
+                &[&AUTH[..], &[NOT_FOUND, INVALID, INTERNAL, UNAVAILABLE]].concat(),
             ),
         }},
         "/api/v1/runs/{id}/events": {"get": {
@@ -616,7 +640,7 @@ fn paths(s: &mut Schemas) -> Value {
             "parameters": [param("RunId"), param("LastEventId"), param("After")],
             "responses": responses(
                 json!({"200": event_stream_response("The run's events after the given one.")}),
-                &[&auth[..], &[BAD_REQUEST, NOT_FOUND, INVALID, INTERNAL, UNAVAILABLE]].concat(),
+                &[&AUTH[..], &[BAD_REQUEST, NOT_FOUND, INVALID, INTERNAL, UNAVAILABLE]].concat(),
             ),
         }},
         "/api/v1/runs/{id}/cancel": {"post": {
@@ -627,7 +651,7 @@ fn paths(s: &mut Schemas) -> Value {
             "parameters": [param("RunId")],
             "responses": responses(
                 json!({"202": json_response("The cancellation was delivered: `status` is `cancelling`.", accepted.clone())}),
-                &[&auth[..], &[NOT_FOUND, CONFLICT, INVALID, INTERNAL, UNAVAILABLE]].concat(),
+                &[&AUTH[..], &[NOT_FOUND, CONFLICT, INVALID, INTERNAL, UNAVAILABLE]].concat(),
             ),
         }},
         "/api/v1/runs/{id}/approvals/{checkpointId}": {"post": {
@@ -642,9 +666,15 @@ fn paths(s: &mut Schemas) -> Value {
                     "The answer was delivered: `status` is `resuming` or `rejected`.",
                     accepted,
                 )}),
-                &[&auth[..], &[BAD_REQUEST, NOT_FOUND, CONFLICT, TOO_LARGE, INVALID, INTERNAL, UNAVAILABLE]].concat(),
+                &[&AUTH[..], &[BAD_REQUEST, NOT_FOUND, CONFLICT, TOO_LARGE, INVALID, INTERNAL, UNAVAILABLE]].concat(),
             ),
         }},
+    })
+}
+
+/// The viewer page, health and this document: no API key needed.
+fn meta_operations(s: &mut Schemas) -> Value {
+    json!({
         "/": {"get": {
             "operationId": "viewer",
             "tags": ["meta"],
