@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use orchestrator_aws::bootstrap::{Aws, InitError, functions_from_env, required};
-use orchestrator_aws::trigger::{EventMapping, SqsDeadLetters, TriggerFunction};
+use orchestrator_aws::bootstrap::{Aws, functions_from_env, mapping_from_env, required};
+use orchestrator_aws::trigger::{SqsDeadLetters, TriggerFunction};
 use orchestrator_aws::{AwsApprovalWaits, SfnControl};
 use orchestrator_runner::RunnerConfig;
 
@@ -14,15 +14,7 @@ async fn main() -> anyhow::Result<()> {
     orchestrator_aws::telemetry::init_logging();
     let aws = Aws::from_env().await?;
     let functions = functions_from_env()?;
-    let mapping = match std::env::var("EVENT_MAPPING") {
-        Ok(text) if !text.trim().is_empty() => Some(EventMapping::parse(&text).map_err(
-            |message| InitError::Config {
-                name: "EVENT_MAPPING",
-                message,
-            },
-        )?),
-        _ => None,
-    };
+    let mapping = mapping_from_env()?;
     let transitions = aws.transitions(&functions, RunnerConfig::default());
     let sfn = aws.sfn();
     let control = SfnControl {

@@ -10,28 +10,16 @@ use orchestrator_llm::LlmConfig;
 use orchestrator_runner::{RunnerConfig, Store, Transitions};
 use orchestrator_store::{DynamoDbConfig, DynamoDbStore};
 
+pub use crate::error::InitError;
+use crate::error::{AwsError, Service};
+use crate::handlers::Delivery;
 use crate::route::FunctionMap;
+use crate::trigger::EventMapping;
 
 /// The capabilities of the reference team; each runs in the function of the same name unless
 /// SPECIALIST_FUNCTIONS says otherwise.
 pub const DEFAULT_SPECIALISTS: &str =
     "strategy=strategy,generation=generation,qa=qa,finalize=finalize";
-
-#[derive(Debug, thiserror::Error)]
-pub enum InitError {
-    #[error("{name}: {message}")]
-    Config { name: &'static str, message: String },
-    #[error("{0}")]
-    Store(#[from] orchestrator_store::ConfigError),
-    #[error("LLM configuration: {0}")]
-    Llm(#[from] orchestrator_llm::ConfigError),
-    #[error("{name}: could not read the secret {id}: {message}")]
-    Secret {
-        name: &'static str,
-        id: String,
-        message: String,
-    },
-}
 
 fn var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
@@ -78,12 +66,11 @@ impl Aws {
             .map_err(|e| InitError::Secret {
                 name,
                 id: id.to_owned(),
-                message: aws_sdk_secretsmanager::error::DisplayErrorContext(e).to_string(),
+                source: AwsError::call(Service::SecretsManager, "GetSecretValue", &e),
             })?;
-        out.secret_string.ok_or_else(|| InitError::Secret {
+        out.secret_string.ok_or_else(|| InitError::SecretNotText {
             name,
             id: id.to_owned(),
-            message: "the secret has no string value".into(),
         })
     }
 
@@ -102,9 +89,9 @@ impl Aws {
     }
 
     /// Completion events on the bus named by `EVENT_BUS_NAME`; none when it is unset.
-    pub fn delivery(&self) -> Option<crate::handlers::Delivery> {
+    pub fn delivery(&self) -> Option<Delivery> {
         let bus = var("EVENT_BUS_NAME")?;
-        Some(crate::handlers::Delivery {
+        Some(Delivery {
             completions: Arc::new(crate::completion::EventBridgeCompletions {
                 client: aws_sdk_eventbridge::Client::new(&self.sdk),
                 bus,
@@ -128,28 +115,28 @@ impl Aws {
 /// `SPECIALIST_FUNCTIONS`, or the reference team in functions named after their capability.
 pub fn functions_from_env() -> Result<FunctionMap, InitError> {
     let spec = var("SPECIALIST_FUNCTIONS").unwrap_or_else(|| DEFAULT_SPECIALISTS.to_owned());
-    FunctionMap::parse(&spec).map_err(|message| InitError::Config {
-        name: "SPECIALIST_FUNCTIONS",
-        message,
-    })
+    FunctionMap::parse(&spec).map_err(InitError::SpecialistFunctions)
+}
+
+/// `EVENT_MAPPING`; none when it is unset (an EventBridge event's `detail` is the request).
+pub fn mapping_from_env() -> Result<Option<EventMapping>, InitError> {
+    Ok(var("EVENT_MAPPING")
+        .map(|text| EventMapping::parse(&text))
+        .transpose()?)
 }
 
 /// A required variable.
 pub fn required(name: &'static str) -> Result<String, InitError> {
-    var(name).ok_or(InitError::Config {
-        name,
-        message: "is not set".into(),
-    })
+    var(name).ok_or(InitError::Missing { name })
 }
 
 /// An optional number of seconds.
 pub fn seconds(name: &'static str) -> Result<Option<u64>, InitError> {
     var(name)
         .map(|v| {
-            v.trim().parse().map_err(|_| InitError::Config {
-                name,
-                message: format!("{v:?} is not a whole number of seconds"),
-            })
+            v.trim()
+                .parse()
+                .map_err(|_| InitError::NotSeconds { name, value: v })
         })
         .transpose()
 }

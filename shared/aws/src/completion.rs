@@ -8,6 +8,8 @@ use orchestrator_core::engine::RunState;
 use orchestrator_core::types::{RunReport, RunStatus};
 use serde_json::{Value, json};
 
+use crate::error::{AwsError, Service};
+
 /// The `source` of every completion event.
 pub const SOURCE: &str = "orchestrator";
 /// The note that records a sent completion.
@@ -94,6 +96,20 @@ impl Completions for EventBridgeCompletions {
     }
 
     async fn send(&self, completion: &Completion) -> Result<(), String> {
+        self.put_event(completion).await.map_err(|e| e.to_string())
+    }
+
+    async fn mark_sent(&self, run_id: &str) -> Result<(), String> {
+        self.store
+            .put_note(run_id, NOTE)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl EventBridgeCompletions {
+    /// Puts the completion on the bus.
+    pub async fn put_event(&self, completion: &Completion) -> Result<(), AwsError> {
         let entry = aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
             .event_bus_name(&self.bus)
             .source(SOURCE)
@@ -107,12 +123,7 @@ impl Completions for EventBridgeCompletions {
             .entries(entry)
             .send()
             .await
-            .map_err(|e| {
-                format!(
-                    "EventBridge PutEvents failed: {}",
-                    aws_sdk_eventbridge::error::DisplayErrorContext(e)
-                )
-            })?;
+            .map_err(|e| AwsError::call(Service::EventBridge, "PutEvents", &e))?;
         // PutEvents answers 200 with per-entry failures.
         if out.failed_entry_count() > 0 {
             let why = out
@@ -121,16 +132,9 @@ impl Completions for EventBridgeCompletions {
                 .filter_map(|e| e.error_message())
                 .collect::<Vec<_>>()
                 .join("; ");
-            return Err(format!("EventBridge refused the completion event: {why}"));
+            return Err(AwsError::EventRefused(why));
         }
         Ok(())
-    }
-
-    async fn mark_sent(&self, run_id: &str) -> Result<(), String> {
-        self.store
-            .put_note(run_id, NOTE)
-            .await
-            .map_err(|e| e.to_string())
     }
 }
 

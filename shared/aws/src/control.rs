@@ -15,6 +15,7 @@ use orchestrator_store::DynamoDbStore;
 
 use crate::completion::deliver;
 use crate::contract::{Resumed, RunRef};
+use crate::error::{AwsError, Service};
 use crate::handlers::{ApprovalWaits, Delivery};
 
 /// Task tokens in the run's table, waits resumed with SendTaskSuccess.
@@ -42,10 +43,22 @@ impl ApprovalWaits for AwsApprovalWaits {
     }
 
     async fn resume(&self, token: &str, run_id: &str) -> Result<(), String> {
+        self.send_task_success(token, run_id)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl AwsApprovalWaits {
+    /// Ends the wait whose task token is `token`; a wait already over is success.
+    pub async fn send_task_success(&self, token: &str, run_id: &str) -> Result<(), AwsError> {
         let output = serde_json::to_string(&Resumed {
             run_id: run_id.to_owned(),
         })
-        .map_err(|e| e.to_string())?;
+        .map_err(|source| AwsError::Encode {
+            what: "SendTaskSuccess output",
+            source,
+        })?;
         match self
             .sfn
             .send_task_success()
@@ -60,9 +73,10 @@ impl ApprovalWaits for AwsApprovalWaits {
                 tracing::info!(%run_id, code = ?e.code(), "the wait was already over");
                 Ok(())
             }
-            Err(e) => Err(format!(
-                "Step Functions SendTaskSuccess failed: {}",
-                e.message().unwrap_or("no message")
+            Err(e) => Err(AwsError::call(
+                Service::StepFunctions,
+                "SendTaskSuccess",
+                &e,
             )),
         }
     }
@@ -89,11 +103,14 @@ impl SfnControl {
         )
     }
 
-    pub(crate) async fn start_execution(&self, run_id: &str) -> Result<(), String> {
+    pub(crate) async fn start_execution(&self, run_id: &str) -> Result<(), AwsError> {
         let input = serde_json::to_string(&RunRef {
             run_id: run_id.to_owned(),
         })
-        .map_err(|e| e.to_string())?;
+        .map_err(|source| AwsError::Encode {
+            what: "execution input",
+            source,
+        })?;
         match self
             .sfn
             .start_execution()
@@ -106,11 +123,7 @@ impl SfnControl {
             Ok(_) => Ok(()),
             // Started before (a retried request): Step Functions itself refuses a second one.
             Err(e) if e.code() == Some("ExecutionAlreadyExists") => Ok(()),
-            Err(e) => Err(format!(
-                "{}: {}",
-                e.code().unwrap_or("error"),
-                e.message().unwrap_or("no message")
-            )),
+            Err(e) => Err(AwsError::call(Service::StepFunctions, "StartExecution", &e)),
         }
     }
 }
@@ -145,7 +158,7 @@ impl Control for SfnControl {
                     // No execution will ever drive this run: end it visibly rather than leave
                     // a run that looks alive.
                     tracing::error!(%run_id, error = %e, "could not start the execution");
-                    let reason = format!("the run could not be started: Step Functions said {e}");
+                    let reason = format!("the run could not be started: {e}");
                     self.transitions
                         .transition(launch.state, Input::Cancelled { reason })
                         .await?;
@@ -210,7 +223,8 @@ impl Control for SfnControl {
             Err(e) => {
                 // The run is cancelled in the table, which is what every reader sees; the
                 // execution ends at its next step, whose functions find the run over.
-                tracing::warn!(%run_id, error = ?e.message(), "StopExecution failed");
+                let e = AwsError::call(Service::StepFunctions, "StopExecution", &e);
+                tracing::warn!(%run_id, error = %e, "StopExecution failed");
                 Ok(())
             }
         }

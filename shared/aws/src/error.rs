@@ -1,6 +1,11 @@
-//! The errors a function raises to Step Functions. Their `errorType` strings are stable: the
-//! ASL's Retry and Catch name them (functions/README.md lists them).
+//! The AWS side's errors. [`FunctionError`] is what a function raises to Step Functions: its
+//! `errorType` strings are stable, the ASL's Retry and Catch name them (functions/README.md lists
+//! them). [`AwsError`] is an AWS call that failed, named by service and operation; [`InitError`]
+//! stops a function at start and names the variable to fix.
 
+use std::fmt;
+
+use aws_sdk_sfn::error::{DisplayErrorContext, ProvideErrorMetadata};
 use orchestrator_core::ports::StoreError;
 use orchestrator_runner::{RunError, Transient};
 
@@ -91,6 +96,111 @@ impl From<FunctionError> for lambda_runtime::Diagnostic {
     }
 }
 
+/// An AWS service the functions call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    StepFunctions,
+    Sqs,
+    EventBridge,
+    SecretsManager,
+}
+
+impl fmt::Display for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Service::StepFunctions => "Step Functions",
+            Service::Sqs => "SQS",
+            Service::EventBridge => "EventBridge",
+            Service::SecretsManager => "Secrets Manager",
+        })
+    }
+}
+
+/// A call to an AWS service that did not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum AwsError {
+    /// The call failed; `detail` is what the service said (its error code and message), or why
+    /// it could not be asked.
+    #[error("{service} {operation} failed: {detail}")]
+    Call {
+        service: Service,
+        operation: &'static str,
+        detail: String,
+    },
+    /// PutEvents answers 200 with per-entry failures: the bus took the call, not the event.
+    #[error("EventBridge refused the completion event: {0}")]
+    EventRefused(String),
+    /// A request's JSON body could not be written.
+    #[error("could not encode the {what}: {source}")]
+    Encode {
+        what: &'static str,
+        source: serde_json::Error,
+    },
+}
+
+impl AwsError {
+    /// A failed call, from the SDK's error: the service's code and message when it answered,
+    /// else the whole chain (a timeout, a refused connection, a bad endpoint).
+    pub fn call<E>(service: Service, operation: &'static str, error: &E) -> Self
+    where
+        E: ProvideErrorMetadata + std::error::Error,
+    {
+        let detail = match error.code() {
+            Some(code) => format!("{code}: {}", error.message().unwrap_or("no message")),
+            None => DisplayErrorContext(error).to_string(),
+        };
+        AwsError::Call {
+            service,
+            operation,
+            detail,
+        }
+    }
+}
+
+/// Why a function cannot start. Each names the variable to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("{name}: is not set")]
+    Missing { name: &'static str },
+    #[error("{name}: {value:?} is not a whole number of seconds")]
+    NotSeconds { name: &'static str, value: String },
+    #[error("SPECIALIST_FUNCTIONS: {0}")]
+    SpecialistFunctions(String),
+    #[error("EVENT_MAPPING: {0}")]
+    EventMapping(#[from] MappingError),
+    #[error("{0}")]
+    Store(#[from] orchestrator_store::ConfigError),
+    #[error("LLM configuration: {0}")]
+    Llm(#[from] orchestrator_llm::ConfigError),
+    #[error("{name}: could not read the secret {id}: {source}")]
+    Secret {
+        name: &'static str,
+        id: String,
+        source: AwsError,
+    },
+    #[error("{name}: could not read the secret {id}: the secret has no string value")]
+    SecretNotText { name: &'static str, id: String },
+}
+
+/// What is wrong with an `EVENT_MAPPING`, and with which of its keys.
+#[derive(Debug, thiserror::Error)]
+pub enum MappingError {
+    #[error("is not valid JSON: {0}")]
+    NotJson(serde_json::Error),
+    #[error("must be a JSON object of RunRequest field -> pointer or template")]
+    NotObject,
+    #[error("maps no field; leave it unset to use the event's detail")]
+    Empty,
+    #[error("{0:?} is not a field path (e.g. options.qualityThreshold)")]
+    NotFieldPath(String),
+    #[error("{0}: must be a string: a JSON Pointer (/detail/...) or a template")]
+    NotString(String),
+    #[error("{field}: the placeholder at {at:?} has no closing }}")]
+    Unclosed { field: String, at: String },
+    #[error("{0} and {1} overlap: map one or the other")]
+    Overlap(String, String),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +210,36 @@ mod tests {
         let e = FunctionError::of_step(Transient::Throttled("429".into()));
         let d: lambda_runtime::Diagnostic = e.into();
         assert_eq!(d.error_type, "Specialist.ModelThrottled");
+    }
+
+    #[test]
+    fn a_refused_call_names_the_service_the_operation_and_what_it_said() {
+        // GIVEN Step Functions refusing a StartExecution with a code and a message
+        let refused = aws_sdk_sfn::operation::start_execution::StartExecutionError::generic(
+            aws_sdk_sfn::error::ErrorMetadata::builder()
+                .code("ExecutionLimitExceeded")
+                .message("too many executions")
+                .build(),
+        );
+        // WHEN it becomes an AwsError
+        let e = AwsError::call(Service::StepFunctions, "StartExecution", &refused);
+        // THEN its text says all of it
+        assert_eq!(
+            e.to_string(),
+            "Step Functions StartExecution failed: ExecutionLimitExceeded: too many executions"
+        );
+    }
+
+    #[test]
+    fn a_bad_setting_is_named_at_start() {
+        // GIVEN a malformed EVENT_MAPPING and a missing variable
+        let mapping = InitError::from(MappingError::NotObject);
+        let missing = InitError::Missing {
+            name: "STATE_MACHINE_ARN",
+        };
+        // WHEN they are shown THEN each begins with the variable to fix
+        assert!(mapping.to_string().starts_with("EVENT_MAPPING: must be"));
+        assert_eq!(missing.to_string(), "STATE_MACHINE_ARN: is not set");
     }
 
     #[test]

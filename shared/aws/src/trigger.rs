@@ -19,7 +19,6 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use aws_lambda_events::event::eventbridge::EventBridgeEvent;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
-use aws_sdk_sqs::error::ProvideErrorMetadata;
 use aws_sdk_sqs::types::MessageAttributeValue;
 use orchestrator_core::ports::StoreError;
 use orchestrator_core::types::{RunRequest, ValidationError};
@@ -29,7 +28,7 @@ use serde_json::Value;
 use tracing::Instrument;
 
 use crate::control::SfnControl;
-use crate::error::FunctionError;
+use crate::error::{AwsError, FunctionError, MappingError, Service};
 
 /// The namespace of the run ids the trigger derives (UUID v5): fixed, so the same message or
 /// event names the same run on every delivery, in every deployment.
@@ -65,18 +64,19 @@ impl Source {
 #[async_trait]
 pub trait DeadLetters: Send + Sync {
     /// Sends `body` with string message `attributes`.
-    async fn send(&self, body: &str, attributes: &BTreeMap<String, String>) -> Result<(), String>;
+    async fn send(&self, body: &str, attributes: &BTreeMap<String, String>)
+    -> Result<(), AwsError>;
 }
 
 /// How a stored run's execution is started. Idempotent: starting a started run is success.
 #[async_trait]
 pub trait Executions: Send + Sync {
-    async fn start(&self, run_id: &str) -> Result<(), String>;
+    async fn start(&self, run_id: &str) -> Result<(), AwsError>;
 }
 
 #[async_trait]
 impl Executions for SfnControl {
-    async fn start(&self, run_id: &str) -> Result<(), String> {
+    async fn start(&self, run_id: &str) -> Result<(), AwsError> {
         self.start_execution(run_id).await
     }
 }
@@ -90,7 +90,11 @@ pub struct SqsDeadLetters {
 
 #[async_trait]
 impl DeadLetters for SqsDeadLetters {
-    async fn send(&self, body: &str, attributes: &BTreeMap<String, String>) -> Result<(), String> {
+    async fn send(
+        &self,
+        body: &str,
+        attributes: &BTreeMap<String, String>,
+    ) -> Result<(), AwsError> {
         let mut request = self
             .sqs
             .send_message()
@@ -101,16 +105,18 @@ impl DeadLetters for SqsDeadLetters {
                 .data_type("String")
                 .string_value(value)
                 .build()
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| AwsError::Call {
+                    service: Service::Sqs,
+                    operation: "SendMessage",
+                    detail: format!("the attribute {name}: {e}"),
+                })?;
             request = request.message_attributes(name, value);
         }
-        request.send().await.map(|_| ()).map_err(|e| {
-            format!(
-                "{}: {}",
-                e.code().unwrap_or("error"),
-                e.message().unwrap_or("no message")
-            )
-        })
+        request
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| AwsError::call(Service::Sqs, "SendMessage", &e))
     }
 }
 
@@ -138,37 +144,32 @@ enum Part {
 
 impl EventMapping {
     /// Parses the mapping; the error says what is wrong with which key.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let value: Value =
-            serde_json::from_str(text).map_err(|e| format!("is not valid JSON: {e}"))?;
+    pub fn parse(text: &str) -> Result<Self, MappingError> {
+        let value: Value = serde_json::from_str(text).map_err(MappingError::NotJson)?;
         let Value::Object(object) = value else {
-            return Err("must be a JSON object of RunRequest field -> pointer or template".into());
+            return Err(MappingError::NotObject);
         };
         if object.is_empty() {
-            return Err("maps no field; leave it unset to use the event's detail".into());
+            return Err(MappingError::Empty);
         }
         let mut fields = Vec::new();
         for (key, value) in object {
             if key.is_empty() || key.split('.').any(str::is_empty) {
-                return Err(format!(
-                    "{key:?} is not a field path (e.g. options.qualityThreshold)"
-                ));
+                return Err(MappingError::NotFieldPath(key));
             }
             let Value::String(spec) = value else {
-                return Err(format!(
-                    "{key}: must be a string: a JSON Pointer (/detail/...) or a template"
-                ));
+                return Err(MappingError::NotString(key));
             };
             let mapped = if spec.starts_with('/') {
                 Mapped::Pointer(spec)
             } else {
-                Mapped::Template(template(&spec).map_err(|e| format!("{key}: {e}"))?)
+                Mapped::Template(template(&key, &spec)?)
             };
             fields.push((key, mapped));
         }
         for (a, _) in &fields {
             if let Some((b, _)) = fields.iter().find(|(b, _)| b.starts_with(&format!("{a}."))) {
-                return Err(format!("{a} and {b} overlap: map one or the other"));
+                return Err(MappingError::Overlap(a.clone(), b.clone()));
             }
         }
         Ok(Self { fields })
@@ -215,7 +216,8 @@ fn pointed<'a>(event: &'a Value, field: &str, pointer: &str) -> Result<&'a Value
     })
 }
 
-fn template(spec: &str) -> Result<Vec<Part>, String> {
+/// The parts of `field`'s template `spec`.
+fn template(field: &str, spec: &str) -> Result<Vec<Part>, MappingError> {
     let mut parts = Vec::new();
     let mut rest = spec;
     while let Some(start) = rest.find("{/") {
@@ -223,9 +225,10 @@ fn template(spec: &str) -> Result<Vec<Part>, String> {
             parts.push(Part::Text(rest[..start].to_owned()));
         }
         let after = &rest[start + 1..];
-        let end = after
-            .find('}')
-            .ok_or_else(|| format!("the placeholder at {:?} has no closing }}", &rest[start..]))?;
+        let end = after.find('}').ok_or_else(|| MappingError::Unclosed {
+            field: field.to_owned(),
+            at: rest[start..].to_owned(),
+        })?;
         parts.push(Part::Pointer(after[..end].to_owned()));
         rest = &after[end + 1..];
     }
@@ -267,23 +270,34 @@ pub enum TriggerEvent {
     },
 }
 
-impl TryFrom<Value> for TriggerEvent {
-    type Error = String;
+/// Why an invocation's payload is not a [`TriggerEvent`].
+#[derive(Debug, thiserror::Error)]
+pub enum NotATriggerEvent {
+    #[error("not an SQS event: {0}")]
+    Sqs(serde_json::Error),
+    #[error("not an EventBridge event: {0}")]
+    EventBridge(serde_json::Error),
+    #[error("neither an SQS batch (Records) nor an EventBridge event (detail-type)")]
+    Neither,
+}
 
-    fn try_from(value: Value) -> Result<Self, String> {
+impl TryFrom<Value> for TriggerEvent {
+    type Error = NotATriggerEvent;
+
+    fn try_from(value: Value) -> Result<Self, NotATriggerEvent> {
         if value.get("Records").is_some() {
             serde_json::from_value(value)
                 .map(TriggerEvent::Sqs)
-                .map_err(|e| format!("not an SQS event: {e}"))
+                .map_err(NotATriggerEvent::Sqs)
         } else if value.get("detail-type").is_some() {
-            let event = serde_json::from_value(value.clone())
-                .map_err(|e| format!("not an EventBridge event: {e}"))?;
+            let event =
+                serde_json::from_value(value.clone()).map_err(NotATriggerEvent::EventBridge)?;
             Ok(TriggerEvent::EventBridge {
                 event: Box::new(event),
                 raw: value,
             })
         } else {
-            Err("neither an SQS batch (Records) nor an EventBridge event (detail-type)".into())
+            Err(NotATriggerEvent::Neither)
         }
     }
 }
@@ -310,11 +324,11 @@ pub enum TriggerResponse {
 #[derive(Debug, thiserror::Error)]
 pub enum TriggerError {
     #[error("the store is unavailable: {0}")]
-    Store(String),
+    Store(#[source] RunError),
     #[error("could not start the run's execution: {0}")]
-    Execution(String),
+    Execution(#[source] AwsError),
     #[error("could not send the invalid message to the dead-letter queue: {0}")]
-    DeadLetter(String),
+    DeadLetter(#[source] AwsError),
 }
 
 impl From<TriggerError> for FunctionError {
@@ -470,14 +484,14 @@ impl TriggerFunction {
             // same (the id derives from it), so it is found rather than made twice.
             Err(RunError::Store(StoreError::Conflict(_))) => (run_id, false),
             Err(RunError::Invalid(invalid)) => return Err(Failure::Invalid(invalid)),
-            Err(e) => return Err(Failure::Transient(TriggerError::Store(e.to_string()))),
+            Err(e) => return Err(Failure::Transient(TriggerError::Store(e))),
         };
         if !created {
             let state = self
                 .transitions
                 .load(&run_id)
                 .await
-                .map_err(|e| Failure::Transient(TriggerError::Store(e.to_string())))?;
+                .map_err(|e| Failure::Transient(TriggerError::Store(e)))?;
             if state.status.is_terminal() {
                 tracing::info!(runId = %run_id, status = %state.status, "the run exists and is over; nothing to start");
                 return Ok(run_id);
@@ -487,7 +501,7 @@ impl TriggerFunction {
         self.transitions
             .owned_by_execution(&run_id)
             .await
-            .map_err(|e| Failure::Transient(TriggerError::Store(e.to_string())))?;
+            .map_err(|e| Failure::Transient(TriggerError::Store(e)))?;
         self.executions
             .start(&run_id)
             .await
@@ -586,26 +600,31 @@ mod tests {
         assert!(
             EventMapping::parse("[1]")
                 .unwrap_err()
+                .to_string()
                 .contains("JSON object")
         );
         assert!(
             EventMapping::parse("{\"objective\": 3}")
                 .unwrap_err()
+                .to_string()
                 .contains("objective")
         );
         assert!(
             EventMapping::parse("{\"objective\": \"a {/detail\"}")
                 .unwrap_err()
+                .to_string()
                 .contains("closing")
         );
         assert!(
             EventMapping::parse("{\"state\": \"/a\", \"state.brief\": \"/b\"}")
                 .unwrap_err()
+                .to_string()
                 .contains("overlap")
         );
         assert!(
             EventMapping::parse("{\"options..x\": \"/a\"}")
                 .unwrap_err()
+                .to_string()
                 .contains("field path")
         );
     }

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use orchestrator_aws::error::{AwsError, Service};
 use orchestrator_aws::route::FunctionMap;
 use orchestrator_aws::trigger::{
     DeadLetters, EventMapping, Executions, Source, TriggerEvent, TriggerFunction, TriggerResponse,
@@ -24,7 +25,11 @@ struct FakeDeadLetters {
 
 #[async_trait]
 impl DeadLetters for FakeDeadLetters {
-    async fn send(&self, body: &str, attributes: &BTreeMap<String, String>) -> Result<(), String> {
+    async fn send(
+        &self,
+        body: &str,
+        attributes: &BTreeMap<String, String>,
+    ) -> Result<(), AwsError> {
         let sent = (body.to_owned(), attributes.clone());
         self.sent.lock().unwrap().push(sent);
         Ok(())
@@ -40,11 +45,15 @@ struct FakeExecutions {
 
 #[async_trait]
 impl Executions for FakeExecutions {
-    async fn start(&self, run_id: &str) -> Result<(), String> {
+    async fn start(&self, run_id: &str) -> Result<(), AwsError> {
         let mut fail = self.fail_first.lock().unwrap();
         if *fail > 0 {
             *fail -= 1;
-            return Err("ServiceUnavailable: try again".into());
+            return Err(AwsError::Call {
+                service: Service::StepFunctions,
+                operation: "StartExecution",
+                detail: "ServiceUnavailable: try again".into(),
+            });
         }
         self.started.lock().unwrap().push(run_id.to_owned());
         Ok(())
