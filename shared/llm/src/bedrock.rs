@@ -7,6 +7,7 @@
 //! input schema is the reply's: the tool's input comes back as the reply's JSON text.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -30,7 +31,8 @@ use aws_smithy_types::{Document, Number};
 use futures::StreamExt;
 use futures::stream::{self, BoxStream};
 use orchestrator_core::ports::{
-    ChatRole, Model, ModelError, ModelInfo, ModelRequest, ModelResponse, Purpose, StreamItem,
+    ChatMessage, ChatRole, Model, ModelError, ModelInfo, ModelRequest, ModelResponse, Purpose,
+    StreamItem,
 };
 use orchestrator_core::tools::{ToolCall, ToolChoice};
 use orchestrator_core::types::Usage;
@@ -123,9 +125,6 @@ impl BedrockModel {
         if !request.tools.is_empty() || self.reply_tool_refused.load(Ordering::Relaxed) {
             return Ok(None);
         }
-        let invalid = |e: &dyn std::fmt::Display| {
-            ModelError::Invalid(format!("cannot build the request: {e}"))
-        };
         let name = wire_name(&schema.name);
         let description = schema
             .schema
@@ -205,103 +204,6 @@ impl BedrockModel {
         } else {
             vec![SystemContentBlock::Text(request.system.clone())]
         };
-        let invalid = |e: &dyn std::fmt::Display| {
-            ModelError::Invalid(format!("cannot build the request: {e}"))
-        };
-        // Converse alternates user and assistant turns: tool results are user content blocks,
-        // and consecutive blocks of one role go into one message.
-        let mut turns: Vec<(ConversationRole, Vec<ContentBlock>)> = Vec::new();
-        for m in &request.messages {
-            let (role, blocks) = match m.role {
-                ChatRole::User => (
-                    ConversationRole::User,
-                    vec![ContentBlock::Text(m.content.clone())],
-                ),
-                ChatRole::Assistant => {
-                    let mut blocks = Vec::new();
-                    if !m.content.is_empty() {
-                        blocks.push(ContentBlock::Text(m.content.clone()));
-                    }
-                    for call in &m.tool_calls {
-                        let input = match &call.arguments {
-                            Value::Object(_) => to_document(&call.arguments),
-                            // Converse wants an object; what the model wrote is kept inside one.
-                            other => to_document(&serde_json::json!({ "_raw": other })),
-                        };
-                        blocks.push(ContentBlock::ToolUse(
-                            ToolUseBlock::builder()
-                                .tool_use_id(&call.id)
-                                .name(&call.name)
-                                .input(input)
-                                .build()
-                                .map_err(|e| invalid(&e))?,
-                        ));
-                    }
-                    (ConversationRole::Assistant, blocks)
-                }
-                ChatRole::Tool => {
-                    let content = match serde_json::from_str::<Value>(&m.content) {
-                        Ok(v @ Value::Object(_)) => ToolResultContentBlock::Json(to_document(&v)),
-                        _ => ToolResultContentBlock::Text(m.content.clone()),
-                    };
-                    let block = ToolResultBlock::builder()
-                        .tool_use_id(m.tool_call_id.clone().unwrap_or_default())
-                        .content(content)
-                        .set_status(m.is_error.then_some(ToolResultStatus::Error))
-                        .build()
-                        .map_err(|e| invalid(&e))?;
-                    (
-                        ConversationRole::User,
-                        vec![ContentBlock::ToolResult(block)],
-                    )
-                }
-            };
-            match turns.last_mut() {
-                Some((last, existing)) if *last == role => existing.extend(blocks),
-                _ => turns.push((role, blocks)),
-            }
-        }
-        let messages = turns
-            .into_iter()
-            .map(|(role, blocks)| {
-                Message::builder()
-                    .role(role)
-                    .set_content(Some(blocks))
-                    .build()
-                    .map_err(|e| invalid(&e))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let tools = if request.tools.is_empty() {
-            None
-        } else {
-            let specs = request
-                .tools
-                .iter()
-                .map(|t| {
-                    ToolSpecification::builder()
-                        .name(&t.name)
-                        .description(&t.description)
-                        .input_schema(ToolInputSchema::Json(to_document(&t.parameters)))
-                        .build()
-                        .map(Tool::ToolSpec)
-                        .map_err(|e| invalid(&e))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            // Converse has no "none": the last turn's instructions ask for an answer instead.
-            let choice = match request.tool_choice {
-                ToolChoice::Required => WireToolChoice::Any(AnyToolChoice::builder().build()),
-                ToolChoice::Auto | ToolChoice::None => {
-                    WireToolChoice::Auto(AutoToolChoice::builder().build())
-                }
-            };
-            Some(
-                ToolConfiguration::builder()
-                    .set_tools(Some(specs))
-                    .tool_choice(choice)
-                    .build()
-                    .map_err(|e| invalid(&e))?,
-            )
-        };
         // Converse has no JSON mode for every model; the prompts of JSON calls ask for JSON.
         let inference = InferenceConfiguration::builder()
             .set_max_tokens(request.max_tokens.map(|t| t.min(i32::MAX as u32) as i32))
@@ -309,9 +211,9 @@ impl BedrockModel {
             .build();
         Ok(Parts {
             system,
-            messages,
+            messages: messages_of(&request.messages)?,
             inference,
-            tools,
+            tools: tool_config(request)?,
         })
     }
 
@@ -344,85 +246,8 @@ impl BedrockModel {
             timeout: self.request_timeout,
         };
         Ok(stream::unfold(state, |mut st| async move {
-            loop {
-                if st.done {
-                    return None;
-                }
-                let next = tokio::time::timeout(st.timeout, st.receiver.recv()).await;
-                let event = match next {
-                    Err(_) => {
-                        st.done = true;
-                        let why = format!(
-                            "no event for {} s in the middle of the reply",
-                            st.timeout.as_secs()
-                        );
-                        return Some((Err(ModelError::StreamBroken(why)), st));
-                    }
-                    Ok(Err(e)) => {
-                        st.done = true;
-                        let why = DisplayErrorContext(&e).to_string();
-                        return Some((Err(ModelError::StreamBroken(why)), st));
-                    }
-                    Ok(Ok(None)) => {
-                        st.done = true;
-                        if !st.stopped {
-                            let why = "the stream ended before messageStop".to_owned();
-                            return Some((Err(ModelError::StreamBroken(why)), st));
-                        }
-                        let usage = st.usage.unwrap_or_default();
-                        record_usage(GEN_AI_SYSTEM, st.model, st.purpose, true, usage);
-                        return Some((Ok(StreamItem::Usage(usage)), st));
-                    }
-                    Ok(Ok(Some(event))) => event,
-                };
-                match event {
-                    ConverseStreamOutput::ContentBlockStart(s) => {
-                        if let Some(ContentBlockStart::ToolUse(tool)) = s.start {
-                            st.calls.insert(
-                                s.content_block_index,
-                                (tool.tool_use_id, tool.name, String::new()),
-                            );
-                        }
-                    }
-                    ConverseStreamOutput::ContentBlockDelta(d) => match d.delta {
-                        Some(ContentBlockDelta::Text(text)) if !text.is_empty() => {
-                            return Some((Ok(StreamItem::Text(text)), st));
-                        }
-                        Some(ContentBlockDelta::ToolUse(piece)) => {
-                            if let Some(call) = st.calls.get_mut(&d.content_block_index) {
-                                call.2.push_str(&piece.input);
-                            }
-                        }
-                        _ => {}
-                    },
-                    ConverseStreamOutput::ContentBlockStop(stop) => {
-                        if let Some((id, name, input)) = st.calls.remove(&stop.content_block_index)
-                        {
-                            let arguments = if input.trim().is_empty() {
-                                Value::Object(Default::default())
-                            } else {
-                                serde_json::from_str(&input).unwrap_or(Value::String(input))
-                            };
-                            let call = ToolCall {
-                                id,
-                                name,
-                                arguments,
-                            };
-                            return Some((Ok(StreamItem::ToolCall(call)), st));
-                        }
-                    }
-                    ConverseStreamOutput::MessageStop(stop) => {
-                        if stop.stop_reason.as_str() == "max_tokens" {
-                            tracing::warn!(gen_ai.request.model = %st.model, "the reply hit max_tokens");
-                        }
-                        st.stopped = true;
-                    }
-                    ConverseStreamOutput::Metadata(meta) => {
-                        st.usage = meta.usage.as_ref().map(usage_of);
-                    }
-                    _ => {}
-                }
-            }
+            let item = st.next_item().await?;
+            Some((item, st))
         })
         .boxed())
     }
@@ -433,6 +258,114 @@ struct Parts {
     messages: Vec<Message>,
     inference: InferenceConfiguration,
     tools: Option<ToolConfiguration>,
+}
+
+fn invalid(e: &dyn std::fmt::Display) -> ModelError {
+    ModelError::Invalid(format!("cannot build the request: {e}"))
+}
+
+/// Converse alternates user and assistant turns: tool results are user content blocks, and
+/// consecutive blocks of one role go into one message.
+fn messages_of(messages: &[ChatMessage]) -> Result<Vec<Message>, ModelError> {
+    let mut turns: Vec<(ConversationRole, Vec<ContentBlock>)> = Vec::new();
+    for m in messages {
+        let (role, blocks) = match m.role {
+            ChatRole::User => (
+                ConversationRole::User,
+                vec![ContentBlock::Text(m.content.clone())],
+            ),
+            ChatRole::Assistant => (ConversationRole::Assistant, assistant_blocks(m)?),
+            ChatRole::Tool => (
+                ConversationRole::User,
+                vec![ContentBlock::ToolResult(tool_result_block(m)?)],
+            ),
+        };
+        match turns.last_mut() {
+            Some((last, existing)) if *last == role => existing.extend(blocks),
+            _ => turns.push((role, blocks)),
+        }
+    }
+    turns
+        .into_iter()
+        .map(|(role, blocks)| {
+            Message::builder()
+                .role(role)
+                .set_content(Some(blocks))
+                .build()
+                .map_err(|e| invalid(&e))
+        })
+        .collect()
+}
+
+/// An assistant message's text (if any) and its tool calls.
+fn assistant_blocks(m: &ChatMessage) -> Result<Vec<ContentBlock>, ModelError> {
+    let mut blocks = Vec::new();
+    if !m.content.is_empty() {
+        blocks.push(ContentBlock::Text(m.content.clone()));
+    }
+    for call in &m.tool_calls {
+        let input = match &call.arguments {
+            Value::Object(_) => to_document(&call.arguments),
+            // Converse wants an object; what the model wrote is kept inside one.
+            other => to_document(&serde_json::json!({ "_raw": other })),
+        };
+        blocks.push(ContentBlock::ToolUse(
+            ToolUseBlock::builder()
+                .tool_use_id(&call.id)
+                .name(&call.name)
+                .input(input)
+                .build()
+                .map_err(|e| invalid(&e))?,
+        ));
+    }
+    Ok(blocks)
+}
+
+/// A tool's result: JSON when it is a JSON object, else text.
+fn tool_result_block(m: &ChatMessage) -> Result<ToolResultBlock, ModelError> {
+    let content = match serde_json::from_str::<Value>(&m.content) {
+        Ok(v @ Value::Object(_)) => ToolResultContentBlock::Json(to_document(&v)),
+        _ => ToolResultContentBlock::Text(m.content.clone()),
+    };
+    ToolResultBlock::builder()
+        .tool_use_id(m.tool_call_id.clone().unwrap_or_default())
+        .content(content)
+        .set_status(m.is_error.then_some(ToolResultStatus::Error))
+        .build()
+        .map_err(|e| invalid(&e))
+}
+
+/// The request's own tools, if it has any.
+fn tool_config(request: &ModelRequest) -> Result<Option<ToolConfiguration>, ModelError> {
+    if request.tools.is_empty() {
+        return Ok(None);
+    }
+    let specs = request
+        .tools
+        .iter()
+        .map(|t| {
+            ToolSpecification::builder()
+                .name(&t.name)
+                .description(&t.description)
+                .input_schema(ToolInputSchema::Json(to_document(&t.parameters)))
+                .build()
+                .map(Tool::ToolSpec)
+                .map_err(|e| invalid(&e))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    // Converse has no "none": the last turn's instructions ask for an answer instead.
+    let choice = match request.tool_choice {
+        ToolChoice::Required => WireToolChoice::Any(AnyToolChoice::builder().build()),
+        ToolChoice::Auto | ToolChoice::None => {
+            WireToolChoice::Auto(AutoToolChoice::builder().build())
+        }
+    };
+    ToolConfiguration::builder()
+        .set_tools(Some(specs))
+        .tool_choice(choice)
+        .build()
+        .map(Some)
+        .map_err(|e| invalid(&e))
 }
 
 /// JSON into the SDK's document type.
@@ -491,6 +424,98 @@ struct StreamState<'a> {
     model: &'a str,
     purpose: Purpose,
     timeout: Duration,
+}
+
+impl StreamState<'_> {
+    /// The next item of the reply; none once it is over.
+    async fn next_item(&mut self) -> Option<Result<StreamItem, ModelError>> {
+        while !self.done {
+            match self.receive().await {
+                ControlFlow::Continue(event) => {
+                    if let Some(item) = self.on_event(event) {
+                        return Some(Ok(item));
+                    }
+                }
+                ControlFlow::Break(item) => {
+                    self.done = true;
+                    return Some(item);
+                }
+            }
+        }
+        None
+    }
+
+    /// The next event of the reply, or the stream's last item: a break, or the usage once the
+    /// message stopped.
+    async fn receive(
+        &mut self,
+    ) -> ControlFlow<Result<StreamItem, ModelError>, ConverseStreamOutput> {
+        let broken = |why: String| ControlFlow::Break(Err(ModelError::StreamBroken(why)));
+        match tokio::time::timeout(self.timeout, self.receiver.recv()).await {
+            Err(_) => broken(format!(
+                "no event for {} s in the middle of the reply",
+                self.timeout.as_secs()
+            )),
+            Ok(Err(e)) => broken(DisplayErrorContext(&e).to_string()),
+            Ok(Ok(None)) if !self.stopped => broken("the stream ended before messageStop".into()),
+            Ok(Ok(None)) => {
+                let usage = self.usage.unwrap_or_default();
+                record_usage(GEN_AI_SYSTEM, self.model, self.purpose, true, usage);
+                ControlFlow::Break(Ok(StreamItem::Usage(usage)))
+            }
+            Ok(Ok(Some(event))) => ControlFlow::Continue(event),
+        }
+    }
+
+    /// What an event gives the reader, if anything: text, or a tool call once its input is
+    /// whole.
+    fn on_event(&mut self, event: ConverseStreamOutput) -> Option<StreamItem> {
+        match event {
+            ConverseStreamOutput::ContentBlockStart(s) => {
+                if let Some(ContentBlockStart::ToolUse(tool)) = s.start {
+                    self.calls.insert(
+                        s.content_block_index,
+                        (tool.tool_use_id, tool.name, String::new()),
+                    );
+                }
+            }
+            ConverseStreamOutput::ContentBlockDelta(d) => match d.delta {
+                Some(ContentBlockDelta::Text(text)) if !text.is_empty() => {
+                    return Some(StreamItem::Text(text));
+                }
+                Some(ContentBlockDelta::ToolUse(piece)) => {
+                    if let Some(call) = self.calls.get_mut(&d.content_block_index) {
+                        call.2.push_str(&piece.input);
+                    }
+                }
+                _ => {}
+            },
+            ConverseStreamOutput::ContentBlockStop(stop) => {
+                let (id, name, input) = self.calls.remove(&stop.content_block_index)?;
+                let arguments = if input.trim().is_empty() {
+                    Value::Object(Default::default())
+                } else {
+                    serde_json::from_str(&input).unwrap_or(Value::String(input))
+                };
+                return Some(StreamItem::ToolCall(ToolCall {
+                    id,
+                    name,
+                    arguments,
+                }));
+            }
+            ConverseStreamOutput::MessageStop(stop) => {
+                if stop.stop_reason.as_str() == "max_tokens" {
+                    tracing::warn!(gen_ai.request.model = %self.model, "the reply hit max_tokens");
+                }
+                self.stopped = true;
+            }
+            ConverseStreamOutput::Metadata(meta) => {
+                self.usage = meta.usage.as_ref().map(usage_of);
+            }
+            _ => {}
+        }
+        None
+    }
 }
 
 fn usage_of(u: &TokenUsage) -> Usage {
