@@ -149,89 +149,14 @@ impl LlmConfig {
     /// Empty values count as unset.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let var = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let var: Var<'_> = &var;
         let defaults = Self::default();
-        let provider = match var("MODEL_PROVIDER").map(|p| p.trim().to_ascii_lowercase()) {
-            None => Provider::Offline,
-            Some(p) => match p.as_str() {
-                "offline" => Provider::Offline,
-                "openai" => Provider::OpenAi,
-                "bedrock" => Provider::Bedrock,
-                _ => {
-                    return Err(ConfigError::Invalid {
-                        var: "MODEL_PROVIDER",
-                        value: p,
-                        expected: "use offline, openai or bedrock",
-                    });
-                }
-            },
-        };
-        let model = match (provider, var("MODEL_ID")) {
-            (Provider::Offline, _) => defaults.model.clone(),
-            (_, Some(m)) => m.trim().to_owned(),
-            (Provider::OpenAi, None) => {
-                return Err(ConfigError::Missing {
-                    var: "MODEL_ID",
-                    why: "MODEL_PROVIDER=openai needs the model name, e.g. MODEL_ID=gpt-4o-mini (or llama3.1 on Ollama)",
-                });
-            }
-            (Provider::Bedrock, None) => {
-                return Err(ConfigError::Missing {
-                    var: "MODEL_ID",
-                    why: "MODEL_PROVIDER=bedrock needs a model id, e.g. MODEL_ID=anthropic.claude-3-5-haiku-20241022-v1:0",
-                });
-            }
-        };
-        let openai_base_url = match var("OPENAI_BASE_URL") {
-            None => defaults.openai_base_url.clone(),
-            Some(url) => {
-                let url = url.trim().trim_end_matches('/').to_owned();
-                if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    // The value is not echoed: a mistyped variable might hold a secret.
-                    return Err(ConfigError::Invalid {
-                        var: "OPENAI_BASE_URL",
-                        value: "<hidden>".into(),
-                        expected: "an http:// or https:// URL, e.g. http://localhost:11434/v1",
-                    });
-                }
-                url
-            }
-        };
-        let secs = |name: &'static str, default: Duration| -> Result<Duration, ConfigError> {
-            match var(name) {
-                None => Ok(default),
-                Some(v) => match v.trim().parse::<u64>() {
-                    Ok(n) if n > 0 => Ok(Duration::from_secs(n)),
-                    _ => Err(ConfigError::Invalid {
-                        var: name,
-                        value: v,
-                        expected: "a whole number of seconds, at least 1",
-                    }),
-                },
-            }
-        };
-        let max_retries = match var("MODEL_MAX_RETRIES") {
-            None => defaults.resilience.max_retries,
-            Some(v) => match v.trim().parse::<u32>() {
-                Ok(n) if n <= 10 => n,
-                _ => {
-                    return Err(ConfigError::Invalid {
-                        var: "MODEL_MAX_RETRIES",
-                        value: v,
-                        expected: "a number of retries from 0 to 10",
-                    });
-                }
-            },
-        };
-        let offline_chunk_delay = match var("ORCHESTRATOR_OFFLINE_CHUNK_MS") {
-            None => defaults.offline_chunk_delay,
-            Some(v) => {
-                Duration::from_millis(v.trim().parse().map_err(|_| ConfigError::Invalid {
-                    var: "ORCHESTRATOR_OFFLINE_CHUNK_MS",
-                    value: v.clone(),
-                    expected: "a number of milliseconds",
-                })?)
-            }
-        };
+        // Read in this order, so the first wrong variable is the one reported.
+        let provider = provider_of(var)?;
+        let model = model_of(var, provider, &defaults.model)?;
+        let openai_base_url = base_url_of(var, &defaults.openai_base_url)?;
+        let max_retries = max_retries_of(var, defaults.resilience.max_retries)?;
+        let offline_chunk_delay = chunk_delay_of(var, defaults.offline_chunk_delay)?;
         Ok(Self {
             provider,
             model,
@@ -240,10 +165,15 @@ impl LlmConfig {
             aws_region: var("AWS_REGION").map(|r| r.trim().to_owned()),
             resilience: Resilience {
                 connect_timeout: secs(
+                    var,
                     "MODEL_CONNECT_TIMEOUT_SECS",
                     defaults.resilience.connect_timeout,
                 )?,
-                request_timeout: secs("MODEL_TIMEOUT_SECS", defaults.resilience.request_timeout)?,
+                request_timeout: secs(
+                    var,
+                    "MODEL_TIMEOUT_SECS",
+                    defaults.resilience.request_timeout,
+                )?,
                 max_retries,
                 ..defaults.resilience
             },
@@ -255,6 +185,99 @@ impl LlmConfig {
     /// "provider/model", for the run's output.
     pub fn describe(&self) -> String {
         format!("{}/{}", self.provider.as_str(), self.model)
+    }
+}
+
+/// A variable's value, `None` when it is unset or empty.
+type Var<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+fn provider_of(var: Var<'_>) -> Result<Provider, ConfigError> {
+    let Some(p) = var("MODEL_PROVIDER").map(|p| p.trim().to_ascii_lowercase()) else {
+        return Ok(Provider::Offline);
+    };
+    match p.as_str() {
+        "offline" => Ok(Provider::Offline),
+        "openai" => Ok(Provider::OpenAi),
+        "bedrock" => Ok(Provider::Bedrock),
+        _ => Err(ConfigError::Invalid {
+            var: "MODEL_PROVIDER",
+            value: p,
+            expected: "use offline, openai or bedrock",
+        }),
+    }
+}
+
+/// MODEL_ID, which every provider but the offline one needs.
+fn model_of(var: Var<'_>, provider: Provider, offline: &str) -> Result<String, ConfigError> {
+    match (provider, var("MODEL_ID")) {
+        (Provider::Offline, _) => Ok(offline.to_owned()),
+        (_, Some(m)) => Ok(m.trim().to_owned()),
+        (Provider::OpenAi, None) => Err(ConfigError::Missing {
+            var: "MODEL_ID",
+            why: "MODEL_PROVIDER=openai needs the model name, e.g. MODEL_ID=gpt-4o-mini (or llama3.1 on Ollama)",
+        }),
+        (Provider::Bedrock, None) => Err(ConfigError::Missing {
+            var: "MODEL_ID",
+            why: "MODEL_PROVIDER=bedrock needs a model id, e.g. MODEL_ID=anthropic.claude-3-5-haiku-20241022-v1:0",
+        }),
+    }
+}
+
+fn base_url_of(var: Var<'_>, default: &str) -> Result<String, ConfigError> {
+    let Some(url) = var("OPENAI_BASE_URL") else {
+        return Ok(default.to_owned());
+    };
+    let url = url.trim().trim_end_matches('/').to_owned();
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        // The value is not echoed: a mistyped variable might hold a secret.
+        return Err(ConfigError::Invalid {
+            var: "OPENAI_BASE_URL",
+            value: "<hidden>".into(),
+            expected: "an http:// or https:// URL, e.g. http://localhost:11434/v1",
+        });
+    }
+    Ok(url)
+}
+
+fn secs(var: Var<'_>, name: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+    match var(name) {
+        None => Ok(default),
+        Some(v) => match v.trim().parse::<u64>() {
+            Ok(n) if n > 0 => Ok(Duration::from_secs(n)),
+            _ => Err(ConfigError::Invalid {
+                var: name,
+                value: v,
+                expected: "a whole number of seconds, at least 1",
+            }),
+        },
+    }
+}
+
+fn max_retries_of(var: Var<'_>, default: u32) -> Result<u32, ConfigError> {
+    match var("MODEL_MAX_RETRIES") {
+        None => Ok(default),
+        Some(v) => match v.trim().parse::<u32>() {
+            Ok(n) if n <= 10 => Ok(n),
+            _ => Err(ConfigError::Invalid {
+                var: "MODEL_MAX_RETRIES",
+                value: v,
+                expected: "a number of retries from 0 to 10",
+            }),
+        },
+    }
+}
+
+fn chunk_delay_of(var: Var<'_>, default: Duration) -> Result<Duration, ConfigError> {
+    match var("ORCHESTRATOR_OFFLINE_CHUNK_MS") {
+        None => Ok(default),
+        Some(v) => match v.trim().parse() {
+            Ok(ms) => Ok(Duration::from_millis(ms)),
+            Err(_) => Err(ConfigError::Invalid {
+                var: "ORCHESTRATOR_OFFLINE_CHUNK_MS",
+                value: v,
+                expected: "a number of milliseconds",
+            }),
+        },
     }
 }
 
