@@ -201,25 +201,32 @@ fn plan(ctx: &Map<String, Value>) -> Value {
         .and_then(Value::as_bool)
         .unwrap_or(false);
     let current = ctx.get("plan").cloned().unwrap_or(Value::Null);
-    let reason = ctx.get("replanReason").filter(|r| !r.is_null());
-    let Some(reason) = reason else {
-        let ids = next_ids(&current, if approval { 5 } else { 4 });
-        let mut steps = vec![
-            json!({"id": ids[0], "capabilityId": STRATEGY_CAPABILITY, "label": "Define the audience, angle and key messages"}),
-            json!({"id": ids[1], "capabilityId": GENERATION_CAPABILITY, "label": "Write the draft", "dependsOn": [ids[0]]}),
-            json!({"id": ids[2], "capabilityId": QA_CAPABILITY, "label": "Review the draft against the acceptance criteria", "dependsOn": [ids[1]]}),
-        ];
-        let mut last = ids[2].clone();
-        if approval {
-            steps.push(json!({"id": ids[3], "action": "approval", "label": "Approve the reviewed draft before it is finalized?", "dependsOn": [last]}));
-            last = ids[3].clone();
-        }
-        let id = ids.last().cloned().unwrap_or_default();
-        steps.push(json!({"id": id, "action": "finalize", "label": "Assemble the final result", "dependsOn": [last]}));
-        return json!({"stepsAdd": steps, "note": "Strategy first, then a draft, a review and the final result."});
-    };
+    match ctx.get("replanReason").filter(|r| !r.is_null()) {
+        None => first_plan(&current, approval),
+        Some(reason) => replan(&current, reason, approval),
+    }
+}
 
-    // Replan: drop whatever has not run (and what failed), then add the work the reason calls for.
+/// Strategy first, then a draft, a review (and an approval when asked for) and the final result.
+fn first_plan(current: &Value, approval: bool) -> Value {
+    let ids = next_ids(current, if approval { 5 } else { 4 });
+    let mut steps = vec![
+        json!({"id": ids[0], "capabilityId": STRATEGY_CAPABILITY, "label": "Define the audience, angle and key messages"}),
+        json!({"id": ids[1], "capabilityId": GENERATION_CAPABILITY, "label": "Write the draft", "dependsOn": [ids[0]]}),
+        json!({"id": ids[2], "capabilityId": QA_CAPABILITY, "label": "Review the draft against the acceptance criteria", "dependsOn": [ids[1]]}),
+    ];
+    let mut last = ids[2].clone();
+    if approval {
+        steps.push(json!({"id": ids[3], "action": "approval", "label": "Approve the reviewed draft before it is finalized?", "dependsOn": [last]}));
+        last = ids[3].clone();
+    }
+    let id = ids.last().cloned().unwrap_or_default();
+    steps.push(json!({"id": id, "action": "finalize", "label": "Assemble the final result", "dependsOn": [last]}));
+    json!({"stepsAdd": steps, "note": "Strategy first, then a draft, a review and the final result."})
+}
+
+/// Drops whatever has not run (and what failed), then adds the work the reason calls for.
+fn replan(current: &Value, reason: &Value, approval: bool) -> Value {
     let pending: Vec<Value> = current
         .get("steps")
         .and_then(Value::as_array)
@@ -251,7 +258,7 @@ fn plan(ctx: &Map<String, Value>) -> Value {
         .get("kind")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    let ids = next_ids(&current, if approval { 4 } else { 3 });
+    let ids = next_ids(current, if approval { 4 } else { 3 });
     let issues = strings(reason.get("issues"));
     let mut steps = Vec::new();
     let after = done(QA_CAPABILITY).or_else(|| done(STRATEGY_CAPABILITY));
