@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use orchestrator_aws::AwsApprovalWaits;
 use orchestrator_aws::bootstrap::{Aws, functions_from_env};
 use orchestrator_aws::handlers::AdvanceFunction;
 use orchestrator_runner::RunnerConfig;
@@ -15,10 +14,7 @@ async fn main() -> anyhow::Result<()> {
     let functions = functions_from_env()?;
     let function = AdvanceFunction {
         transitions: aws.transitions(&functions, RunnerConfig::default()),
-        waits: Arc::new(AwsApprovalWaits {
-            store: aws.store.clone(),
-            sfn: aws.sfn(),
-        }),
+        waits: Arc::new(aws.approval_waits()),
         delivery: aws.delivery(),
         functions,
     };

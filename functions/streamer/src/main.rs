@@ -2,11 +2,9 @@
 //! in RESPONSE_STREAM mode. Runs are Step Functions executions. See functions/README.md.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use orchestrator_api::{ApiConfig, router};
-use orchestrator_aws::bootstrap::{Aws, functions_from_env, required, seconds};
-use orchestrator_aws::{AwsApprovalWaits, SfnControl};
+use orchestrator_api::router;
+use orchestrator_aws::bootstrap::{Aws, functions_from_env};
 use orchestrator_llm::{LlmConfig, Provider};
 use orchestrator_runner::RunnerConfig;
 
@@ -32,31 +30,8 @@ async fn main() -> anyhow::Result<()> {
             ..RunnerConfig::default()
         },
     );
-    let sfn = aws.sfn();
-    let control = SfnControl {
-        transitions: transitions.clone(),
-        sfn: sfn.clone(),
-        state_machine_arn: required("STATE_MACHINE_ARN")?,
-        waits: Arc::new(AwsApprovalWaits {
-            store: aws.store.clone(),
-            sfn,
-        }),
-        delivery: aws.delivery(),
-    };
-    let config = ApiConfig {
-        api_key: aws.api_key().await?,
-        cors_origins: std::env::var("CORS_ORIGINS")
-            .unwrap_or_default()
-            .split(',')
-            .map(|o| o.trim().to_owned())
-            .filter(|o| !o.is_empty())
-            .collect(),
-        // End each response before the function's timeout, with a retry hint.
-        max_stream: Some(Duration::from_secs(
-            seconds("STREAM_MAX_SECONDS")?.unwrap_or(840),
-        )),
-        ..ApiConfig::default()
-    };
+    let control = aws.sfn_control(transitions.clone(), aws.delivery())?;
+    let config = aws.api_config().await?;
     let app = router(Arc::new(control), transitions.store().clone(), config);
     lambda_http::run_with_streaming_response(app)
         .await

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use orchestrator_aws::bootstrap::{Aws, functions_from_env, mapping_from_env, required};
 use orchestrator_aws::trigger::{SqsDeadLetters, TriggerFunction};
-use orchestrator_aws::{AwsApprovalWaits, SfnControl};
 use orchestrator_runner::RunnerConfig;
 
 #[tokio::main]
@@ -16,18 +15,8 @@ async fn main() -> anyhow::Result<()> {
     let functions = functions_from_env()?;
     let mapping = mapping_from_env()?;
     let transitions = aws.transitions(&functions, RunnerConfig::default());
-    let sfn = aws.sfn();
-    let control = SfnControl {
-        transitions: transitions.clone(),
-        sfn: sfn.clone(),
-        state_machine_arn: required("STATE_MACHINE_ARN")?,
-        waits: Arc::new(AwsApprovalWaits {
-            store: aws.store.clone(),
-            sfn,
-        }),
-        // The trigger never cancels a run, so it has no completion of its own to send.
-        delivery: None,
-    };
+    // The trigger never cancels a run, so it has no completion of its own to send.
+    let control = aws.sfn_control(transitions.clone(), None)?;
     let function = TriggerFunction {
         transitions,
         executions: Arc::new(control),

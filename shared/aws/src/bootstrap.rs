@@ -3,8 +3,10 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use aws_config::SdkConfig;
+use orchestrator_api::ApiConfig;
 use orchestrator_core::ports::SystemClock;
 use orchestrator_llm::LlmConfig;
 use orchestrator_runner::{RunnerConfig, Store, Transitions};
@@ -15,6 +17,7 @@ use crate::error::{AwsError, Service};
 use crate::handlers::Delivery;
 use crate::route::FunctionMap;
 use crate::trigger::EventMapping;
+use crate::{AwsApprovalWaits, SfnControl};
 
 /// The capabilities of the reference team; each runs in the function of the same name unless
 /// SPECIALIST_FUNCTIONS says otherwise.
@@ -109,6 +112,50 @@ impl Aws {
             )),
             None => Ok(var("API_KEY")),
         }
+    }
+
+    /// Approval waits over the table and Step Functions.
+    pub fn approval_waits(&self) -> AwsApprovalWaits {
+        AwsApprovalWaits {
+            store: self.store.clone(),
+            sfn: self.sfn(),
+        }
+    }
+
+    /// Runs as executions of the state machine `STATE_MACHINE_ARN`. `delivery` sends the
+    /// completion of a run cancelled through this control (none if it never cancels).
+    pub fn sfn_control(
+        &self,
+        transitions: Transitions,
+        delivery: Option<Delivery>,
+    ) -> Result<SfnControl, InitError> {
+        let waits = self.approval_waits();
+        Ok(SfnControl {
+            transitions,
+            sfn: waits.sfn.clone(),
+            state_machine_arn: required("STATE_MACHINE_ARN")?,
+            waits: Arc::new(waits),
+            delivery,
+        })
+    }
+
+    /// The streamer's API: the bearer key ([`Aws::api_key`]), `CORS_ORIGINS` (comma-separated)
+    /// and `STREAM_MAX_SECONDS` (default 840).
+    pub async fn api_config(&self) -> Result<ApiConfig, InitError> {
+        Ok(ApiConfig {
+            api_key: self.api_key().await?,
+            cors_origins: std::env::var("CORS_ORIGINS")
+                .unwrap_or_default()
+                .split(',')
+                .map(|o| o.trim().to_owned())
+                .filter(|o| !o.is_empty())
+                .collect(),
+            // End each response before the function's timeout, with a retry hint.
+            max_stream: Some(Duration::from_secs(
+                seconds("STREAM_MAX_SECONDS")?.unwrap_or(840),
+            )),
+            ..ApiConfig::default()
+        })
     }
 }
 
