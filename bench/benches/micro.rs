@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use orchestrator_core::batch::DeltaBatcher;
-use orchestrator_core::engine::{Action, Engine, EngineConfig, Input, RunState};
+use orchestrator_core::engine::{Engine, EngineConfig, Input, Move, RunState};
 use orchestrator_core::event::{Event, Frame};
 use orchestrator_core::patch::normalize_patch;
 use orchestrator_core::types::RunRequest;
@@ -68,41 +68,42 @@ fn output(capability: &str, qa_runs: &mut u32) -> Value {
     }
 }
 
-/// The reference run through `Engine::apply` alone: every transition, from start to finish.
+/// The reference run through `Engine::next` and `Engine::apply` alone: every transition,
+/// from start to finish, each step's outcome applied as it is dispatched.
 fn reference_run(engine: &Engine, request: &RunRequest) -> usize {
     let mut state = RunState::new("run-1", "corr-1", request.clone(), 0);
-    let mut queue = vec![Input::Started];
-    let mut now = 0;
-    let mut transitions = 0;
+    let mut now = 10;
+    let (next, _) = engine.apply(state, Input::Started, now);
+    state = next;
+    let mut transitions = 1;
     let mut qa_runs = 0;
     let mut plans = 0;
-    while let Some(input) = queue.pop() {
-        now += 10;
-        let (next, actions) = engine.apply(state, input, now);
-        state = next;
-        transitions += 1;
-        for action in actions {
-            match action {
-                Action::CallPlanner { .. } => {
-                    plans += 1;
-                    queue.push(plan(plans > 1));
-                }
-                Action::Dispatch { steps } => {
-                    for d in steps {
-                        let out = output(&d.capability_id, &mut qa_runs);
-                        let input = json!({"kind": "step_finished", "result": {
-                            "stepId": d.step_id, "attempt": d.attempt, "output": out,
-                            "metrics": {"durationMs": 5, "attempt": d.attempt,
-                                "capabilityId": d.capability_id, "inputTokens": 200, "outputTokens": 100}}});
-                        queue.push(serde_json::from_value(input).unwrap_or_else(|e| panic!("{e}")));
-                    }
-                }
-                Action::Finish { .. } => return transitions,
-                _ => {}
+    loop {
+        let inputs = match engine.next(&state) {
+            Move::Plan { .. } => {
+                plans += 1;
+                vec![plan(plans > 1)]
             }
+            Move::Dispatch { steps } => steps
+                .into_iter()
+                .map(|d| {
+                    let out = output(&d.capability_id, &mut qa_runs);
+                    let input = json!({"kind": "step_finished", "result": {
+                        "stepId": d.step_id, "attempt": d.attempt, "output": out,
+                        "metrics": {"durationMs": 5, "attempt": d.attempt,
+                            "capabilityId": d.capability_id, "inputTokens": 200, "outputTokens": 100}}});
+                    serde_json::from_value(input).unwrap_or_else(|e| panic!("{e}"))
+                })
+                .collect(),
+            _ => return transitions,
+        };
+        for input in inputs {
+            now += 10;
+            let (next, _) = engine.apply(state, input, now);
+            state = next;
+            transitions += 1;
         }
     }
-    transitions
 }
 
 fn bench_engine(c: &mut Criterion) {

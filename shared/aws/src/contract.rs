@@ -5,18 +5,6 @@
 use orchestrator_core::tools::HumanRequest;
 use serde::{Deserialize, Serialize};
 
-/// Where the execution goes next; the ASL's `Route` state chooses on it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Route {
-    Plan,
-    Dispatch,
-    Await,
-    Succeeded,
-    Failed,
-    Cancelled,
-}
-
 /// One step to run: an item of the Dispatch Map, and the input of a specialist function.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -30,20 +18,71 @@ pub struct StepTask {
     pub timeout_ms: u64,
 }
 
-/// What `planner` and `advance` return.
+/// What `planner` and `advance` return: the run's next move, as the ASL's `Route` Choice
+/// state reads it (`$.route`, then the fields of that route).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Next {
     pub run_id: String,
+    #[serde(flatten)]
     pub route: Route,
-    #[serde(default)]
-    pub steps: Vec<StepTask>,
-    #[serde(default)]
-    pub checkpoint_id: Option<String>,
-    #[serde(default)]
-    pub approval_timeout_seconds: Option<u64>,
-    #[serde(default)]
-    pub error: Option<String>,
+}
+
+impl Next {
+    /// The steps to dispatch (none unless the route is `dispatch`).
+    pub fn steps(&self) -> &[StepTask] {
+        match &self.route {
+            Route::Dispatch { steps } => steps,
+            _ => &[],
+        }
+    }
+
+    /// The checkpoint awaited (only when the route is `await`).
+    pub fn checkpoint_id(&self) -> Option<&str> {
+        match &self.route {
+            Route::Await { checkpoint_id, .. } => Some(checkpoint_id),
+            _ => None,
+        }
+    }
+}
+
+/// Where the execution goes next; each route carries what its states need, and nothing else.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(
+    tag = "route",
+    rename_all = "snake_case",
+    rename_all_fields = "camelCase"
+)]
+pub enum Route {
+    Plan,
+    /// The Dispatch Map runs these.
+    Dispatch {
+        steps: Vec<StepTask>,
+    },
+    /// AwaitApproval waits for the answer, at most this long.
+    Await {
+        checkpoint_id: String,
+        approval_timeout_seconds: u64,
+    },
+    Succeeded,
+    Failed {
+        error: String,
+    },
+    Cancelled,
+}
+
+impl Route {
+    /// The route's name, as the ASL matches it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Route::Plan => "plan",
+            Route::Dispatch { .. } => "dispatch",
+            Route::Await { .. } => "await",
+            Route::Succeeded => "succeeded",
+            Route::Failed { .. } => "failed",
+            Route::Cancelled => "cancelled",
+        }
+    }
 }
 
 /// The planner function's input (also the execution's input).
@@ -53,29 +92,35 @@ pub struct RunRef {
     pub run_id: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum OutcomeKind {
-    Finished,
-    Failed,
-    NeedsHuman,
-}
-
 /// What a specialist function returns (and what the Map's Catch builds for an invocation that
-/// kept failing).
+/// kept failing): the attempt, and how it ended.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Outcome {
     pub run_id: String,
     pub step_id: String,
     pub attempt: u32,
-    pub outcome: OutcomeKind,
-    #[serde(default)]
-    pub error: Option<String>,
-    #[serde(default)]
-    pub retryable: bool,
-    #[serde(default)]
-    pub request: Option<Box<HumanRequest>>,
+    #[serde(flatten)]
+    pub end: AttemptEnd,
+}
+
+/// How an attempt ended (`$.outcome`); a failure says whether another attempt may succeed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(
+    tag = "outcome",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
+pub enum AttemptEnd {
+    /// The result is in the table, where the specialist stored it.
+    Finished,
+    Failed {
+        error: String,
+        retryable: bool,
+    },
+    NeedsHuman {
+        request: Box<HumanRequest>,
+    },
 }
 
 /// The advance function's input.
@@ -128,8 +173,13 @@ mod tests {
             "error": "Specialist.ModelThrottled: slow down", "retryable": true});
         // WHEN it is read THEN it is a retryable failure of that attempt
         let o: Outcome = serde_json::from_value(caught).unwrap();
-        assert_eq!(o.outcome, OutcomeKind::Failed);
-        assert!(o.retryable);
+        assert_eq!(
+            o.end,
+            AttemptEnd::Failed {
+                error: "Specialist.ModelThrottled: slow down".into(),
+                retryable: true
+            }
+        );
         assert_eq!(o.attempt, 2);
     }
 
@@ -156,14 +206,33 @@ mod tests {
 
     #[test]
     fn next_serialises_routes_as_the_asl_expects() {
-        let next = Next {
-            run_id: "r1".into(),
-            route: Route::Succeeded,
-            steps: vec![],
-            checkpoint_id: None,
-            approval_timeout_seconds: None,
-            error: None,
+        // GIVEN the routes the ASL's Choice states read
+        let wire = |route| {
+            serde_json::to_value(Next {
+                run_id: "r1".into(),
+                route,
+            })
+            .unwrap()
         };
-        assert_eq!(serde_json::to_value(next).unwrap()["route"], "succeeded");
+        // THEN each is `route` beside the run id, with only its own fields
+        assert_eq!(
+            wire(Route::Succeeded),
+            json!({"runId": "r1", "route": "succeeded"})
+        );
+        assert_eq!(
+            wire(Route::Await {
+                checkpoint_id: "cp-a".into(),
+                approval_timeout_seconds: 61
+            }),
+            json!({"runId": "r1", "route": "await", "checkpointId": "cp-a", "approvalTimeoutSeconds": 61})
+        );
+        assert_eq!(
+            wire(Route::Failed {
+                error: "boom".into()
+            }),
+            json!({"runId": "r1", "route": "failed", "error": "boom"})
+        );
+        // AND a failed route without its error cannot be read (nor written)
+        assert!(serde_json::from_value::<Next>(json!({"runId": "r1", "route": "failed"})).is_err());
     }
 }

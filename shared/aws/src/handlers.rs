@@ -4,16 +4,16 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use orchestrator_agents::{AgentError, PlanContext, Planner};
-use orchestrator_core::engine::{Dispatch, Input, PlannerState, RunState};
+use orchestrator_agents::Planner;
+use orchestrator_core::engine::{Dispatch, Input, Move, PlannerState, RunState};
 use orchestrator_core::ports::StoreError;
-use orchestrator_core::types::QualityVerdict;
-use orchestrator_runner::{LogSink, StepRunner, Transitions, outcome_of};
+use orchestrator_core::types::{QA_CAPABILITY, QualityVerdict, StepMetrics};
+use orchestrator_runner::{StepRunner, Transitions, outcome_of, propose};
 use serde_json::{Value, json};
 use tracing::Instrument;
 
 use crate::completion::{Completions, deliver};
-use crate::contract::{AdvanceRequest, Next, Outcome, OutcomeKind, RunRef, StepTask};
+use crate::contract::{AdvanceRequest, AttemptEnd, Next, Outcome, RunRef, StepTask};
 use crate::error::FunctionError;
 use crate::route::{FunctionMap, next_of};
 use crate::telemetry::{StepFigures, emit, step_metrics};
@@ -63,21 +63,10 @@ impl PlannerFunction {
         let PlannerState::Awaiting { reason } = &state.planner else {
             return Ok(next_of(engine, &state, &self.functions, now()));
         };
-        let capabilities: Vec<String> = engine.config.capabilities.iter().cloned().collect();
-        let ctx = PlanContext {
-            request: &state.request,
-            plan: &state.plan,
-            reason: reason.as_ref(),
-            capabilities: &capabilities,
-        };
-        let sink = LogSink::new(self.transitions.store().clone(), &state);
-        let input = match self.planner.plan(ctx, &sink).await {
-            Ok(outcome) => Input::PlanProposed {
-                patch: outcome.patch,
-                usage: outcome.usage,
-            },
+        let input = match propose(&self.planner, &self.transitions, &state, reason.as_ref()).await {
+            Ok(input) => input,
             // The planner retried within the call already; Step Functions retries it again.
-            Err(AgentError::Model(e)) if e.retryable() => {
+            Err(e) => {
                 tracing::warn!(error = %e, "planner model call failed; Step Functions retries it");
                 return Err(if e.throttled() {
                     FunctionError::PlannerThrottled(e.to_string())
@@ -85,13 +74,14 @@ impl PlannerFunction {
                     FunctionError::PlannerUnavailable(e.to_string())
                 });
             }
-            Err(e) => Input::PlanFailed {
-                error: e.to_string(),
-            },
         };
         let launch = self.transitions.transition(state, input).await?;
         let next = next_of(engine, &launch.state, &self.functions, now());
-        tracing::info!(route = ?next.route, plan_version = launch.state.plan.version, "planned");
+        tracing::info!(
+            route = next.route.name(),
+            plan_version = launch.state.plan.version,
+            "planned"
+        );
         Ok(next)
     }
 }
@@ -180,14 +170,20 @@ impl AdvanceFunction {
 
     /// Applies the inputs (none: the route as the stored run stands) and names the next route.
     async fn advance(&self, state: RunState, inputs: Vec<Input>) -> Result<Next, FunctionError> {
-        let state = if inputs.is_empty() {
+        let mut state = if inputs.is_empty() {
             state
         } else {
             self.transitions.transition_all(state, inputs).await?.state
         };
+        // A run with nothing to do that has not ended fails visibly, as the local driver fails
+        // it, rather than stay `running` with no execution.
+        if let Move::Stalled { error } = self.transitions.engine().next(&state) {
+            let aborted = Input::Aborted { error };
+            state = self.transitions.transition(state, aborted).await?.state;
+        }
         let now = self.transitions.clock().now_ms();
         let next = next_of(self.transitions.engine(), &state, &self.functions, now);
-        tracing::info!(route = ?next.route, status = %state.status, "advanced");
+        tracing::info!(route = next.route.name(), status = %state.status, "advanced");
         Ok(next)
     }
 
@@ -216,8 +212,8 @@ impl AdvanceFunction {
     /// A step's outcome as the engine hears it. A finished step's result is read from the
     /// table, where the specialist stored it: payloads carry ids, not documents.
     async fn input_of(&self, o: Outcome) -> Result<Input, FunctionError> {
-        Ok(match o.outcome {
-            OutcomeKind::Finished => {
+        Ok(match o.end {
+            AttemptEnd::Finished => {
                 let stored = self
                     .transitions
                     .store()
@@ -233,24 +229,16 @@ impl AdvanceFunction {
                     },
                 }
             }
-            OutcomeKind::Failed => Input::StepFailed {
+            AttemptEnd::Failed { error, retryable } => Input::StepFailed {
                 step_id: o.step_id,
                 attempt: o.attempt,
-                error: o.error.unwrap_or_else(|| "the step failed".into()),
-                retryable: o.retryable,
+                error,
+                retryable,
             },
-            OutcomeKind::NeedsHuman => match o.request {
-                Some(request) => Input::StepNeedsHuman {
-                    step_id: o.step_id,
-                    attempt: o.attempt,
-                    request,
-                },
-                None => {
-                    return Err(FunctionError::InvalidRequest(format!(
-                        "step {} asked for a person without a request",
-                        o.step_id
-                    )));
-                }
+            AttemptEnd::NeedsHuman { request } => Input::StepNeedsHuman {
+                step_id: o.step_id,
+                attempt: o.attempt,
+                request,
             },
         })
     }
@@ -295,21 +283,17 @@ impl SpecialistFunction {
     }
 
     async fn run(&self, state: RunState, task: StepTask) -> Result<Outcome, FunctionError> {
-        let outcome = |kind, error: Option<String>, retryable| Outcome {
+        let outcome = |end| Outcome {
             run_id: task.run_id.clone(),
             step_id: task.step_id.clone(),
             attempt: task.attempt,
-            outcome: kind,
-            error,
-            retryable,
-            request: None,
+            end,
         };
         if state.status.is_terminal() {
-            return Ok(outcome(
-                OutcomeKind::Failed,
-                Some(format!("the run has already ended ({})", state.status)),
-                false,
-            ));
+            return Ok(outcome(AttemptEnd::Failed {
+                error: format!("the run has already ended ({})", state.status),
+                retryable: false,
+            }));
         }
         let dispatch = Dispatch {
             step_id: task.step_id.clone(),
@@ -325,56 +309,59 @@ impl SpecialistFunction {
             }
         };
         let now = self.transitions.clock().now_ms();
-        Ok(match input {
+        let end = match input {
             Input::StepFinished { result } => {
                 let qa_score = serde_json::from_value::<QualityVerdict>(result.output.clone())
                     .ok()
                     .map(|v| v.score)
-                    .filter(|_| task.capability_id == "qa");
-                emit(&step_metrics(
-                    &StepFigures {
-                        run_id: &task.run_id,
-                        step_id: &task.step_id,
-                        capability: &task.capability_id,
-                        duration_ms: result.metrics.duration_ms,
-                        input_tokens: result.metrics.input_tokens,
-                        output_tokens: result.metrics.output_tokens,
-                        retries: task.attempt.saturating_sub(1),
-                        qa_score,
-                        failed: false,
-                    },
-                    now,
-                ));
-                outcome(OutcomeKind::Finished, None, false)
+                    .filter(|_| task.capability_id == QA_CAPABILITY);
+                emit_figures(&task, &result.metrics, qa_score, false, now);
+                AttemptEnd::Finished
             }
             Input::StepFailed {
                 error, retryable, ..
             } => {
-                emit(&step_metrics(
-                    &StepFigures {
-                        run_id: &task.run_id,
-                        step_id: &task.step_id,
-                        capability: &task.capability_id,
-                        duration_ms: 0,
-                        input_tokens: 0,
-                        output_tokens: 0,
-                        retries: task.attempt.saturating_sub(1),
-                        qa_score: None,
-                        failed: true,
-                    },
-                    now,
-                ));
-                outcome(OutcomeKind::Failed, Some(error), retryable)
+                let none = StepMetrics {
+                    duration_ms: 0,
+                    attempt: task.attempt,
+                    capability_id: task.capability_id.clone(),
+                    input_tokens: 0,
+                    output_tokens: 0,
+                };
+                emit_figures(&task, &none, None, true, now);
+                AttemptEnd::Failed { error, retryable }
             }
-            Input::StepNeedsHuman { request, .. } => Outcome {
-                request: Some(request),
-                ..outcome(OutcomeKind::NeedsHuman, None, false)
-            },
+            Input::StepNeedsHuman { request, .. } => AttemptEnd::NeedsHuman { request },
             other => {
                 return Err(FunctionError::InvalidRequest(format!(
                     "a step ended with an unexpected input: {other:?}"
                 )));
             }
-        })
+        };
+        Ok(outcome(end))
     }
+}
+
+/// The attempt's figures as a metrics log line (CloudWatch embedded metric format).
+fn emit_figures(
+    task: &StepTask,
+    metrics: &StepMetrics,
+    qa_score: Option<f64>,
+    failed: bool,
+    now_ms: u64,
+) {
+    emit(&step_metrics(
+        &StepFigures {
+            run_id: &task.run_id,
+            step_id: &task.step_id,
+            capability: &task.capability_id,
+            duration_ms: metrics.duration_ms,
+            input_tokens: metrics.input_tokens,
+            output_tokens: metrics.output_tokens,
+            retries: task.attempt.saturating_sub(1),
+            qa_score,
+            failed,
+        },
+        now_ms,
+    ));
 }

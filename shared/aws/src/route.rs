@@ -1,10 +1,10 @@
-//! Where a run goes next, read from its stored state alone. Deriving it from the state (not
-//! from the actions of the last transition) makes `planner` and `advance` safe to retry: a
-//! repeated invocation whose inputs are stale still answers with the right route.
+//! The engine's next move as the state machine's route. The move is read from the stored state
+//! alone ([`Engine::next`]), which makes `planner` and `advance` safe to retry: a repeated
+//! invocation whose inputs are stale still answers with the right route.
 
 use std::collections::BTreeMap;
 
-use orchestrator_core::engine::{Engine, PlannerState, RunState};
+use orchestrator_core::engine::{Engine, Move, RunState};
 use orchestrator_core::types::RunStatus;
 
 use crate::contract::{Next, Route, StepTask};
@@ -44,74 +44,63 @@ impl FunctionMap {
     }
 }
 
-/// The next route of a run. In-flight steps go first (a replan waits for them), then the
-/// planner, then a person.
+/// The next route of a run: the engine's next move, with each step's function.
 pub fn next_of(engine: &Engine, state: &RunState, functions: &FunctionMap, now_ms: u64) -> Next {
-    let mut next = Next {
-        run_id: state.run_id.clone(),
-        route: Route::Failed,
-        steps: Vec::new(),
-        checkpoint_id: None,
-        approval_timeout_seconds: None,
-        error: None,
-    };
-    if state.status.is_terminal() {
-        next.route = match state.status {
+    let route = match engine.next(state) {
+        Move::Finished { status, error } => match status {
             RunStatus::Completed => Route::Succeeded,
             RunStatus::Cancelled => Route::Cancelled,
-            _ => Route::Failed,
-        };
-        next.error = state
-            .error
-            .clone()
-            .or_else(|| Some(format!("the run ended {}", state.status)))
-            .filter(|_| next.route == Route::Failed);
-        return next;
+            _ => Route::Failed {
+                error: error.unwrap_or_else(|| format!("the run ended {status}")),
+            },
+        },
+        Move::Dispatch { steps } => dispatch(state, steps, functions),
+        Move::Plan { .. } => Route::Plan,
+        Move::AwaitApproval { checkpoint } => Route::Await {
+            checkpoint_id: checkpoint.id,
+            // Step Functions times the wait out a second after the engine's deadline, so the
+            // engine, asked then, sees the checkpoint expired.
+            approval_timeout_seconds: checkpoint.expires_at_ms.saturating_sub(now_ms) / 1000 + 1,
+        },
+        Move::Stalled { error } => Route::Failed { error },
+    };
+    Next {
+        run_id: state.run_id.clone(),
+        route,
     }
-    let outstanding = engine.outstanding(state);
-    if !outstanding.is_empty() {
-        let mut missing = Vec::new();
-        for d in outstanding {
-            match functions.function(&d.capability_id) {
-                Some(function) => next.steps.push(StepTask {
-                    run_id: state.run_id.clone(),
-                    step_id: d.step_id,
-                    attempt: d.attempt,
-                    capability_id: d.capability_id,
-                    function: function.to_owned(),
-                    timeout_ms: d.timeout_ms,
-                }),
-                None => missing.push(d.capability_id),
-            }
+}
+
+fn dispatch(
+    state: &RunState,
+    steps: Vec<orchestrator_core::engine::Dispatch>,
+    functions: &FunctionMap,
+) -> Route {
+    let mut tasks = Vec::with_capacity(steps.len());
+    let mut missing = Vec::new();
+    for d in steps {
+        match functions.function(&d.capability_id) {
+            Some(function) => tasks.push(StepTask {
+                run_id: state.run_id.clone(),
+                step_id: d.step_id,
+                attempt: d.attempt,
+                capability_id: d.capability_id,
+                function: function.to_owned(),
+                timeout_ms: d.timeout_ms,
+            }),
+            None => missing.push(d.capability_id),
         }
-        if missing.is_empty() {
-            next.route = Route::Dispatch;
-        } else {
-            // The engine only dispatches capabilities it was told exist, so this is a
-            // deployment whose SPECIALIST_FUNCTIONS lacks one: say which.
-            next.steps.clear();
-            next.error = Some(format!(
-                "no function is configured for {} (SPECIALIST_FUNCTIONS)",
-                missing.join(", ")
-            ));
-        }
-        return next;
     }
-    if matches!(state.planner, PlannerState::Awaiting { .. }) {
-        next.route = Route::Plan;
-        return next;
+    if missing.is_empty() {
+        return Route::Dispatch { steps: tasks };
     }
-    if let Some(checkpoint) = &state.checkpoint {
-        next.route = Route::Await;
-        next.checkpoint_id = Some(checkpoint.id.clone());
-        // Step Functions times the wait out a second after the engine's deadline, so the
-        // engine, asked then, sees the checkpoint expired.
-        next.approval_timeout_seconds =
-            Some(checkpoint.expires_at_ms.saturating_sub(now_ms) / 1000 + 1);
-        return next;
+    // The engine only dispatches capabilities it was told exist, so this is a deployment
+    // whose SPECIALIST_FUNCTIONS lacks one: say which.
+    Route::Failed {
+        error: format!(
+            "no function is configured for {} (SPECIALIST_FUNCTIONS)",
+            missing.join(", ")
+        ),
     }
-    next.error = Some("the run has nothing in progress, yet it has not finished".into());
-    next
 }
 
 #[cfg(test)]
@@ -152,10 +141,12 @@ mod tests {
         // WHEN its route is asked
         let next = next_of(&e, &state, &functions(), 0);
         // THEN the step goes to generation's function, attempt 1
-        assert_eq!(next.route, Route::Dispatch);
-        assert_eq!(next.steps.len(), 1);
-        assert_eq!(next.steps[0].function, "g");
-        assert_eq!(next.steps[0].attempt, 1);
+        let Route::Dispatch { steps } = next.route else {
+            panic!("{next:?}")
+        };
+        assert_eq!(steps.len(), 1);
+        assert_eq!(steps[0].function, "g");
+        assert_eq!(steps[0].attempt, 1);
     }
 
     #[test]
@@ -165,8 +156,10 @@ mod tests {
         req.mode = orchestrator_core::types::Mode::Chat;
         let (state, _) = e.apply(RunState::new("r1", "c1", req, 0), Input::Started, 0);
         let next = next_of(&e, &state, &FunctionMap::parse("qa=q").unwrap(), 0);
-        assert_eq!(next.route, Route::Failed);
-        assert!(next.error.unwrap().contains("generation"));
+        let Route::Failed { error } = next.route else {
+            panic!("{next:?}")
+        };
+        assert!(error.contains("generation"), "{error}");
     }
 
     #[test]

@@ -146,17 +146,17 @@ impl Cloud {
                     self.invoked("planner");
                     self.plan(&next.run_id).await
                 }
-                Route::Dispatch => {
+                Route::Dispatch { .. } => {
                     let mut outcomes: Vec<Outcome> = Vec::new();
-                    for task in next.steps.clone() {
+                    for task in next.steps().to_vec() {
                         self.invoked(&task.function);
                         outcomes.push(self.specialist.handle(task).await.unwrap());
                     }
                     self.invoked("advance");
                     self.advance_with(&next.run_id, outcomes).await
                 }
-                Route::Await => return next,
-                Route::Succeeded | Route::Failed | Route::Cancelled => {
+                Route::Await { .. } => return next,
+                Route::Succeeded | Route::Failed { .. } | Route::Cancelled => {
                     // The terminal branches of Route pass through Notify.
                     self.invoked("notify");
                     self.notify(&next.run_id).await;
@@ -206,10 +206,6 @@ impl Cloud {
         Next {
             run_id: launch.state.run_id.clone(),
             route: Route::Plan,
-            steps: vec![],
-            checkpoint_id: None,
-            approval_timeout_seconds: None,
-            error: None,
         }
     }
 
@@ -280,7 +276,7 @@ async fn the_state_machine_drives_the_reference_run_to_the_local_runs_result() {
     let last = cloud.execute(first).await;
 
     // THEN it succeeds with the replan after the failed QA, like the local run
-    assert_eq!(last.route, Route::Succeeded);
+    assert_eq!(last.route.name(), "succeeded");
     let state = cloud.state(&run_id).await;
     assert_eq!(state.status, RunStatus::Completed);
     assert_eq!(state.plan.version, 2, "plan v1, then the replan");
@@ -343,8 +339,8 @@ async fn retried_invocations_change_nothing() {
     let first = cloud.start(request(json!({}))).await;
     let run_id = first.run_id.clone();
     let planned = cloud.plan(&run_id).await;
-    assert_eq!(planned.route, Route::Dispatch);
-    let task = planned.steps[0].clone();
+    assert_eq!(planned.route.name(), "dispatch");
+    let task = planned.steps()[0].clone();
     let outcome = cloud.specialist.handle(task.clone()).await.unwrap();
     let advanced = cloud.advance_with(&run_id, vec![outcome.clone()]).await;
     let events_before = kinds(cloud.store.as_ref(), &run_id).await.len();
@@ -357,9 +353,10 @@ async fn retried_invocations_change_nothing() {
     // THEN the planner answers the current route without planning again, the specialist
     // returns its stored result, and the advance routes to the same next step
     assert_eq!(cloud.state(&run_id).await.plan.version, 1);
-    assert_eq!(replanned.route, Route::Dispatch);
+    assert_eq!(replanned.route.name(), "dispatch");
     assert_eq!(
-        replanned.steps, advanced.steps,
+        replanned.steps(),
+        advanced.steps(),
         "the in-flight step, same attempt"
     );
     assert_eq!(again, outcome);
@@ -380,9 +377,16 @@ async fn an_approval_wait_resumes_whichever_side_of_the_token_race_comes_first()
     let (run_id, waiting) = cloud.at_checkpoint().await;
 
     // THEN it stops at the checkpoint, with a timeout in seconds for the wait
-    assert_eq!(waiting.route, Route::Await);
-    let checkpoint = waiting.checkpoint_id.clone().unwrap();
-    assert!(waiting.approval_timeout_seconds.unwrap() > 3600);
+    assert_eq!(waiting.route.name(), "await");
+    let checkpoint = waiting.checkpoint_id().unwrap().to_owned();
+    let Route::Await {
+        approval_timeout_seconds,
+        ..
+    } = &waiting.route
+    else {
+        panic!("{waiting:?}")
+    };
+    assert!(*approval_timeout_seconds > 3600);
     assert_eq!(cloud.state(&run_id).await.status, RunStatus::PendingHitl);
 
     // WHEN the person answers before the wait has registered its token (the streamer applies
@@ -407,7 +411,7 @@ async fn an_approval_wait_resumes_whichever_side_of_the_token_race_comes_first()
     assert_eq!(*cloud.waits.resumed.lock().unwrap(), ["token-1"]);
     let resumed = cloud.advance_with(&run_id, vec![]).await;
     let last = cloud.execute(resumed).await;
-    assert_eq!(last.route, Route::Succeeded);
+    assert_eq!(last.route.name(), "succeeded");
     assert_eq!(cloud.state(&run_id).await.status, RunStatus::Completed);
 }
 
@@ -416,7 +420,7 @@ async fn a_wait_registered_before_any_answer_is_left_waiting() {
     // GIVEN a run at its checkpoint
     let cloud = cloud(Arc::new(SqliteStore::open_in_memory().unwrap()));
     let (run_id, waiting) = cloud.at_checkpoint().await;
-    let checkpoint = waiting.checkpoint_id.clone().unwrap();
+    let checkpoint = waiting.checkpoint_id().unwrap().to_owned();
 
     // WHEN the wait registers first
     cloud
@@ -447,7 +451,7 @@ async fn an_approval_wait_that_times_out_ends_the_run_visibly() {
     // GIVEN a run at its checkpoint
     let cloud = cloud(Arc::new(SqliteStore::open_in_memory().unwrap()));
     let (run_id, waiting) = cloud.at_checkpoint().await;
-    assert_eq!(waiting.route, Route::Await);
+    assert_eq!(waiting.route.name(), "await");
 
     // WHEN Step Functions times the wait out and the engine's deadline has passed
     let mut state = cloud.state(&run_id).await;
@@ -465,7 +469,7 @@ async fn an_approval_wait_that_times_out_ends_the_run_visibly() {
     let next: Next = serde_json::from_value(value).unwrap();
 
     // THEN the run does not stay waiting: the engine closes the checkpoint
-    assert_ne!(next.route, Route::Await);
+    assert_ne!(next.route.name(), "await");
     assert_ne!(cloud.state(&run_id).await.status, RunStatus::PendingHitl);
 }
 
@@ -487,7 +491,7 @@ async fn a_task_that_kept_failing_aborts_the_run_visibly_once() {
 
     // THEN the run is failed with the cause, a client sees `error` and `complete`, and Route
     // ends the execution as failed
-    assert_eq!(next.route, Route::Failed);
+    assert_eq!(next.route.name(), "failed");
     let state = cloud.state(&run_id).await;
     assert_eq!(state.status, RunStatus::Failed);
     assert!(state.error.unwrap().contains("throttled for too long"));
@@ -507,10 +511,10 @@ async fn a_finished_run_sends_one_completion_even_when_its_last_steps_are_retrie
     loop {
         next = match next.route {
             Route::Plan => cloud.plan(&run_id).await,
-            Route::Dispatch if next.steps[0].capability_id == "finalize" => break,
-            Route::Dispatch => {
+            Route::Dispatch { .. } if next.steps()[0].capability_id == "finalize" => break,
+            Route::Dispatch { .. } => {
                 let mut outcomes = Vec::new();
-                for task in next.steps.clone() {
+                for task in next.steps().to_vec() {
                     outcomes.push(cloud.specialist.handle(task).await.unwrap());
                 }
                 cloud.advance_with(&run_id, outcomes).await
@@ -518,7 +522,7 @@ async fn a_finished_run_sends_one_completion_even_when_its_last_steps_are_retrie
             other => panic!("unexpected route {other:?}"),
         };
     }
-    let finalize = next.steps[0].clone();
+    let finalize = next.steps()[0].clone();
 
     // WHEN Step Functions runs finalize twice (a retried invocation), the advance after it
     // twice, and Notify twice
@@ -527,8 +531,8 @@ async fn a_finished_run_sends_one_completion_even_when_its_last_steps_are_retrie
     assert_eq!(first, again);
     let ended = cloud.advance_with(&run_id, vec![first]).await;
     let ended_again = cloud.advance_with(&run_id, vec![again]).await;
-    assert_eq!(ended.route, Route::Succeeded);
-    assert_eq!(ended_again.route, Route::Succeeded);
+    assert_eq!(ended.route.name(), "succeeded");
+    assert_eq!(ended_again.route.name(), "succeeded");
     cloud.notify(&run_id).await;
     cloud.notify(&run_id).await;
 
@@ -561,7 +565,7 @@ async fn an_aborted_run_sends_run_failed_with_its_error() {
         .await
         .unwrap();
     let next: Next = serde_json::from_value(value).unwrap();
-    assert_eq!(next.route, Route::Failed);
+    assert_eq!(next.route.name(), "failed");
 
     // WHEN Notify runs on the failed route
     cloud.notify(&run_id).await;

@@ -11,7 +11,7 @@ pub mod tools;
 pub mod types;
 
 pub use engine::{
-    Action, Checkpoint, Dispatch, Engine, EngineConfig, Input, ReplanReason, RunState,
+    Checkpoint, Dispatch, Engine, EngineConfig, Input, Move, ReplanReason, RunState, Transition,
 };
 pub use event::{Event, EventKind, Frame};
 pub use patch::{PlanPatch, normalize_patch};

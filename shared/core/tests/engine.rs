@@ -1,15 +1,96 @@
-//! The pure engine, driven only through `Engine::apply(state, input, now_ms)`.
+//! The pure engine, driven only through `Engine::apply(state, input, now_ms)` and
+//! `Engine::next(state)`.
 
 use orchestrator_core::engine::PlannerState;
 use orchestrator_core::event::{HitlKind, Phase};
 use orchestrator_core::{
-    Action, Dispatch, Engine, EngineConfig, EventKind, Input, Mode, QualityGate, ReplanReason,
-    RunRequest, RunState, RunStatus, StepMetrics, StepResult, StepStatus, normalize_patch,
+    Checkpoint, Dispatch, Engine, EngineConfig, EventKind, Input, Mode, Move, QualityGate,
+    ReplanReason, RunRequest, RunState, RunStatus, StepMetrics, StepResult, StepStatus,
+    normalize_patch,
 };
 use serde_json::{Value, json};
 
-/// A run under test: applies inputs, and checks on every step that an apply which changes the
-/// state starts with `Persist`, and one that returns no action changed nothing.
+/// What a driver sees after one apply: whether to persist, the events, and the moves that
+/// are new since the state before (what it starts; a restarted driver starts all of them).
+#[derive(Debug, Clone, PartialEq)]
+enum Action {
+    Persist,
+    Emit { event: EventKind },
+    CallPlanner { reason: Option<ReplanReason> },
+    Dispatch { steps: Vec<Dispatch> },
+    AwaitApproval { checkpoint: Checkpoint },
+    Finish { status: RunStatus },
+}
+
+fn seen(
+    engine: &Engine,
+    before: &RunState,
+    after: &RunState,
+    input: &Input,
+    events: Vec<EventKind>,
+    changed: bool,
+) -> Vec<Action> {
+    let restarted = matches!(input, Input::Resumed);
+    let mut seen: Vec<Action> = Vec::new();
+    if changed {
+        seen.push(Action::Persist);
+    }
+    seen.extend(events.into_iter().map(|event| Action::Emit { event }));
+    let consumed_plan = matches!(input, Input::PlanProposed { .. } | Input::PlanFailed { .. });
+    if let PlannerState::Awaiting { reason } = &after.planner
+        && (restarted || consumed_plan || before.planner == PlannerState::Idle)
+    {
+        seen.push(Action::CallPlanner {
+            reason: reason.clone(),
+        });
+    }
+    let outstanding = |s: &RunState| match engine.next(s) {
+        Move::Dispatch { steps } => steps,
+        _ => Vec::new(),
+    };
+    // The step whose outcome this is runs no more; a restarted driver runs nothing yet.
+    let ended = match input {
+        Input::StepFinished { result } => Some((result.step_id.clone(), result.attempt)),
+        Input::StepFailed {
+            step_id, attempt, ..
+        }
+        | Input::StepNeedsHuman {
+            step_id, attempt, ..
+        } => Some((step_id.clone(), *attempt)),
+        _ => None,
+    };
+    let running: Vec<Dispatch> = if restarted {
+        Vec::new()
+    } else {
+        outstanding(before)
+            .into_iter()
+            .filter(|d| ended.as_ref() != Some(&(d.step_id.clone(), d.attempt)))
+            .collect()
+    };
+    let steps: Vec<Dispatch> = outstanding(after)
+        .into_iter()
+        .filter(|d| !running.contains(d))
+        .collect();
+    if !steps.is_empty() {
+        seen.push(Action::Dispatch { steps });
+    }
+    if let Some(checkpoint) = &after.checkpoint
+        && (restarted || before.checkpoint.as_ref() != Some(checkpoint))
+    {
+        seen.push(Action::AwaitApproval {
+            checkpoint: checkpoint.clone(),
+        });
+    }
+    if after.status.is_terminal() && !before.status.is_terminal() {
+        seen.push(Action::Finish {
+            status: after.status,
+        });
+    }
+    seen
+}
+
+/// A run under test: applies inputs, and checks on every step that an apply which changes
+/// nothing says so (no events, not `changed`).
 struct Run {
     engine: Engine,
     state: RunState,
@@ -42,15 +123,19 @@ impl Run {
     fn send(&mut self, input: Input) -> Vec<Action> {
         self.now += 10;
         let before = self.state.clone();
-        let (after, actions) = self.engine.apply(before.clone(), input.clone(), self.now);
-        if actions.is_empty() {
+        let (after, t) = self.engine.apply(before.clone(), input.clone(), self.now);
+        if !t.changed {
             assert_eq!(
                 after, before,
-                "{input:?} returned no action but changed the state"
+                "{input:?} said unchanged but changed the state"
             );
-        } else {
-            assert_eq!(actions[0], Action::Persist, "{input:?} must persist first");
+            assert!(
+                t.events.is_empty(),
+                "{input:?} said unchanged but emitted {:?}",
+                t.events
+            );
         }
+        let actions = seen(&self.engine, &before, &after, &input, t.events, t.changed);
         self.state = after;
         actions
     }
@@ -629,15 +714,21 @@ fn the_time_budget_is_enforced_on_a_budget_tick() {
     let run = Run::new(EngineConfig::default(), request).planned(linear_plan());
     // WHEN a tick comes before the deadline, nothing happens
     let before = run.state.clone();
-    let (state, actions) = run.engine.apply(before.clone(), Input::BudgetTick, 9_999);
-    assert!(actions.is_empty());
+    let (state, t) = run.engine.apply(before.clone(), Input::BudgetTick, 9_999);
+    assert!(!t.changed && t.events.is_empty());
     assert_eq!(state, before);
     // WHEN a tick comes at the deadline
-    let (state, actions) = run.engine.apply(before, Input::BudgetTick, 10_000);
+    let (state, t) = run.engine.apply(before, Input::BudgetTick, 10_000);
     // THEN the run ends with its budget exhausted
-    assert_eq!(actions.first(), Some(&Action::Persist));
-    assert_eq!(finish_status(&actions), Some(RunStatus::BudgetExhausted));
+    assert!(t.changed);
     assert_eq!(state.status, RunStatus::BudgetExhausted);
+    assert_eq!(
+        run.engine.next(&state),
+        Move::Finished {
+            status: RunStatus::BudgetExhausted,
+            error: state.error.clone(),
+        }
+    );
 }
 
 // ---- approval, cancellation ------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 use orchestrator_core::event::{SSE_PING, SSE_PROLOGUE, SseFrame, SseParser, rfc3339_ms};
 use orchestrator_core::{
-    Action, Engine, Event, EventKind, Frame, Input, RunRequest, RunState, RunStatus, StepMetrics,
+    Engine, Event, EventKind, Frame, Input, Move, RunRequest, RunState, RunStatus, StepMetrics,
     StepResult, normalize_patch,
 };
 use serde_json::{Value, json};
@@ -131,34 +131,30 @@ fn a_run_streams_frames_numbered_one_to_n() {
     request.mode = orchestrator_core::Mode::Chat;
     let mut state = RunState::new("run-42", "corr-7", request, 0);
     let mut emitted = Vec::new();
-    let mut inputs = vec![Input::Started];
-    while let Some(input) = inputs.pop() {
-        let (next, actions) = engine.apply(state, input, 10);
-        state = next;
-        for action in actions {
-            match action {
-                Action::Emit { event } => emitted.push(event),
-                Action::Dispatch { steps } => {
-                    for d in steps {
-                        inputs.push(Input::StepFinished {
-                            result: StepResult {
-                                step_id: d.step_id,
-                                attempt: d.attempt,
-                                output: json!({ "text": "hi" }),
-                                error: None,
-                                metrics: StepMetrics {
-                                    duration_ms: 1,
-                                    attempt: d.attempt,
-                                    capability_id: d.capability_id,
-                                    input_tokens: 1,
-                                    output_tokens: 1,
-                                },
-                            },
-                        });
-                    }
-                }
-                _ => {}
-            }
+    let (next, t) = engine.apply(state, Input::Started, 10);
+    state = next;
+    emitted.extend(t.events);
+    // (a driver: run what `next` names, apply its outcome, until the run has ended)
+    while let Move::Dispatch { steps } = engine.next(&state) {
+        for d in steps {
+            let input = Input::StepFinished {
+                result: StepResult {
+                    step_id: d.step_id,
+                    attempt: d.attempt,
+                    output: json!({ "text": "hi" }),
+                    error: None,
+                    metrics: StepMetrics {
+                        duration_ms: 1,
+                        attempt: d.attempt,
+                        capability_id: d.capability_id,
+                        input_tokens: 1,
+                        output_tokens: 1,
+                    },
+                },
+            };
+            let (next, t) = engine.apply(state, input, 10);
+            state = next;
+            emitted.extend(t.events);
         }
     }
     assert_eq!(state.status, RunStatus::Completed);
@@ -197,7 +193,7 @@ fn every_app_mode_event_type_is_named_as_the_wire_expects() {
     // GIVEN the events of an app run from start to its first plan
     let engine = Engine::default();
     let state = RunState::new("r", "c", RunRequest::new("Write"), 0);
-    let (state, mut actions) = engine.apply(state, Input::Started, 1);
+    let (state, first) = engine.apply(state, Input::Started, 1);
     let patch = normalize_patch(&json!({ "steps": [{ "capability": "strategy" }] }), &[])
         .unwrap_or_else(|e| panic!("{e}"));
     let (_, more) = engine.apply(
@@ -208,14 +204,11 @@ fn every_app_mode_event_type_is_named_as_the_wire_expects() {
         },
         2,
     );
-    actions.extend(more);
     // WHEN they are encoded
-    let names: Vec<String> = actions
+    let names: Vec<String> = first
+        .events
         .into_iter()
-        .filter_map(|a| match a {
-            Action::Emit { event } => Some(event),
-            _ => None,
-        })
+        .chain(more.events)
         .map(|kind| {
             let sse = frame(1, kind).to_sse();
             let parsed = SseParser::default().push(&sse);

@@ -2,7 +2,7 @@
 //! new state with the events it emitted, carry out the actions (planner calls and step dispatches
 //! run as concurrent tasks), repeat. The same engine runs on AWS behind the `advance` function.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,8 +11,8 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 
-use orchestrator_agents::{PlanContext, Planner, Specialists};
-use orchestrator_core::engine::{Action, Input, PlannerState, ReplanReason, RunState};
+use orchestrator_agents::{Planner, Specialists};
+use orchestrator_core::engine::{Input, Move, PlannerState, ReplanReason, RunState};
 use orchestrator_core::event::Event;
 use orchestrator_core::ports::{
     Claim, Clock, Committed, EventLog, Lease, OpenedStep, RunStore, StepOpening, StoreError,
@@ -22,14 +22,16 @@ use tokio::sync::mpsc;
 
 mod lease;
 mod log_sink;
+mod planning;
 mod steps;
 mod transitions;
 
 pub use lease::{LeaseConfig, process_owner};
 pub use log_sink::LogSink;
+pub use planning::propose;
 
 pub use steps::{StepEnd, StepRunner, Transient, input_of, outcome_of, stored_input};
-pub use transitions::{EXECUTION_OWNER, Transitions, events_of};
+pub use transitions::{EXECUTION_OWNER, Transitions, With, events_of};
 
 /// A store that is both a run store and an event log (SQLite here, DynamoDB on AWS).
 pub trait Store: RunStore + EventLog {}
@@ -95,12 +97,11 @@ impl Default for RunnerConfig {
     }
 }
 
-/// A run ready to be driven: its state and the actions its last transition asked for, and
-/// the lease it was made under (`drive` takes one when there is none).
+/// A run ready to be driven: its state, and the lease it was made under (`drive` takes one
+/// when there is none).
 #[derive(Debug)]
 pub struct Launch {
     pub state: RunState,
-    pub actions: Vec<Action>,
     pub lease: Option<Lease>,
 }
 
@@ -335,11 +336,7 @@ impl Runner {
     /// third of its time and let go at the end. A run another owner takes over ends the drive
     /// with an error for which [`RunError::taken_over`] holds; nothing more is written.
     pub async fn drive(&self, launch: Launch) -> Result<RunStatus, RunError> {
-        let Launch {
-            mut state,
-            actions,
-            lease,
-        } = launch;
+        let Launch { mut state, lease } = launch;
         let lease = match lease {
             Some(lease) => Some(lease),
             None if state.status.is_terminal() => None,
@@ -349,7 +346,7 @@ impl Runner {
         let config = &self.transitions.config().lease;
         let mut keeper = lease.map(|l| lease::Keeper::start(self.store().clone(), l, config));
         let run_id = state.run_id.clone();
-        let driven = self.drive_leased(state, actions, keeper.as_mut()).await;
+        let driven = self.drive_leased(state, keeper.as_mut()).await;
         if let Some(lease) = keeper.and_then(lease::Keeper::stop)
             && let Err(e) = self.store().release_lease(&lease).await
         {
@@ -374,10 +371,11 @@ impl Runner {
         driven
     }
 
+    /// The loop: ask the engine for the next move, start what it names that is not running
+    /// yet, wait for the first outcome (or an answer, a cancel, a tick), apply and commit it.
     async fn drive_leased(
         &self,
         mut state: RunState,
-        actions: Vec<Action>,
         mut keeper: Option<&mut lease::Keeper>,
     ) -> Result<RunStatus, RunError> {
         let run_id = state.run_id.clone();
@@ -389,160 +387,145 @@ impl Runner {
             live: self.live.clone(),
             run_id: run_id.clone(),
         };
-        let mut work: FuturesUnordered<BoxFuture<'static, (Work, Result<StepEnd, String>)>> =
-            FuturesUnordered::new();
-        let mut pending = actions;
-        // The launch's dispatches were not opened with its transition: each step opens itself.
-        let mut opened: VecDeque<Option<OpenedStep>> = VecDeque::new();
+        let mut work = InFlight::default();
+        // The launch's steps were not opened with its transition: each step opens itself.
+        let mut opened: HashMap<Work, OpenedStep> = HashMap::new();
         let mut tick = tokio::time::interval(self.transitions.config().tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            for action in pending.drain(..) {
-                match action {
-                    Action::CallPlanner { reason } => {
+            let input = match self.transitions.engine().next(&state) {
+                Move::Finished { status, .. } => return Ok(status),
+                Move::AwaitApproval { .. } if work.is_empty() => return Ok(RunStatus::PendingHitl),
+                Move::AwaitApproval { .. } => None,
+                Move::Stalled { error } => Some(Input::Aborted { error }),
+                Move::Plan { reason } => {
+                    if work.running.insert(Work::Planner) {
                         let this = self.clone();
                         let snapshot = state.clone();
                         let planned = async move {
                             StepEnd::Input(this.call_planner(snapshot, reason).await)
                         };
-                        work.push(guarded(Work::Planner, planned));
+                        work.futures.push(guarded(Work::Planner, planned));
                     }
-                    Action::Dispatch { steps } => {
-                        for d in steps {
-                            let runner = self.steps.clone();
-                            let snapshot = state.clone();
-                            let key = Work::Step(d.step_id.clone(), d.attempt);
-                            let opening = opened.pop_front().flatten();
+                    None
+                }
+                Move::Dispatch { steps } => {
+                    for d in steps {
+                        let key = Work::Step(d.step_id.clone(), d.attempt);
+                        if work.running.insert(key.clone()) {
+                            let (runner, snapshot) = (self.steps.clone(), state.clone());
+                            let opening = opened.remove(&key);
                             let ran = async move { runner.run_local(snapshot, d, opening).await };
-                            work.push(guarded(key, ran));
+                            work.futures.push(guarded(key, ran));
                         }
                     }
-                    Action::Finish { .. } => {
-                        // The report was written with the final state (see `persist`); what
-                        // is still in flight is dropped.
-                        return Ok(state.status);
-                    }
-                    Action::AwaitApproval { .. } | Action::Emit { .. } | Action::Persist => {}
-                }
-            }
-            if work.is_empty() && state.status == RunStatus::PendingHitl {
-                return Ok(RunStatus::PendingHitl);
-            }
-            let (input, ended) = tokio::select! {
-                Some((key, end)) = work.next() => match end {
-                    Ok(StepEnd::Input(input)) => (input, None),
-                    Ok(StepEnd::Result { result, trailing, retryable }) => {
-                        (input_of(&result, retryable), Some((result, trailing, retryable)))
-                    }
-                    // A panicking specialist is a failed attempt, not a dead run.
-                    Err(panic) => (key.crashed(panic), None),
-                },
-                Some(input) = rx.recv() => (input, None),
-                _ = tick.tick() => (Input::BudgetTick, None),
-                _ = async { if let Some(k) = keeper.as_mut() { k.lost().await } }, if keeper.is_some() => {
-                    return Err(RunError::Store(StoreError::LeaseLost(run_id)));
+                    None
                 }
             };
-            let advanced = self.advance(state, input, ended).await?;
+            let (input, ended) = match input {
+                Some(input) => (input, None),
+                None => tokio::select! {
+                    Some((key, end)) = work.futures.next() => {
+                        work.running.remove(&key);
+                        match end {
+                            Ok(StepEnd::Input(input)) => (input, None),
+                            Ok(StepEnd::Result { result, trailing, retryable }) => {
+                                (input_of(&result, retryable), Some((result, trailing, retryable)))
+                            }
+                            // A panicking specialist is a failed attempt, not a dead run.
+                            Err(panic) => (key.crashed(panic), None),
+                        }
+                    },
+                    Some(input) = rx.recv() => (input, None),
+                    _ = tick.tick() => (Input::BudgetTick, None),
+                    _ = async { if let Some(k) = keeper.as_mut() { k.lost().await } }, if keeper.is_some() => {
+                        return Err(RunError::Store(StoreError::LeaseLost(run_id)));
+                    }
+                },
+            };
+            let advanced = self.advance(state, input, ended, &work.running).await?;
             state = advanced.state;
-            pending = advanced.actions;
-            opened = advanced.opened.into();
+            opened.extend(advanced.opened);
         }
     }
 
     /// Applies an input and writes the transition, with the step result it came from (if
-    /// any) and the openings of the steps it dispatches. When the attempt already had a
-    /// result (another writer's), the transition is made again from that one.
+    /// any) and the openings of the steps it starts (those `next` names that are not
+    /// `running`). When the attempt already had a result (another writer's), the transition
+    /// is made again from that one.
     async fn advance(
         &self,
         state: RunState,
         input: Input,
         ended: Option<(StepResult, Vec<Event>, bool)>,
+        running: &HashSet<Work>,
     ) -> Result<Advanced, RunError> {
         let now = self.transitions.clock().now_ms();
-        let (next, actions) = self.transitions.engine().apply(state, input, now);
+        let (next, transition) = self.transitions.engine().apply(state, input, now);
         let (result, trailing, retryable) = match ended {
             Some((result, trailing, retryable)) => (Some(result), trailing, retryable),
             None => (None, Vec::new(), false),
         };
-        let openings = self.openings(&next, &actions);
-        match self
-            .transitions
-            .commit_with(
-                &next,
-                &actions,
-                result.as_ref(),
-                trailing.clone(),
-                &openings,
-            )
-            .await?
-        {
+        let openings = self.openings(&next, running);
+        let with = With {
+            result: result.as_ref(),
+            trailing: trailing.clone(),
+            opens: &openings.opens,
+        };
+        match self.transitions.commit(&next, &transition, with).await? {
             Some(Committed::ResultTaken(stored)) => {
                 let ours = result.as_ref().unwrap_or(&stored).clone();
                 let input = stored_input(stored, &ours, retryable);
                 let mut state = self.transitions.load(&next.run_id).await?;
                 state.lease_token = next.lease_token;
-                let (next, actions) = self.transitions.engine().apply(state, input, now);
-                let openings = self.openings(&next, &actions);
-                let opened = match self
-                    .transitions
-                    .commit_with(&next, &actions, None, trailing, &openings)
-                    .await?
-                {
-                    Some(Committed::Written { opened, .. }) => opened,
-                    _ => Vec::new(),
+                let (next, transition) = self.transitions.engine().apply(state, input, now);
+                let openings = self.openings(&next, running);
+                let with = With {
+                    result: None,
+                    trailing,
+                    opens: &openings.opens,
                 };
-                Ok(Advanced::new(next, actions, &openings, opened))
+                let committed = self.transitions.commit(&next, &transition, with).await?;
+                Ok(Advanced::new(next, openings, committed))
             }
-            Some(Committed::Written { opened, .. }) => {
-                Ok(Advanced::new(next, actions, &openings, opened))
-            }
-            None => Ok(Advanced::new(next, actions, &openings, Vec::new())),
+            committed => Ok(Advanced::new(next, openings, committed)),
         }
     }
 
-    /// One opening per dispatched step that can run (`None` for one that cannot: it fails
-    /// without being opened), in the order of the dispatches.
-    fn openings(&self, state: &RunState, actions: &[Action]) -> Vec<Option<StepOpening>> {
-        actions
-            .iter()
-            .filter_map(|a| match a {
-                Action::Dispatch { steps } => Some(steps),
-                _ => None,
-            })
-            .flatten()
-            .map(|d| self.steps.opening(state, d))
-            .collect()
+    /// The openings of the steps the next move names that are not running yet; a step that
+    /// cannot run (no specialist) gets none and fails without being opened.
+    fn openings(&self, state: &RunState, running: &HashSet<Work>) -> Openings {
+        let mut openings = Openings::default();
+        if let Move::Dispatch { steps } = self.transitions.engine().next(state) {
+            for d in steps {
+                let key = Work::Step(d.step_id.clone(), d.attempt);
+                if !running.contains(&key)
+                    && let Some(opening) = self.steps.opening(state, &d)
+                {
+                    openings.keys.push(key);
+                    openings.opens.push(opening);
+                }
+            }
+        }
+        openings
     }
 
     async fn call_planner(&self, state: RunState, reason: Option<ReplanReason>) -> Input {
         debug_assert!(matches!(state.planner, PlannerState::Awaiting { .. }));
-        let capabilities: Vec<String> = self.steps.specialists().keys().cloned().collect();
-        let ctx = PlanContext {
-            request: &state.request,
-            plan: &state.plan,
-            reason: reason.as_ref(),
-            capabilities: &capabilities,
-        };
-        let sink = LogSink::new(self.store().clone(), &state);
-        match self.planner.plan(ctx, &sink).await {
-            Ok(outcome) => Input::PlanProposed {
-                patch: outcome.patch,
-                usage: outcome.usage,
-            },
-            Err(e) => Input::PlanFailed {
+        planning::propose(&self.planner, &self.transitions, &state, reason.as_ref())
+            .await
+            .unwrap_or_else(|e| Input::PlanFailed {
                 error: e.to_string(),
-            },
-        }
+            })
     }
 }
 
 /// What the driver waits on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Work {
     Planner,
     Step(String, u32),
 }
-
 impl Work {
     fn crashed(self, panic: String) -> Input {
         match self {
@@ -579,31 +562,43 @@ fn guarded(
     })
 }
 
-/// A transition made by the driver, and the openings of the steps it dispatched.
+type Running = BoxFuture<'static, (Work, Result<StepEnd, String>)>;
+
+/// The work a drive has in flight: the futures, and which moves they carry out.
+#[derive(Default)]
+struct InFlight {
+    futures: FuturesUnordered<Running>,
+    running: HashSet<Work>,
+}
+
+impl InFlight {
+    fn is_empty(&self) -> bool {
+        self.futures.is_empty()
+    }
+}
+
+/// The openings a transition writes, and the steps they are for, in the same order.
+#[derive(Default)]
+struct Openings {
+    keys: Vec<Work>,
+    opens: Vec<StepOpening>,
+}
+
+/// A transition made by the driver, and what the store answered for each opening.
 struct Advanced {
     state: RunState,
-    actions: Vec<Action>,
-    opened: Vec<Option<OpenedStep>>,
+    opened: Vec<(Work, OpenedStep)>,
 }
 
 impl Advanced {
-    /// Pairs each opening asked for with what the store answered (in order).
-    fn new(
-        state: RunState,
-        actions: Vec<Action>,
-        openings: &[Option<StepOpening>],
-        opened: Vec<OpenedStep>,
-    ) -> Self {
-        let mut answers = opened.into_iter();
-        let opened = openings
-            .iter()
-            .map(|o| o.as_ref().and_then(|_| answers.next()))
-            .collect();
-        Self {
-            state,
-            actions,
-            opened,
-        }
+    fn new(state: RunState, openings: Openings, committed: Option<Committed>) -> Self {
+        let opened = match committed {
+            Some(Committed::Written { opened, .. }) => {
+                openings.keys.into_iter().zip(opened).collect()
+            }
+            _ => Vec::new(),
+        };
+        Self { state, opened }
     }
 }
 

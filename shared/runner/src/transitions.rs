@@ -1,11 +1,12 @@
-//! Engine transitions over a store, with no model in sight: start a run, apply an input to the
-//! stored state and commit it with its events, answer a checkpoint, cancel. The local driver,
-//! the AWS `advance`/`planner` functions and the streamer all go through [`Transitions`].
+//! Engine transitions over a store, with no model in sight: start a run, apply inputs to the
+//! state and commit the result with its events, answer a checkpoint, cancel. The local driver,
+//! the AWS `advance`/`planner` functions and the streamer all go through [`Transitions`], and
+//! every commit of a transition goes through [`Transitions::commit`].
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use orchestrator_core::engine::{Action, Engine, EngineConfig, Input, RunState};
+use orchestrator_core::engine::{Engine, EngineConfig, Input, RunState, Transition};
 use orchestrator_core::event::{Event, EventKind};
 use orchestrator_core::ports::{Clock, Committed, Created, StepOpening, TransitionWrite};
 use orchestrator_core::report::build_report;
@@ -126,8 +127,8 @@ impl Transitions {
         };
         let correlation_id = correlation_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let state = RunState::new(run_id, correlation_id, request, now);
-        let (state, actions) = self.engine.apply(state, Input::Started, now);
-        let mut events = events_of(&state, &actions);
+        let (state, transition) = self.engine.apply(state, Input::Started, now);
+        let mut events = events_of(&state, &transition.events);
         let messages = self
             .config
             .messages
@@ -145,11 +146,7 @@ impl Transitions {
         });
         events.splice(1.min(events.len())..1.min(events.len()), notices);
         match self.store.create_run(&state, &events).await? {
-            Created::New { .. } => Ok(Started::New(Box::new(Launch {
-                state,
-                actions,
-                lease: None,
-            }))),
+            Created::New { .. } => Ok(Started::New(Box::new(Launch { state, lease: None }))),
             Created::Existing { run_id } => Ok(Started::Existing { run_id }),
         }
     }
@@ -199,82 +196,54 @@ impl Transitions {
         })
     }
 
-    /// One engine step outside a driver: apply, commit, hand back the actions.
+    /// One engine step outside a driver: apply, commit.
     pub async fn transition(&self, state: RunState, input: Input) -> Result<Launch, RunError> {
         self.transition_all(state, [input]).await
     }
 
     /// Applies inputs in order and commits the result once: one write for a batch of step
-    /// outcomes. The actions are those of every input, in order.
+    /// outcomes.
     pub async fn transition_all(
         &self,
         mut state: RunState,
         inputs: impl IntoIterator<Item = Input>,
     ) -> Result<Launch, RunError> {
-        let mut all = Vec::new();
+        let mut all = Transition::default();
         for input in inputs {
-            let (next, actions) = self.engine.apply(state, input, self.clock.now_ms());
+            let (next, transition) = self.engine.apply(state, input, self.clock.now_ms());
             state = next;
-            all.extend(actions);
+            all.changed |= transition.changed;
+            all.events.extend(transition.events);
         }
-        // One Persist, first, for the whole batch.
-        let persist = all.contains(&Action::Persist);
-        all.retain(|a| *a != Action::Persist);
-        if persist {
-            all.insert(0, Action::Persist);
-        }
-        self.persist(&state, &all).await?;
-        Ok(Launch {
-            state,
-            actions: all,
-            lease: None,
-        })
+        self.commit(&state, &all, With::default()).await?;
+        Ok(Launch { state, lease: None })
     }
 
-    /// Saves a transition. A final one writes the report first, so whoever sees `complete`
-    /// (or the final status) can read the report.
-    pub async fn persist(&self, state: &RunState, actions: &[Action]) -> Result<(), RunError> {
-        if !actions.contains(&Action::Persist) {
-            return Ok(());
-        }
-        let events = events_of(state, actions);
-        if state.status.is_terminal() {
-            self.store
-                .commit_finished(state, &events, self.clock.now_ms())
-                .await?;
-        } else {
-            self.store.commit(state, &events).await?;
-        }
-        Ok(())
-    }
-
-    /// Writes a transition of the local driver with what goes with it, in one write where the
-    /// store can (see [`RunStore::commit_transition`]): the step result it applied, the step's
-    /// last streamed text (`trailing`, before the transition's events) and the openings of
-    /// the steps it dispatches. `None` when there was nothing to write.
+    /// Writes a transition with what goes with it, in one write where the store can (see
+    /// [`RunStore::commit_transition`]): the step result it applied, the step's last streamed
+    /// text (`trailing`, before the transition's events) and the openings of the steps it
+    /// dispatches. A final transition writes the run's report first, so whoever sees
+    /// `complete` (or the final status) can read it. `None` when there was nothing to write.
     ///
     /// [`RunStore::commit_transition`]: orchestrator_core::ports::RunStore::commit_transition
-    pub async fn commit_with(
+    pub async fn commit(
         &self,
         state: &RunState,
-        actions: &[Action],
-        result: Option<&StepResult>,
-        trailing: Vec<Event>,
-        openings: &[Option<StepOpening>],
+        transition: &Transition,
+        with: With<'_>,
     ) -> Result<Option<Committed>, RunError> {
-        if !actions.contains(&Action::Persist) && result.is_none() && trailing.is_empty() {
+        if !transition.changed && with.result.is_none() && with.trailing.is_empty() {
             return Ok(None);
         }
-        let mut events = trailing;
-        events.extend(events_of(state, actions));
-        let opens: Vec<StepOpening> = openings.iter().flatten().cloned().collect();
+        let mut events = with.trailing;
+        events.extend(events_of(state, &transition.events));
         let committed = self
             .store
             .commit_transition(TransitionWrite {
                 state,
                 events: &events,
-                result,
-                opens: &opens,
+                result: with.result,
+                opens: with.opens,
                 now_ms: self.clock.now_ms(),
             })
             .await?;
@@ -292,17 +261,23 @@ impl Transitions {
     }
 }
 
-/// The events among the actions, stamped with the run.
-pub fn events_of(state: &RunState, actions: &[Action]) -> Vec<Event> {
-    actions
+/// What a transition's commit carries besides the state and its events (see
+/// [`Transitions::commit`]).
+#[derive(Debug, Default)]
+pub struct With<'a> {
+    pub result: Option<&'a StepResult>,
+    pub trailing: Vec<Event>,
+    pub opens: &'a [StepOpening],
+}
+
+/// A transition's events, stamped with the run.
+pub fn events_of(state: &RunState, events: &[EventKind]) -> Vec<Event> {
+    events
         .iter()
-        .filter_map(|a| match a {
-            Action::Emit { event } => Some(Event {
-                kind: event.clone(),
-                correlation_id: state.correlation_id.clone(),
-                run_id: state.run_id.clone(),
-            }),
-            _ => None,
+        .map(|kind| Event {
+            kind: kind.clone(),
+            correlation_id: state.correlation_id.clone(),
+            run_id: state.run_id.clone(),
         })
         .collect()
 }
