@@ -5,7 +5,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::patch::PlanPatch;
-use crate::types::{QualityGate, RunStatus};
+use crate::types::{
+    FINALIZE_CAPABILITY, QA_CAPABILITY, QualityGate, RunStatus, STRATEGY_CAPABILITY,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -22,9 +24,9 @@ impl Phase {
     /// The phase a capability's work belongs to.
     pub fn of_capability(capability: &str) -> Phase {
         match capability {
-            "strategy" => Phase::Analysis,
-            "qa" => Phase::Qa,
-            "finalize" => Phase::Finalization,
+            STRATEGY_CAPABILITY => Phase::Analysis,
+            QA_CAPABILITY => Phase::Qa,
+            FINALIZE_CAPABILITY => Phase::Finalization,
             _ => Phase::Generation,
         }
     }

@@ -6,7 +6,10 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::types::{Plan, PlanStep, StepAction, StepStatus};
+use crate::types::{
+    FINALIZE_CAPABILITY, GENERATION_CAPABILITY, Plan, PlanStep, QA_CAPABILITY, STRATEGY_CAPABILITY,
+    StepAction, StepStatus,
+};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -117,12 +120,12 @@ pub fn canonical_capability(raw: &str) -> String {
     let key = raw.trim().to_ascii_lowercase().replace(['-', ' '], "_");
     match key.as_str() {
         "strategy" | "strategist" | "research" | "researcher" | "analysis" | "analyst"
-        | "planner_strategy" => "strategy".into(),
+        | "planner_strategy" => STRATEGY_CAPABILITY.into(),
         "generation" | "generator" | "writer" | "write" | "writing" | "copywriter" | "draft"
-        | "drafting" | "content" | "author" => "generation".into(),
+        | "drafting" | "content" | "author" => GENERATION_CAPABILITY.into(),
         "qa" | "quality" | "critic" | "review" | "reviewer" | "quality_assurance" | "check"
-        | "checker" | "evaluator" => "qa".into(),
-        "finalize" | "finalise" | "final" | "finalizer" | "finish" => "finalize".into(),
+        | "checker" | "evaluator" => QA_CAPABILITY.into(),
+        "finalize" | "finalise" | "final" | "finalizer" | "finish" => FINALIZE_CAPABILITY.into(),
         _ => key,
     }
 }
@@ -132,15 +135,15 @@ fn capability_from_text(text: &str) -> Option<String> {
     let t = text.to_ascii_lowercase();
     let has = |words: &[&str]| words.iter().any(|w| t.contains(w));
     if has(&["finaliz", "finalis", "assemble the final", "deliver"]) {
-        Some("finalize".into())
+        Some(FINALIZE_CAPABILITY.into())
     } else if has(&["review", "qa", "quality", "check", "critique", "evaluate"]) {
-        Some("qa".into())
+        Some(QA_CAPABILITY.into())
     } else if has(&["write", "draft", "generat", "compose", "revise", "rewrite"]) {
-        Some("generation".into())
+        Some(GENERATION_CAPABILITY.into())
     } else if has(&[
         "strateg", "research", "analy", "audience", "plan the", "outline",
     ]) {
-        Some("strategy".into())
+        Some(STRATEGY_CAPABILITY.into())
     } else {
         None
     }
@@ -427,12 +430,10 @@ fn new_step(index: usize, item: &Value, ids: &mut IdGen) -> Result<PlanStep, Pat
             let capability = capability_from_text(text).ok_or_else(|| {
                 invalid("its text names no capability (research, write, review, finalize)")
             })?;
-            let capability = Some(capability);
-            let action =
-                (capability.as_deref() == Some("finalize")).then_some(StepAction::Finalize);
+            let (capability, action) = split_finalize(Some(capability), None);
             Ok(PlanStep {
                 id: ids.fresh(),
-                capability_id: capability.filter(|_| action.is_none()),
+                capability_id: capability,
                 action,
                 label: Some(text.trim().to_owned()),
                 status: StepStatus::Pending,
@@ -441,86 +442,119 @@ fn new_step(index: usize, item: &Value, ids: &mut IdGen) -> Result<PlanStep, Pat
                 acceptance_criteria: Vec::new(),
             })
         }
-        Value::Object(obj) => {
-            let label = first(
-                obj,
-                &["label", "title", "name", "description", "task", "summary"],
-            )
-            .and_then(as_text);
-            let action = match first(obj, &["action"]).and_then(Value::as_str) {
-                None => None,
-                Some(a) => match canonical_capability(a).as_str() {
-                    "finalize" => Some(StepAction::Finalize),
-                    "approval" | "approve" | "checkpoint" | "human_approval" | "hitl" => {
-                        Some(StepAction::Approval)
-                    }
-                    _ => None,
-                },
-            };
-            let capability = first(
-                obj,
-                &[
-                    "capabilityId",
-                    "capability_id",
-                    "capability",
-                    "agent",
-                    "agentId",
-                    "agent_id",
-                    "specialist",
-                    "role",
-                    "type",
-                ],
-            )
-            .and_then(Value::as_str)
-            .map(canonical_capability)
-            .filter(|c| !c.is_empty())
-            .or_else(|| label.as_deref().and_then(capability_from_text));
-            let action = action.or_else(|| {
-                (capability.as_deref() == Some("finalize")).then_some(StepAction::Finalize)
-            });
-            let capability = capability.filter(|c| c != "finalize" && action.is_none());
-            if capability.is_none() && action.is_none() {
-                return Err(invalid(
-                    "it names no capability (strategy, generation, qa) and no action (finalize, approval)",
-                ));
-            }
-            let id = match first(obj, &["id", "stepId", "step_id"]).and_then(as_text) {
-                Some(id) if ids.taken.insert(id.clone()) => id,
-                Some(id) => return Err(PatchError::DuplicateId(id)),
-                None => ids.fresh(),
-            };
-            let status = first(obj, &["status", "state"])
-                .and_then(Value::as_str)
-                .map(parse_status)
-                .transpose()?
-                .unwrap_or(StepStatus::Pending);
-            let deps = text_list(first(
-                obj,
-                &[
-                    "dependsOn",
-                    "depends_on",
-                    "deps",
-                    "dependencies",
-                    "after",
-                    "requires",
-                ],
-            ));
-            Ok(PlanStep {
-                id,
-                capability_id: capability,
-                action,
-                label,
-                status,
-                depends_on: deps,
-                note: first(obj, &["note", "notes", "rationale"]).and_then(as_text),
-                acceptance_criteria: text_list(first(
-                    obj,
-                    &["acceptanceCriteria", "acceptance_criteria", "criteria"],
-                )),
-            })
-        }
+        Value::Object(obj) => step_from_object(obj, ids).map_err(|e| match e {
+            StepFault::Invalid(reason) => invalid(reason),
+            StepFault::Patch(e) => e,
+        }),
         _ => Err(invalid("a step must be an object or a non-empty string")),
     }
+}
+
+/// Why an object could not become a step: a reason about this step, or a patch-wide error.
+enum StepFault {
+    Invalid(&'static str),
+    Patch(PatchError),
+}
+
+impl From<PatchError> for StepFault {
+    fn from(e: PatchError) -> Self {
+        StepFault::Patch(e)
+    }
+}
+
+/// A step written as an object, under any of the field names planners use.
+fn step_from_object(obj: &Map<String, Value>, ids: &mut IdGen) -> Result<PlanStep, StepFault> {
+    let label = first(
+        obj,
+        &["label", "title", "name", "description", "task", "summary"],
+    )
+    .and_then(as_text);
+    let capability =
+        named_capability(obj).or_else(|| label.as_deref().and_then(capability_from_text));
+    let (capability, action) = split_finalize(capability, named_action(obj));
+    if capability.is_none() && action.is_none() {
+        return Err(StepFault::Invalid(
+            "it names no capability (strategy, generation, qa) and no action (finalize, approval)",
+        ));
+    }
+    let id = match first(obj, &["id", "stepId", "step_id"]).and_then(as_text) {
+        Some(id) if ids.taken.insert(id.clone()) => id,
+        Some(id) => return Err(PatchError::DuplicateId(id).into()),
+        None => ids.fresh(),
+    };
+    let status = first(obj, &["status", "state"])
+        .and_then(Value::as_str)
+        .map(parse_status)
+        .transpose()?
+        .unwrap_or(StepStatus::Pending);
+    let depends_on = text_list(first(
+        obj,
+        &[
+            "dependsOn",
+            "depends_on",
+            "deps",
+            "dependencies",
+            "after",
+            "requires",
+        ],
+    ));
+    Ok(PlanStep {
+        id,
+        capability_id: capability,
+        action,
+        label,
+        status,
+        depends_on,
+        note: first(obj, &["note", "notes", "rationale"]).and_then(as_text),
+        acceptance_criteria: text_list(first(
+            obj,
+            &["acceptanceCriteria", "acceptance_criteria", "criteria"],
+        )),
+    })
+}
+
+/// The step's `action` field, when it names one the engine knows.
+fn named_action(obj: &Map<String, Value>) -> Option<StepAction> {
+    let action = first(obj, &["action"]).and_then(Value::as_str)?;
+    match canonical_capability(action).as_str() {
+        FINALIZE_CAPABILITY => Some(StepAction::Finalize),
+        "approval" | "approve" | "checkpoint" | "human_approval" | "hitl" => {
+            Some(StepAction::Approval)
+        }
+        _ => None,
+    }
+}
+
+/// The capability the step names, under any of the field names planners use for it.
+fn named_capability(obj: &Map<String, Value>) -> Option<String> {
+    const FIELDS: [&str; 9] = [
+        "capabilityId",
+        "capability_id",
+        "capability",
+        "agent",
+        "agentId",
+        "agent_id",
+        "specialist",
+        "role",
+        "type",
+    ];
+    first(obj, &FIELDS)
+        .and_then(Value::as_str)
+        .map(canonical_capability)
+        .filter(|c| !c.is_empty())
+}
+
+/// "finalize" named as a capability is the finalize action; a step with an action runs no
+/// capability.
+fn split_finalize(
+    capability: Option<String>,
+    action: Option<StepAction>,
+) -> (Option<String>, Option<StepAction>) {
+    let action = action.or_else(|| {
+        (capability.as_deref() == Some(FINALIZE_CAPABILITY)).then_some(StepAction::Finalize)
+    });
+    let capability = capability.filter(|c| c != FINALIZE_CAPABILITY && action.is_none());
+    (capability, action)
 }
 
 impl Plan {

@@ -223,8 +223,23 @@ impl RunRequest {
                 ),
             ));
         }
-        let o = &self.options;
-        if let Some(p) = &o.system_prompt_override {
+        self.options.validate()?;
+        if let Some(key) = &self.idempotency_key
+            && (key.is_empty() || key.len() > 255)
+        {
+            return Err(ValidationError::new(
+                "idempotencyKey",
+                "must be 1 to 255 characters",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl RunOptions {
+    /// The options' rules serde cannot express; each error names the field under `options`.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if let Some(p) = &self.system_prompt_override {
             let n = p.chars().count();
             if n > MAX_SYSTEM_PROMPT_OVERRIDE_CHARS {
                 return Err(ValidationError::new(
@@ -233,19 +248,19 @@ impl RunRequest {
                 ));
             }
         }
-        if !(0.0..=1.0).contains(&o.quality_threshold) || o.quality_threshold.is_nan() {
+        if !(0.0..=1.0).contains(&self.quality_threshold) || self.quality_threshold.is_nan() {
             return Err(ValidationError::new(
                 "options.qualityThreshold",
                 "must be between 0 and 1",
             ));
         }
-        if o.max_revision_cycles > MAX_REVISION_CYCLES {
+        if self.max_revision_cycles > MAX_REVISION_CYCLES {
             return Err(ValidationError::new(
                 "options.maxRevisionCycles",
                 format!("must be at most {MAX_REVISION_CYCLES}"),
             ));
         }
-        if let Some(t) = o.temperature
+        if let Some(t) = self.temperature
             && !(0.0..=2.0).contains(&t)
         {
             return Err(ValidationError::new(
@@ -253,22 +268,22 @@ impl RunRequest {
                 "must be between 0 and 2",
             ));
         }
-        if o.max_turns == Some(0) {
+        if self.max_turns == Some(0) {
             return Err(ValidationError::new(
                 "options.maxTurns",
                 "must be at least 1",
             ));
         }
-        if o.acceptance_criteria.len() > MAX_ACCEPTANCE_CRITERIA {
+        if self.acceptance_criteria.len() > MAX_ACCEPTANCE_CRITERIA {
             return Err(ValidationError::new(
                 "options.acceptanceCriteria",
                 format!(
                     "has {} entries; the limit is {MAX_ACCEPTANCE_CRITERIA}",
-                    o.acceptance_criteria.len()
+                    self.acceptance_criteria.len()
                 ),
             ));
         }
-        if let Some(i) = o
+        if let Some(i) = self
             .acceptance_criteria
             .iter()
             .position(|c| c.trim().is_empty())
@@ -278,7 +293,7 @@ impl RunRequest {
                 "must not be empty",
             ));
         }
-        let b = &o.budget;
+        let b = &self.budget;
         for (field, zero) in [
             ("options.budget.maxTokens", b.max_tokens == Some(0)),
             ("options.budget.maxSeconds", b.max_seconds == Some(0)),
@@ -287,14 +302,6 @@ impl RunRequest {
             if zero {
                 return Err(ValidationError::new(field, "must be greater than 0"));
             }
-        }
-        if let Some(key) = &self.idempotency_key
-            && (key.is_empty() || key.len() > 255)
-        {
-            return Err(ValidationError::new(
-                "idempotencyKey",
-                "must be 1 to 255 characters",
-            ));
         }
         Ok(())
     }

@@ -21,10 +21,13 @@ use serde_json::{Value, json};
 use crate::event::{EventKind, TokenCounts};
 use crate::patch::PlanPatch;
 use crate::tools::{DEFAULT_MAX_HITL_REQUESTS, HumanRequest};
-use crate::types::{Mode, RunStatus, StepResult, Usage};
+use crate::types::{
+    FINALIZE_CAPABILITY, GENERATION_CAPABILITY, Mode, RunStatus, STRATEGY_CAPABILITY, StepResult,
+    Usage,
+};
 
 /// The capability that answers in chat mode when the request names none.
-pub const DEFAULT_CHAT_AGENT: &str = crate::types::GENERATION_CAPABILITY;
+pub const DEFAULT_CHAT_AGENT: &str = GENERATION_CAPABILITY;
 pub use crate::types::QA_CAPABILITY;
 
 /// The rules that are configuration rather than request: which specialists exist, retries,
@@ -53,10 +56,15 @@ fn default_max_hitl_requests() -> u32 {
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
-            capabilities: ["strategy", "generation", "qa", "finalize"]
-                .into_iter()
-                .map(String::from)
-                .collect(),
+            capabilities: [
+                STRATEGY_CAPABILITY,
+                GENERATION_CAPABILITY,
+                QA_CAPABILITY,
+                FINALIZE_CAPABILITY,
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect(),
             max_attempts: 3,
             step_timeout_ms: 120_000,
             max_replans: 4,
