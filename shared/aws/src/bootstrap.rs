@@ -162,7 +162,7 @@ impl Aws {
 /// `SPECIALIST_FUNCTIONS`, or the reference team in functions named after their capability.
 pub fn functions_from_env() -> Result<FunctionMap, InitError> {
     let spec = var("SPECIALIST_FUNCTIONS").unwrap_or_else(|| DEFAULT_SPECIALISTS.to_owned());
-    FunctionMap::parse(&spec).map_err(InitError::SpecialistFunctions)
+    Ok(FunctionMap::parse(&spec)?)
 }
 
 /// `EVENT_MAPPING`; none when it is unset (an EventBridge event's `detail` is the request).

@@ -5,10 +5,11 @@
 
 use async_trait::async_trait;
 use orchestrator_core::engine::RunState;
+use orchestrator_core::ports::StoreError;
 use orchestrator_core::types::{RunReport, RunStatus};
 use serde_json::{Value, json};
 
-use crate::error::{AwsError, Service};
+use crate::error::{AwsError, DeliveryError, Service};
 
 /// The `source` of every completion event.
 pub const SOURCE: &str = "orchestrator";
@@ -51,12 +52,13 @@ pub fn completion_of(report: &RunReport, state: &RunState, table: &str) -> Compl
     }
 }
 
-/// Where completions go, and the record of those sent.
+/// Where completions go, and the record of those sent. The record is the runs' table, hence
+/// a store's error; the event is an AWS call.
 #[async_trait]
 pub trait Completions: Send + Sync {
-    async fn sent(&self, run_id: &str) -> Result<bool, String>;
-    async fn send(&self, completion: &Completion) -> Result<(), String>;
-    async fn mark_sent(&self, run_id: &str) -> Result<(), String>;
+    async fn sent(&self, run_id: &str) -> Result<bool, StoreError>;
+    async fn send(&self, completion: &Completion) -> Result<(), AwsError>;
+    async fn mark_sent(&self, run_id: &str) -> Result<(), StoreError>;
 }
 
 /// Sends the run's completion unless it went out before. Sent, then recorded: a crash between
@@ -66,7 +68,7 @@ pub async fn deliver(
     report: &RunReport,
     state: &RunState,
     table: &str,
-) -> Result<bool, String> {
+) -> Result<bool, DeliveryError> {
     if completions.sent(&report.run_id).await? {
         return Ok(false);
     }
@@ -88,22 +90,16 @@ pub struct EventBridgeCompletions {
 
 #[async_trait]
 impl Completions for EventBridgeCompletions {
-    async fn sent(&self, run_id: &str) -> Result<bool, String> {
-        self.store
-            .has_note(run_id, NOTE)
-            .await
-            .map_err(|e| e.to_string())
+    async fn sent(&self, run_id: &str) -> Result<bool, StoreError> {
+        self.store.has_note(run_id, NOTE).await
     }
 
-    async fn send(&self, completion: &Completion) -> Result<(), String> {
-        self.put_event(completion).await.map_err(|e| e.to_string())
+    async fn send(&self, completion: &Completion) -> Result<(), AwsError> {
+        self.put_event(completion).await
     }
 
-    async fn mark_sent(&self, run_id: &str) -> Result<(), String> {
-        self.store
-            .put_note(run_id, NOTE)
-            .await
-            .map_err(|e| e.to_string())
+    async fn mark_sent(&self, run_id: &str) -> Result<(), StoreError> {
+        self.store.put_note(run_id, NOTE).await
     }
 }
 

@@ -42,10 +42,8 @@ impl ApprovalWaits for AwsApprovalWaits {
         self.store.task_token(run_id, checkpoint_id).await
     }
 
-    async fn resume(&self, token: &str, run_id: &str) -> Result<(), String> {
-        self.send_task_success(token, run_id)
-            .await
-            .map_err(|e| e.to_string())
+    async fn resume(&self, token: &str, run_id: &str) -> Result<(), AwsError> {
+        self.send_task_success(token, run_id).await
     }
 }
 
@@ -247,7 +245,7 @@ impl Control for SfnControl {
             self.waits
                 .resume(&token, run_id)
                 .await
-                .map_err(unavailable)?;
+                .map_err(|e| unavailable(e.to_string()))?;
         }
         Ok(())
     }

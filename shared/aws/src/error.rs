@@ -87,6 +87,15 @@ impl From<RunError> for FunctionError {
     }
 }
 
+impl From<DeliveryError> for FunctionError {
+    fn from(e: DeliveryError) -> Self {
+        match e {
+            DeliveryError::Note(s) => s.into(),
+            DeliveryError::Event(e) => FunctionError::EventsUnavailable(e.to_string()),
+        }
+    }
+}
+
 impl From<FunctionError> for lambda_runtime::Diagnostic {
     fn from(e: FunctionError) -> Self {
         lambda_runtime::Diagnostic {
@@ -157,6 +166,15 @@ impl AwsError {
     }
 }
 
+/// Why a run's completion event did not go out: the note that records it, or the bus.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("the completion note: {0}")]
+    Note(#[from] StoreError),
+    #[error(transparent)]
+    Event(#[from] AwsError),
+}
+
 /// Why a function cannot start. Each names the variable to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
@@ -165,7 +183,7 @@ pub enum InitError {
     #[error("{name}: {value:?} is not a whole number of seconds")]
     NotSeconds { name: &'static str, value: String },
     #[error("SPECIALIST_FUNCTIONS: {0}")]
-    SpecialistFunctions(String),
+    SpecialistFunctions(#[from] FunctionMapError),
     #[error("EVENT_MAPPING: {0}")]
     EventMapping(#[from] MappingError),
     #[error("{0}")]
@@ -180,6 +198,17 @@ pub enum InitError {
     },
     #[error("{name}: could not read the secret {id}: the secret has no string value")]
     SecretNotText { name: &'static str, id: String },
+}
+
+/// What is wrong with a `SPECIALIST_FUNCTIONS`, and with which of its pairs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FunctionMapError {
+    #[error("{0:?} is not capability=function (e.g. qa=my-stack-qa)")]
+    NotAPair(String),
+    #[error("{0:?} has an empty capability or function")]
+    EmptyHalf(String),
+    #[error("no capability=function pairs")]
+    Empty,
 }
 
 /// What is wrong with an `EVENT_MAPPING`, and with which of its keys.
@@ -240,6 +269,19 @@ mod tests {
         // WHEN they are shown THEN each begins with the variable to fix
         assert!(mapping.to_string().starts_with("EVENT_MAPPING: must be"));
         assert_eq!(missing.to_string(), "STATE_MACHINE_ARN: is not set");
+    }
+
+    #[test]
+    fn a_completion_is_retried_under_the_name_of_what_failed() {
+        // GIVEN the bus refusing the event, and the table unreachable for its note
+        let event = DeliveryError::from(AwsError::EventRefused("throttled".into()));
+        let note = DeliveryError::from(StoreError::Unavailable("timeout".into()));
+        // WHEN they are raised THEN each has the errorType Notify retries
+        assert_eq!(
+            FunctionError::from(event).error_type(),
+            "Events.Unavailable"
+        );
+        assert_eq!(FunctionError::from(note).error_type(), "Store.Unavailable");
     }
 
     #[test]

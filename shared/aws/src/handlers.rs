@@ -14,7 +14,7 @@ use tracing::Instrument;
 
 use crate::completion::{Completions, deliver};
 use crate::contract::{AdvanceRequest, AttemptEnd, Next, Outcome, RunRef, StepTask};
-use crate::error::FunctionError;
+use crate::error::{AwsError, FunctionError};
 use crate::route::{FunctionMap, next_of};
 use crate::telemetry::{StepFigures, emit, step_metrics};
 
@@ -29,7 +29,7 @@ pub trait ApprovalWaits: Send + Sync {
     ) -> Result<(), StoreError>;
     async fn token(&self, run_id: &str, checkpoint_id: &str) -> Result<Option<String>, StoreError>;
     /// Ends the wait (SendTaskSuccess); the execution carries on with `advance`.
-    async fn resume(&self, token: &str, run_id: &str) -> Result<(), String>;
+    async fn resume(&self, token: &str, run_id: &str) -> Result<(), AwsError>;
 }
 
 fn run_span(state: &RunState, step_id: Option<&str>) -> tracing::Span {
@@ -206,7 +206,7 @@ impl AdvanceFunction {
             &delivery.table,
         )
         .await
-        .map_err(FunctionError::EventsUnavailable)
+        .map_err(FunctionError::from)
     }
 
     /// A step's outcome as the engine hears it. A finished step's result is read from the
@@ -260,10 +260,12 @@ impl AdvanceFunction {
                 checkpoint_id,
                 "answered before the wait began"
             );
+            // Store.Unavailable is what AwaitApproval retries: a retry registers the wait again
+            // and resumes it, where any other errorType would abort an answered run.
             self.waits
                 .resume(token, run_id)
                 .await
-                .map_err(FunctionError::StoreUnavailable)?;
+                .map_err(|e| FunctionError::StoreUnavailable(e.to_string()))?;
         }
         Ok(())
     }

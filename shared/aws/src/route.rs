@@ -8,6 +8,7 @@ use orchestrator_core::engine::{Engine, Move, RunState};
 use orchestrator_core::types::RunStatus;
 
 use crate::contract::{Next, Route, StepTask};
+use crate::error::FunctionMapError;
 
 /// Which function runs each capability (`SPECIALIST_FUNCTIONS="strategy=fn-a,qa=fn-b,..."`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -15,22 +16,20 @@ pub struct FunctionMap(BTreeMap<String, String>);
 
 impl FunctionMap {
     /// Parses `capability=function` pairs separated by commas.
-    pub fn parse(spec: &str) -> Result<Self, String> {
+    pub fn parse(spec: &str) -> Result<Self, FunctionMapError> {
         let mut map = BTreeMap::new();
         for pair in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let Some((capability, function)) = pair.split_once('=') else {
-                return Err(format!(
-                    "{pair:?} is not capability=function (e.g. qa=my-stack-qa)"
-                ));
+                return Err(FunctionMapError::NotAPair(pair.to_owned()));
             };
             let (capability, function) = (capability.trim(), function.trim());
             if capability.is_empty() || function.is_empty() {
-                return Err(format!("{pair:?} has an empty capability or function"));
+                return Err(FunctionMapError::EmptyHalf(pair.to_owned()));
             }
             map.insert(capability.to_owned(), function.to_owned());
         }
         if map.is_empty() {
-            return Err("no capability=function pairs".into());
+            return Err(FunctionMapError::Empty);
         }
         Ok(Self(map))
     }
@@ -177,13 +176,17 @@ mod tests {
     }
 
     #[test]
-    fn function_maps_refuse_malformed_pairs() {
+    fn function_maps_refuse_malformed_pairs_and_name_them() {
+        let not_a_pair = FunctionMap::parse("qa=q, strategy").unwrap_err();
+        assert_eq!(not_a_pair, FunctionMapError::NotAPair("strategy".into()));
         assert!(
-            FunctionMap::parse("qa")
-                .unwrap_err()
-                .contains("capability=function")
+            not_a_pair.to_string().contains("capability=function"),
+            "{not_a_pair}"
         );
-        assert!(FunctionMap::parse("").is_err());
-        assert!(FunctionMap::parse("qa=").is_err());
+        assert_eq!(FunctionMap::parse(" , "), Err(FunctionMapError::Empty));
+        assert_eq!(
+            FunctionMap::parse("qa="),
+            Err(FunctionMapError::EmptyHalf("qa=".into()))
+        );
     }
 }

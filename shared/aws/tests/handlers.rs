@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use orchestrator_agents::{Planner, default_specialists};
 use orchestrator_aws::completion::{Completion, Completions};
 use orchestrator_aws::contract::{AdvanceRequest, Next, Outcome, Route, RunRef};
+use orchestrator_aws::error::AwsError;
 use orchestrator_aws::handlers::{
     AdvanceFunction, ApprovalWaits, Delivery, PlannerFunction, SpecialistFunction,
 };
@@ -41,7 +42,7 @@ impl ApprovalWaits for FakeWaits {
         let key = (run.to_owned(), cp.to_owned());
         Ok(self.tokens.lock().unwrap().get(&key).cloned())
     }
-    async fn resume(&self, token: &str, _run_id: &str) -> Result<(), String> {
+    async fn resume(&self, token: &str, _run_id: &str) -> Result<(), AwsError> {
         self.resumed.lock().unwrap().push(token.to_owned());
         Ok(())
     }
@@ -55,14 +56,14 @@ struct FakeCompletions {
 
 #[async_trait]
 impl Completions for FakeCompletions {
-    async fn sent(&self, run_id: &str) -> Result<bool, String> {
+    async fn sent(&self, run_id: &str) -> Result<bool, StoreError> {
         Ok(self.marks.lock().unwrap().iter().any(|r| r == run_id))
     }
-    async fn send(&self, completion: &Completion) -> Result<(), String> {
+    async fn send(&self, completion: &Completion) -> Result<(), AwsError> {
         self.sent.lock().unwrap().push(completion.clone());
         Ok(())
     }
-    async fn mark_sent(&self, run_id: &str) -> Result<(), String> {
+    async fn mark_sent(&self, run_id: &str) -> Result<(), StoreError> {
         self.marks.lock().unwrap().push(run_id.to_owned());
         Ok(())
     }
