@@ -442,6 +442,11 @@ pub struct StepResult {
     pub output: Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// With `error`: the failure is worth another attempt (a transient model error, a reply
+    /// that could not be used, a timeout). Decided once, where the error was classified, and
+    /// stored with it, so a result read back after a crash tells the engine the same.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retryable: bool,
     pub metrics: StepMetrics,
 }
 

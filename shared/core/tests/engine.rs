@@ -184,6 +184,7 @@ fn finished(step_id: &str, attempt: u32, output: Value, tokens: u64) -> Input {
             attempt,
             output,
             error: None,
+            retryable: false,
             metrics: StepMetrics {
                 duration_ms: 5,
                 attempt,

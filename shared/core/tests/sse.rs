@@ -143,6 +143,7 @@ fn a_run_streams_frames_numbered_one_to_n() {
                     attempt: d.attempt,
                     output: json!({ "text": "hi" }),
                     error: None,
+                    retryable: false,
                     metrics: StepMetrics {
                         duration_ms: 1,
                         attempt: d.attempt,

@@ -429,8 +429,8 @@ impl Runner {
                         work.running.remove(&key);
                         match end {
                             Ok(StepEnd::Input(input)) => (input, None),
-                            Ok(StepEnd::Result { result, trailing, retryable }) => {
-                                (input_of(&result, retryable), Some((result, trailing, retryable)))
+                            Ok(StepEnd::Result { result, trailing }) => {
+                                (input_of(&result), Some((result, trailing)))
                             }
                             // A panicking specialist is a failed attempt, not a dead run.
                             Err(panic) => (key.crashed(panic), None),
@@ -457,14 +457,14 @@ impl Runner {
         &self,
         state: RunState,
         input: Input,
-        ended: Option<(StepResult, Vec<Event>, bool)>,
+        ended: Option<(StepResult, Vec<Event>)>,
         running: &HashSet<Work>,
     ) -> Result<Advanced, RunError> {
         let now = self.transitions.clock().now_ms();
         let (next, transition) = self.transitions.engine().apply(state, input, now);
-        let (result, trailing, retryable) = match ended {
-            Some((result, trailing, retryable)) => (Some(result), trailing, retryable),
-            None => (None, Vec::new(), false),
+        let (result, trailing) = match ended {
+            Some((result, trailing)) => (Some(result), trailing),
+            None => (None, Vec::new()),
         };
         let openings = self.openings(&next, running);
         let with = With {
@@ -475,7 +475,7 @@ impl Runner {
         match self.transitions.commit(&next, &transition, with).await? {
             Some(Committed::ResultTaken(stored)) => {
                 let ours = result.as_ref().unwrap_or(&stored).clone();
-                let input = stored_input(stored, &ours, retryable);
+                let input = stored_input(stored, &ours);
                 let mut state = self.transitions.load(&next.run_id).await?;
                 state.lease_token = next.lease_token;
                 let (next, transition) = self.transitions.engine().apply(state, input, now);

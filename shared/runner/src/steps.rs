@@ -13,9 +13,10 @@ use orchestrator_agents::{
 use orchestrator_core::batch::DeltaBatcher;
 use orchestrator_core::engine::{Dispatch, Input, RunState};
 use orchestrator_core::event::{Event, EventKind, Handoff, HandoffStage, StepRef};
-use orchestrator_core::ports::{Clock, ModelError, OpenedStep, StepOpening, StoreError};
-use orchestrator_core::tools::Resume;
+use orchestrator_core::ports::{Clock, OpenedStep, StepOpening, StoreError};
+use orchestrator_core::tools::{HumanRequest, Resume};
 use orchestrator_core::types::{PlanStep, StepMetrics, StepResult, Usage};
+use serde_json::Value;
 
 use crate::{RunnerConfig, Store};
 
@@ -32,13 +33,34 @@ pub enum Transient {
     Store(#[from] StoreError),
 }
 
-impl Transient {
-    fn of_model(e: &ModelError) -> Self {
-        if e.throttled() {
-            Transient::Throttled(e.to_string())
-        } else {
-            Transient::Unavailable(e.to_string())
+/// How a specialist's attempt failed, classified once ([`AgentError::retryable`] decides);
+/// everything after (run the attempt again, store a failed result, open a checkpoint) follows
+/// from the variant.
+enum Failure {
+    /// Not a failure: the specialist asked a person.
+    NeedsHuman(Box<HumanRequest>),
+    /// Worth the same attempt again; nothing is stored for it.
+    Transient(Transient),
+    /// The step's failed result, stored; another attempt would fail the same way.
+    Final(String),
+}
+
+impl Failure {
+    fn of_agent(e: AgentError) -> Self {
+        match e {
+            AgentError::NeedsHuman(request) => Failure::NeedsHuman(request),
+            AgentError::Model(m) if m.retryable() && m.throttled() => {
+                Failure::Transient(Transient::Throttled(m.to_string()))
+            }
+            e if e.retryable() => Failure::Transient(Transient::Unavailable(e.to_string())),
+            e => Failure::Final(e.to_string()),
         }
+    }
+
+    fn timed_out(ms: u64) -> Self {
+        Failure::Transient(Transient::Unavailable(format!(
+            "the step timed out after {ms} ms"
+        )))
     }
 }
 
@@ -109,11 +131,7 @@ impl StepRunner {
         };
         match self.execute(&state, &dispatch, ready, inputs).await {
             Ok(Ran::NeedsHuman(input)) => StepEnd::Input(input),
-            Ok(Ran::Finished { result, trailing }) => StepEnd::Result {
-                result,
-                trailing,
-                retryable: false,
-            },
+            Ok(Ran::Finished { result, trailing }) => StepEnd::Result { result, trailing },
             Err(e) => failed_end(&dispatch, started, e),
         }
     }
@@ -150,7 +168,7 @@ impl StepRunner {
                         .append_fenced(&state.run_id, &trailing, state.lease_token)
                         .await?;
                 }
-                Ok(self.store_result(&state.run_id, result, false).await)
+                Ok(self.store_result(&state.run_id, result).await)
             }
         }
     }
@@ -217,28 +235,62 @@ impl StepRunner {
         ready: Ready,
         inputs: Vec<PriorOutput>,
     ) -> Result<Ran, Transient> {
-        let run_id = state.run_id.clone();
-        // A step that paused for a person carries on from its conversation, with the answer.
-        let resume = state
-            .suspended
-            .get(&dispatch.step_id)
-            .filter(|s| s.attempt == dispatch.attempt)
-            .and_then(|s| {
-                Some(Resume {
-                    session: s.request.session.clone(),
-                    answer: s.answer.clone()?,
-                })
-            });
         let ctx = StepContext {
-            run_id: run_id.clone(),
+            run_id: state.run_id.clone(),
             request: state.request.clone(),
             step: ready.step,
             attempt: dispatch.attempt,
             inputs,
             hitl_remaining: self.max_hitl_requests.saturating_sub(state.hitl_requests),
-            resume,
+            resume: resume_of(state, dispatch),
         };
-        let sink = BatchingSink {
+        let sink = self.sink(state, dispatch);
+        let started = Instant::now();
+        let ran = tokio::time::timeout(
+            Duration::from_millis(dispatch.timeout_ms),
+            ready.specialist.run(&ctx, &sink),
+        )
+        .await
+        .map_or_else(
+            |_| Err(Failure::timed_out(dispatch.timeout_ms)),
+            |ran| ran.map_err(Failure::of_agent),
+        );
+        let (output, usage, error) = match ran {
+            Ok(out) => (out.output, out.usage, None),
+            Err(Failure::Final(error)) => (Value::Null, Usage::default(), Some(error)),
+            // Not a result: the engine opens a checkpoint and dispatches the step again later.
+            Err(Failure::NeedsHuman(request)) => {
+                sink.finish().await?;
+                return Ok(Ran::NeedsHuman(Input::StepNeedsHuman {
+                    step_id: dispatch.step_id.clone(),
+                    attempt: dispatch.attempt,
+                    request,
+                }));
+            }
+            Err(Failure::Transient(e)) => {
+                sink.finish().await?;
+                return Err(e);
+            }
+        };
+        // The text not yet flushed goes with the result, in the same write.
+        let trailing = sink.rest().await?;
+        let duration_ms = started.elapsed().as_millis() as u64;
+        tracing::info!(
+            run_id = %state.run_id,
+            step_id = %dispatch.step_id,
+            gen_ai.usage.input_tokens = usage.input_tokens,
+            gen_ai.usage.output_tokens = usage.output_tokens,
+            duration_ms,
+            error = error.as_deref().unwrap_or(""),
+            "step finished"
+        );
+        let result = result_of(dispatch, output, usage, duration_ms, error);
+        Ok(Ran::Finished { result, trailing })
+    }
+
+    /// The sink that streams the step's text into the run's log, fenced by the driver's lease.
+    fn sink(&self, state: &RunState, dispatch: &Dispatch) -> BatchingSink {
+        BatchingSink {
             store: self.store.clone(),
             clock: self.clock.clone(),
             template: Event {
@@ -246,7 +298,7 @@ impl StepRunner {
                     message: String::new(),
                 },
                 correlation_id: state.correlation_id.clone(),
-                run_id: run_id.clone(),
+                run_id: state.run_id.clone(),
             },
             step_id: dispatch.step_id.clone(),
             fence: state.lease_token,
@@ -255,78 +307,13 @@ impl StepRunner {
                 self.delta_max_age_ms,
             )),
             error: Mutex::new(None),
-        };
-        let started = Instant::now();
-        let ran = tokio::time::timeout(
-            Duration::from_millis(dispatch.timeout_ms),
-            ready.specialist.run(&ctx, &sink),
-        )
-        .await;
-        let (output, usage, error, trailing) = match ran {
-            // The text not yet flushed goes with the result, in the same write.
-            Ok(Ok(out)) => (out.output, out.usage, None, sink.rest().await?),
-            // Not a result: the engine opens a checkpoint and dispatches the step again later.
-            Ok(Err(AgentError::NeedsHuman(request))) => {
-                sink.finish().await?;
-                return Ok(Ran::NeedsHuman(Input::StepNeedsHuman {
-                    step_id: dispatch.step_id.clone(),
-                    attempt: dispatch.attempt,
-                    request,
-                }));
-            }
-            Ok(Err(AgentError::Model(e))) if e.retryable() => {
-                sink.finish().await?;
-                return Err(Transient::of_model(&e));
-            }
-            // Replies that could not be used, even after a repair: another attempt asks afresh.
-            Ok(Err(e @ AgentError::Invalid(_))) => {
-                sink.finish().await?;
-                return Err(Transient::Unavailable(e.to_string()));
-            }
-            Ok(Err(e)) => (
-                serde_json::Value::Null,
-                Usage::default(),
-                Some(e.to_string()),
-                sink.rest().await?,
-            ),
-            Err(_) => {
-                sink.finish().await?;
-                return Err(Transient::Unavailable(format!(
-                    "timed out after {} ms",
-                    dispatch.timeout_ms
-                )));
-            }
-        };
-        let duration_ms = started.elapsed().as_millis() as u64;
-        let result = StepResult {
-            step_id: dispatch.step_id.clone(),
-            attempt: dispatch.attempt,
-            output,
-            error: error.clone(),
-            metrics: StepMetrics {
-                duration_ms,
-                attempt: dispatch.attempt,
-                capability_id: dispatch.capability_id.clone(),
-                input_tokens: usage.input_tokens,
-                output_tokens: usage.output_tokens,
-            },
-        };
-        tracing::info!(
-            run_id = %run_id,
-            step_id = %dispatch.step_id,
-            gen_ai.usage.input_tokens = usage.input_tokens,
-            gen_ai.usage.output_tokens = usage.output_tokens,
-            duration_ms,
-            error = error.as_deref().unwrap_or(""),
-            "step finished"
-        );
-        Ok(Ran::Finished { result, trailing })
+        }
     }
 
     /// Stores a result (first writer wins) and reports the stored one to the engine.
-    async fn store_result(&self, run_id: &str, result: StepResult, retryable: bool) -> Input {
+    async fn store_result(&self, run_id: &str, result: StepResult) -> Input {
         match self.store.put_step_result(run_id, &result).await {
-            Ok(stored) => stored_input(stored, &result, retryable),
+            Ok(stored) => stored_input(stored, &result),
             Err(e) => Input::StepFailed {
                 step_id: result.step_id,
                 attempt: result.attempt,
@@ -339,17 +326,54 @@ impl StepRunner {
 
 /// What the engine hears when `ours` went to the store and `stored` is what the store kept
 /// (ours, or an earlier writer's).
-pub fn stored_input(stored: StepResult, ours: &StepResult, retryable: bool) -> Input {
+pub fn stored_input(stored: StepResult, ours: &StepResult) -> Input {
     match stored.error {
         None => Input::StepFinished { result: stored },
         Some(error) => Input::StepFailed {
             step_id: stored.step_id,
             attempt: stored.attempt,
             error,
-            // A failure stored by an earlier writer: let the engine try again.
-            retryable: retryable || ours.error.is_none(),
+            // Ours succeeded but an earlier writer's failure was kept: let the engine try again.
+            retryable: stored.retryable || ours.error.is_none(),
         },
     }
+}
+
+/// The step's result as the specialist's run left it; a failure here is final (transient ones
+/// store nothing, or go through [`failed_end`]).
+fn result_of(
+    dispatch: &Dispatch,
+    output: Value,
+    usage: Usage,
+    duration_ms: u64,
+    error: Option<String>,
+) -> StepResult {
+    StepResult {
+        step_id: dispatch.step_id.clone(),
+        attempt: dispatch.attempt,
+        output,
+        error,
+        retryable: false,
+        metrics: StepMetrics {
+            duration_ms,
+            attempt: dispatch.attempt,
+            capability_id: dispatch.capability_id.clone(),
+            input_tokens: usage.input_tokens,
+            output_tokens: usage.output_tokens,
+        },
+    }
+}
+
+/// A step that paused for a person carries on from its conversation, with the answer.
+fn resume_of(state: &RunState, dispatch: &Dispatch) -> Option<Resume> {
+    let suspended = state
+        .suspended
+        .get(&dispatch.step_id)
+        .filter(|s| s.attempt == dispatch.attempt)?;
+    Some(Resume {
+        session: suspended.request.session.clone(),
+        answer: suspended.answer.clone()?,
+    })
 }
 
 /// The outputs of the step's ancestors (transitive dependencies), latest attempt each, in plan
@@ -393,15 +417,15 @@ pub fn outcome_of(stored: StepResult) -> Input {
             step_id: stored.step_id.clone(),
             attempt: stored.attempt,
             error: error.clone(),
-            retryable: true,
+            retryable: stored.retryable,
         },
     }
 }
 
 /// What the engine hears of a result that the caller stores itself (the local driver, with
 /// the transition that follows).
-pub fn input_of(result: &StepResult, retryable: bool) -> Input {
-    stored_input(result.clone(), result, retryable)
+pub fn input_of(result: &StepResult) -> Input {
+    stored_input(result.clone(), result)
 }
 
 /// How a step run by [`StepRunner::run_local`] ended.
@@ -414,29 +438,24 @@ pub enum StepEnd {
     Result {
         result: StepResult,
         trailing: Vec<Event>,
-        /// A failure worth another attempt (the engine decides whether to make one).
-        retryable: bool,
     },
 }
 
-/// A transient failure as the local driver stores it: a failed result of this attempt.
+/// A transient failure as the local driver stores it: a failed result of this attempt, worth
+/// another (the engine decides whether to make one).
 fn failed_end(dispatch: &Dispatch, started: Instant, e: impl std::fmt::Display) -> StepEnd {
+    let duration_ms = started.elapsed().as_millis() as u64;
+    let mut result = result_of(
+        dispatch,
+        Value::Null,
+        Usage::default(),
+        duration_ms,
+        Some(e.to_string()),
+    );
+    result.retryable = true;
     StepEnd::Result {
-        result: StepResult {
-            step_id: dispatch.step_id.clone(),
-            attempt: dispatch.attempt,
-            output: serde_json::Value::Null,
-            error: Some(e.to_string()),
-            metrics: StepMetrics {
-                duration_ms: started.elapsed().as_millis() as u64,
-                attempt: dispatch.attempt,
-                capability_id: dispatch.capability_id.clone(),
-                input_tokens: 0,
-                output_tokens: 0,
-            },
-        },
+        result,
         trailing: Vec::new(),
-        retryable: true,
     }
 }
 
@@ -559,5 +578,84 @@ impl DeltaSink for BatchingSink {
         {
             slot.get_or_insert(e);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orchestrator_core::ports::ModelError;
+
+    fn failed(retryable: bool) -> StepResult {
+        let dispatch = Dispatch {
+            step_id: "s1".into(),
+            capability_id: "qa".into(),
+            attempt: 1,
+            timeout_ms: 1000,
+        };
+        let mut result = result_of(
+            &dispatch,
+            Value::Null,
+            Usage::default(),
+            5,
+            Some("no".into()),
+        );
+        result.retryable = retryable;
+        result
+    }
+
+    fn retryable(input: Input) -> bool {
+        match input {
+            Input::StepFailed { retryable, .. } => retryable,
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_agent_error_is_classified_once_by_its_own_retryability() {
+        // GIVEN the errors a specialist can end with
+        let throttled = AgentError::Model(ModelError::Throttled("slow down".into()));
+        let bad_request = AgentError::Model(ModelError::Provider {
+            status: 400,
+            message: "bad".into(),
+        });
+        // WHEN each is classified THEN transient ones are run again and the rest are final
+        assert!(matches!(
+            Failure::of_agent(throttled),
+            Failure::Transient(Transient::Throttled(_))
+        ));
+        assert!(matches!(
+            Failure::of_agent(AgentError::Invalid("not JSON".into())),
+            Failure::Transient(Transient::Unavailable(_))
+        ));
+        assert!(matches!(Failure::of_agent(bad_request), Failure::Final(_)));
+        assert!(matches!(
+            Failure::of_agent(AgentError::MissingInput("the draft".into())),
+            Failure::Final(_)
+        ));
+    }
+
+    #[test]
+    fn a_stored_failure_tells_the_engine_what_was_decided_when_it_was_stored() {
+        // GIVEN a final failure and a transient one, stored and read back as JSON
+        for decided in [false, true] {
+            let json = serde_json::to_value(failed(decided)).unwrap();
+            let read: StepResult = serde_json::from_value(json).unwrap();
+            // WHEN a redelivered attempt finds it THEN the engine hears the same decision
+            assert_eq!(retryable(outcome_of(read)), decided);
+        }
+        // AND a result stored before the flag existed reads as final
+        let mut old = serde_json::to_value(failed(false)).unwrap();
+        old.as_object_mut().unwrap().remove("retryable");
+        assert!(!retryable(outcome_of(serde_json::from_value(old).unwrap())));
+    }
+
+    #[test]
+    fn an_earlier_writers_failure_over_our_success_is_tried_again() {
+        // GIVEN our attempt succeeded but the store kept an earlier writer's final failure
+        let mut ours = failed(false);
+        ours.error = None;
+        // WHEN the engine hears what the store kept THEN it may try again
+        assert!(retryable(stored_input(failed(false), &ours)));
     }
 }

@@ -279,6 +279,7 @@ async fn a_result_another_writer_stored_first_wins() {
         attempt: 1,
         output: json!({"text": "The other writer's draft.", "platform": "linkedin"}),
         error: None,
+        retryable: false,
         metrics: orchestrator_core::types::StepMetrics {
             duration_ms: 1,
             attempt: 1,

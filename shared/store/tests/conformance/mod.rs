@@ -58,6 +58,7 @@ pub fn step_result(step_id: &str, attempt: u32, output: serde_json::Value) -> St
         attempt,
         output,
         error: None,
+        retryable: false,
         metrics: StepMetrics {
             duration_ms: 12,
             attempt,
