@@ -289,6 +289,47 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let model: Arc<dyn Model> = orchestrator_llm::build_model(&config.llm).await?;
     let offline = config.llm.provider == Provider::Offline;
     let info = model.info();
+    let runner = build_runner(&config, store, model, offline)?;
+    match cli.command {
+        Command::Run { json, .. } => {
+            let request = request.ok_or_else(|| anyhow!("no request"))?;
+            if offline && !json {
+                eprintln!(
+                    "note: no MODEL_PROVIDER set: using the built-in offline model (deterministic sample output)"
+                );
+            } else if !offline {
+                eprintln!("note: model {}/{}", info.provider, info.model);
+            }
+            start(&runner, request, json).await
+        }
+        Command::Resume {
+            run_id,
+            json,
+            follow: watch,
+        } => resume(&runner, &run_id, json, watch).await,
+        Command::Approve {
+            run_id,
+            checkpoint_id,
+            reject,
+            comment,
+            json,
+        } => approve(&runner, &run_id, &checkpoint_id, !reject, comment, json).await,
+        Command::Serve { addr } => serve(runner, config.serve, addr, offline).await,
+        Command::Runs { limit } => list_runs(&runner, limit, &location).await,
+        Command::Show { run_id, events } if events => show_events(&runner, run_id).await,
+        Command::Show { run_id, .. } => show_report(&runner, &run_id).await,
+    }
+}
+
+/// The runner every command drives, with the configured prompts and the model it names in
+/// each run's log.
+fn build_runner(
+    config: &Config,
+    store: Arc<dyn Store>,
+    model: Arc<dyn Model>,
+    offline: bool,
+) -> anyhow::Result<Runner> {
+    let info = model.info();
     // Says which model ran, in every run's log; the offline model keeps its warning instead.
     let (notices, messages) = if offline {
         (vec!["Using the built-in offline model: deterministic sample output, not a real LLM. Set MODEL_PROVIDER to use one.".to_owned()], Vec::new())
@@ -298,27 +339,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             vec![format!("Model: {}/{}", info.provider, info.model)],
         )
     };
-    let prompts = match &config.llm.prompts_dir {
-        None => Prompts::builtin(),
-        Some(dir) => {
-            let (prompts, used) = Prompts::from_dir(dir)
-                .context("ORCHESTRATOR_PROMPTS_DIR names a folder that cannot be used")?;
-            eprintln!(
-                "note: prompts from {}: {}",
-                dir.display(),
-                if used.is_empty() {
-                    "none of planner.md, strategy.md, writer.md, qa.md, chat.md; all built in"
-                        .to_owned()
-                } else {
-                    used.join(", ")
-                }
-            );
-            prompts
-        }
-    };
-    let prompts = Arc::new(prompts);
-    let runner = Runner::new(
-        store.clone(),
+    let prompts = Arc::new(prompts(config)?);
+    Ok(Runner::new(
+        store,
         Planner::with_prompts(model.clone(), prompts.clone()),
         specialists_with_prompts(model, prompts),
         Arc::new(SystemClock),
@@ -334,106 +357,115 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             },
             ..RunnerConfig::default()
         },
-    );
+    ))
+}
 
-    match cli.command {
-        Command::Run { json, .. } => {
-            let request = request.ok_or_else(|| anyhow!("no request"))?;
-            if offline && !json {
-                eprintln!(
-                    "note: no MODEL_PROVIDER set: using the built-in offline model (deterministic sample output)"
-                );
-            } else if !offline {
-                eprintln!("note: model {}/{}", info.provider, info.model);
-            }
-            runner.validate(&request).map_err(|e| anyhow!("{e}"))?;
-            let mode = request.mode;
-            let started = runner.start(request, None).await.map_err(explain)?;
-            let launch = match started {
-                Started::New(launch) => *launch,
-                Started::Existing { run_id } => {
-                    eprintln!("note: the idempotency key names run {run_id}; showing it");
-                    return follow(&runner, &run_id, None, mode, json).await;
-                }
-            };
-            let run_id = launch.state.run_id.clone();
-            follow(&runner, &run_id, Some(launch), mode, json).await
+/// The built-in prompts, or those of ORCHESTRATOR_PROMPTS_DIR (saying which it found).
+fn prompts(config: &Config) -> anyhow::Result<Prompts> {
+    let Some(dir) = &config.llm.prompts_dir else {
+        return Ok(Prompts::builtin());
+    };
+    let (prompts, used) = Prompts::from_dir(dir)
+        .context("ORCHESTRATOR_PROMPTS_DIR names a folder that cannot be used")?;
+    eprintln!(
+        "note: prompts from {}: {}",
+        dir.display(),
+        if used.is_empty() {
+            "none of planner.md, strategy.md, writer.md, qa.md, chat.md; all built in".to_owned()
+        } else {
+            used.join(", ")
         }
-        Command::Resume {
-            run_id,
-            json,
-            follow: watch,
-        } => resume(&runner, &run_id, json, watch).await,
-        Command::Approve {
-            run_id,
-            checkpoint_id,
-            reject,
-            comment,
-            json,
-        } => {
-            let delivered = runner
-                .answer(&run_id, &checkpoint_id, !reject, comment)
-                .await
-                .map_err(explain)?;
-            let Delivered::Applied(launch) = delivered else {
-                eprintln!("the run is being driven by another command in this process");
-                return Ok(ExitCode::SUCCESS);
-            };
-            let mode = launch.state.request.mode;
-            follow(&runner, &run_id, Some(*launch), mode, json).await
+    );
+    Ok(prompts)
+}
+
+/// `orchestrator run`: starts the run (or finds the one its idempotency key names) and follows
+/// it to its end.
+async fn start(runner: &Runner, request: RunRequest, json: bool) -> anyhow::Result<ExitCode> {
+    runner.validate(&request).map_err(|e| anyhow!("{e}"))?;
+    let mode = request.mode;
+    let launch = match runner.start(request, None).await.map_err(explain)? {
+        Started::New(launch) => *launch,
+        Started::Existing { run_id } => {
+            eprintln!("note: the idempotency key names run {run_id}; showing it");
+            return follow(runner, &run_id, None, mode, json).await;
         }
-        Command::Serve { addr } => serve(runner, config.serve, addr, offline).await,
-        Command::Runs { limit } => {
-            let runs = runner.store().list_runs(limit, None).await?;
-            if runs.is_empty() {
-                println!(
-                    "no runs yet in {location}; start one with: orchestrator run \"<objective>\""
-                );
-            }
-            for r in runs {
-                let when = humantime::format_rfc3339_seconds(
-                    std::time::UNIX_EPOCH + Duration::from_millis(r.created_at_ms),
-                );
-                let objective: String = terminal::line(&r.objective).chars().take(60).collect();
-                println!(
-                    "{}  {}  {:<16} {:<4} {}",
-                    terminal::line(&r.run_id),
-                    when,
-                    r.status.as_str(),
-                    r.mode,
-                    objective
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Show { run_id, events } => {
-            if events {
-                let mut out = Sse::new(std::io::stdout().lock());
-                let mut after = 0;
-                loop {
-                    let frames = runner.store().read_after(&run_id, after, 1000).await?;
-                    if frames.is_empty() {
-                        break;
-                    }
-                    for f in &frames {
-                        out.frame(f)?;
-                    }
-                    after = frames.last().map_or(after, |f| f.seq);
-                }
-                if after == 0 {
-                    return Err(explain(RunError::NotFound(run_id)));
-                }
-            } else {
-                let report = runner.report(&run_id).await.map_err(explain)?;
-                let json = serde_json::to_string_pretty(&report)?;
-                println!("{}", terminal::json(&json));
-                if report.quality_gate == QualityGate::Failed {
-                    eprintln!("{}", render::QUALITY_GATE_FAILED);
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+    };
+    let run_id = launch.state.run_id.clone();
+    follow(runner, &run_id, Some(launch), mode, json).await
+}
+
+async fn approve(
+    runner: &Runner,
+    run_id: &str,
+    checkpoint_id: &str,
+    approved: bool,
+    comment: Option<String>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let delivered = runner
+        .answer(run_id, checkpoint_id, approved, comment)
+        .await
+        .map_err(explain)?;
+    let Delivered::Applied(launch) = delivered else {
+        eprintln!("the run is being driven by another command in this process");
+        return Ok(ExitCode::SUCCESS);
+    };
+    let mode = launch.state.request.mode;
+    follow(runner, run_id, Some(*launch), mode, json).await
+}
+
+async fn list_runs(runner: &Runner, limit: usize, location: &str) -> anyhow::Result<ExitCode> {
+    let runs = runner.store().list_runs(limit, None).await?;
+    if runs.is_empty() {
+        println!("no runs yet in {location}; start one with: orchestrator run \"<objective>\"");
     }
+    for r in runs {
+        let when = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + Duration::from_millis(r.created_at_ms),
+        );
+        let objective: String = terminal::line(&r.objective).chars().take(60).collect();
+        println!(
+            "{}  {}  {:<16} {:<4} {}",
+            terminal::line(&r.run_id),
+            when,
+            r.status.as_str(),
+            r.mode,
+            objective
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `orchestrator show --events`: the run's stored frames, exactly as SSE sends them.
+async fn show_events(runner: &Runner, run_id: String) -> anyhow::Result<ExitCode> {
+    let mut out = Sse::new(std::io::stdout().lock());
+    let mut after = 0;
+    loop {
+        let frames = runner.store().read_after(&run_id, after, 1000).await?;
+        if frames.is_empty() {
+            break;
+        }
+        for f in &frames {
+            out.frame(f)?;
+        }
+        after = frames.last().map_or(after, |f| f.seq);
+    }
+    if after == 0 {
+        return Err(explain(RunError::NotFound(run_id)));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `orchestrator show`: the run's RunReport.
+async fn show_report(runner: &Runner, run_id: &str) -> anyhow::Result<ExitCode> {
+    let report = runner.report(run_id).await.map_err(explain)?;
+    let json = serde_json::to_string_pretty(&report)?;
+    println!("{}", terminal::json(&json));
+    if report.quality_gate == QualityGate::Failed {
+        eprintln!("{}", render::QUALITY_GATE_FAILED);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn serve(

@@ -3,8 +3,11 @@
 use std::collections::HashMap;
 use std::io::{self, Write};
 
-use orchestrator_core::event::{EventKind, Frame, HandoffStage, SSE_PROLOGUE};
-use orchestrator_core::types::{FinalBundle, Mode, Plan, QualityGate, StepStatus};
+use orchestrator_core::event::{
+    EventKind, Frame, HandoffStage, HitlKind, HitlRequest, MetricsScope, PlanUpdate, SSE_PROLOGUE,
+    TokenCounts,
+};
+use orchestrator_core::types::{FinalBundle, Mode, Plan, QualityGate, RunStatus, StepStatus};
 
 use crate::terminal::{self, Clean, block, line};
 
@@ -136,37 +139,14 @@ impl<W: Write> Render for Human<W> {
                 writeln!(self.out, "▶ {} · run {run_id}", line(message))?
             }
             EventKind::Phase { message, .. } => writeln!(self.out, "… {}", line(message))?,
-            EventKind::PlanUpdate { data } => {
-                if let Ok(next) = self.plan.apply_patch(&data.patch) {
-                    self.plan = next;
-                }
-                self.plan.version = data.version;
-                match &data.reason {
-                    Some(reason) => {
-                        writeln!(self.out, "Plan v{} ({}):", data.version, line(reason))?
-                    }
-                    None => writeln!(self.out, "Plan v{}:", data.version)?,
-                }
-                self.checklist()?;
-            }
+            EventKind::PlanUpdate { data } => self.plan_update(data)?,
             EventKind::Handoff { message, data } => {
                 if *message == HandoffStage::Requested {
                     self.status
                         .insert(data.step_id.clone(), StepStatus::InProgress);
                 }
             }
-            EventKind::Delta { message, data } => {
-                if self.streaming.as_deref() != Some(data.step_id.as_str()) {
-                    self.end_stream()?;
-                    if self.mode == Mode::App {
-                        writeln!(self.out, "  ┌ draft from {}", line(&data.step_id))?;
-                    }
-                    write!(self.out, "  │ ")?;
-                    self.streaming = Some(data.step_id.clone());
-                }
-                self.streamed = true;
-                write!(self.out, "{}", block(message).replace('\n', "\n  │ "))?;
-            }
+            EventKind::Delta { message, data } => self.delta(message, &data.step_id)?,
             EventKind::Message { message } => {
                 if !(self.mode == Mode::Chat && self.streamed) {
                     writeln!(self.out, "  {}", block(message))?;
@@ -190,67 +170,117 @@ impl<W: Write> Render for Human<W> {
                     None => writeln!(self.out, "  ⚙ {} done", line(message))?,
                 }
             }
-            EventKind::HitlRequest { data } => writeln!(
-                self.out,
-                "⏸ Waiting for {} at {}: {} (expires {}); answer with `orchestrator approve <runId> {}`",
-                match data.kind {
-                    orchestrator_core::event::HitlKind::Approval => "approval",
-                    orchestrator_core::event::HitlKind::Clarify => "an answer",
-                },
-                line(&data.checkpoint_id),
-                line(&data.question),
-                line(&data.expires_at),
-                line(&data.checkpoint_id)
-            )?,
+            EventKind::HitlRequest { data } => self.hitl_request(data)?,
             EventKind::Metrics {
                 tokens,
                 duration_ms,
                 data,
-            } => match data {
-                Some(scope) => {
-                    self.status.insert(scope.step_id.clone(), StepStatus::Done);
-                    writeln!(
-                        self.out,
-                        "✓ {} ({}) done in {} ms · {} tokens in, {} out",
-                        line(&scope.step_id),
-                        line(&scope.capability_id),
-                        duration_ms,
-                        tokens.input,
-                        tokens.output
-                    )?;
-                }
-                None => writeln!(
-                    self.out,
-                    "Σ {:.1} s · {} tokens ({} in, {} out)",
-                    *duration_ms as f64 / 1000.0,
-                    tokens.input + tokens.output,
-                    tokens.input,
-                    tokens.output
-                )?,
-            },
+            } => self.metrics(tokens, *duration_ms, data.as_ref())?,
             EventKind::Complete {
                 data,
                 status,
                 quality_gate,
                 ..
             } => {
-                if self.mode == Mode::App && !self.plan.steps.is_empty() {
-                    writeln!(self.out, "Plan v{} at the end:", self.plan.version)?;
-                    self.checklist()?;
-                }
-                if let Ok(bundle) = serde_json::from_value::<FinalBundle>(data.clone()) {
-                    self.result(&bundle)?;
-                }
-                writeln!(self.out, "■ Run {status}")?;
-                if *quality_gate == QualityGate::Failed {
-                    writeln!(self.out, "{QUALITY_GATE_FAILED}")?;
-                }
+                self.complete(data, *status, *quality_gate)?;
                 self.out.flush()?;
                 return Ok(true);
             }
         }
         self.out.flush()?;
         Ok(false)
+    }
+}
+
+impl<W: Write> Human<W> {
+    fn plan_update(&mut self, data: &PlanUpdate) -> io::Result<()> {
+        if let Ok(next) = self.plan.apply_patch(&data.patch) {
+            self.plan = next;
+        }
+        self.plan.version = data.version;
+        match &data.reason {
+            Some(reason) => writeln!(self.out, "Plan v{} ({}):", data.version, line(reason))?,
+            None => writeln!(self.out, "Plan v{}:", data.version)?,
+        }
+        self.checklist()
+    }
+
+    fn delta(&mut self, text: &str, step_id: &str) -> io::Result<()> {
+        if self.streaming.as_deref() != Some(step_id) {
+            self.end_stream()?;
+            if self.mode == Mode::App {
+                writeln!(self.out, "  ┌ draft from {}", line(step_id))?;
+            }
+            write!(self.out, "  │ ")?;
+            self.streaming = Some(step_id.to_owned());
+        }
+        self.streamed = true;
+        write!(self.out, "{}", block(text).replace('\n', "\n  │ "))
+    }
+
+    fn hitl_request(&mut self, data: &HitlRequest) -> io::Result<()> {
+        let wanted = match data.kind {
+            HitlKind::Approval => "approval",
+            HitlKind::Clarify => "an answer",
+        };
+        writeln!(
+            self.out,
+            "⏸ Waiting for {wanted} at {}: {} (expires {}); answer with `orchestrator approve <runId> {}`",
+            line(&data.checkpoint_id),
+            line(&data.question),
+            line(&data.expires_at),
+            line(&data.checkpoint_id)
+        )
+    }
+
+    fn metrics(
+        &mut self,
+        tokens: &TokenCounts,
+        duration_ms: u64,
+        scope: Option<&MetricsScope>,
+    ) -> io::Result<()> {
+        match scope {
+            Some(scope) => {
+                self.status.insert(scope.step_id.clone(), StepStatus::Done);
+                writeln!(
+                    self.out,
+                    "✓ {} ({}) done in {} ms · {} tokens in, {} out",
+                    line(&scope.step_id),
+                    line(&scope.capability_id),
+                    duration_ms,
+                    tokens.input,
+                    tokens.output
+                )
+            }
+            None => writeln!(
+                self.out,
+                "Σ {:.1} s · {} tokens ({} in, {} out)",
+                duration_ms as f64 / 1000.0,
+                tokens.input + tokens.output,
+                tokens.input,
+                tokens.output
+            ),
+        }
+    }
+
+    fn complete(
+        &mut self,
+        data: &serde_json::Value,
+        status: RunStatus,
+        quality_gate: QualityGate,
+    ) -> io::Result<()> {
+        if self.mode == Mode::App && !self.plan.steps.is_empty() {
+            writeln!(self.out, "Plan v{} at the end:", self.plan.version)?;
+            self.checklist()?;
+        }
+        if let Ok(bundle) = serde_json::from_value::<FinalBundle>(data.clone()) {
+            self.result(&bundle)?;
+        }
+        writeln!(self.out, "■ Run {status}")?;
+        if quality_gate == QualityGate::Failed {
+            writeln!(self.out, "{QUALITY_GATE_FAILED}")?;
+        }
+        Ok(())
     }
 }
 
