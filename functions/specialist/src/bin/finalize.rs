@@ -2,5 +2,5 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    fn_specialist::serve("finalize").await
+    fn_specialist::serve(orchestrator_core::types::FINALIZE_CAPABILITY).await
 }

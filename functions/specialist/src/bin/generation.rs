@@ -2,5 +2,5 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    fn_specialist::serve("generation").await
+    fn_specialist::serve(orchestrator_core::types::GENERATION_CAPABILITY).await
 }
