@@ -1,7 +1,7 @@
 use async_trait::async_trait;
 use orchestrator_core::engine::QA_CAPABILITY;
 use orchestrator_core::ports::{Purpose, ReplySchema};
-use orchestrator_core::types::{GENERATION_CAPABILITY, Mode, STRATEGY_CAPABILITY};
+use orchestrator_core::types::{GENERATION_CAPABILITY, STRATEGY_CAPABILITY};
 use serde_json::{Value, json};
 
 use crate::replies::Unusable;
@@ -16,7 +16,6 @@ pub struct GenerationRole;
 
 /// What the writer keeps from its context for the output.
 pub struct Draft {
-    chat: bool,
     platform: String,
 }
 
@@ -32,6 +31,8 @@ impl Role for GenerationRole {
     const STREAMS: bool = true;
     const READING: Reading = Reading::AsIs;
     const MAX_TOKENS: u32 = 4_000;
+    const CHAT_ROLE: &'static str =
+        "You are the writer: when the message asks for copy, write it; otherwise answer plainly.";
     type Keep = Draft;
     type Reply = String;
 
@@ -40,33 +41,19 @@ impl Role for GenerationRole {
     }
 
     fn ask(prompts: &Prompts, ctx: &StepContext) -> Result<Ask<Draft>, AgentError> {
-        let chat = ctx.request.mode == Mode::Chat;
         let platform = ctx.platform().unwrap_or_else(|| "blog".into());
-        let (purpose, default_prompt, context) = if chat {
-            (
-                Purpose::Chat,
-                prompts.chat.as_str(),
-                json!({ "objective": ctx.request.objective }).to_string(),
-            )
-        } else {
-            (
-                Purpose::Generate,
-                prompts.writer.as_str(),
-                draft_context(ctx, &platform),
-            )
-        };
         let system = ctx
             .request
             .options
             .system_prompt_override
             .clone()
-            .unwrap_or_else(|| default_prompt.to_owned());
+            .unwrap_or_else(|| prompts.writer.clone());
         Ok(Ask {
-            purpose,
+            purpose: Purpose::Generate,
             system,
-            context,
+            context: draft_context(ctx, &platform),
             temperature: ctx.request.options.temperature,
-            keep: Draft { chat, platform },
+            keep: Draft { platform },
         })
     }
 
@@ -85,11 +72,7 @@ impl Role for GenerationRole {
         _: &StepContext,
         _: &dyn DeltaSink,
     ) -> Result<Value, AgentError> {
-        Ok(if draft.chat {
-            json!({ "text": text })
-        } else {
-            json!({ "text": text, "platform": draft.platform })
-        })
+        Ok(json!({ "text": text, "platform": draft.platform }))
     }
 }
 

@@ -34,6 +34,7 @@ impl Role for QaRole {
     const STREAMS: bool = false;
     const READING: Reading = Reading::Repaired { agent: "QA" };
     const MAX_TOKENS: u32 = 1_500;
+    const CHAT_ROLE: &'static str = "You are the QA critic: answer as a reviewer: what holds up, what does not, and what to fix first.";
     type Keep = Bar;
     type Reply = QualityVerdict;
 

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use orchestrator_core::ports::{
     ChatMessage, Model, ModelError, ModelRequest, Purpose, ReplySchema,
 };
-use orchestrator_core::types::Usage;
-use serde_json::Value;
+use orchestrator_core::types::{Mode, Usage};
+use serde_json::{Value, json};
 
 use crate::repair::{Repaired, converse_with_repair};
 use crate::replies::Unusable;
@@ -51,6 +51,9 @@ pub trait Role: Send + Sync + 'static {
     const STREAMS: bool;
     const READING: Reading;
     const MAX_TOKENS: u32;
+    /// Who answers in chat mode: appended to the chat prompt, so each agent answers the
+    /// question in its own role.
+    const CHAT_ROLE: &'static str;
     /// What the request was built from that the reply and the output still need.
     type Keep: Send + Sync;
     /// The reply, read.
@@ -114,6 +117,9 @@ impl<R: Role> crate::Specialist for ModelSpecialist<R> {
         ctx: &StepContext,
         sink: &dyn DeltaSink,
     ) -> Result<SpecialistOutput, AgentError> {
+        if ctx.request.mode == Mode::Chat {
+            return self.chat(ctx, sink).await;
+        }
         let Ask {
             purpose,
             system,
@@ -145,6 +151,55 @@ impl<R: Role> crate::Specialist for ModelSpecialist<R> {
         Ok(SpecialistOutput { output, usage })
     }
 }
+
+impl<R: Role> ModelSpecialist<R> {
+    /// Chat mode: the agent answers the message in its role, its text streamed as it comes.
+    /// The answer is the step's output (`text`), whichever agent was asked.
+    async fn chat(
+        &self,
+        ctx: &StepContext,
+        sink: &dyn DeltaSink,
+    ) -> Result<SpecialistOutput, AgentError> {
+        let system = ctx
+            .request
+            .options
+            .system_prompt_override
+            .clone()
+            .unwrap_or_else(|| format!("{}\n\n{}", self.prompts.chat.trim_end(), R::CHAT_ROLE));
+        let context = json!({ "objective": ctx.request.objective, "agent": R::CAPABILITY });
+        let request = ModelRequest {
+            purpose: Purpose::Chat,
+            system,
+            messages: vec![ChatMessage::user(context.to_string())],
+            temperature: ctx.request.options.temperature,
+            max_tokens: Some(CHAT_MAX_TOKENS),
+            json: false,
+            schema: None,
+            tools: Vec::new(),
+            tool_choice: Default::default(),
+        };
+        let turns = Turns {
+            model: self.model.as_ref(),
+            ctx,
+            sink,
+            tools: self.tools.for_step(R::TOOLS, &ctx.request.options),
+            stream: true,
+        };
+        let finished = turns.run(request).await?;
+        if finished.text.trim().is_empty() {
+            return Err(AgentError::Model(ModelError::Invalid(
+                "the model returned no text".into(),
+            )));
+        }
+        Ok(SpecialistOutput {
+            output: json!({ "text": finished.text }),
+            usage: finished.usage,
+        })
+    }
+}
+
+/// A chat answer's length limit, whichever agent answers.
+const CHAT_MAX_TOKENS: u32 = 4_000;
 
 /// The conversation's reply, read as the role reads it, and the tokens it took.
 async fn converse<R: Role>(

@@ -24,6 +24,7 @@ impl Role for StrategyRole {
         agent: "strategist",
     };
     const MAX_TOKENS: u32 = 1_000;
+    const CHAT_ROLE: &'static str = "You are the strategist: answer with the audience, the angle and the plan of attack the question calls for.";
     type Keep = ();
     type Reply = Read;
 

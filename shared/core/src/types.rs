@@ -94,6 +94,7 @@ pub struct RunOptions {
     pub on_disconnect: OnDisconnect,
     #[serde(default)]
     pub budget: Budget,
+    /// Chat mode: the agent that answers (any capability but finalize; generation by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_agent_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -364,11 +364,24 @@ fn draft(ctx: &Map<String, Value>) -> String {
 fn chat(ctx: &Map<String, Value>) -> String {
     let objective = text(ctx, "objective");
     let topic = topic_of(objective);
+    let answer = match text(ctx, "agent") {
+        "strategy" => format!(
+            "A strategy for {topic}: speak to the people who feel the problem most, lead with the \
+             one outcome they want, and test that angle on one channel before widening it."
+        ),
+        "qa" => format!(
+            "A review of {topic}: the goal is clear, but it names no audience and no measure of \
+             success. Fix those two first; then check every claim can be backed up."
+        ),
+        _ => format!(
+            "Here is a short answer about {topic}. Start from the outcome you want, name the one \
+             constraint that matters most, and take the smallest step that tests it. If you share \
+             more detail about {topic}, I can make this more specific."
+        ),
+    };
     format!(
-        "Here is a short answer about {topic}. Start from the outcome you want, name the one \
-         constraint that matters most, and take the smallest step that tests it. If you share \
-         more detail about {topic}, I can make this more specific. (This answer comes from the \
-         built-in offline model: configure MODEL_PROVIDER for a real one.)"
+        "{answer} (This answer comes from the built-in offline model: configure MODEL_PROVIDER \
+         for a real one.)"
     )
 }
 

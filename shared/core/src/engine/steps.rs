@@ -86,7 +86,8 @@ impl Engine {
                 .output
                 .get("text")
                 .and_then(Value::as_str)
-                .unwrap_or_default();
+                .filter(|t| !t.trim().is_empty())
+                .ok_or("the chat answer has no text")?;
             state.chat_message = Some(text.to_owned());
             out.emit(EventKind::Message {
                 message: text.to_owned(),
