@@ -201,6 +201,40 @@ fn chat_mode_answers_with_a_streamed_message() {
 }
 
 #[test]
+fn chat_mode_answers_with_each_agent_in_its_role() {
+    let (_dir, db) = temp_db();
+    let mut answers = Vec::new();
+    for agent in ["strategy", "generation", "qa"] {
+        // WHEN a chat run asks this agent
+        let args = [
+            "run",
+            "--mode",
+            "chat",
+            "--agent",
+            agent,
+            "Launch our note-taking app",
+            "--json",
+        ];
+        let out = run(&db, &args);
+        // THEN it completes with the agent's own answer, streamed
+        assert!(out.status.success(), "{agent}: {}", stderr(&out));
+        let frames = frames(&stdout(&out));
+        let complete = frames.last().unwrap();
+        assert_eq!(complete.2["status"], "completed", "{agent}");
+        let answer = complete.2["data"]["message"].as_str().unwrap().to_owned();
+        assert!(!answer.trim().is_empty(), "{agent} answered nothing");
+        assert!(
+            frames.iter().any(|f| f.1 == "delta"),
+            "{agent} streamed nothing"
+        );
+        answers.push(answer);
+    }
+    // AND each agent answered in its role, not all with the same text
+    answers.dedup();
+    assert_eq!(answers.len(), 3, "{answers:?}");
+}
+
+#[test]
 fn bad_input_is_refused_with_the_problem_named_and_nothing_stored() {
     let (dir, db) = temp_db();
     let long_prompt = "x".repeat(8001);
@@ -267,6 +301,20 @@ fn bad_input_is_refused_with_the_problem_named_and_nothing_stored() {
     let out = run(Path::new("/proc/no/such/dir/runs.db"), &["run", "ok"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("--db"), "{}", stderr(&out));
+    // WHEN a command that reads stored runs names a database that does not exist
+    let typo = dir.path().join("typo").join("x.db");
+    for args in [
+        vec!["runs"],
+        vec!["show", "some-run"],
+        vec!["resume", "some-run"],
+    ] {
+        let out = run(&typo, &args);
+        // THEN it exits 2 naming the path, and creates nothing
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("no database at"), "{}", stderr(&out));
+        assert!(stderr(&out).contains("x.db"), "{}", stderr(&out));
+        assert!(!typo.parent().unwrap().exists(), "{args:?} created the folder");
+    }
 }
 
 /// Non-delta frames reduced to what must match between two runs of the same objective.
@@ -406,8 +454,8 @@ fn an_approval_checkpoint_pauses_the_run_until_approve() {
     let (_dir, db) = temp_db();
     // GIVEN a run that must be approved before its final step
     let out = run(&db, &["run", OBJECTIVE, "--require-approval", "--json"]);
-    // THEN it stops at the checkpoint with a hitl_request and no complete frame
-    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    // THEN it stops at the checkpoint with a hitl_request and no complete frame, exit 5
+    assert_eq!(out.status.code(), Some(5), "stderr: {}", stderr(&out));
     let frames = frames(&stdout(&out));
     let hitl = frames
         .iter()

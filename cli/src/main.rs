@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow};
+use anyhow::{Context, anyhow, bail};
 use axum::serve::ListenerExt;
 use clap::{Parser, Subcommand, ValueEnum};
 use orchestrator_agents::{Planner, Prompts, specialists_with_prompts};
@@ -59,6 +59,7 @@ enum Command {
     Run {
         /// What the run should achieve
         objective: Option<String>,
+        /// app: plan, specialists and critic to a result; chat: one agent answers, streamed
         #[arg(long, value_enum, default_value = "app")]
         mode: ModeArg,
         /// Print the exact SSE frames instead of the rendered run
@@ -67,25 +68,28 @@ enum Command {
         /// Read the whole RunRequest (camelCase JSON) from this file instead
         #[arg(long, conflicts_with = "objective")]
         request: Option<PathBuf>,
-        /// QA score a draft needs (0..1)
+        /// QA score a draft needs, 0 to 1 [default: 0.78]
         #[arg(long)]
         threshold: Option<f64>,
-        /// Revision cycles the critic may ask for
+        /// Revision cycles the critic may ask for, at most 5 [default: 1]
         #[arg(long)]
         max_revisions: Option<u32>,
         /// An acceptance criterion QA must report on (repeatable)
         #[arg(long = "criterion")]
         criteria: Vec<String>,
-        /// The agent that answers in chat mode
+        /// With --mode chat: the agent that answers, strategy, generation or qa [default: generation]
         #[arg(long)]
         agent: Option<String>,
-        /// Pause for approval before the final step
+        /// Pause for approval before the final step (the run exits 5 until it is answered)
         #[arg(long)]
         require_approval: bool,
+        /// Budget: the run ends out of budget past this many model tokens [default: no limit]
         #[arg(long)]
         max_tokens: Option<u64>,
+        /// Budget: the run ends out of budget past this many seconds [default: no limit]
         #[arg(long)]
         max_seconds: Option<u64>,
+        /// Budget: the run ends out of budget past this many steps run [default: no limit]
         #[arg(long)]
         max_steps: Option<u32>,
     },
@@ -94,6 +98,7 @@ enum Command {
     /// A run another live process drives is left alone: exit 3, naming that process (or, with
     /// --follow, its stream is followed to the end).
     Resume {
+        /// The run to continue (`orchestrator runs` lists them)
         run_id: String,
         /// Print the exact SSE frames instead of the rendered run
         #[arg(long)]
@@ -104,13 +109,17 @@ enum Command {
     },
     /// Answer a run waiting at a checkpoint, then continue it
     Approve {
+        /// The paused run
         run_id: String,
+        /// The checkpoint it waits at (the run's output names it)
         checkpoint_id: String,
         /// Reject instead of approve (the run ends cancelled)
         #[arg(long)]
         reject: bool,
+        /// A note kept with the answer in the run's log
         #[arg(long)]
         comment: Option<String>,
+        /// Print the exact SSE frames instead of the rendered run
         #[arg(long)]
         json: bool,
     },
@@ -122,11 +131,13 @@ enum Command {
     },
     /// List recent runs
     Runs {
+        /// How many runs to list, newest first
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
     /// Print a run's RunReport (JSON)
     Show {
+        /// The run (`orchestrator runs` lists them)
         run_id: String,
         /// Print the run's event log as SSE frames instead
         #[arg(long)]
@@ -174,6 +185,20 @@ fn main() -> ExitCode {
             eprintln!("error: {}", terminal::block(&format!("{e:#}")));
             ExitCode::from(2)
         }
+    }
+}
+
+impl Command {
+    /// Commands that only read or continue runs already stored: pointed at a database that
+    /// does not exist, they say so instead of creating an empty one.
+    fn reads_existing_runs(&self) -> bool {
+        matches!(
+            self,
+            Command::Runs { .. }
+                | Command::Show { .. }
+                | Command::Resume { .. }
+                | Command::Approve { .. }
+        )
     }
 }
 
@@ -247,6 +272,13 @@ async fn open_store(config: &Config, cli: &Cli) -> anyhow::Result<(Arc<dyn Store
     match cli.store.unwrap_or(config.store) {
         StoreKind::Sqlite => {
             let db = config.db_path(cli.db.clone());
+            if cli.command.reads_existing_runs() && !db.exists() {
+                bail!(
+                    "no database at {}: it holds no runs (a mistyped --db?). Without --db or ORCHESTRATOR_DB, runs are kept in {}",
+                    db.display(),
+                    config.db_path(None).display()
+                );
+            }
             if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).with_context(|| {
                     format!(
@@ -300,6 +332,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else if !offline {
                 eprintln!("note: model {}/{}", info.provider, info.model);
             }
+            eprintln!("note: runs are kept in {}", terminal::line(&location));
             start(&runner, request, json).await
         }
         Command::Resume {
@@ -685,6 +718,9 @@ async fn still_running(runner: &Runner, run_id: &str) -> anyhow::Result<bool> {
 
 /// The exit code of a finished run (README.md, "Exit codes"): 0 completed, 4 completed below
 /// the QA threshold, 1 failed, cancelled or out of budget.
+/// The exit code of a run left paused at an approval checkpoint: not an end, not a failure.
+const PAUSED: u8 = 5;
+
 fn exit_code(status: RunStatus, gate: QualityGate) -> ExitCode {
     match (status, gate) {
         (RunStatus::Completed, QualityGate::Passed) => ExitCode::SUCCESS,
@@ -693,6 +729,7 @@ fn exit_code(status: RunStatus, gate: QualityGate) -> ExitCode {
     }
 }
 
+/// A run left waiting at a checkpoint: says how to answer it, and exits [`PAUSED`].
 async fn paused(runner: &Runner, run_id: &str) -> anyhow::Result<ExitCode> {
     let state = runner
         .store()
@@ -712,6 +749,7 @@ async fn paused(runner: &Runner, run_id: &str) -> anyhow::Result<ExitCode> {
                 "(approve or reject from another terminal, or run the command above)"
             )?;
         }
+        return Ok(ExitCode::from(PAUSED));
     } else {
         eprintln!(
             "run {run_id} is {}; continue it with `orchestrator resume {run_id}`",
