@@ -2,7 +2,7 @@
 
 //! The reference run's frames on the local paths, against `tests/golden/reference_run.jsonl`:
 //! `orchestrator run --json` and `orchestrator serve`'s `run.stream`, offline model. The
-//! emulated AWS stack checks the same file (`tests/golden_aws.rs`).
+//! emulated AWS stack checks the same file (the second test in `tests/aws_run.rs`).
 
 mod golden;
 

@@ -313,7 +313,10 @@ fn bad_input_is_refused_with_the_problem_named_and_nothing_stored() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
         assert!(stderr(&out).contains("no database at"), "{}", stderr(&out));
         assert!(stderr(&out).contains("x.db"), "{}", stderr(&out));
-        assert!(!typo.parent().unwrap().exists(), "{args:?} created the folder");
+        assert!(
+            !typo.parent().unwrap().exists(),
+            "{args:?} created the folder"
+        );
     }
 }
 

@@ -1,4 +1,4 @@
-//! The HTTP/SSE API of DESIGN.md ("The SSE contract"): one axum Router over the ports, so the
+//! The HTTP/SSE API (README.md, "The HTTP/SSE API"): one axum Router over the ports, so the
 //! same Router serves `orchestrator serve` locally and the streamer function on AWS.
 
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is the assertion in a test
 
-//! The HTTP/SSE API over a real socket: DESIGN.md "The SSE contract", as a client sees it.
+//! The HTTP/SSE API over a real socket: README.md's "The RunRequest and the stream", as a client sees it.
 //! Every test serves the Router on 127.0.0.1:0 over a fresh SQLite store and the offline model.
 
 mod common;

@@ -1,5 +1,5 @@
-//! The events a run emits, and their Server-Sent Events wire encoding (DESIGN.md, "The SSE
-//! contract").
+//! The events a run emits, and their Server-Sent Events wire encoding (README.md, "The
+//! RunRequest and the stream").
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

@@ -1,4 +1,4 @@
-//! Domain types with their wire names (camelCase JSON), as DESIGN.md's data model gives them.
+//! Domain types with their wire names (camelCase JSON), as the API and the store use them.
 
 use std::fmt;
 
