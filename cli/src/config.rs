@@ -20,6 +20,8 @@ pub struct Config {
     pub lease_ttl: Duration,
     /// This process's name in run leases (ORCHESTRATOR_OWNER); else host:pid:random.
     pub owner: Option<String>,
+    /// The cap on runs in progress in the store (ORCHESTRATOR_MAX_RUNS_IN_PROGRESS).
+    pub max_runs_in_progress: Option<usize>,
 }
 
 /// Where runs, events and reports are kept.
@@ -108,6 +110,7 @@ impl Config {
             llm,
             lease_ttl: Duration::from_secs_f64(lease_seconds),
             owner,
+            max_runs_in_progress: orchestrator_runner::max_runs_in_progress_from_env()?,
             db: var("ORCHESTRATOR_DB").map(PathBuf::from),
             store,
             dynamodb,

@@ -388,6 +388,7 @@ fn build_runner(
                     .clone()
                     .unwrap_or_else(orchestrator_runner::process_owner),
             },
+            max_runs_in_progress: config.max_runs_in_progress,
             ..RunnerConfig::default()
         },
     ))

@@ -27,6 +27,7 @@ async fn main() -> anyhow::Result<()> {
         RunnerConfig {
             notices,
             messages,
+            max_runs_in_progress: orchestrator_runner::max_runs_in_progress_from_env()?,
             ..RunnerConfig::default()
         },
     );

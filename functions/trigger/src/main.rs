@@ -14,7 +14,11 @@ async fn main() -> anyhow::Result<()> {
     let aws = Aws::from_env().await?;
     let functions = functions_from_env()?;
     let mapping = mapping_from_env()?;
-    let transitions = aws.transitions(&functions, RunnerConfig::default());
+    let config = RunnerConfig {
+        max_runs_in_progress: orchestrator_runner::max_runs_in_progress_from_env()?,
+        ..RunnerConfig::default()
+    };
+    let transitions = aws.transitions(&functions, config);
     // The trigger never cancels a run, so it has no completion of its own to send.
     let control = aws.sfn_control(transitions.clone(), None)?;
     let function = TriggerFunction {

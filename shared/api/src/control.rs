@@ -37,6 +37,9 @@ pub trait Control: Send + Sync + 'static {
     ) -> Result<(), ApiError>;
 }
 
+/// When a client refused for the cap on runs in progress may try again: runs take minutes.
+const CAPACITY_RETRY_AFTER_SECS: u64 = 30;
+
 impl From<RunError> for ApiError {
     fn from(e: RunError) -> Self {
         match e {
@@ -55,6 +58,10 @@ impl From<RunError> for ApiError {
             RunError::Owned { run_id, owner, .. } => ApiError::Conflict(format!(
                 "run {run_id} is being driven by another process ({owner}); retry once it pauses"
             )),
+            e @ RunError::AtCapacity { .. } => ApiError::Overloaded {
+                message: e.to_string(),
+                retry_after_secs: CAPACITY_RETRY_AFTER_SECS,
+            },
         }
     }
 }
@@ -221,5 +228,27 @@ impl Control for LocalControl {
             .answer(run_id, checkpoint_id, approve, comment)
             .await?;
         self.delivered(delivered).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+
+    use super::*;
+
+    #[test]
+    fn a_start_past_the_cap_on_runs_is_a_503_with_retry_after() {
+        // GIVEN a start refused for the cap on runs in progress
+        let refused = RunError::AtCapacity { limit: 3 };
+        // WHEN the API answers it
+        let response = ApiError::from(refused).into_response();
+        // THEN the client is told to come back later, and when
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            response.headers().get(header::RETRY_AFTER).unwrap(),
+            &CAPACITY_RETRY_AFTER_SECS.to_string()
+        );
     }
 }

@@ -82,6 +82,8 @@ impl From<RunError> for FunctionError {
         match e {
             RunError::Store(s) => s.into(),
             RunError::NotFound(id) => FunctionError::RunNotFound(id),
+            // Retried later (a queue message stays in its queue): the cap is back-pressure.
+            e @ RunError::AtCapacity { .. } => FunctionError::TriggerUnavailable(e.to_string()),
             other => FunctionError::InvalidRequest(other.to_string()),
         }
     }

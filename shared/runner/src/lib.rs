@@ -59,6 +59,11 @@ pub enum RunError {
         owner: String,
         expires_in_ms: u64,
     },
+    /// The deployment's cap on runs in progress is reached: nothing was started.
+    #[error(
+        "{limit} runs are in progress, the most allowed (ORCHESTRATOR_MAX_RUNS_IN_PROGRESS); nothing was started: try again once one ends"
+    )]
+    AtCapacity { limit: usize },
 }
 
 impl RunError {
@@ -82,6 +87,9 @@ pub struct RunnerConfig {
     pub messages: Vec<String>,
     /// Who this process is when it drives a run, and how long its lease lasts unrenewed.
     pub lease: LeaseConfig,
+    /// The most runs in progress (not finished, paused ones included) the store may hold; a
+    /// start past it is refused before anything is stored. None: no limit.
+    pub max_runs_in_progress: Option<usize>,
 }
 
 impl Default for RunnerConfig {
@@ -93,7 +101,36 @@ impl Default for RunnerConfig {
             notices: Vec::new(),
             messages: Vec::new(),
             lease: LeaseConfig::default(),
+            max_runs_in_progress: None,
         }
+    }
+}
+
+/// The variable that caps runs in progress, read by every binary that starts runs.
+pub const MAX_RUNS_IN_PROGRESS_VAR: &str = "ORCHESTRATOR_MAX_RUNS_IN_PROGRESS";
+
+/// A setting that cannot be used, named with its value.
+#[derive(Debug, thiserror::Error)]
+#[error("{name}={value:?} must be a whole number of runs, at least 1 (or unset for no limit)")]
+pub struct SettingError {
+    pub name: &'static str,
+    pub value: String,
+}
+
+/// [`MAX_RUNS_IN_PROGRESS_VAR`]: the cap on runs in progress; unset or empty for none.
+pub fn max_runs_in_progress_from_env() -> Result<Option<usize>, SettingError> {
+    let Some(value) = std::env::var(MAX_RUNS_IN_PROGRESS_VAR)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+    else {
+        return Ok(None);
+    };
+    match value.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(Some(n)),
+        _ => Err(SettingError {
+            name: MAX_RUNS_IN_PROGRESS_VAR,
+            value,
+        }),
     }
 }
 

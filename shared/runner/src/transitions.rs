@@ -117,6 +117,7 @@ impl Transitions {
         correlation_id: Option<String>,
     ) -> Result<Started, RunError> {
         self.validate(&request)?;
+        self.check_capacity().await?;
         let now = self.clock.now_ms();
         let run_id = match run_id {
             Some(id) => {
@@ -149,6 +150,19 @@ impl Transitions {
             Created::New { .. } => Ok(Started::New(Box::new(Launch { state, lease: None }))),
             Created::Existing { run_id } => Ok(Started::Existing { run_id }),
         }
+    }
+
+    /// Refuses a start once the runs in progress reach the configured cap. A check, not a
+    /// reservation: starts racing past it can overshoot by the number of racers.
+    async fn check_capacity(&self) -> Result<(), RunError> {
+        let Some(limit) = self.config.max_runs_in_progress else {
+            return Ok(());
+        };
+        let active = self.store.list_active(limit, None).await?;
+        if active.len() >= limit {
+            return Err(RunError::AtCapacity { limit });
+        }
+        Ok(())
     }
 
     /// Marks the run as driven by its Step Functions execution, for good: the execution owns
