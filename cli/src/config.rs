@@ -43,6 +43,8 @@ pub struct ServeConfig {
     pub max_streams: usize,
     pub max_runs: usize,
     pub max_body_bytes: usize,
+    /// Run starts a minute per API key (ORCHESTRATOR_MAX_STARTS_PER_MINUTE); None: no limit.
+    pub max_starts_per_minute: Option<u32>,
 }
 
 fn number<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
@@ -95,6 +97,10 @@ impl Config {
             max_streams: number("ORCHESTRATOR_MAX_STREAMS", 1024)?,
             max_runs: number("ORCHESTRATOR_MAX_RUNS", 256)?,
             max_body_bytes: number("ORCHESTRATOR_MAX_BODY_BYTES", 64 * 1024)?,
+            max_starts_per_minute: var("ORCHESTRATOR_MAX_STARTS_PER_MINUTE")
+                .map(|_| number("ORCHESTRATOR_MAX_STARTS_PER_MINUTE", 0u32))
+                .transpose()?
+                .filter(|n| *n > 0),
         };
         let lease_seconds: f64 = number("ORCHESTRATOR_LEASE_SECONDS", 15.0)?;
         if !(0.1..=86_400.0).contains(&lease_seconds) {

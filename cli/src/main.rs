@@ -543,6 +543,7 @@ async fn serve(
             max_streams: config.max_streams,
             max_body_bytes: config.max_body_bytes,
             cors_origins: config.cors_origins,
+            max_starts_per_minute: config.max_starts_per_minute,
             // A local server has no time limit: streams last as long as their run.
             max_stream: None,
         },

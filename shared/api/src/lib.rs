@@ -22,6 +22,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 pub mod control;
 pub mod error;
 mod extract;
+mod limit;
 pub mod openapi;
 mod sse;
 
@@ -43,6 +44,9 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// Origins allowed by CORS; empty means no CORS headers, `*` any origin.
     pub cors_origins: Vec<String>,
+    /// Run starts a minute per key (the bearer token); past it, 429 with Retry-After. None:
+    /// no limit.
+    pub max_starts_per_minute: Option<u32>,
 }
 
 impl Default for ApiConfig {
@@ -54,6 +58,7 @@ impl Default for ApiConfig {
             max_streams: 1024,
             max_body_bytes: 64 * 1024,
             cors_origins: Vec::new(),
+            max_starts_per_minute: None,
         }
     }
 }
@@ -64,6 +69,7 @@ struct AppState {
     store: Arc<dyn Store>,
     config: Arc<ApiConfig>,
     streams: Arc<Semaphore>,
+    starts: Option<Arc<limit::StartLimit>>,
 }
 
 /// The Router: `/api/v1/...`, `/healthz`, `/openapi.json`.
@@ -72,6 +78,9 @@ pub fn router(control: Arc<dyn Control>, store: Arc<dyn Store>, config: ApiConfi
         control,
         store,
         streams: Arc::new(Semaphore::new(config.max_streams)),
+        starts: config
+            .max_starts_per_minute
+            .map(|n| Arc::new(limit::StartLimit::new(n))),
         config: Arc::new(config),
     };
     let api = Router::new()
@@ -254,11 +263,23 @@ fn correlation_id(headers: &HeaderMap) -> Result<String, ApiError> {
 }
 
 /// The request from the body, with the Idempotency-Key header folded in, fully validated.
+/// One run start for the caller's key, or 429 when the key is past its rate.
+fn take_start(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(starts) = &state.starts else {
+        return Ok(());
+    };
+    let key = bearer_token(headers).unwrap_or("");
+    starts
+        .take(key, std::time::Instant::now())
+        .map_err(|retry_after_secs| ApiError::RateLimited { retry_after_secs })
+}
+
 async fn run_request(
     state: &AppState,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<RunRequest, ApiError> {
+    take_start(state, headers)?;
     let mut request: RunRequest = read_json(body, state.config.max_body_bytes).await?;
     let header_key = header_text(headers, "idempotency-key")?;
     if let Some(key) = header_key {

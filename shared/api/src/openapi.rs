@@ -309,6 +309,9 @@ fn error_kinds() -> Vec<(ApiError, &'static str)> {
         ApiError::MethodNotAllowed(String::new()),
         ApiError::Conflict(String::new()),
         ApiError::TooLarge(0),
+        ApiError::RateLimited {
+            retry_after_secs: 0,
+        },
         ApiError::Overloaded {
             message: String::new(),
             retry_after_secs: 0,
@@ -332,6 +335,9 @@ fn error_kinds() -> Vec<(ApiError, &'static str)> {
                 }
                 ApiError::Conflict(_) => "the run has finished, or is not waiting at that checkpoint",
                 ApiError::TooLarge(_) => "the body is larger than the server's limit",
+                ApiError::RateLimited { .. } => {
+                    "this key started more runs than the server's per-minute limit (ORCHESTRATOR_MAX_STARTS_PER_MINUTE); retry after Retry-After seconds"
+                }
                 ApiError::Overloaded { .. } => {
                     "too many runs or open streams, or the store is unavailable; retry after Retry-After seconds"
                 }
@@ -375,11 +381,13 @@ fn error_responses() -> Value {
             "content": {"application/json": {"schema": {"$ref": format!("{OUTPUT_DEFS}ErrorBody")}}},
         });
         let headers = match status {
-            StatusCode::SERVICE_UNAVAILABLE => json!({"Retry-After": {
-                "description": "Seconds to wait before retrying.",
-                "required": true,
-                "schema": {"type": "integer", "minimum": 0},
-            }}),
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => {
+                json!({"Retry-After": {
+                    "description": "Seconds to wait before retrying.",
+                    "required": true,
+                    "schema": {"type": "integer", "minimum": 0},
+                }})
+            }
             StatusCode::UNAUTHORIZED => json!({"WWW-Authenticate": {
                 "required": true,
                 "schema": {"type": "string", "const": "Bearer"},
@@ -495,6 +503,7 @@ const TOO_LARGE: StatusCode = StatusCode::PAYLOAD_TOO_LARGE;
 const INVALID: StatusCode = StatusCode::UNPROCESSABLE_ENTITY;
 const INTERNAL: StatusCode = StatusCode::INTERNAL_SERVER_ERROR;
 const UNAVAILABLE: StatusCode = StatusCode::SERVICE_UNAVAILABLE;
+const RATE_LIMITED: StatusCode = StatusCode::TOO_MANY_REQUESTS;
 /// What every /api/v1 operation may answer when the server has an API key.
 const AUTH: [StatusCode; 2] = [UNAUTHORIZED, FORBIDDEN];
 
@@ -575,7 +584,14 @@ fn paths(s: &mut Schemas) -> Value {
 fn start_operations(s: &mut Schemas, run_request: Value, start_response: Value) -> Value {
     let start_errors = [
         &AUTH[..],
-        &[BAD_REQUEST, TOO_LARGE, INVALID, INTERNAL, UNAVAILABLE],
+        &[
+            BAD_REQUEST,
+            TOO_LARGE,
+            INVALID,
+            RATE_LIMITED,
+            INTERNAL,
+            UNAVAILABLE,
+        ],
     ]
     .concat();
     json!({

@@ -821,3 +821,45 @@ async fn a_stream_ended_for_time_says_retry_and_the_client_continues_without_a_g
     assert_consecutive(&frames, 1);
     assert_eq!(frames.last().unwrap().status(), Some("completed"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_its_start_rate_a_key_gets_429_with_retry_after_and_other_keys_do_not() {
+    // GIVEN a server that allows one run start a minute per key
+    let server = serve(Setup {
+        api: ApiConfig {
+            max_starts_per_minute: Some(1),
+            ..ApiConfig::default()
+        },
+        ..Setup::default()
+    })
+    .await;
+    server.start(&request(json!({}))).await;
+    // WHEN the same caller starts again, on either start route
+    for path in [RUNS, RUN_STREAM] {
+        let response = send(server.post(path).json(&request(json!({})))).await;
+        // THEN 429, saying when to retry, and nothing is started
+        let secs: u64 = response.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=60).contains(&secs), "{secs}");
+        expect_error(
+            response,
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            None,
+        )
+        .await;
+    }
+    assert_eq!(server.runs().await.len(), 1);
+    // AND a caller with another key is not held back by the first one's rate
+    let response = send(
+        server
+            .post(RUNS)
+            .bearer_auth("another-key")
+            .json(&request(json!({}))),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+}
