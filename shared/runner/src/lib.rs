@@ -111,13 +111,13 @@ pub const MAX_RUNS_IN_PROGRESS_VAR: &str = "ORCHESTRATOR_MAX_RUNS_IN_PROGRESS";
 
 /// A setting that cannot be used, named with its value.
 #[derive(Debug, thiserror::Error)]
-#[error("{name}={value:?} must be a whole number of runs, at least 1 (or unset for no limit)")]
+#[error("{name}={value:?} must be a whole number of runs (0 or unset for no limit)")]
 pub struct SettingError {
     pub name: &'static str,
     pub value: String,
 }
 
-/// [`MAX_RUNS_IN_PROGRESS_VAR`]: the cap on runs in progress; unset or empty for none.
+/// [`MAX_RUNS_IN_PROGRESS_VAR`]: the cap on runs in progress; unset, empty or 0 for none.
 pub fn max_runs_in_progress_from_env() -> Result<Option<usize>, SettingError> {
     let Some(value) = std::env::var(MAX_RUNS_IN_PROGRESS_VAR)
         .ok()
@@ -126,8 +126,9 @@ pub fn max_runs_in_progress_from_env() -> Result<Option<usize>, SettingError> {
         return Ok(None);
     };
     match value.trim().parse::<usize>() {
-        Ok(n) if n >= 1 => Ok(Some(n)),
-        _ => Err(SettingError {
+        Ok(0) => Ok(None),
+        Ok(n) => Ok(Some(n)),
+        Err(_) => Err(SettingError {
             name: MAX_RUNS_IN_PROGRESS_VAR,
             value,
         }),
