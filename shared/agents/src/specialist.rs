@@ -127,25 +127,15 @@ impl<R: Role> crate::Specialist for ModelSpecialist<R> {
             temperature,
             keep,
         } = R::ask(&self.prompts, ctx)?;
-        let schema = R::schema();
-        let request = ModelRequest {
+        let ask = Ask {
             purpose,
             system,
-            messages: vec![ChatMessage::user(context)],
+            context,
             temperature,
-            max_tokens: Some(R::MAX_TOKENS),
-            json: schema.is_some(),
-            schema: schema.cloned(),
-            tools: Vec::new(),
-            tool_choice: Default::default(),
+            keep: (),
         };
-        let turns = Turns {
-            model: self.model.as_ref(),
-            ctx,
-            sink,
-            tools: self.tools.for_step(R::TOOLS, &ctx.request.options),
-            stream: R::STREAMS,
-        };
+        let request = model_request(ask, R::MAX_TOKENS, R::schema());
+        let turns = self.turns(ctx, sink, R::STREAMS);
         let (reply, usage) = converse::<R>(&turns, request, &keep).await?;
         let output = R::output(keep, reply, ctx, sink).await?;
         Ok(SpecialistOutput { output, usage })
@@ -166,26 +156,16 @@ impl<R: Role> ModelSpecialist<R> {
             .system_prompt_override
             .clone()
             .unwrap_or_else(|| format!("{}\n\n{}", self.prompts.chat.trim_end(), R::CHAT_ROLE));
-        let context = json!({ "objective": ctx.request.objective, "agent": R::CAPABILITY });
-        let request = ModelRequest {
+        let ask = Ask {
             purpose: Purpose::Chat,
             system,
-            messages: vec![ChatMessage::user(context.to_string())],
+            context: json!({ "objective": ctx.request.objective, "agent": R::CAPABILITY })
+                .to_string(),
             temperature: ctx.request.options.temperature,
-            max_tokens: Some(CHAT_MAX_TOKENS),
-            json: false,
-            schema: None,
-            tools: Vec::new(),
-            tool_choice: Default::default(),
+            keep: (),
         };
-        let turns = Turns {
-            model: self.model.as_ref(),
-            ctx,
-            sink,
-            tools: self.tools.for_step(R::TOOLS, &ctx.request.options),
-            stream: true,
-        };
-        let finished = turns.run(request).await?;
+        let request = model_request(ask, CHAT_MAX_TOKENS, None);
+        let finished = self.turns(ctx, sink, true).run(request).await?;
         if finished.text.trim().is_empty() {
             return Err(AgentError::Model(ModelError::Invalid(
                 "the model returned no text".into(),
@@ -195,6 +175,39 @@ impl<R: Role> ModelSpecialist<R> {
             output: json!({ "text": finished.text }),
             usage: finished.usage,
         })
+    }
+}
+
+impl<R: Role> ModelSpecialist<R> {
+    /// The conversation of a step: the role's tools, as the request's policy allows them.
+    fn turns<'a>(
+        &'a self,
+        ctx: &'a StepContext,
+        sink: &'a dyn DeltaSink,
+        stream: bool,
+    ) -> Turns<'a> {
+        Turns {
+            model: self.model.as_ref(),
+            ctx,
+            sink,
+            tools: self.tools.for_step(R::TOOLS, &ctx.request.options),
+            stream,
+        }
+    }
+}
+
+/// The first request of a step's conversation: one user message with its context.
+fn model_request(ask: Ask<()>, max_tokens: u32, schema: Option<&ReplySchema>) -> ModelRequest {
+    ModelRequest {
+        purpose: ask.purpose,
+        system: ask.system,
+        messages: vec![ChatMessage::user(ask.context)],
+        temperature: ask.temperature,
+        max_tokens: Some(max_tokens),
+        json: schema.is_some(),
+        schema: schema.cloned(),
+        tools: Vec::new(),
+        tool_choice: Default::default(),
     }
 }
 
