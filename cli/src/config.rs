@@ -97,10 +97,7 @@ impl Config {
             max_streams: number("ORCHESTRATOR_MAX_STREAMS", 1024)?,
             max_runs: number("ORCHESTRATOR_MAX_RUNS", 256)?,
             max_body_bytes: number("ORCHESTRATOR_MAX_BODY_BYTES", 64 * 1024)?,
-            max_starts_per_minute: var("ORCHESTRATOR_MAX_STARTS_PER_MINUTE")
-                .map(|_| number("ORCHESTRATOR_MAX_STARTS_PER_MINUTE", 0u32))
-                .transpose()?
-                .filter(|n| *n > 0),
+            max_starts_per_minute: orchestrator_api::max_starts_per_minute_from_env()?,
         };
         let lease_seconds: f64 = number("ORCHESTRATOR_LEASE_SECONDS", 15.0)?;
         if !(0.1..=86_400.0).contains(&lease_seconds) {

@@ -49,6 +49,15 @@ pub struct ApiConfig {
     pub max_starts_per_minute: Option<u32>,
 }
 
+/// The variable that limits run starts a minute per key, read by every binary that serves
+/// the API.
+pub const MAX_STARTS_PER_MINUTE_VAR: &str = "ORCHESTRATOR_MAX_STARTS_PER_MINUTE";
+
+/// [`MAX_STARTS_PER_MINUTE_VAR`]: run starts a minute per key; unset, empty or 0 for none.
+pub fn max_starts_per_minute_from_env() -> Result<Option<u32>, orchestrator_runner::SettingError> {
+    orchestrator_runner::limit_from_env(MAX_STARTS_PER_MINUTE_VAR)
+}
+
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
@@ -262,7 +271,6 @@ fn correlation_id(headers: &HeaderMap) -> Result<String, ApiError> {
     }
 }
 
-/// The request from the body, with the Idempotency-Key header folded in, fully validated.
 /// One run start for the caller's key, or 429 when the key is past its rate.
 fn take_start(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(starts) = &state.starts else {
@@ -274,6 +282,7 @@ fn take_start(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
         .map_err(|retry_after_secs| ApiError::RateLimited { retry_after_secs })
 }
 
+/// The request from the body, with the Idempotency-Key header folded in, fully validated.
 async fn run_request(
     state: &AppState,
     headers: &HeaderMap,

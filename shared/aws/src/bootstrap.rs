@@ -154,22 +154,9 @@ impl Aws {
             max_stream: Some(Duration::from_secs(
                 seconds("STREAM_MAX_SECONDS")?.unwrap_or(840),
             )),
-            max_starts_per_minute: starts_per_minute()?,
+            max_starts_per_minute: orchestrator_api::max_starts_per_minute_from_env()?,
             ..ApiConfig::default()
         })
-    }
-}
-
-/// `ORCHESTRATOR_MAX_STARTS_PER_MINUTE`: run starts a minute per API key; unset or 0 for none.
-fn starts_per_minute() -> Result<Option<u32>, InitError> {
-    const NAME: &str = "ORCHESTRATOR_MAX_STARTS_PER_MINUTE";
-    let Some(value) = var(NAME) else {
-        return Ok(None);
-    };
-    match value.trim().parse::<u32>() {
-        Ok(0) => Ok(None),
-        Ok(n) => Ok(Some(n)),
-        Err(_) => Err(InitError::NotCount { name: NAME, value }),
     }
 }
 

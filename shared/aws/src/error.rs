@@ -184,8 +184,8 @@ pub enum InitError {
     Missing { name: &'static str },
     #[error("{name}: {value:?} is not a whole number of seconds")]
     NotSeconds { name: &'static str, value: String },
-    #[error("{name}: {value:?} is not a whole number")]
-    NotCount { name: &'static str, value: String },
+    #[error(transparent)]
+    Setting(#[from] orchestrator_runner::SettingError),
     #[error("SPECIALIST_FUNCTIONS: {0}")]
     SpecialistFunctions(#[from] FunctionMapError),
     #[error("EVENT_MAPPING: {0}")]

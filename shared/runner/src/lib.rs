@@ -61,7 +61,7 @@ pub enum RunError {
     },
     /// The deployment's cap on runs in progress is reached: nothing was started.
     #[error(
-        "{limit} runs are in progress, the most allowed (ORCHESTRATOR_MAX_RUNS_IN_PROGRESS); nothing was started: try again once one ends"
+        "{limit} runs are in progress, the most allowed ({MAX_RUNS_IN_PROGRESS_VAR}); nothing was started: try again once one ends"
     )]
     AtCapacity { limit: usize },
 }
@@ -111,28 +111,29 @@ pub const MAX_RUNS_IN_PROGRESS_VAR: &str = "ORCHESTRATOR_MAX_RUNS_IN_PROGRESS";
 
 /// A setting that cannot be used, named with its value.
 #[derive(Debug, thiserror::Error)]
-#[error("{name}={value:?} must be a whole number of runs (0 or unset for no limit)")]
+#[error("{name}={value:?} must be a whole number (0 or unset for no limit)")]
 pub struct SettingError {
     pub name: &'static str,
     pub value: String,
 }
 
-/// [`MAX_RUNS_IN_PROGRESS_VAR`]: the cap on runs in progress; unset, empty or 0 for none.
-pub fn max_runs_in_progress_from_env() -> Result<Option<usize>, SettingError> {
-    let Some(value) = std::env::var(MAX_RUNS_IN_PROGRESS_VAR)
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-    else {
+/// A limit read from the variable `name`: unset, empty or 0 is no limit.
+pub fn limit_from_env<T: std::str::FromStr + Default + PartialEq>(
+    name: &'static str,
+) -> Result<Option<T>, SettingError> {
+    let Some(value) = std::env::var(name).ok().filter(|v| !v.trim().is_empty()) else {
         return Ok(None);
     };
-    match value.trim().parse::<usize>() {
-        Ok(0) => Ok(None),
+    match value.trim().parse::<T>() {
+        Ok(n) if n == T::default() => Ok(None),
         Ok(n) => Ok(Some(n)),
-        Err(_) => Err(SettingError {
-            name: MAX_RUNS_IN_PROGRESS_VAR,
-            value,
-        }),
+        Err(_) => Err(SettingError { name, value }),
     }
+}
+
+/// [`MAX_RUNS_IN_PROGRESS_VAR`]: the cap on runs in progress; unset, empty or 0 for none.
+pub fn max_runs_in_progress_from_env() -> Result<Option<usize>, SettingError> {
+    limit_from_env(MAX_RUNS_IN_PROGRESS_VAR)
 }
 
 /// A run ready to be driven: its state, and the lease it was made under (`drive` takes one
