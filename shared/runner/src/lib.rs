@@ -30,7 +30,7 @@ pub use lease::{LeaseConfig, process_owner};
 pub use log_sink::LogSink;
 pub use planning::propose;
 
-pub use steps::{StepEnd, StepRunner, Transient, input_of, outcome_of, stored_input};
+pub use steps::{StepEnd, StepRunner, Transient, outcome_of, stored_input};
 pub use transitions::{EXECUTION_OWNER, Transitions, With, events_of};
 
 /// A store that is both a run store and an event log (SQLite here, DynamoDB on AWS).
@@ -469,7 +469,7 @@ impl Runner {
                         match end {
                             Ok(StepEnd::Input(input)) => (input, None),
                             Ok(StepEnd::Result { result, trailing }) => {
-                                (input_of(&result), Some((result, trailing)))
+                                (outcome_of(result.clone()), Some((result, trailing)))
                             }
                             // A panicking specialist is a failed attempt, not a dead run.
                             Err(panic) => (key.crashed(panic), None),

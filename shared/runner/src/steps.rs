@@ -326,17 +326,10 @@ impl StepRunner {
 
 /// What the engine hears when `ours` went to the store and `stored` is what the store kept
 /// (ours, or an earlier writer's).
-pub fn stored_input(stored: StepResult, ours: &StepResult) -> Input {
-    match stored.error {
-        None => Input::StepFinished { result: stored },
-        Some(error) => Input::StepFailed {
-            step_id: stored.step_id,
-            attempt: stored.attempt,
-            error,
-            // Ours succeeded but an earlier writer's failure was kept: let the engine try again.
-            retryable: stored.retryable || ours.error.is_none(),
-        },
-    }
+pub fn stored_input(mut stored: StepResult, ours: &StepResult) -> Input {
+    // Ours succeeded but an earlier writer's failure was kept: let the engine try again.
+    stored.retryable |= ours.error.is_none();
+    outcome_of(stored)
 }
 
 /// The step's result as the specialist's run left it; a failure here is final (transient ones
@@ -410,22 +403,18 @@ fn inputs_for(state: &RunState, step_id: &str, results: Vec<StepResult>) -> Vec<
 }
 
 /// What a stored result tells the engine.
+/// What a stored result (or one the caller stores itself, with the transition that follows)
+/// tells the engine: the failure as retryable as it was classified.
 pub fn outcome_of(stored: StepResult) -> Input {
-    match &stored.error {
+    match stored.error {
         None => Input::StepFinished { result: stored },
         Some(error) => Input::StepFailed {
-            step_id: stored.step_id.clone(),
+            step_id: stored.step_id,
             attempt: stored.attempt,
-            error: error.clone(),
+            error,
             retryable: stored.retryable,
         },
     }
-}
-
-/// What the engine hears of a result that the caller stores itself (the local driver, with
-/// the transition that follows).
-pub fn input_of(result: &StepResult) -> Input {
-    stored_input(result.clone(), result)
 }
 
 /// How a step run by [`StepRunner::run_local`] ended.
