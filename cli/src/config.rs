@@ -123,10 +123,14 @@ impl Config {
 
     /// `--db`, else ORCHESTRATOR_DB, else the user's data directory.
     pub fn db_path(&self, flag: Option<PathBuf>) -> PathBuf {
-        flag.or_else(|| self.db.clone()).unwrap_or_else(|| {
-            dirs::data_dir()
-                .map(|d| d.join("orchestrator").join("orchestrator.db"))
-                .unwrap_or_else(|| PathBuf::from("orchestrator.db"))
-        })
+        flag.or_else(|| self.db.clone())
+            .unwrap_or_else(Self::default_db_path)
+    }
+
+    /// Where runs are kept when neither `--db` nor ORCHESTRATOR_DB says.
+    pub fn default_db_path() -> PathBuf {
+        dirs::data_dir()
+            .map(|d| d.join("orchestrator").join("orchestrator.db"))
+            .unwrap_or_else(|| PathBuf::from("orchestrator.db"))
     }
 }

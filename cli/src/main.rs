@@ -276,7 +276,7 @@ async fn open_store(config: &Config, cli: &Cli) -> anyhow::Result<(Arc<dyn Store
                 bail!(
                     "no database at {}: it holds no runs (a mistyped --db?). Without --db or ORCHESTRATOR_DB, runs are kept in {}",
                     db.display(),
-                    config.db_path(None).display()
+                    Config::default_db_path().display()
                 );
             }
             if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
