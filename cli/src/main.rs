@@ -22,6 +22,7 @@ use orchestrator_runner::{
     Delivered, Launch, LeaseConfig, RunError, Runner, RunnerConfig, Started, Store,
 };
 use orchestrator_store::{DynamoDbStore, SqliteStore};
+use orchestrator_telemetry::Logs;
 
 use crate::config::{Config, StoreKind};
 use crate::render::{Human, Render, Sse};
@@ -147,13 +148,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    if let Err(e) = orchestrator_telemetry::init("orchestrator", Logs::Terminal { default: "warn" })
+    {
+        eprintln!("error: {e} (unset OTEL_EXPORTER_OTLP_ENDPOINT to run without traces)");
+        return ExitCode::from(2);
+    }
     // `serve` drives many runs at once: worker threads on every core. The other commands
     // drive one run (or none), which waits on the model and the store almost all the time;
     // on one thread its hand-offs cost no cross-thread wake-ups (a quarter less CPU per run,
@@ -172,7 +171,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(run(cli)) {
+    let ran = runtime.block_on(run(cli));
+    // On a thread of its own: the exporter's last flush blocks until the receiver has the
+    // spans, which a thread of the async runtime must not do.
+    let _ = std::thread::spawn(orchestrator_telemetry::shutdown).join();
+    match ran {
         Ok(code) => code,
         // A reader that went away (`| head`) is not an error worth a message.
         Err(e)

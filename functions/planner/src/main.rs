@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    orchestrator_aws::telemetry::init_logging();
+    orchestrator_aws::telemetry::init("planner")?;
     let aws = Aws::from_env().await?;
     let functions = functions_from_env()?;
     let model = orchestrator_llm::build_model(&aws.llm_config().await?).await?;

@@ -10,7 +10,7 @@ use orchestrator_runner::{RunnerConfig, StepRunner};
 
 /// Serves the one specialist `capability` until the runtime stops.
 pub async fn serve(capability: &str) -> anyhow::Result<()> {
-    orchestrator_aws::telemetry::init_logging();
+    orchestrator_aws::telemetry::init(capability)?;
     let aws = Aws::from_env().await?;
     let functions = functions_from_env()?;
     let transitions = aws.transitions(&functions, RunnerConfig::default());

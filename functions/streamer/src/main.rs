@@ -10,7 +10,7 @@ use orchestrator_runner::RunnerConfig;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    orchestrator_aws::telemetry::init_logging();
+    orchestrator_aws::telemetry::init("streamer")?;
     let aws = Aws::from_env().await?;
     let functions = functions_from_env()?;
     // Only to tell each run which model runs it; the key stays with the functions that call it.
@@ -34,6 +34,7 @@ async fn main() -> anyhow::Result<()> {
     let control = aws.sfn_control(transitions.clone(), aws.delivery())?;
     let config = aws.api_config().await?;
     let app = router(Arc::new(control), transitions.store().clone(), config);
+    let app = orchestrator_aws::telemetry::flushing(app);
     lambda_http::run_with_streaming_response(app)
         .await
         .map_err(|e| anyhow::anyhow!(e))

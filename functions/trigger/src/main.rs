@@ -10,7 +10,7 @@ use orchestrator_runner::RunnerConfig;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    orchestrator_aws::telemetry::init_logging();
+    orchestrator_aws::telemetry::init("trigger")?;
     let aws = Aws::from_env().await?;
     let functions = functions_from_env()?;
     let mapping = mapping_from_env()?;

@@ -103,7 +103,8 @@ pub fn router(control: Arc<dyn Control>, store: Arc<dyn Store>, config: ApiConfi
             post(answer_checkpoint),
         )
         .method_not_allowed_fallback(method_not_allowed)
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth))
+        .route_layer(middleware::from_fn(traced));
     let mut app = Router::new()
         .nest("/api/v1", api)
         .route("/", get(viewer))
@@ -137,8 +138,40 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
                 header::HeaderName::from_static("last-event-id"),
                 header::HeaderName::from_static("idempotency-key"),
                 header::HeaderName::from_static("x-correlation-id"),
+                header::HeaderName::from_static("traceparent"),
+                header::HeaderName::from_static("tracestate"),
             ]),
     )
+}
+
+/// Each API request is a server span, the child of the caller's span when it sends a W3C
+/// `traceparent`: a run started by a traced client is part of the client's trace.
+async fn traced(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(
+            || request.uri().path().to_owned(),
+            |p| p.as_str().to_owned(),
+        );
+    let span = tracing::info_span!(
+        "request",
+        otel.name = format!("{} {route}", request.method()),
+        otel.kind = "server",
+        http.request.method = %request.method(),
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+    );
+    if let Some(parent) = request
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+    {
+        orchestrator_telemetry::set_parent(&span, parent);
+    }
+    let response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    response
 }
 
 async fn not_found() -> ApiError {

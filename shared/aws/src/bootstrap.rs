@@ -198,8 +198,13 @@ where
     F: Fn(T) -> Fut,
     Fut: std::future::Future<Output = Result<R, crate::FunctionError>> + Send,
 {
+    let handler = &handler;
     lambda_runtime::run(lambda_runtime::service_fn(
-        move |event: lambda_runtime::LambdaEvent<T>| handler(event.payload),
+        move |event: lambda_runtime::LambdaEvent<T>| async move {
+            let answer = handler(event.payload).await;
+            crate::telemetry::flush().await;
+            answer
+        },
     ))
     .await
 }

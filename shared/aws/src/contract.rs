@@ -85,11 +85,22 @@ impl Route {
     }
 }
 
-/// The planner function's input (also the execution's input).
+/// The planner function's input.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RunRef {
     pub run_id: String,
+}
+
+/// An execution's input: the run, and its W3C trace context when traces are exported (the
+/// functions read it from the stored run; here it ties the execution to the trace for
+/// anyone reading the execution's input).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecutionInput {
+    pub run_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// What a specialist function returns (and what the Map's Catch builds for an invocation that

@@ -14,7 +14,7 @@ use orchestrator_runner::{RunError, Started, Transitions};
 use orchestrator_store::DynamoDbStore;
 
 use crate::completion::deliver;
-use crate::contract::{Resumed, RunRef};
+use crate::contract::{ExecutionInput, Resumed};
 use crate::error::{AwsError, Service};
 use crate::handlers::{ApprovalWaits, Delivery};
 
@@ -101,9 +101,14 @@ impl SfnControl {
         )
     }
 
-    pub(crate) async fn start_execution(&self, run_id: &str) -> Result<(), AwsError> {
-        let input = serde_json::to_string(&RunRef {
+    pub(crate) async fn start_execution(
+        &self,
+        run_id: &str,
+        traceparent: Option<&str>,
+    ) -> Result<(), AwsError> {
+        let input = serde_json::to_string(&ExecutionInput {
             run_id: run_id.to_owned(),
+            traceparent: traceparent.map(str::to_owned),
         })
         .map_err(|source| AwsError::Encode {
             what: "execution input",
@@ -152,7 +157,8 @@ impl Control for SfnControl {
             Started::New(launch) => {
                 let run_id = launch.state.run_id.clone();
                 self.transitions.owned_by_execution(&run_id).await?;
-                if let Err(e) = self.start_execution(&run_id).await {
+                let traceparent = launch.state.traceparent.as_deref();
+                if let Err(e) = self.start_execution(&run_id, traceparent).await {
                     // No execution will ever drive this run: end it visibly rather than leave
                     // a run that looks alive.
                     tracing::error!(%run_id, error = %e, "could not start the execution");

@@ -180,6 +180,8 @@ pub enum DeliveryError {
 /// Why a function cannot start. Each names the variable to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
+    #[error(transparent)]
+    Telemetry(#[from] orchestrator_telemetry::TelemetryError),
     #[error("{name}: is not set")]
     Missing { name: &'static str },
     #[error("{name}: {value:?} is not a whole number of seconds")]

@@ -8,7 +8,7 @@ use orchestrator_agents::Planner;
 use orchestrator_core::engine::{Dispatch, Input, Move, PlannerState, RunState};
 use orchestrator_core::ports::StoreError;
 use orchestrator_core::types::{QA_CAPABILITY, QualityVerdict, StepMetrics};
-use orchestrator_runner::{StepRunner, Transitions, outcome_of, propose};
+use orchestrator_runner::{StepRunner, Transitions, outcome_of, propose, spans};
 use serde_json::{Value, json};
 use tracing::Instrument;
 
@@ -32,15 +32,6 @@ pub trait ApprovalWaits: Send + Sync {
     async fn resume(&self, token: &str, run_id: &str) -> Result<(), AwsError>;
 }
 
-fn run_span(state: &RunState, step_id: Option<&str>) -> tracing::Span {
-    tracing::info_span!(
-        "run",
-        runId = %state.run_id,
-        correlationId = %state.correlation_id,
-        stepId = step_id.unwrap_or(""),
-    )
-}
-
 /// The `planner` function.
 pub struct PlannerFunction {
     pub transitions: Transitions,
@@ -51,7 +42,7 @@ pub struct PlannerFunction {
 impl PlannerFunction {
     pub async fn handle(&self, run: RunRef) -> Result<Next, FunctionError> {
         let state = self.transitions.load(&run.run_id).await?;
-        let span = run_span(&state, None);
+        let span = spans::invocation("planner", &state, None);
         self.plan(state).instrument(span).await
     }
 
@@ -111,7 +102,7 @@ impl AdvanceFunction {
                 timed_out,
             } => {
                 let state = self.transitions.load(&run_id).await?;
-                let span = run_span(&state, None);
+                let span = spans::invocation("advance", &state, None);
                 async {
                     let mut inputs = Vec::with_capacity(outcomes.len() + 1);
                     for outcome in outcomes {
@@ -134,7 +125,7 @@ impl AdvanceFunction {
             }
             AdvanceRequest::Abort { run_id, caught } => {
                 let state = self.transitions.load(&run_id).await?;
-                let span = run_span(&state, None);
+                let span = spans::invocation("abort", &state, None);
                 let text = |k: &str| caught.get(k).and_then(|v| v.as_str()).unwrap_or("");
                 let error = match (text("Error"), text("Cause")) {
                     ("", _) => "the state machine stopped the run".to_owned(),
@@ -152,7 +143,7 @@ impl AdvanceFunction {
             }
             AdvanceRequest::Notify { run_id } => {
                 let state = self.transitions.load(&run_id).await?;
-                let span = run_span(&state, None);
+                let span = spans::invocation("notify", &state, None);
                 let sent = self.notify(&state).instrument(span).await?;
                 return Ok(json!({ "sent": sent }));
             }
@@ -280,7 +271,7 @@ pub struct SpecialistFunction {
 impl SpecialistFunction {
     pub async fn handle(&self, task: StepTask) -> Result<Outcome, FunctionError> {
         let state = self.transitions.load(&task.run_id).await?;
-        let span = run_span(&state, Some(&task.step_id));
+        let span = spans::invocation("specialist", &state, Some(&task.step_id));
         self.run(state, task).instrument(span).await
     }
 

@@ -1,17 +1,46 @@
-//! Logs and metrics on Lambda. Logs: the runtime's tracing setup, which writes JSON when the
-//! function's log format is JSON (AWS_LAMBDA_LOG_FORMAT) and honours AWS_LAMBDA_LOG_LEVEL; every
-//! handler runs inside a span carrying runId, stepId and correlationId, so each line of a run
-//! names them. Metrics: CloudWatch Embedded Metric Format lines on stdout, which CloudWatch turns
-//! into metrics with no agent and no API call.
+//! Logs, traces and metrics on Lambda. Logs: JSON when the function's log format is JSON
+//! (AWS_LAMBDA_LOG_FORMAT), at AWS_LAMBDA_LOG_LEVEL; every handler runs inside a span carrying
+//! runId, stepId and correlationId, so each line of a run names them. Traces: exported over
+//! OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set, flushed at the end of every invocation
+//! (`orchestrator_telemetry`). Metrics: CloudWatch Embedded Metric Format lines on stdout,
+//! which CloudWatch turns into metrics with no agent and no API call.
 
 use serde_json::{Value, json};
+
+use crate::error::InitError;
 
 /// The metrics namespace of every EMF line.
 pub const NAMESPACE: &str = "Orchestrator";
 
-/// Sets up logging once, before the runtime starts.
-pub fn init_logging() {
-    lambda_runtime::tracing::init_default_subscriber();
+/// Sets up logs and traces once, before the runtime starts; `function` names the service in
+/// traces (`orchestrator-{function}`) unless OTEL_SERVICE_NAME does.
+pub fn init(function: &str) -> Result<(), InitError> {
+    let service = format!("orchestrator-{function}");
+    orchestrator_telemetry::init(&service, orchestrator_telemetry::Logs::Lambda)?;
+    Ok(())
+}
+
+/// The streamer's app, its spans sent as each response begins: by then the request's span
+/// and a new run's span have ended, and a streamed response keeps the sandbox awake while they
+/// go. Unchanged when traces are not exported.
+pub fn flushing(app: axum::Router) -> axum::Router {
+    if !orchestrator_telemetry::exporting() {
+        return app;
+    }
+    app.layer(axum::middleware::map_response(
+        |response: axum::response::Response| async move {
+            tokio::task::spawn_blocking(orchestrator_telemetry::flush);
+            response
+        },
+    ))
+}
+
+/// Sends the invocation's spans before the sandbox freezes (nothing to do when traces are not
+/// exported).
+pub async fn flush() {
+    if orchestrator_telemetry::exporting() {
+        let _ = tokio::task::spawn_blocking(orchestrator_telemetry::flush).await;
+    }
 }
 
 /// One step's figures.

@@ -71,13 +71,14 @@ pub trait DeadLetters: Send + Sync {
 /// How a stored run's execution is started. Idempotent: starting a started run is success.
 #[async_trait]
 pub trait Executions: Send + Sync {
-    async fn start(&self, run_id: &str) -> Result<(), AwsError>;
+    /// `traceparent`: the run's trace context, handed to the execution with its input.
+    async fn start(&self, run_id: &str, traceparent: Option<&str>) -> Result<(), AwsError>;
 }
 
 #[async_trait]
 impl Executions for SfnControl {
-    async fn start(&self, run_id: &str) -> Result<(), AwsError> {
-        self.start_execution(run_id).await
+    async fn start(&self, run_id: &str, traceparent: Option<&str>) -> Result<(), AwsError> {
+        self.start_execution(run_id, traceparent).await
     }
 }
 
@@ -477,12 +478,12 @@ impl TriggerFunction {
                 Some(correlation_id.to_owned()),
             )
             .await;
-        let (run_id, created) = match started {
-            Ok(Started::New(launch)) => (launch.state.run_id, true),
-            Ok(Started::Existing { run_id }) => (run_id, false),
+        let (run_id, created, mut traceparent) = match started {
+            Ok(Started::New(launch)) => (launch.state.run_id, true, launch.state.traceparent),
+            Ok(Started::Existing { run_id }) => (run_id, false, None),
             // The id is taken under another idempotency key: it is this message's run all the
             // same (the id derives from it), so it is found rather than made twice.
-            Err(RunError::Store(StoreError::Conflict(_))) => (run_id, false),
+            Err(RunError::Store(StoreError::Conflict(_))) => (run_id, false, None),
             Err(RunError::Invalid(invalid)) => return Err(Failure::Invalid(invalid)),
             Err(e) => return Err(Failure::Transient(TriggerError::Store(e))),
         };
@@ -497,13 +498,14 @@ impl TriggerFunction {
                 return Ok(run_id);
             }
             tracing::info!(runId = %run_id, "the run exists; making sure its execution is started");
+            traceparent = state.traceparent;
         }
         self.transitions
             .owned_by_execution(&run_id)
             .await
             .map_err(|e| Failure::Transient(TriggerError::Store(e)))?;
         self.executions
-            .start(&run_id)
+            .start(&run_id, traceparent.as_deref())
             .await
             .map_err(|e| Failure::Transient(TriggerError::Execution(e)))?;
         tracing::info!(runId = %run_id, created, "run started");

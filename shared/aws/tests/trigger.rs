@@ -45,7 +45,7 @@ struct FakeExecutions {
 
 #[async_trait]
 impl Executions for FakeExecutions {
-    async fn start(&self, run_id: &str) -> Result<(), AwsError> {
+    async fn start(&self, run_id: &str, _traceparent: Option<&str>) -> Result<(), AwsError> {
         let mut fail = self.fail_first.lock().unwrap();
         if *fail > 0 {
             *fail -= 1;

@@ -31,8 +31,7 @@ use aws_smithy_types::{Document, Number};
 use futures::StreamExt;
 use futures::stream::{self, BoxStream};
 use orchestrator_core::ports::{
-    ChatMessage, ChatRole, Model, ModelError, ModelInfo, ModelRequest, ModelResponse, Purpose,
-    StreamItem,
+    ChatMessage, ChatRole, Model, ModelError, ModelInfo, ModelRequest, ModelResponse, StreamItem,
 };
 use orchestrator_core::tools::{ToolCall, ToolChoice};
 use orchestrator_core::types::Usage;
@@ -40,7 +39,6 @@ use serde_json::Value;
 
 use crate::config::{LlmConfig, Resilience};
 use crate::schema::{tool_input_schema, wire_name};
-use crate::telemetry::record_usage;
 
 const GEN_AI_SYSTEM: &str = "aws.bedrock";
 
@@ -242,7 +240,6 @@ impl BedrockModel {
             usage: None,
             done: false,
             model: &self.model_id,
-            purpose: request.purpose,
             timeout: self.request_timeout,
         };
         Ok(stream::unfold(state, |mut st| async move {
@@ -422,7 +419,6 @@ struct StreamState<'a> {
     usage: Option<Usage>,
     done: bool,
     model: &'a str,
-    purpose: Purpose,
     timeout: Duration,
 }
 
@@ -460,7 +456,6 @@ impl StreamState<'_> {
             Ok(Ok(None)) if !self.stopped => broken("the stream ended before messageStop".into()),
             Ok(Ok(None)) => {
                 let usage = self.usage.unwrap_or_default();
-                record_usage(GEN_AI_SYSTEM, self.model, self.purpose, true, usage);
                 ControlFlow::Break(Ok(StreamItem::Usage(usage)))
             }
             Ok(Ok(Some(event))) => ControlFlow::Continue(event),
@@ -602,7 +597,6 @@ impl Model for BedrockModel {
         let forced = reply_tool.as_ref().map(|t| t.name.as_str());
         let (text, tool_calls) = reply_of(out.output(), forced)?;
         let usage = out.usage().map(usage_of).unwrap_or_default();
-        record_usage(GEN_AI_SYSTEM, &self.model_id, request.purpose, false, usage);
         Ok(ModelResponse {
             text,
             usage,

@@ -7,7 +7,7 @@ pub mod config;
 pub mod offline;
 pub mod openai;
 mod schema;
-mod telemetry;
+pub mod telemetry;
 
 use std::sync::Arc;
 
@@ -17,6 +17,7 @@ pub use bedrock::{BedrockBuildError, BedrockModel};
 pub use config::{ApiKey, ConfigError, LlmConfig, Provider, Resilience};
 pub use offline::OfflineModel;
 pub use openai::{OpenAiBuildError, OpenAiModel};
+pub use telemetry::Traced;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -26,17 +27,17 @@ pub enum BuildError {
     Bedrock(#[from] BedrockBuildError),
 }
 
-/// The model the configuration names, built once at start-up. Async because Bedrock loads AWS
-/// credentials and region.
+/// The model the configuration names, built once at start-up, its calls traced. Async because
+/// Bedrock loads AWS credentials and region.
 pub async fn build_model(config: &LlmConfig) -> Result<Arc<dyn Model>, BuildError> {
     Ok(match config.provider {
-        Provider::Offline => Arc::new(OfflineModel::new(config.offline_chunk_delay)),
-        Provider::OpenAi => Arc::new(OpenAiModel::new(
+        Provider::Offline => Arc::new(Traced::new(OfflineModel::new(config.offline_chunk_delay))),
+        Provider::OpenAi => Arc::new(Traced::new(OpenAiModel::new(
             &config.openai_base_url,
             config.openai_api_key.clone(),
             config.model.clone(),
             config.resilience.clone(),
-        )?),
-        Provider::Bedrock => Arc::new(BedrockModel::from_config(config).await?),
+        )?)),
+        Provider::Bedrock => Arc::new(Traced::new(BedrockModel::from_config(config).await?)),
     })
 }

@@ -15,8 +15,7 @@ use futures::stream::{self, BoxStream};
 use futures::{StreamExt, TryStreamExt};
 use orchestrator_core::event::SseParser;
 use orchestrator_core::ports::{
-    ChatRole, Model, ModelError, ModelInfo, ModelRequest, ModelResponse, Purpose, RetryNote,
-    StreamItem,
+    ChatRole, Model, ModelError, ModelInfo, ModelRequest, ModelResponse, RetryNote, StreamItem,
 };
 use orchestrator_core::tools::{ToolCall, ToolChoice};
 use orchestrator_core::types::Usage;
@@ -25,7 +24,6 @@ use serde_json::Value;
 
 use crate::config::{ApiKey, Resilience};
 use crate::schema::{strict_schema, wire_name};
-use crate::telemetry::record_usage;
 
 const GEN_AI_SYSTEM: &str = "openai";
 /// Provider error bodies are quoted in errors (and so in warning events); keep them short.
@@ -461,7 +459,6 @@ impl OpenAiModel {
             usage: None,
             done: false,
             model: &self.model,
-            purpose: request.purpose,
         };
         Ok(stream::unfold(state, |mut st| async move {
             loop {
@@ -497,7 +494,6 @@ struct StreamState<'a> {
     usage: Option<Usage>,
     done: bool,
     model: &'a str,
-    purpose: Purpose,
 }
 
 impl StreamState<'_> {
@@ -586,7 +582,6 @@ impl StreamState<'_> {
         }
         self.done = true;
         let usage = self.usage.unwrap_or_default();
-        record_usage(GEN_AI_SYSTEM, self.model, self.purpose, true, usage);
         self.queue.push_back(Ok(StreamItem::Usage(usage)));
     }
 }
@@ -636,7 +631,6 @@ impl Model for OpenAiModel {
             }
         };
         let usage = reply.usage.map(Usage::from).unwrap_or_default();
-        record_usage(GEN_AI_SYSTEM, &self.model, request.purpose, false, usage);
         Ok(ModelResponse {
             text,
             usage,

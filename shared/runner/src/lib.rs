@@ -19,10 +19,12 @@ use orchestrator_core::ports::{
 };
 use orchestrator_core::types::{RunReport, RunRequest, RunStatus, StepResult, ValidationError};
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 mod lease;
 mod log_sink;
 mod planning;
+pub mod spans;
 mod steps;
 mod transitions;
 
@@ -142,6 +144,9 @@ pub fn max_runs_in_progress_from_env() -> Result<Option<usize>, SettingError> {
 pub struct Launch {
     pub state: RunState,
     pub lease: Option<Lease>,
+    /// The run's span when this process started the run ([`spans::run`]); none for a stored
+    /// run, which `drive` then traces as resumed.
+    pub span: tracing::Span,
 }
 
 #[derive(Debug)]
@@ -375,7 +380,16 @@ impl Runner {
     /// third of its time and let go at the end. A run another owner takes over ends the drive
     /// with an error for which [`RunError::taken_over`] holds; nothing more is written.
     pub async fn drive(&self, launch: Launch) -> Result<RunStatus, RunError> {
-        let Launch { mut state, lease } = launch;
+        let Launch {
+            mut state,
+            lease,
+            span,
+        } = launch;
+        let span = if span.is_none() {
+            spans::resumed(&state)
+        } else {
+            span
+        };
         let lease = match lease {
             Some(lease) => Some(lease),
             None if state.status.is_terminal() => None,
@@ -385,13 +399,18 @@ impl Runner {
         let config = &self.transitions.config().lease;
         let mut keeper = lease.map(|l| lease::Keeper::start(self.store().clone(), l, config));
         let run_id = state.run_id.clone();
-        let driven = self.drive_leased(state, keeper.as_mut()).await;
+        let driven = self
+            .drive_leased(state, keeper.as_mut())
+            .instrument(span.clone())
+            .await;
         if let Some(lease) = keeper.and_then(lease::Keeper::stop)
             && let Err(e) = self.store().release_lease(&lease).await
         {
             tracing::warn!(run_id = %lease.run_id, error = %e, "could not release the lease");
         }
-        self.settled(&run_id, driven).await
+        let settled = self.settled(&run_id, driven).await;
+        spans::settled(&span, &settled);
+        settled
     }
 
     /// A drive that ran into a run finished by someone else (a cancel from another process)

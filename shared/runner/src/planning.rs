@@ -5,7 +5,9 @@ use orchestrator_agents::{AgentError, PlanContext, Planner};
 use orchestrator_core::engine::{Input, ReplanReason, RunState};
 use orchestrator_core::ports::ModelError;
 
-use crate::{LogSink, Transitions};
+use tracing::Instrument;
+
+use crate::{LogSink, Transitions, spans};
 
 /// Asks the planner for the run's plan (`reason`: why again, for a replan), its reasoning
 /// streamed to the run's log. `Ok` is what the engine hears: a patch, or a failure it handles
@@ -13,6 +15,27 @@ use crate::{LogSink, Transitions};
 /// retried within this one; a driver that can retry the call as a whole (Step Functions)
 /// does, and one that cannot hands it to the engine as [`Input::PlanFailed`].
 pub async fn propose(
+    planner: &Planner,
+    transitions: &Transitions,
+    state: &RunState,
+    reason: Option<&ReplanReason>,
+) -> Result<Input, ModelError> {
+    let span = spans::plan(state, reason);
+    let proposed = call(planner, transitions, state, reason)
+        .instrument(span.clone())
+        .await;
+    let error = match &proposed {
+        Ok(Input::PlanFailed { error }) => Some(error.clone()),
+        Err(e) => Some(e.to_string()),
+        Ok(_) => None,
+    };
+    if let Some(error) = error {
+        span.in_scope(|| spans::failed(&error));
+    }
+    proposed
+}
+
+async fn call(
     planner: &Planner,
     transitions: &Transitions,
     state: &RunState,

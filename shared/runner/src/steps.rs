@@ -18,7 +18,9 @@ use orchestrator_core::tools::{HumanRequest, Resume};
 use orchestrator_core::types::{PlanStep, StepMetrics, StepResult, Usage};
 use serde_json::Value;
 
-use crate::{RunnerConfig, Store};
+use tracing::Instrument;
+
+use crate::{RunnerConfig, Store, spans};
 
 /// A failure worth running the same attempt again for: nothing was stored for it, so a retry
 /// (the local engine's, or Step Functions' Retry on AWS) starts clean.
@@ -108,6 +110,18 @@ impl StepRunner {
         dispatch: Dispatch,
         opened: Option<OpenedStep>,
     ) -> StepEnd {
+        let span = spans::step(&state, &dispatch);
+        self.run_local_traced(state, dispatch, opened)
+            .instrument(span)
+            .await
+    }
+
+    async fn run_local_traced(
+        &self,
+        state: RunState,
+        dispatch: Dispatch,
+        opened: Option<OpenedStep>,
+    ) -> StepEnd {
         let started = Instant::now();
         let ready = match self.ready(&state, &dispatch) {
             Ok(ready) => ready,
@@ -150,6 +164,22 @@ impl StepRunner {
     /// Runs the step once. At-least-once dispatch, exactly-once effect: a result stored for
     /// this attempt is the answer. A transient failure stores nothing and comes back as `Err`.
     pub async fn attempt(&self, state: &RunState, dispatch: &Dispatch) -> Result<Input, Transient> {
+        let span = spans::step(state, dispatch);
+        let attempted = self
+            .attempt_traced(state, dispatch)
+            .instrument(span.clone())
+            .await;
+        if let Err(e) = &attempted {
+            span.in_scope(|| spans::failed(&e.to_string()));
+        }
+        attempted
+    }
+
+    async fn attempt_traced(
+        &self,
+        state: &RunState,
+        dispatch: &Dispatch,
+    ) -> Result<Input, Transient> {
         let ready = match self.ready(state, dispatch) {
             Ok(ready) => ready,
             Err(error) => return self.unrunnable(state, dispatch, error).await,
@@ -257,7 +287,10 @@ impl StepRunner {
         );
         let (output, usage, error) = match ran {
             Ok(out) => (out.output, out.usage, None),
-            Err(Failure::Final(error)) => (Value::Null, Usage::default(), Some(error)),
+            Err(Failure::Final(error)) => {
+                spans::failed(&error);
+                (Value::Null, Usage::default(), Some(error))
+            }
             // Not a result: the engine opens a checkpoint and dispatches the step again later.
             Err(Failure::NeedsHuman(request)) => {
                 sink.finish().await?;

@@ -14,7 +14,7 @@ use orchestrator_core::types::{
     FINALIZE_CAPABILITY, Mode, RunReport, RunRequest, StepResult, ValidationError,
 };
 
-use crate::{Launch, RunError, RunnerConfig, Started, Store};
+use crate::{Launch, RunError, RunnerConfig, Started, Store, spans};
 
 /// The lease owner of runs a Step Functions execution drives.
 pub const EXECUTION_OWNER: &str = "step-functions";
@@ -127,7 +127,9 @@ impl Transitions {
             None => uuid::Uuid::now_v7().to_string(),
         };
         let correlation_id = correlation_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let state = RunState::new(run_id, correlation_id, request, now);
+        let span = spans::run(&run_id, &correlation_id);
+        let mut state = RunState::new(run_id, correlation_id, request, now);
+        state.traceparent = orchestrator_telemetry::traceparent_of(&span);
         let (state, transition) = self.engine.apply(state, Input::Started, now);
         let mut events = events_of(&state, &transition.events);
         let messages = self
@@ -147,7 +149,11 @@ impl Transitions {
         });
         events.splice(1.min(events.len())..1.min(events.len()), notices);
         match self.store.create_run(&state, &events).await? {
-            Created::New { .. } => Ok(Started::New(Box::new(Launch { state, lease: None }))),
+            Created::New { .. } => Ok(Started::New(Box::new(Launch {
+                state,
+                lease: None,
+                span,
+            }))),
             Created::Existing { run_id } => Ok(Started::Existing { run_id }),
         }
     }
@@ -230,7 +236,11 @@ impl Transitions {
             all.events.extend(transition.events);
         }
         self.commit(&state, &all, With::default()).await?;
-        Ok(Launch { state, lease: None })
+        Ok(Launch {
+            state,
+            lease: None,
+            span: tracing::Span::none(),
+        })
     }
 
     /// Writes a transition with what goes with it, in one write where the store can (see

@@ -104,6 +104,11 @@ pub struct StepProgress {
 pub struct RunState {
     pub run_id: String,
     pub correlation_id: String,
+    /// The W3C trace context of the span that started the run, so every process that works
+    /// on it later (another `serve`, each Lambda) adds its spans to the same trace. `None` when
+    /// traces were not exported as it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
     pub request: RunRequest,
     pub status: RunStatus,
     pub plan: Plan,
@@ -150,6 +155,7 @@ impl RunState {
         Self {
             run_id: run_id.into(),
             correlation_id: correlation_id.into(),
+            traceparent: None,
             request,
             status: RunStatus::Running,
             plan: Plan::default(),
