@@ -42,7 +42,7 @@ impl<M: Model> Traced<M> {
             orchestrator.streamed = streamed,
         );
         if let Some(max) = request.max_tokens {
-            span.record("gen_ai.request.max_tokens", max);
+            span.record("gen_ai.request.max_tokens", i64::from(max));
         }
         if let Some(t) = request.temperature {
             span.record("gen_ai.request.temperature", f64::from(t));
@@ -59,9 +59,14 @@ fn provider_name(provider: &str) -> &str {
     }
 }
 
+/// A count as OpenTelemetry's integer (the layer would write a `u64` as text).
+fn int(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 fn finished(span: &tracing::Span, usage: Usage) {
-    span.record("gen_ai.usage.input_tokens", usage.input_tokens);
-    span.record("gen_ai.usage.output_tokens", usage.output_tokens);
+    span.record("gen_ai.usage.input_tokens", int(usage.input_tokens));
+    span.record("gen_ai.usage.output_tokens", int(usage.output_tokens));
     tracing::info!(
         parent: span,
         gen_ai.usage.input_tokens = usage.input_tokens,

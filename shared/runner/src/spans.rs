@@ -4,6 +4,7 @@
 //! up elsewhere (a resumed run, each Lambda function) is parented there.
 //!
 //! Attribute names: `run.id`, `step.id`, `step.attempt`, `step.capability`, `plan.version`.
+//! Numbers are recorded as `i64`: the OpenTelemetry layer writes a `u64` as text.
 
 use orchestrator_core::engine::{Dispatch, ReplanReason, RunState};
 use orchestrator_core::types::RunStatus;
@@ -58,7 +59,7 @@ pub fn plan(state: &RunState, reason: Option<&ReplanReason>) -> tracing::Span {
         "plan",
         otel.name = if reason.is_some() { "replan" } else { "plan" },
         run.id = %state.run_id,
-        plan.version = state.plan.version,
+        plan.version = i64::from(state.plan.version),
         replan.reason = Empty,
         otel.status_code = Empty,
         otel.status_description = Empty,
@@ -75,7 +76,7 @@ pub fn step(state: &RunState, dispatch: &Dispatch) -> tracing::Span {
         "step",
         run.id = %state.run_id,
         step.id = %dispatch.step_id,
-        step.attempt = dispatch.attempt,
+        step.attempt = i64::from(dispatch.attempt),
         step.capability = %dispatch.capability_id,
         otel.status_code = Empty,
         otel.status_description = Empty,

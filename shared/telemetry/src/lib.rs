@@ -73,6 +73,8 @@ pub fn init(service: &str, logs: Logs) -> Result<(), TelemetryError> {
             .with_tracer(provider.tracer(SCOPE))
             .with_threads(false)
             .with_location(false)
+            .with_target(false)
+            .with_tracked_inactivity(false)
             .with_filter(exported())
     });
     tracing_subscriber::registry()

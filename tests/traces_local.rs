@@ -1,0 +1,162 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is the assertion in a test
+
+//! The reference run's trace on the local paths, read back from a real OTLP receiver (Arize
+//! Phoenix): `orchestrator run` and `orchestrator serve` export it when
+//! OTEL_EXPORTER_OTLP_ENDPOINT is set, and its outline is `tests/golden/reference_trace.txt`
+//! (the emulated AWS stack checks the same file, in `tests/aws_run.rs`). Needs PHOENIX_URL
+//! (`bash infra/phoenix.sh`); `.ci/run` starts Phoenix and sets it.
+
+mod golden;
+mod traces;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use orchestrator_core::event::SseParser;
+use serde_json::Value;
+
+/// Long enough for a batch from a slow machine; a passing test waits far less.
+const ARRIVAL: Duration = Duration::from_secs(60);
+
+fn bin(phoenix: &str, project: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
+    cmd.env_remove("MODEL_PROVIDER")
+        .env_remove("ORCHESTRATOR_DB")
+        .env_remove("ORCHESTRATOR_STORE")
+        .env_remove("API_KEY")
+        .env_remove("OTEL_SERVICE_NAME")
+        .env("ORCHESTRATOR_OFFLINE_CHUNK_MS", "0")
+        // A long-lived `serve` sends its spans in batches; a short delay keeps the test short.
+        .env("OTEL_BSP_SCHEDULE_DELAY", "200")
+        .envs(traces::exporting_to(phoenix, project));
+    cmd
+}
+
+fn data_of(sse: &str) -> Vec<Value> {
+    let mut parser = SseParser::default();
+    parser
+        .push(sse)
+        .into_iter()
+        .map(|f| serde_json::from_str(&f.data).expect("one-line JSON data"))
+        .collect()
+}
+
+/// The run id and the run's token count (its last `metrics` frame) from its frames.
+fn run_and_tokens(frames: &[Value]) -> (String, (u64, u64)) {
+    let run_id = frames[0]["runId"].as_str().unwrap().to_owned();
+    let total = frames
+        .iter()
+        .rfind(|f| f["type"] == "metrics" && f.get("data").is_none())
+        .expect("a run-level metrics frame");
+    let tokens = &total["tokens"];
+    (
+        run_id,
+        (
+            tokens["input"].as_u64().unwrap(),
+            tokens["output"].as_u64().unwrap(),
+        ),
+    )
+}
+
+#[test]
+fn orchestrator_run_exports_the_reference_runs_trace() {
+    let Some(phoenix) = traces::phoenix_url("orchestrator_run_exports_the_reference_runs_trace")
+    else {
+        return;
+    };
+    // GIVEN a fresh database, the offline model, and export to Phoenix into a project of its own
+    let project = traces::project("local-run");
+    let dir = tempfile::tempdir().unwrap();
+    // WHEN the reference run is run
+    let out = bin(&phoenix, &project)
+        .arg("--db")
+        .arg(dir.path().join("runs.db"))
+        .args(["run", golden::OBJECTIVE, "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // THEN Phoenix has its trace: the golden outline, one trace, the GenAI attributes, and
+    // the model calls' tokens add up to the run's
+    let (run_id, tokens) = run_and_tokens(&data_of(&String::from_utf8(out.stdout).unwrap()));
+    let spans = traces::reference_spans(&phoenix, &project, ARRIVAL, |_| true);
+    traces::assert_golden("orchestrator run", &traces::outline(&spans));
+    traces::assert_attributes(&spans, &run_id, tokens);
+}
+
+#[test]
+fn a_run_started_through_serve_joins_the_callers_trace() {
+    let Some(phoenix) = traces::phoenix_url("a_run_started_through_serve_joins_the_callers_trace")
+    else {
+        return;
+    };
+    // GIVEN `orchestrator serve` exporting to Phoenix
+    let project = traces::project("local-serve");
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = bin(&phoenix, &project)
+        .arg("--db")
+        .arg(dir.path().join("runs.db"))
+        .args(["serve", "--addr", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            let rest = l.split("listening on http://").nth(1)?;
+            Some(rest.split_whitespace().next()?.to_owned())
+        })
+        .expect("serve says where it listens");
+    std::thread::spawn(move || lines.for_each(drop));
+
+    // WHEN a traced client posts the reference run to run.stream and reads it to its end
+    // (A trace id of its own: Phoenix files a known trace id's spans under its first project.)
+    let client_trace = format!("{:032x}", uuid::Uuid::new_v4().as_u128());
+    let client_span = "00f067aa0ba902b7";
+    let frames = post_run_stream(&addr, &format!("00-{client_trace}-{client_span}-01"));
+    let (run_id, tokens) = run_and_tokens(&frames);
+    let spans = traces::reference_spans(&phoenix, &project, ARRIVAL, |spans| {
+        spans.iter().any(|s| s.name.starts_with("POST "))
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // THEN the request is a child of the client's span, the run is in the client's trace, and
+    // its outline is the golden one
+    let request = spans
+        .iter()
+        .find(|s| s.name == "POST /api/v1/agent/run.stream")
+        .unwrap_or_else(|| panic!("no request span in {spans:?}"));
+    assert_eq!(request.trace_id, client_trace);
+    assert_eq!(request.parent_id.as_deref(), Some(client_span));
+    traces::assert_golden("serve run.stream", &traces::outline(&spans));
+    traces::assert_attributes(&spans, &run_id, tokens);
+    let run = spans.iter().find(|s| s.name == "run").unwrap();
+    assert_eq!(run.trace_id, client_trace);
+}
+
+/// POSTs the reference run to `run.stream` with a `traceparent`; its frames' data.
+fn post_run_stream(addr: &str, traceparent: &str) -> Vec<Value> {
+    let body = serde_json::json!({ "objective": golden::OBJECTIVE }).to_string();
+    let mut tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(
+        tcp,
+        "POST /api/v1/agent/run.stream HTTP/1.0\r\nhost: {addr}\r\ncontent-type: application/json\r\ntraceparent: {traceparent}\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    tcp.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.contains(" 200 "), "{head}");
+    data_of(body)
+}
