@@ -30,6 +30,7 @@ use orchestrator_store::{DynamoDbConfig, DynamoDbStore};
 use serde_json::{Value, json};
 
 mod golden;
+mod traces;
 
 use golden::OBJECTIVE;
 
@@ -843,18 +844,29 @@ async fn the_reference_run_on_the_emulated_stack_streams_the_golden_frames() {
         return;
     }
     let _turn = ONE_STACK.lock().await;
-    // GIVEN the emulated stack with the offline model, as the local golden run has it
-    let stack = Stack::up(&[
-        ("MODEL_PROVIDER", "offline".into()),
-        ("ORCHESTRATOR_OFFLINE_CHUNK_MS", "0".into()),
-    ]);
+    // GIVEN the emulated stack with the offline model, as the local golden run has it, every
+    // function exporting its spans to Phoenix (when PHOENIX_URL names one; always under CI)
+    let phoenix = traces::phoenix_url("the_reference_run_on_the_emulated_stack");
+    let project = traces::project("aws");
+    let mut env = vec![
+        ("MODEL_PROVIDER", "offline".to_owned()),
+        ("ORCHESTRATOR_OFFLINE_CHUNK_MS", "0".to_owned()),
+    ];
+    if let Some(url) = &phoenix {
+        env.extend(traces::exporting_to(url, &project));
+    }
+    let stack = Stack::up(&env);
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    // WHEN the reference run is started through the streamer's function URL and watched
+    // WHEN a traced client starts the reference run through the streamer's function URL and
+    // watches it
+    let client_trace = format!("{:032x}", uuid::Uuid::new_v4().as_u128());
+    let client_span = "00f067aa0ba902b7";
     let response = http
         .post(format!(
             "{}/api/v1/agent/run.stream",
             stack.var("STREAM_URL")
         ))
+        .header("traceparent", format!("00-{client_trace}-{client_span}-01"))
         .json(&json!({ "objective": OBJECTIVE }))
         .send()
         .await
@@ -862,6 +874,55 @@ async fn the_reference_run_on_the_emulated_stack_streams_the_golden_frames() {
     let run = frames(response).await;
     // THEN its frames, normalised, are the very frames of `orchestrator run` and `serve`
     assert_gap_free(&run);
-    let data = golden::normalise(run.into_iter().map(|f| f.data));
-    golden::assert_golden("the emulated AWS stack", &data);
+    let data: Vec<Value> = run.iter().map(|f| f.data.clone()).collect();
+    golden::assert_golden("the emulated AWS stack", &golden::normalise(data.clone()));
+    // AND its trace, across the streamer and every function, is the one `orchestrator run`
+    // exports, in the client's trace
+    if let Some(url) = phoenix {
+        let spans = tokio::task::spawn_blocking(move || {
+            traces::reference_spans(&url, &project, Duration::from_secs(120), |spans| {
+                spans.iter().any(|s| s.name.starts_with("POST "))
+            })
+        })
+        .await
+        .unwrap();
+        assert_reference_trace(&spans, &data, &client_trace, client_span);
+    }
+}
+
+fn assert_reference_trace(
+    spans: &[traces::Span],
+    frames: &[Value],
+    client_trace: &str,
+    client_span: &str,
+) {
+    traces::assert_golden("the emulated AWS stack", &traces::outline(spans));
+    let run_id = frames[0]["runId"].as_str().unwrap();
+    let total = frames
+        .iter()
+        .rfind(|f| f["type"] == "metrics" && f.get("data").is_none())
+        .expect("a run-level metrics frame");
+    let tokens = (
+        total["tokens"]["input"].as_u64().unwrap(),
+        total["tokens"]["output"].as_u64().unwrap(),
+    );
+    traces::assert_attributes(spans, run_id, tokens);
+    let request = spans
+        .iter()
+        .find(|s| s.name == "POST /api/v1/agent/run.stream")
+        .expect("the streamer's request span");
+    assert_eq!(request.trace_id, client_trace);
+    assert_eq!(request.parent_id.as_deref(), Some(client_span));
+    // Every kind of function took part: the planner, advance and the specialists.
+    let invoked: HashSet<&str> = spans
+        .iter()
+        .filter(|s| s.trace_id == client_trace)
+        .map(|s| s.name.as_str())
+        .collect();
+    for name in ["planner", "advance", "specialist"] {
+        assert!(
+            invoked.contains(name),
+            "no {name} invocation in {invoked:?}"
+        );
+    }
 }

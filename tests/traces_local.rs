@@ -87,6 +87,8 @@ fn orchestrator_run_exports_the_reference_runs_trace() {
     let spans = traces::reference_spans(&phoenix, &project, ARRIVAL, |_| true);
     traces::assert_golden("orchestrator run", &traces::outline(&spans));
     traces::assert_attributes(&spans, &run_id, tokens);
+    let run = spans.iter().find(|s| s.name == "run").unwrap();
+    assert_eq!(run.attr("run.status").unwrap(), "completed");
 }
 
 #[test]

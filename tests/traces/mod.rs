@@ -204,7 +204,6 @@ fn label(span: &Span) -> String {
             text("step.attempt"),
             text("step.capability")
         ),
-        "run" => format!("run ({})", text("run.status")),
         name => name.to_owned(),
     }
 }
