@@ -29,7 +29,7 @@ use orchestrator_bench::timing::TimingModel;
 use orchestrator_bench::workload::{OBJECTIVE, one_run, reference_calls, runner_on};
 use orchestrator_core::ports::Model;
 use orchestrator_core::types::RunStatus;
-use orchestrator_llm::{OfflineModel, OpenAiModel, Resilience};
+use orchestrator_llm::{OfflineModel, OpenAiModel, Resilience, Traced};
 use orchestrator_runner::{Runner, Store};
 use orchestrator_store::{DynamoDbConfig, DynamoDbStore, SqliteStore};
 use serde::{Deserialize, Serialize};
@@ -154,6 +154,10 @@ impl Flavor {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    orchestrator_telemetry::init(
+        "bench-driver",
+        orchestrator_telemetry::Logs::Terminal { default: "warn" },
+    )?;
     match cli.command {
         Cmd::Load {
             base_url,
@@ -315,15 +319,17 @@ async fn load(
         Some(c) => c.clone(),
         None => sqlite,
     };
+    // Traced as `build_model` traces it: with OTEL_EXPORTER_OTLP_ENDPOINT set, the load's runs
+    // are exported, which is how tracing's cost per run is measured (bench/README.md).
     let model: Arc<dyn Model> = if variant.offline_model {
-        Arc::new(OfflineModel::new(Duration::ZERO))
+        Arc::new(Traced::new(OfflineModel::new(Duration::ZERO)))
     } else {
-        Arc::new(OpenAiModel::new(
+        Arc::new(Traced::new(OpenAiModel::new(
             base_url,
             None,
             "mock",
             Resilience::default(),
-        )?)
+        )?))
     };
     let timing = Arc::new(TimingModel::new(model));
     let runner = runner_on(store, timing.clone());
@@ -339,6 +345,8 @@ async fn load(
     let started = Instant::now();
     let mut timed = drive(&runner, &timing, runs, concurrency).await?;
     let elapsed = started.elapsed();
+    // The spans still queued are part of these runs' cost (nothing to do when not exporting).
+    tokio::task::spawn_blocking(orchestrator_telemetry::flush).await?;
     let end = rusage::self_usage();
     let stats_after = mock_stats(&http, base_url).await;
     let mock = match (stats_before, stats_after) {
