@@ -2,6 +2,7 @@
 //! (the default) or a DynamoDB table (`--store dynamodb`).
 
 mod config;
+mod doctor;
 mod render;
 mod terminal;
 
@@ -135,6 +136,22 @@ enum Command {
         /// How many runs to list, newest first
         #[arg(long, default_value_t = 20)]
         limit: usize,
+    },
+    /// Check what runs need, for real, and name the fix for what is missing: the store, the
+    /// model (a few tokens), and on AWS the state machine, the secrets and the trace receiver
+    ///
+    /// Exit 0 when every check passed, 1 when one failed. Point it at a deployment with the
+    /// stack's settings: --store dynamodb with TABLE_NAME and AWS_REGION, MODEL_PROVIDER and
+    /// MODEL_ID as deployed, --state-machine-arn and --secret from the stack's outputs.
+    Doctor {
+        /// The state machine that drives runs on AWS (the stack's StateMachineArn output)
+        /// [env: STATE_MACHINE_ARN] [default: not checked]
+        #[arg(long, env = "STATE_MACHINE_ARN", hide_env = true)]
+        state_machine_arn: Option<String>,
+        /// A secret the deployment reads (ARN or name), e.g. OpenAiApiKeySecretArn; repeatable
+        /// [default: none checked]
+        #[arg(long = "secret")]
+        secrets: Vec<String>,
     },
     /// Print a run's RunReport (JSON)
     Show {
@@ -271,6 +288,15 @@ fn request_from(cmd: &Command) -> anyhow::Result<Option<RunRequest>> {
 }
 
 /// The store `--store` (else ORCHESTRATOR_STORE) names, and where it is, for messages.
+/// The store for `doctor`, which never creates a SQLite file.
+async fn probe_store(config: &Config, cli: &Cli) -> doctor::StoreProbe {
+    let db = config.db_path(cli.db.clone());
+    if cli.store.unwrap_or(config.store) == StoreKind::Sqlite && !db.exists() {
+        return doctor::StoreProbe::NotYet(db);
+    }
+    doctor::StoreProbe::Opened(open_store(config, cli).await)
+}
+
 async fn open_store(config: &Config, cli: &Cli) -> anyhow::Result<(Arc<dyn Store>, String)> {
     match cli.store.unwrap_or(config.store) {
         StoreKind::Sqlite => {
@@ -319,6 +345,17 @@ async fn open_store(config: &Config, cli: &Cli) -> anyhow::Result<(Arc<dyn Store
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = Config::from_env()?;
+    if let Command::Doctor {
+        state_machine_arn,
+        secrets,
+    } = &cli.command
+    {
+        let options = doctor::Options {
+            state_machine_arn: state_machine_arn.clone(),
+            secrets: secrets.clone(),
+        };
+        return Ok(doctor::run(&config, probe_store(&config, &cli).await, options).await);
+    }
     let request = request_from(&cli.command)?;
     let (store, location) = open_store(&config, &cli).await?;
     let model: Arc<dyn Model> = orchestrator_llm::build_model(&config.llm).await?;
@@ -354,6 +391,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Runs { limit } => list_runs(&runner, limit, &location).await,
         Command::Show { run_id, events } if events => show_events(&runner, run_id).await,
         Command::Show { run_id, .. } => show_report(&runner, &run_id).await,
+        // Answered above, before a store or a model is needed.
+        Command::Doctor { .. } => Ok(ExitCode::SUCCESS),
     }
 }
 
