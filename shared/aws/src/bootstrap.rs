@@ -15,7 +15,7 @@ use orchestrator_store::{DynamoDbConfig, DynamoDbStore};
 pub use crate::error::InitError;
 use crate::error::{AwsError, Service};
 use crate::handlers::Delivery;
-use crate::route::FunctionMap;
+use crate::route::{DEFAULT_MAP_MAX_CONCURRENCY, FunctionMap};
 use crate::trigger::EventMapping;
 use crate::{AwsApprovalWaits, SfnControl};
 
@@ -163,8 +163,17 @@ impl Aws {
 /// `SPECIALIST_FUNCTIONS`, or the reference team in functions named after their capability.
 pub fn functions_from_env() -> Result<FunctionMap, InitError> {
     let spec = var("SPECIALIST_FUNCTIONS").unwrap_or_else(|| DEFAULT_SPECIALISTS.to_owned());
-    Ok(FunctionMap::parse(&spec)?)
+    let functions = FunctionMap::parse(&spec)?;
+    // Unset: the default; set, 0 means no limit (as for the Map itself).
+    let max_concurrency = match var(MAP_MAX_CONCURRENCY_VAR) {
+        None => DEFAULT_MAP_MAX_CONCURRENCY,
+        Some(_) => orchestrator_runner::limit_from_env(MAP_MAX_CONCURRENCY_VAR)?.unwrap_or(0),
+    };
+    Ok(functions.with_max_concurrency(max_concurrency))
 }
+
+/// Steps the Dispatch Map runs at once (template parameter `MapMaxConcurrency`).
+pub const MAP_MAX_CONCURRENCY_VAR: &str = "MAP_MAX_CONCURRENCY";
 
 /// `EVENT_MAPPING`; none when it is unset (an EventBridge event's `detail` is the request).
 pub fn mapping_from_env() -> Result<Option<EventMapping>, InitError> {

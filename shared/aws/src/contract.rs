@@ -32,7 +32,7 @@ impl Next {
     /// The steps to dispatch (none unless the route is `dispatch`).
     pub fn steps(&self) -> &[StepTask] {
         match &self.route {
-            Route::Dispatch { steps } => steps,
+            Route::Dispatch { steps, .. } => steps,
             _ => &[],
         }
     }
@@ -55,9 +55,11 @@ impl Next {
 )]
 pub enum Route {
     Plan,
-    /// The Dispatch Map runs these.
+    /// The Dispatch Map runs these, at most `max_concurrency` at once (its
+    /// `MaxConcurrencyPath`; 0: no limit).
     Dispatch {
         steps: Vec<StepTask>,
+        max_concurrency: u32,
     },
     /// AwaitApproval waits for the answer, at most this long.
     Await {

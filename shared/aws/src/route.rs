@@ -12,7 +12,13 @@ use crate::error::FunctionMapError;
 
 /// Which function runs each capability (`SPECIALIST_FUNCTIONS="strategy=fn-a,qa=fn-b,..."`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FunctionMap(BTreeMap<String, String>);
+pub struct FunctionMap {
+    functions: BTreeMap<String, String>,
+    max_concurrency: u32,
+}
+
+/// Steps the Dispatch Map runs at once unless MAP_MAX_CONCURRENCY says otherwise.
+pub const DEFAULT_MAP_MAX_CONCURRENCY: u32 = 10;
 
 impl FunctionMap {
     /// Parses `capability=function` pairs separated by commas.
@@ -31,15 +37,26 @@ impl FunctionMap {
         if map.is_empty() {
             return Err(FunctionMapError::Empty);
         }
-        Ok(Self(map))
+        Ok(Self {
+            functions: map,
+            max_concurrency: DEFAULT_MAP_MAX_CONCURRENCY,
+        })
+    }
+
+    /// The same map, the Dispatch Map running at most `n` steps at once (0: no limit).
+    pub fn with_max_concurrency(self, n: u32) -> Self {
+        Self {
+            max_concurrency: n,
+            ..self
+        }
     }
 
     pub fn capabilities(&self) -> impl Iterator<Item = &String> {
-        self.0.keys()
+        self.functions.keys()
     }
 
     pub fn function(&self, capability: &str) -> Option<&str> {
-        self.0.get(capability).map(String::as_str)
+        self.functions.get(capability).map(String::as_str)
     }
 }
 
@@ -90,7 +107,10 @@ fn dispatch(
         }
     }
     if missing.is_empty() {
-        return Route::Dispatch { steps: tasks };
+        return Route::Dispatch {
+            steps: tasks,
+            max_concurrency: functions.max_concurrency,
+        };
     }
     // The engine only dispatches capabilities it was told exist, so this is a deployment
     // whose SPECIALIST_FUNCTIONS lacks one: say which.
@@ -122,6 +142,21 @@ mod tests {
     }
 
     #[test]
+    fn a_dispatch_carries_the_maps_concurrency_as_the_state_machine_reads_it() {
+        // GIVEN a chat run and a deployment allowing 3 steps at once
+        let e = engine();
+        let mut req = request();
+        req.mode = orchestrator_core::types::Mode::Chat;
+        let (state, _) = e.apply(RunState::new("r1", "c1", req, 0), Input::Started, 0);
+        // WHEN its route is asked
+        let next = next_of(&e, &state, &functions().with_max_concurrency(3), 0);
+        // THEN the payload names it where the Dispatch Map's MaxConcurrencyPath looks
+        let payload = serde_json::to_value(&next).unwrap();
+        assert_eq!(payload["route"], "dispatch");
+        assert_eq!(payload["maxConcurrency"], 3);
+    }
+
+    #[test]
     fn a_new_app_run_goes_to_the_planner() {
         // GIVEN a started app run
         let e = engine();
@@ -140,7 +175,7 @@ mod tests {
         // WHEN its route is asked
         let next = next_of(&e, &state, &functions(), 0);
         // THEN the step goes to generation's function, attempt 1
-        let Route::Dispatch { steps } = next.route else {
+        let Route::Dispatch { steps, .. } = next.route else {
             panic!("{next:?}")
         };
         assert_eq!(steps.len(), 1);
