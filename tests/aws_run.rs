@@ -897,16 +897,8 @@ fn assert_reference_trace(
     client_span: &str,
 ) {
     traces::assert_golden("the emulated AWS stack", &traces::outline(spans));
-    let run_id = frames[0]["runId"].as_str().unwrap();
-    let total = frames
-        .iter()
-        .rfind(|f| f["type"] == "metrics" && f.get("data").is_none())
-        .expect("a run-level metrics frame");
-    let tokens = (
-        total["tokens"]["input"].as_u64().unwrap(),
-        total["tokens"]["output"].as_u64().unwrap(),
-    );
-    traces::assert_attributes(spans, run_id, tokens);
+    let (run_id, tokens) = traces::run_and_tokens(frames);
+    traces::assert_attributes(spans, &run_id, tokens);
     let request = spans
         .iter()
         .find(|s| s.name == "POST /api/v1/agent/run.stream")

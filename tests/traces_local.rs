@@ -43,23 +43,6 @@ fn data_of(sse: &str) -> Vec<Value> {
         .collect()
 }
 
-/// The run id and the run's token count (its last `metrics` frame) from its frames.
-fn run_and_tokens(frames: &[Value]) -> (String, (u64, u64)) {
-    let run_id = frames[0]["runId"].as_str().unwrap().to_owned();
-    let total = frames
-        .iter()
-        .rfind(|f| f["type"] == "metrics" && f.get("data").is_none())
-        .expect("a run-level metrics frame");
-    let tokens = &total["tokens"];
-    (
-        run_id,
-        (
-            tokens["input"].as_u64().unwrap(),
-            tokens["output"].as_u64().unwrap(),
-        ),
-    )
-}
-
 #[test]
 fn orchestrator_run_exports_the_reference_runs_trace() {
     let Some(phoenix) = traces::phoenix_url("orchestrator_run_exports_the_reference_runs_trace")
@@ -83,7 +66,7 @@ fn orchestrator_run_exports_the_reference_runs_trace() {
     );
     // THEN Phoenix has its trace: the golden outline, one trace, the GenAI attributes, and
     // the model calls' tokens add up to the run's
-    let (run_id, tokens) = run_and_tokens(&data_of(&String::from_utf8(out.stdout).unwrap()));
+    let (run_id, tokens) = traces::run_and_tokens(&data_of(&String::from_utf8(out.stdout).unwrap()));
     let spans = traces::reference_spans(&phoenix, &project, ARRIVAL, |_| true);
     traces::assert_golden("orchestrator run", &traces::outline(&spans));
     traces::assert_attributes(&spans, &run_id, tokens);
@@ -124,7 +107,7 @@ fn a_run_started_through_serve_joins_the_callers_trace() {
     let client_trace = format!("{:032x}", uuid::Uuid::new_v4().as_u128());
     let client_span = "00f067aa0ba902b7";
     let frames = post_run_stream(&addr, &format!("00-{client_trace}-{client_span}-01"));
-    let (run_id, tokens) = run_and_tokens(&frames);
+    let (run_id, tokens) = traces::run_and_tokens(&frames);
     let spans = traces::reference_spans(&phoenix, &project, ARRIVAL, |spans| {
         spans.iter().any(|s| s.name.starts_with("POST "))
     });

@@ -272,3 +272,21 @@ pub fn assert_attributes(spans: &[Span], run_id: &str, tokens: (u64, u64)) {
     }
     assert_eq!(sum, tokens, "the model calls' tokens are the run's tokens");
 }
+
+/// The run id and the run's token count (its last run-level `metrics` frame), from the data of
+/// its frames.
+pub fn run_and_tokens(frames: &[Value]) -> (String, (u64, u64)) {
+    let run_id = frames[0]["runId"].as_str().unwrap().to_owned();
+    let total = frames
+        .iter()
+        .rfind(|f| f["type"] == "metrics" && f.get("data").is_none())
+        .expect("a run-level metrics frame");
+    let tokens = &total["tokens"];
+    (
+        run_id,
+        (
+            tokens["input"].as_u64().unwrap(),
+            tokens["output"].as_u64().unwrap(),
+        ),
+    )
+}
