@@ -7,15 +7,15 @@
 //! (`bash infra/phoenix.sh`); `.ci/run` starts Phoenix and sets it.
 
 mod golden;
+mod serve;
 mod traces;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use orchestrator_core::event::SseParser;
 use serde_json::Value;
+use serve::Serve;
 
 /// Long enough for a batch from a slow machine; a passing test waits far less.
 const ARRIVAL: Duration = Duration::from_secs(60);
@@ -66,7 +66,8 @@ fn orchestrator_run_exports_the_reference_runs_trace() {
     );
     // THEN Phoenix has its trace: the golden outline, one trace, the GenAI attributes, and
     // the model calls' tokens add up to the run's
-    let (run_id, tokens) = traces::run_and_tokens(&data_of(&String::from_utf8(out.stdout).unwrap()));
+    let (run_id, tokens) =
+        traces::run_and_tokens(&data_of(&String::from_utf8(out.stdout).unwrap()));
     let spans = traces::reference_spans(&phoenix, &project, ARRIVAL, |_| true);
     traces::assert_golden("orchestrator run", &traces::outline(&spans));
     traces::assert_attributes(&spans, &run_id, tokens);
@@ -83,36 +84,22 @@ fn a_run_started_through_serve_joins_the_callers_trace() {
     // GIVEN `orchestrator serve` exporting to Phoenix
     let project = traces::project("local-serve");
     let dir = tempfile::tempdir().unwrap();
-    let mut child = bin(&phoenix, &project)
-        .arg("--db")
-        .arg(dir.path().join("runs.db"))
-        .args(["serve", "--addr", "127.0.0.1:0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find_map(|l| {
-            let rest = l.split("listening on http://").nth(1)?;
-            Some(rest.split_whitespace().next()?.to_owned())
-        })
-        .expect("serve says where it listens");
-    std::thread::spawn(move || lines.for_each(drop));
+    let mut cmd = bin(&phoenix, &project);
+    cmd.arg("--db").arg(dir.path().join("runs.db"));
+    let serve = Serve::start(cmd);
 
     // WHEN a traced client posts the reference run to run.stream and reads it to its end
     // (A trace id of its own: Phoenix files a known trace id's spans under its first project.)
     let client_trace = format!("{:032x}", uuid::Uuid::new_v4().as_u128());
     let client_span = "00f067aa0ba902b7";
-    let frames = post_run_stream(&addr, &format!("00-{client_trace}-{client_span}-01"));
+    let body = serde_json::json!({ "objective": golden::OBJECTIVE }).to_string();
+    let traceparent = format!("00-{client_trace}-{client_span}-01");
+    let frames = data_of(&serve.run_stream(&body, &[("traceparent", &traceparent)]));
     let (run_id, tokens) = traces::run_and_tokens(&frames);
     let spans = traces::reference_spans(&phoenix, &project, ARRIVAL, |spans| {
         spans.iter().any(|s| s.name.starts_with("POST "))
     });
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(serve);
 
     // THEN the request is a child of the client's span, the run is in the client's trace, and
     // its outline is the golden one
@@ -126,22 +113,4 @@ fn a_run_started_through_serve_joins_the_callers_trace() {
     traces::assert_attributes(&spans, &run_id, tokens);
     let run = spans.iter().find(|s| s.name == "run").unwrap();
     assert_eq!(run.trace_id, client_trace);
-}
-
-/// POSTs the reference run to `run.stream` with a `traceparent`; its frames' data.
-fn post_run_stream(addr: &str, traceparent: &str) -> Vec<Value> {
-    let body = serde_json::json!({ "objective": golden::OBJECTIVE }).to_string();
-    let mut tcp = TcpStream::connect(addr).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    write!(
-        tcp,
-        "POST /api/v1/agent/run.stream HTTP/1.0\r\nhost: {addr}\r\ncontent-type: application/json\r\ntraceparent: {traceparent}\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut raw = String::new();
-    tcp.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(head.contains(" 200 "), "{head}");
-    data_of(body)
 }
