@@ -114,3 +114,76 @@ fn a_run_started_through_serve_joins_the_callers_trace() {
     let run = spans.iter().find(|s| s.name == "run").unwrap();
     assert_eq!(run.trace_id, client_trace);
 }
+
+#[test]
+fn a_run_continued_by_another_process_stays_in_its_trace() {
+    let Some(phoenix) =
+        traces::phoenix_url("a_run_continued_by_another_process_stays_in_its_trace")
+    else {
+        return;
+    };
+    // GIVEN a run that paused at its approval checkpoint, its process gone
+    let project = traces::project("local-continued");
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("runs.db");
+    let paused = bin(&phoenix, &project)
+        .arg("--db")
+        .arg(&db)
+        .args(["run", golden::OBJECTIVE, "--require-approval", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        paused.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&paused.stderr)
+    );
+    let frames = data_of(&String::from_utf8(paused.stdout).unwrap());
+    let run_id = frames[0]["runId"].as_str().unwrap().to_owned();
+    let checkpoint = frames
+        .iter()
+        .find(|f| f["type"] == "hitl_request")
+        .and_then(|f| f["data"]["checkpointId"].as_str())
+        .expect("a checkpoint")
+        .to_owned();
+
+    // WHEN another process approves it and drives it to the end
+    let approved = bin(&phoenix, &project)
+        .arg("--db")
+        .arg(&db)
+        .args(["approve", &run_id, &checkpoint, "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        approved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&approved.stderr)
+    );
+
+    // THEN both processes' spans are one trace: the second drive's run span is a child of
+    // the first's, and the final step is under it
+    let spans = traces::spans_until(&phoenix, &project, ARRIVAL, |spans| {
+        spans.iter().filter(|s| s.name == "run").count() == 2
+            && spans
+                .iter()
+                .any(|s| s.attr("step.capability").is_some_and(|c| c == "finalize"))
+    });
+    let runs: Vec<_> = spans.iter().filter(|s| s.name == "run").collect();
+    assert_eq!(runs.len(), 2, "{spans:?}");
+    let (first, second) = match runs[0].attr("run.resumed").and_then(Value::as_bool) {
+        Some(false) => (runs[0], runs[1]),
+        _ => (runs[1], runs[0]),
+    };
+    assert_eq!(
+        second.attr("run.resumed").and_then(Value::as_bool),
+        Some(true)
+    );
+    assert_eq!(second.trace_id, first.trace_id);
+    assert_eq!(second.parent_id.as_deref(), Some(first.span_id.as_str()));
+    let finalize = spans
+        .iter()
+        .find(|s| s.attr("step.capability").is_some_and(|c| c == "finalize"))
+        .unwrap();
+    assert_eq!(finalize.parent_id.as_deref(), Some(second.span_id.as_str()));
+    assert!(spans.iter().all(|s| s.trace_id == first.trace_id));
+}

@@ -83,23 +83,36 @@ pub fn reference_spans(
     wait: Duration,
     also: impl Fn(&[Span]) -> bool,
 ) -> Vec<Span> {
-    let deadline = Instant::now() + wait;
     let updating = std::env::var_os("GOLDEN_UPDATE").is_some();
-    let (mut last, mut same) = (Vec::new(), 0);
-    loop {
-        let spans = spans(url, project);
-        let outline = outline(&spans);
-        same = if outline == last { same + 1 } else { 0 };
+    let last = std::cell::RefCell::new((Vec::new(), 0));
+    spans_until(url, project, wait, |spans| {
+        let outline = outline(spans);
+        let mut last = last.borrow_mut();
+        last.1 = if outline == last.0 { last.1 + 1 } else { 0 };
         let arrived = !outline.is_empty()
             && if updating {
-                same >= 6
+                last.1 >= 6
             } else {
                 outline == golden()
             };
-        if (arrived && also(&spans)) || Instant::now() > deadline {
+        last.0 = outline;
+        arrived && also(spans)
+    })
+}
+
+/// The project's spans once `done` holds for them, or whatever arrived after `wait`.
+pub fn spans_until(
+    url: &str,
+    project: &str,
+    wait: Duration,
+    done: impl Fn(&[Span]) -> bool,
+) -> Vec<Span> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let spans = spans(url, project);
+        if done(&spans) || Instant::now() > deadline {
             return spans;
         }
-        last = outline;
         std::thread::sleep(Duration::from_millis(500));
     }
 }
