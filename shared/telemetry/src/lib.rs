@@ -9,6 +9,7 @@
 //! One run is one trace: its W3C trace context is stored with the run ([`traceparent_of`])
 //! and every process that works on it later parents its spans there ([`set_parent`]).
 
+mod client;
 mod context;
 
 use std::sync::OnceLock;
@@ -122,10 +123,11 @@ fn configured_endpoint() -> Option<&'static str> {
 fn tracer_provider(
     service: &str,
 ) -> Result<SdkTracerProvider, opentelemetry_otlp::ExporterBuildError> {
-    use opentelemetry_otlp::{Protocol, WithExportConfig};
+    use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_protocol(Protocol::HttpBinary)
+        .with_http_client(client::LazyClient::from_env())
         .build()?;
     // OTEL_SERVICE_NAME, when set, names the service; else the binary does.
     let mut resource = Resource::builder();
