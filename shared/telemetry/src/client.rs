@@ -1,8 +1,9 @@
-//! The exporter's HTTP client, built when the first spans go out rather than at start:
-//! building it loads the TLS roots, several milliseconds that a Lambda cold start or a short
-//! `orchestrator run` should not wait for (bench/README.md, "Tracing").
+//! The exporter's HTTP client, built on a thread of its own while the process starts (or by
+//! the first export, if that comes first) rather than before it: building it loads the TLS
+//! roots, several milliseconds that a Lambda cold start or a short `orchestrator run` should
+//! not wait for (bench/README.md, "Tracing").
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
@@ -10,9 +11,9 @@ use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
 /// The OTLP default when neither timeout variable is set.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct LazyClient {
-    client: OnceLock<reqwest::blocking::Client>,
+    client: Arc<OnceLock<reqwest::blocking::Client>>,
     timeout: Duration,
 }
 
@@ -28,9 +29,27 @@ impl LazyClient {
         .find_map(|var| std::env::var(var).ok()?.trim().parse::<u64>().ok())
         .map_or(DEFAULT_TIMEOUT, Duration::from_millis);
         Self {
-            client: OnceLock::new(),
+            client: Arc::new(OnceLock::new()),
             timeout,
         }
+    }
+
+    /// Builds the client now, away from the caller's thread.
+    pub(crate) fn warm_up(&self) {
+        let this = self.clone();
+        std::thread::spawn(move || {
+            let _ = this.get();
+        });
+    }
+
+    fn get(&self) -> Result<&reqwest::blocking::Client, reqwest::Error> {
+        if let Some(client) = self.client.get() {
+            return Ok(client);
+        }
+        let built = reqwest::blocking::Client::builder()
+            .timeout(self.timeout)
+            .build()?;
+        Ok(self.client.get_or_init(|| built))
     }
 }
 
@@ -38,15 +57,6 @@ impl LazyClient {
 impl HttpClient for LazyClient {
     /// Runs on the batch processor's own thread, where a blocking client may be built and used.
     async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
-        let client = match self.client.get() {
-            Some(client) => client,
-            None => {
-                let built = reqwest::blocking::Client::builder()
-                    .timeout(self.timeout)
-                    .build()?;
-                self.client.get_or_init(|| built)
-            }
-        };
-        client.send_bytes(request).await
+        self.get()?.send_bytes(request).await
     }
 }

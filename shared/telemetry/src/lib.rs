@@ -124,10 +124,12 @@ fn tracer_provider(
     service: &str,
 ) -> Result<SdkTracerProvider, opentelemetry_otlp::ExporterBuildError> {
     use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
+    let client = client::LazyClient::from_env();
+    client.warm_up();
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_protocol(Protocol::HttpBinary)
-        .with_http_client(client::LazyClient::from_env())
+        .with_http_client(client)
         .build()?;
     // OTEL_SERVICE_NAME, when set, names the service; else the binary does.
     let mut resource = Resource::builder();
