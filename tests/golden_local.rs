@@ -9,8 +9,6 @@ mod serve;
 
 use std::process::Command;
 
-use orchestrator_core::event::SseParser;
-use serde_json::Value;
 use serve::Serve;
 
 fn bin() -> Command {
@@ -24,15 +22,6 @@ fn bin() -> Command {
 }
 
 /// The JSON data of every frame of an SSE text, in order.
-fn data_of(sse: &str) -> Vec<Value> {
-    let mut parser = SseParser::default();
-    parser
-        .push(sse)
-        .into_iter()
-        .map(|f| serde_json::from_str(&f.data).expect("one-line JSON data"))
-        .collect()
-}
-
 #[test]
 fn orchestrator_run_streams_the_golden_frames() {
     // GIVEN a fresh database and the offline model
@@ -50,7 +39,7 @@ fn orchestrator_run_streams_the_golden_frames() {
         String::from_utf8_lossy(&out.stderr)
     );
     // THEN its frames, normalised, are the golden ones
-    let frames = golden::normalise(data_of(&String::from_utf8(out.stdout).unwrap()));
+    let frames = golden::normalise(golden::data_of(&String::from_utf8(out.stdout).unwrap()));
     golden::assert_golden("orchestrator run --json", &frames);
 }
 
@@ -67,5 +56,8 @@ fn serve_streams_the_golden_frames() {
     let sse = serve.run_stream(&body, &[]);
 
     // THEN its frames, normalised, are the golden ones
-    golden::assert_golden("serve run.stream", &golden::normalise(data_of(&sse)));
+    golden::assert_golden(
+        "serve run.stream",
+        &golden::normalise(golden::data_of(&sse)),
+    );
 }

@@ -13,7 +13,6 @@ mod traces;
 use std::process::Command;
 use std::time::Duration;
 
-use orchestrator_core::event::SseParser;
 use serde_json::Value;
 use serve::Serve;
 
@@ -32,15 +31,6 @@ fn bin(phoenix: &str, project: &str) -> Command {
         .env("OTEL_BSP_SCHEDULE_DELAY", "200")
         .envs(traces::exporting_to(phoenix, project));
     cmd
-}
-
-fn data_of(sse: &str) -> Vec<Value> {
-    let mut parser = SseParser::default();
-    parser
-        .push(sse)
-        .into_iter()
-        .map(|f| serde_json::from_str(&f.data).expect("one-line JSON data"))
-        .collect()
 }
 
 #[test]
@@ -67,7 +57,7 @@ fn orchestrator_run_exports_the_reference_runs_trace() {
     // THEN Phoenix has its trace: the golden outline, one trace, the GenAI attributes, and
     // the model calls' tokens add up to the run's
     let (run_id, tokens) =
-        traces::run_and_tokens(&data_of(&String::from_utf8(out.stdout).unwrap()));
+        traces::run_and_tokens(&golden::data_of(&String::from_utf8(out.stdout).unwrap()));
     let spans = traces::reference_spans(&phoenix, &project, ARRIVAL, |_| true);
     traces::assert_golden("orchestrator run", &traces::outline(&spans));
     traces::assert_attributes(&spans, &run_id, tokens);
@@ -94,7 +84,7 @@ fn a_run_started_through_serve_joins_the_callers_trace() {
     let client_span = "00f067aa0ba902b7";
     let body = serde_json::json!({ "objective": golden::OBJECTIVE }).to_string();
     let traceparent = format!("00-{client_trace}-{client_span}-01");
-    let frames = data_of(&serve.run_stream(&body, &[("traceparent", &traceparent)]));
+    let frames = golden::data_of(&serve.run_stream(&body, &[("traceparent", &traceparent)]));
     let (run_id, tokens) = traces::run_and_tokens(&frames);
     let spans = traces::reference_spans(&phoenix, &project, ARRIVAL, |spans| {
         spans.iter().any(|s| s.name.starts_with("POST "))
@@ -138,7 +128,7 @@ fn a_run_continued_by_another_process_stays_in_its_trace() {
         "{}",
         String::from_utf8_lossy(&paused.stderr)
     );
-    let frames = data_of(&String::from_utf8(paused.stdout).unwrap());
+    let frames = golden::data_of(&String::from_utf8(paused.stdout).unwrap());
     let run_id = frames[0]["runId"].as_str().unwrap().to_owned();
     let checkpoint = frames
         .iter()

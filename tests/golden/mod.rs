@@ -13,6 +13,7 @@
 
 use std::path::PathBuf;
 
+use orchestrator_core::event::SseParser;
 use serde_json::Value;
 
 /// The reference run's objective (the README's main job).
@@ -114,4 +115,14 @@ pub fn assert_golden(path_label: &str, frames: &[Value]) {
         e.get(at).unwrap_or(&"<end>"),
         a.get(at).unwrap_or(&"<end>"),
     );
+}
+
+/// The JSON data of every frame of an SSE text, in order.
+pub fn data_of(sse: &str) -> Vec<Value> {
+    let mut parser = SseParser::default();
+    parser
+        .push(sse)
+        .into_iter()
+        .map(|f| serde_json::from_str(&f.data).expect("one-line JSON data"))
+        .collect()
 }
