@@ -374,6 +374,15 @@ impl TriggerFunction {
         for message in &batch.records {
             let id = message.message_id.clone().unwrap_or_default();
             let span = tracing::info_span!("message", source = "sqs", sourceId = %id);
+            // A producer that sends its W3C trace context as a `traceparent` string attribute
+            // gets the run in its own trace.
+            if let Some(parent) = message
+                .message_attributes
+                .get("traceparent")
+                .and_then(|a| a.string_value.as_deref())
+            {
+                orchestrator_telemetry::set_parent(&span, parent);
+            }
             if let Err(e) = self.message(message, &id).instrument(span).await {
                 tracing::error!(source = "sqs", sourceId = %id, error = %e, "message failed; SQS redelivers it");
                 response.add_failure(id);
