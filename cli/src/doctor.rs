@@ -97,7 +97,7 @@ pub async fn run(config: &Config, store: StoreProbe, options: Options) -> ExitCo
             report(check_secret(&aws, secret).await);
         }
     }
-    if let Some(endpoint) = traces_endpoint() {
+    if let Some(endpoint) = orchestrator_telemetry::traces_url() {
         report(check_traces(&endpoint).await);
     }
     if failed == 0 {
@@ -291,17 +291,6 @@ where
         ),
         None => format!("{e}"),
     }
-}
-
-fn traces_endpoint() -> Option<String> {
-    let traces = std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-        .ok()
-        .filter(|v| !v.trim().is_empty());
-    let base = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-        .map(|base| format!("{}/v1/traces", base.trim_end_matches('/')));
-    traces.or(base)
 }
 
 /// OTEL_EXPORTER_OTLP_HEADERS: `name=value` pairs, comma-separated, values URL-encoded.

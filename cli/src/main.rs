@@ -191,7 +191,9 @@ fn main() -> ExitCode {
     let ran = runtime.block_on(run(cli));
     // On a thread of its own: the exporter's last flush blocks until the receiver has the
     // spans, which a thread of the async runtime must not do.
-    let _ = std::thread::spawn(orchestrator_telemetry::shutdown).join();
+    if orchestrator_telemetry::exporting() {
+        let _ = std::thread::spawn(orchestrator_telemetry::shutdown).join();
+    }
     match ran {
         Ok(code) => code,
         // A reader that went away (`| head`) is not an error worth a message.
@@ -287,7 +289,6 @@ fn request_from(cmd: &Command) -> anyhow::Result<Option<RunRequest>> {
     Ok(Some(req))
 }
 
-/// The store `--store` (else ORCHESTRATOR_STORE) names, and where it is, for messages.
 /// The store for `doctor`, which never creates a SQLite file.
 async fn probe_store(config: &Config, cli: &Cli) -> doctor::StoreProbe {
     let db = config.db_path(cli.db.clone());
@@ -297,6 +298,7 @@ async fn probe_store(config: &Config, cli: &Cli) -> doctor::StoreProbe {
     doctor::StoreProbe::Opened(open_store(config, cli).await)
 }
 
+/// The store `--store` (else ORCHESTRATOR_STORE) names, and where it is, for messages.
 async fn open_store(config: &Config, cli: &Cli) -> anyhow::Result<(Arc<dyn Store>, String)> {
     match cli.store.unwrap_or(config.store) {
         StoreKind::Sqlite => {

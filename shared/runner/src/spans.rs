@@ -12,31 +12,27 @@ use tracing::field::Empty;
 
 /// The span of a run being started. Its trace context goes into the stored run.
 pub fn run(run_id: &str, correlation_id: &str) -> tracing::Span {
-    tracing::info_span!(
-        "run",
-        run.id = %run_id,
-        correlation.id = %correlation_id,
-        run.resumed = false,
-        run.status = Empty,
-        otel.status_code = Empty,
-        otel.status_description = Empty,
-    )
+    run_span(run_id, correlation_id, false)
 }
 
 /// The span of a stored run driven again by this process (after a crash, an answer, a
 /// takeover), in the run's trace.
 pub fn resumed(state: &RunState) -> tracing::Span {
-    let span = tracing::info_span!(
+    let span = run_span(&state.run_id, &state.correlation_id, true);
+    join(&span, state);
+    span
+}
+
+fn run_span(run_id: &str, correlation_id: &str, resumed: bool) -> tracing::Span {
+    tracing::info_span!(
         "run",
-        run.id = %state.run_id,
-        correlation.id = %state.correlation_id,
-        run.resumed = true,
+        run.id = %run_id,
+        correlation.id = %correlation_id,
+        run.resumed = resumed,
         run.status = Empty,
         otel.status_code = Empty,
         otel.status_description = Empty,
-    );
-    join(&span, state);
-    span
+    )
 }
 
 /// The span of one invocation of a function working on a stored run (`name`: which), in

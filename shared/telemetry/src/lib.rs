@@ -114,6 +114,15 @@ pub fn shutdown() {
     }
 }
 
+/// The URL spans are sent to, resolved as the exporter resolves it: the traces endpoint as
+/// it is, else the base endpoint with `/v1/traces`; `None` when export is off.
+pub fn traces_url() -> Option<String> {
+    let set = |var: &str| std::env::var(var).ok().filter(|v| !v.trim().is_empty());
+    set(ENDPOINT_VARS[1]).or_else(|| {
+        set(ENDPOINT_VARS[0]).map(|base| format!("{}/v1/traces", base.trim_end_matches('/')))
+    })
+}
+
 fn configured_endpoint() -> Option<&'static str> {
     ENDPOINT_VARS
         .into_iter()
