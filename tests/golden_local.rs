@@ -7,27 +7,14 @@
 mod golden;
 mod serve;
 
-use std::process::Command;
-
 use serve::Serve;
 
-fn bin() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
-    cmd.env_remove("MODEL_PROVIDER")
-        .env_remove("ORCHESTRATOR_DB")
-        .env_remove("ORCHESTRATOR_STORE")
-        .env_remove("API_KEY")
-        .env("ORCHESTRATOR_OFFLINE_CHUNK_MS", "0");
-    cmd
-}
-
-/// The JSON data of every frame of an SSE text, in order.
 #[test]
 fn orchestrator_run_streams_the_golden_frames() {
     // GIVEN a fresh database and the offline model
     let dir = tempfile::tempdir().unwrap();
     // WHEN the reference run is run with --json
-    let out = bin()
+    let out = serve::offline_orchestrator()
         .arg("--db")
         .arg(dir.path().join("runs.db"))
         .args(["run", golden::OBJECTIVE, "--json"])
@@ -47,7 +34,7 @@ fn orchestrator_run_streams_the_golden_frames() {
 fn serve_streams_the_golden_frames() {
     // GIVEN `orchestrator serve` on a fresh database, offline model
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = bin();
+    let mut cmd = serve::offline_orchestrator();
     cmd.arg("--db").arg(dir.path().join("runs.db"));
     let serve = Serve::start(cmd);
 

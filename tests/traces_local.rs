@@ -20,13 +20,8 @@ use serve::Serve;
 const ARRIVAL: Duration = Duration::from_secs(60);
 
 fn bin(phoenix: &str, project: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
-    cmd.env_remove("MODEL_PROVIDER")
-        .env_remove("ORCHESTRATOR_DB")
-        .env_remove("ORCHESTRATOR_STORE")
-        .env_remove("API_KEY")
-        .env_remove("OTEL_SERVICE_NAME")
-        .env("ORCHESTRATOR_OFFLINE_CHUNK_MS", "0")
+    let mut cmd = serve::offline_orchestrator();
+    cmd.env_remove("OTEL_SERVICE_NAME")
         // A long-lived `serve` sends its spans in batches; a short delay keeps the test short.
         .env("OTEL_BSP_SCHEDULE_DELAY", "200")
         .envs(traces::exporting_to(phoenix, project));

@@ -1,5 +1,5 @@
-//! `orchestrator serve` as a test starts it: on a free port, stopped when dropped; and a
-//! reference run posted to its `run.stream`.
+//! The `orchestrator` binary as the reference-run tests start it, and `orchestrator serve`: on
+//! a free port, stopped when dropped, with a reference run posted to its `run.stream`.
 
 #![allow(dead_code)] // each test binary uses part of it
 
@@ -7,6 +7,18 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+/// The `orchestrator` binary as the reference run needs it: the offline model streaming
+/// without pauses, and none of the caller's store, database or key settings.
+pub fn offline_orchestrator() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
+    cmd.env_remove("MODEL_PROVIDER")
+        .env_remove("ORCHESTRATOR_DB")
+        .env_remove("ORCHESTRATOR_STORE")
+        .env_remove("API_KEY")
+        .env("ORCHESTRATOR_OFFLINE_CHUNK_MS", "0");
+    cmd
+}
 
 /// A running `serve`, killed when dropped.
 pub struct Serve {
