@@ -9,9 +9,10 @@ use async_trait::async_trait;
 use orchestrator_core::engine::RunState;
 use orchestrator_core::event::{Event, EventKind, Frame, HandoffStage};
 use orchestrator_core::ports::{
-    ActiveRun, Claim, Committed, Created, EventLog, Lease, OpenedStep, RunCursor, RunStore,
+    ActiveRun, CallLog, Claim, Committed, Created, EventLog, Lease, OpenedStep, RunCursor, RunStore,
     StoreError, TransitionWrite,
 };
+use orchestrator_core::ports::RecordedCall;
 use orchestrator_core::types::{RunReport, RunSummary, StepResult};
 use orchestrator_runner::Store;
 use serde::{Deserialize, Serialize};
@@ -49,6 +50,11 @@ pub struct StoreCounters {
     /// Lease writes: takes (a conditional write each), renewals and releases.
     #[serde(default)]
     pub lease_writes: u64,
+    /// Model calls recorded (one write each), and their JSON's bytes.
+    #[serde(default)]
+    pub call_records: u64,
+    #[serde(default)]
+    pub call_bytes: u64,
 }
 
 #[derive(Default)]
@@ -133,6 +139,22 @@ impl CountingStore {
 
     fn count(&self, f: impl FnOnce(&mut StoreCounters)) {
         f(&mut self.lock().counters);
+    }
+}
+
+#[async_trait]
+impl CallLog for CountingStore {
+    async fn record_call(&self, run_id: &str, call: &RecordedCall) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(call).map_or(0, |v| v.len() as u64);
+        self.count(|c| {
+            c.call_records += 1;
+            c.call_bytes += bytes;
+        });
+        self.inner.record_call(run_id, call).await
+    }
+    async fn calls(&self, run_id: &str) -> Result<Vec<RecordedCall>, StoreError> {
+        self.count(|c| c.reads += 1);
+        self.inner.calls(run_id).await
     }
 }
 

@@ -15,7 +15,7 @@ use orchestrator_agents::{Planner, Specialists};
 use orchestrator_core::engine::{Input, Move, PlannerState, ReplanReason, RunState};
 use orchestrator_core::event::Event;
 use orchestrator_core::ports::{
-    Claim, Clock, Committed, EventLog, Lease, OpenedStep, RunStore, StepOpening, StoreError,
+    CallLog, Claim, Clock, Committed, EventLog, Lease, OpenedStep, RunStore, StepOpening, StoreError,
 };
 use orchestrator_core::types::{RunReport, RunRequest, RunStatus, StepResult, ValidationError};
 use tokio::sync::mpsc;
@@ -35,9 +35,10 @@ pub use planning::propose;
 pub use steps::{StepEnd, StepRunner, Transient, outcome_of, stored_input};
 pub use transitions::{EXECUTION_OWNER, Transitions, With, events_of};
 
-/// A store that is both a run store and an event log (SQLite here, DynamoDB on AWS).
-pub trait Store: RunStore + EventLog {}
-impl<T: RunStore + EventLog> Store for T {}
+/// A store that is a run store, an event log and the record of model calls (SQLite here,
+/// DynamoDB on AWS).
+pub trait Store: RunStore + EventLog + CallLog {}
+impl<T: RunStore + EventLog + CallLog> Store for T {}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {

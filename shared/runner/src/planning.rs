@@ -3,7 +3,7 @@
 
 use orchestrator_agents::{AgentError, PlanContext, Planner};
 use orchestrator_core::engine::{Input, ReplanReason, RunState};
-use orchestrator_core::ports::ModelError;
+use orchestrator_core::ports::{CallUnit, ModelError};
 
 use tracing::Instrument;
 
@@ -21,9 +21,16 @@ pub async fn propose(
     reason: Option<&ReplanReason>,
 ) -> Result<Input, ModelError> {
     let span = spans::plan(state, reason);
-    let proposed = call(planner, transitions, state, reason)
-        .instrument(span.clone())
-        .await;
+    let unit = CallUnit::Plan {
+        version: state.plan.version + 1,
+    };
+    let proposed = orchestrator_recording::within(
+        &state.run_id,
+        unit,
+        call(planner, transitions, state, reason),
+    )
+    .instrument(span.clone())
+    .await;
     let error = match &proposed {
         Ok(Input::PlanFailed { error }) => Some(error.clone()),
         Err(e) => Some(e.to_string()),

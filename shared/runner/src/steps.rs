@@ -13,7 +13,7 @@ use orchestrator_agents::{
 use orchestrator_core::batch::DeltaBatcher;
 use orchestrator_core::engine::{Dispatch, Input, RunState};
 use orchestrator_core::event::{Event, EventKind, Handoff, HandoffStage, StepRef};
-use orchestrator_core::ports::{Clock, OpenedStep, StepOpening, StoreError};
+use orchestrator_core::ports::{CallUnit, Clock, OpenedStep, StepOpening, StoreError};
 use orchestrator_core::tools::{HumanRequest, Resume};
 use orchestrator_core::types::{PlanStep, StepMetrics, StepResult, Usage};
 use serde_json::Value;
@@ -276,9 +276,13 @@ impl StepRunner {
         };
         let sink = self.sink(state, dispatch);
         let started = Instant::now();
+        let unit = CallUnit::Step {
+            step_id: dispatch.step_id.clone(),
+            attempt: dispatch.attempt,
+        };
         let ran = tokio::time::timeout(
             Duration::from_millis(dispatch.timeout_ms),
-            ready.specialist.run(&ctx, &sink),
+            orchestrator_recording::within(&state.run_id, unit, ready.specialist.run(&ctx, &sink)),
         )
         .await
         .map_or_else(

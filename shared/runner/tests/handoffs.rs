@@ -13,8 +13,8 @@ use orchestrator_core::engine::RunState;
 use orchestrator_core::event::{Event, EventKind, Frame};
 use orchestrator_core::fakes::ScriptedModel;
 use orchestrator_core::ports::{
-    ActiveRun, Claim, Committed, Created, EventLog, Lease, OpenedStep, RunCursor, RunStore,
-    StoreError, SystemClock, TransitionWrite,
+    ActiveRun, CallLog, Claim, Committed, Created, EventLog, Lease, OpenedStep, RunCursor, RunStore,
+    RecordedCall, StoreError, SystemClock, TransitionWrite,
 };
 use orchestrator_core::types::{RunReport, RunRequest, RunStatus, RunSummary, StepResult};
 use orchestrator_runner::{Runner, RunnerConfig, Started};
@@ -173,6 +173,17 @@ impl RunStore for Recording {
                 .unwrap();
         }
         self.inner.commit_transition(w).await
+    }
+}
+
+#[async_trait]
+impl CallLog for Recording {
+    async fn record_call(&self, run_id: &str, call: &RecordedCall) -> Result<(), StoreError> {
+        self.saw("record_call");
+        self.inner.record_call(run_id, call).await
+    }
+    async fn calls(&self, run_id: &str) -> Result<Vec<RecordedCall>, StoreError> {
+        self.inner.calls(run_id).await
     }
 }
 

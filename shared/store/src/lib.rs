@@ -13,4 +13,6 @@ pub use dynamodb::{
     ConfigError, DEFAULT_EVENTS_TTL_DAYS, DEFAULT_MAX_ATTEMPTS, DEFAULT_TABLE, DynamoDbConfig,
     DynamoDbStore,
 };
-pub use sqlite::{BUSY_TIMEOUT, CROSS_PROCESS_POLL, SCHEMA_VERSION, SqliteStore};
+pub use sqlite::{
+    BUSY_TIMEOUT, CROSS_PROCESS_POLL, DEFAULT_CALL_RETENTION, SCHEMA_VERSION, SqliteStore,
+};

@@ -3,10 +3,12 @@
 //!
 //! One module per port; everything is re-exported here, so `ports::X` names each of them.
 
+mod calls;
 mod clock;
 mod model;
 mod store;
 
+pub use calls::{CallLog, CallReply, CallUnit, RecordedCall};
 pub use clock::{Clock, SystemClock};
 pub use model::{
     ChatMessage, ChatRole, Model, ModelError, ModelInfo, ModelRequest, ModelResponse, Purpose,

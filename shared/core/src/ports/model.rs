@@ -166,7 +166,8 @@ pub struct ModelInfo {
     pub model: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "detail", rename_all = "camelCase")]
 pub enum ModelError {
     #[error("the model provider is throttling requests: {0}")]
     Throttled(String),

@@ -41,6 +41,8 @@ pub struct DynamoDbConfig {
     pub initial_backoff: Duration,
     /// `ORCHESTRATOR_EVENTS_TTL_DAYS`: events get a `ttl` this many days ahead (0 = never).
     pub events_ttl_days: u32,
+    /// `ORCHESTRATOR_CALLS_TTL_DAYS`: recorded model calls are kept this many days (0 = forever).
+    pub calls_ttl_days: u32,
     /// Use placeholder credentials: set when an emulator endpoint is configured and no
     /// `AWS_ACCESS_KEY_ID` is, since emulators accept any and the SDK's credential chain would
     /// otherwise wait on instance metadata that is not there.
@@ -57,12 +59,13 @@ impl DynamoDbConfig {
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             initial_backoff: Duration::from_millis(50),
             events_ttl_days: DEFAULT_EVENTS_TTL_DAYS,
+            calls_ttl_days: DEFAULT_EVENTS_TTL_DAYS,
             placeholder_credentials: false,
         }
     }
 
-    /// Reads `TABLE_NAME`, `AWS_REGION`, `AWS_ENDPOINT_URL`, `AWS_MAX_ATTEMPTS` and
-    /// `ORCHESTRATOR_EVENTS_TTL_DAYS`.
+    /// Reads `TABLE_NAME`, `AWS_REGION`, `AWS_ENDPOINT_URL`, `AWS_MAX_ATTEMPTS`,
+    /// `ORCHESTRATOR_EVENTS_TTL_DAYS` and `ORCHESTRATOR_CALLS_TTL_DAYS`.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
@@ -90,6 +93,13 @@ impl DynamoDbConfig {
                 name: "ORCHESTRATOR_EVENTS_TTL_DAYS",
                 value: v.clone(),
                 why: "expected a whole number of days (0 keeps events forever)",
+            })?;
+        }
+        if let Some(v) = var("ORCHESTRATOR_CALLS_TTL_DAYS") {
+            config.calls_ttl_days = v.trim().parse().map_err(|_| ConfigError::Invalid {
+                name: "ORCHESTRATOR_CALLS_TTL_DAYS",
+                value: v.clone(),
+                why: "expected a whole number of days (0 keeps recorded model calls forever)",
             })?;
         }
         config.placeholder_credentials =

@@ -6,7 +6,7 @@
 /// Partition key of every item: `RUN#<runId>` or `IDEM#<key>`.
 pub const PK: &str = "pk";
 /// Sort key: `META`, `EV#<seq>`, `PLAN#<version>`, `STEP#<stepId>#<attempt>`, `REPORT`,
-/// `BLOB#<token>#<part>` (and `IDEM` on idempotency items).
+/// `BLOB#<token>#<part>`, `CALL#<unit>#<index>` (and `IDEM` on idempotency items).
 pub const SK: &str = "sk";
 /// The runs-by-creation index: a constant partition and `<createdAt>#<runId>`.
 pub const GSI1: &str = "byCreated";
@@ -39,6 +39,8 @@ pub const STEP_PREFIX: &str = "STEP#";
 pub const BLOB_PREFIX: &str = "BLOB#";
 pub const TOKEN_PREFIX: &str = "TOKEN#";
 pub const NOTE_PREFIX: &str = "NOTE#";
+/// A recorded model call: `CALL#<unit>#<index>`.
+pub const CALL_PREFIX: &str = "CALL#";
 /// Attribute of a `TOKEN#` item: the Step Functions task token.
 pub const TOKEN: &str = "token";
 
@@ -102,6 +104,10 @@ pub fn plan_sk(version: u32) -> String {
 
 pub fn step_sk(step_id: &str, attempt: u32) -> String {
     format!("{STEP_PREFIX}{step_id}#{attempt:010}")
+}
+
+pub fn call_sk(unit: &str, index: u32) -> String {
+    format!("{CALL_PREFIX}{unit}#{index:06}")
 }
 
 pub fn blob_prefix(token: &str) -> String {

@@ -19,6 +19,7 @@
 //! retried here.
 
 mod body;
+mod calls;
 mod config;
 mod keys;
 mod lease;
@@ -75,6 +76,8 @@ pub struct DynamoDbStore {
     table: Arc<str>,
     location: Arc<str>,
     events_ttl_days: u32,
+    /// Recorded model calls get a `ttl` this many days after the call (0: kept for ever).
+    calls_ttl_days: u32,
     clock: Arc<dyn Clock>,
     /// Write requests sent (PutItem, UpdateItem, DeleteItem, TransactWriteItems), for the
     /// writes-per-run figure.
@@ -343,6 +346,7 @@ impl DynamoDbStore {
             table: Arc::from(config.table_name.as_str()),
             location: Arc::from(config.location().as_str()),
             events_ttl_days: config.events_ttl_days,
+            calls_ttl_days: config.calls_ttl_days,
             clock: Arc::new(SystemClock),
             writes: Arc::new(AtomicU64::new(0)),
             appended: Arc::new(appended),

@@ -19,6 +19,7 @@
 //! [`EventLog`]: orchestrator_core::ports::EventLog
 //! [`EventLog::wait_beyond`]: orchestrator_core::ports::EventLog::wait_beyond
 
+mod calls;
 mod events;
 mod lease;
 mod listing;
@@ -54,7 +55,12 @@ pub struct SqliteStore {
     shared: Arc<Shared>,
     clock: Arc<dyn Clock>,
     poll: Duration,
+    /// How long recorded model calls are kept; None: for ever.
+    call_retention: Option<Duration>,
 }
+
+/// How long recorded model calls are kept unless the store is told otherwise.
+pub const DEFAULT_CALL_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 struct Shared {
     conn: std::sync::Mutex<Connection>,
@@ -112,6 +118,20 @@ impl SqliteStore {
         self
     }
 
+    /// Keeps recorded model calls this long (None: for ever), and deletes those already older.
+    pub fn with_call_retention(mut self, keep: Option<Duration>) -> Result<Self, StoreError> {
+        self.call_retention = keep;
+        let now = self.clock.now_ms();
+        let conn = self
+            .shared
+            .conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        calls::purge_expired(&conn, now)?;
+        drop(conn);
+        Ok(self)
+    }
+
     fn init(mut conn: Connection, location: String) -> Result<Self, StoreError> {
         configure(&conn).map_err(|e| open_error(&location, e))?;
         schema::migrate(&mut conn).map_err(|e| match e {
@@ -129,6 +149,7 @@ impl SqliteStore {
             }),
             clock: Arc::new(SystemClock),
             poll: CROSS_PROCESS_POLL,
+            call_retention: Some(DEFAULT_CALL_RETENTION),
         })
     }
 

@@ -1,0 +1,187 @@
+//! Comparing a replay with its original: the two event logs frame by frame, and a request
+//! that differs from its record, side by side.
+
+use orchestrator_core::event::Frame;
+use orchestrator_core::ports::ModelRequest;
+use serde_json::Value;
+
+/// Fields that differ between two runs of the same inputs by nature: when and how long.
+const TIMED: &[&str] = &["durationMs", "expiresAt"];
+
+/// A frame as compared: its seq, type and data, with the run's own ids and the clock taken out.
+pub fn comparable(frame: &Frame) -> Value {
+    let mut data = serde_json::to_value(&frame.event).unwrap_or(Value::Null);
+    if let Value::Object(map) = &mut data {
+        map.remove("runId");
+        map.remove("correlationId");
+        map.insert("seq".into(), Value::from(frame.seq));
+    }
+    scrub(&mut data, &frame.event.run_id);
+    data
+}
+
+fn scrub(value: &mut Value, run_id: &str) {
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                if TIMED.contains(&key.as_str()) {
+                    *v = Value::from("<time>");
+                } else {
+                    scrub(v, run_id);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| scrub(v, run_id)),
+        Value::String(s) if !run_id.is_empty() && s.contains(run_id) => {
+            *s = s.replace(run_id, "<run>");
+        }
+        _ => {}
+    }
+}
+
+/// How a replayed log compares with the original.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogMatch {
+    Identical { frames: usize },
+    /// The first frame that differs (none: that log had ended).
+    Differs {
+        index: usize,
+        original: Option<Value>,
+        replayed: Option<Value>,
+    },
+}
+
+pub fn compare_logs(original: &[Frame], replayed: &[Frame]) -> LogMatch {
+    let a: Vec<Value> = original.iter().map(comparable).collect();
+    let b: Vec<Value> = replayed.iter().map(comparable).collect();
+    match (0..a.len().max(b.len())).find(|&i| a.get(i) != b.get(i)) {
+        None => LogMatch::Identical { frames: a.len() },
+        Some(index) => LogMatch::Differs {
+            index,
+            original: a.get(index).cloned(),
+            replayed: b.get(index).cloned(),
+        },
+    }
+}
+
+/// A request as lines a person can compare: its settings, then each message's text.
+pub fn request_lines(request: &ModelRequest) -> Vec<String> {
+    let mut lines = vec![
+        format!("purpose: {:?}", request.purpose),
+        format!(
+            "temperature: {:?}  max_tokens: {:?}  json: {}",
+            request.temperature, request.max_tokens, request.json
+        ),
+        format!(
+            "schema: {}",
+            request.schema.as_ref().map_or("none", |s| s.name.as_str())
+        ),
+        format!(
+            "tools: {}",
+            request
+                .tools
+                .iter()
+                .map(|t| t.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        "--- system".to_owned(),
+    ];
+    lines.extend(request.system.lines().map(str::to_owned));
+    for (i, m) in request.messages.iter().enumerate() {
+        lines.push(format!("--- message {} ({:?})", i + 1, m.role));
+        lines.extend(m.content.lines().map(str::to_owned));
+        for call in &m.tool_calls {
+            lines.push(format!("tool call {} {}", call.name, call.arguments));
+        }
+    }
+    if let Some(schema) = &request.schema {
+        lines.push("--- schema".to_owned());
+        lines.push(schema.schema.to_string());
+    }
+    lines
+}
+
+/// The two texts side by side around their first differing line (`>` marks it), each column
+/// `width` characters; lines past the width end in `…`.
+pub fn side_by_side(left: &[String], right: &[String], width: usize) -> String {
+    let first = (0..left.len().max(right.len()))
+        .find(|&i| left.get(i) != right.get(i))
+        .unwrap_or(0);
+    let from = first.saturating_sub(3);
+    let to = (first + 6).min(left.len().max(right.len()));
+    let mut out = format!(
+        "  line | {:<width$} | {}\n",
+        "recorded",
+        "this run",
+        width = width
+    );
+    for i in from..to {
+        let mark = if left.get(i) == right.get(i) { ' ' } else { '>' };
+        let l = fit(left.get(i).map_or("", String::as_str), width);
+        let r = fit(right.get(i).map_or("", String::as_str), width);
+        out.push_str(&format!("{mark}{:>5} | {l:<width$} | {r}\n", i + 1));
+    }
+    out
+}
+
+fn fit(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(width.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orchestrator_core::event::{Event, EventKind};
+
+    fn frame(seq: u64, run: &str, message: &str) -> Frame {
+        Frame {
+            seq,
+            event: Event {
+                kind: EventKind::Message {
+                    message: message.replace("{run}", run),
+                },
+                correlation_id: format!("c-{run}"),
+                run_id: run.into(),
+            },
+        }
+    }
+
+    #[test]
+    fn logs_that_differ_only_in_their_run_compare_identical() {
+        // GIVEN two logs of different runs with the same messages, one naming its run
+        let a = [frame(1, "r-1", "run {run} starts"), frame(2, "r-1", "done")];
+        let b = [frame(1, "r-2", "run {run} starts"), frame(2, "r-2", "done")];
+
+        // THEN they are identical
+        assert_eq!(compare_logs(&a, &b), LogMatch::Identical { frames: 2 });
+    }
+
+    #[test]
+    fn the_first_differing_frame_is_named_and_a_shorter_log_differs() {
+        let a = [frame(1, "r", "one"), frame(2, "r", "two")];
+        let b = [frame(1, "r", "one"), frame(2, "r", "TWO")];
+        let LogMatch::Differs { index, .. } = compare_logs(&a, &b) else {
+            panic!("expected a difference")
+        };
+        assert_eq!(index, 1);
+        assert!(matches!(
+            compare_logs(&a, &a[..1]),
+            LogMatch::Differs { index: 1, replayed: None, .. }
+        ));
+    }
+
+    #[test]
+    fn side_by_side_marks_the_first_differing_line() {
+        let left: Vec<String> = ["a", "b", "c"].map(String::from).into();
+        let right: Vec<String> = ["a", "B", "c"].map(String::from).into();
+        let out = side_by_side(&left, &right, 10);
+        let marked: Vec<&str> = out.lines().filter(|l| l.starts_with('>')).collect();
+        assert_eq!(marked, [">    2 | b          | B"]);
+    }
+}
