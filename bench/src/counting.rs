@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use orchestrator_core::engine::RunState;
 use orchestrator_core::event::{Event, EventKind, Frame, HandoffStage};
-use orchestrator_core::ports::{
-    ActiveRun, CallLog, Claim, Committed, Created, EventLog, Lease, OpenedStep, RunCursor, RunStore,
-    StoreError, TransitionWrite,
-};
 use orchestrator_core::ports::RecordedCall;
+use orchestrator_core::ports::{
+    ActiveRun, CallLog, Claim, Committed, Created, EventLog, Lease, OpenedStep, RunCursor,
+    RunStore, StoreError, TransitionWrite,
+};
 use orchestrator_core::types::{RunReport, RunSummary, StepResult};
 use orchestrator_runner::Store;
 use serde::{Deserialize, Serialize};

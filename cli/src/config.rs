@@ -22,6 +22,9 @@ pub struct Config {
     pub owner: Option<String>,
     /// The cap on runs in progress in the store (ORCHESTRATOR_MAX_RUNS_IN_PROGRESS).
     pub max_runs_in_progress: Option<usize>,
+    /// Whether model calls are recorded, and their redaction (ORCHESTRATOR_RECORD,
+    /// ORCHESTRATOR_REDACT_FILE); their retention is ORCHESTRATOR_CALLS_TTL_DAYS (in `dynamodb`).
+    pub record: orchestrator_recording::RecordConfig,
 }
 
 /// Where runs, events and reports are kept.
@@ -114,11 +117,18 @@ impl Config {
             lease_ttl: Duration::from_secs_f64(lease_seconds),
             owner,
             max_runs_in_progress: orchestrator_runner::max_runs_in_progress_from_env()?,
+            record: orchestrator_recording::RecordConfig::from_env()?,
             db: var("ORCHESTRATOR_DB").map(PathBuf::from),
             store,
             dynamodb,
             serve,
         })
+    }
+
+    /// How long recorded model calls are kept (ORCHESTRATOR_CALLS_TTL_DAYS; 0: for ever).
+    pub fn call_retention(&self) -> Option<Duration> {
+        let days = u64::from(self.dynamodb.calls_ttl_days);
+        (days > 0).then(|| Duration::from_secs(days * 86_400))
     }
 
     /// `--db`, else ORCHESTRATOR_DB, else the user's data directory.

@@ -4,6 +4,7 @@
 mod config;
 mod doctor;
 mod render;
+mod replay;
 mod terminal;
 
 use std::io::{IsTerminal, Write};
@@ -153,6 +154,44 @@ enum Command {
         #[arg(long = "secret")]
         secrets: Vec<String>,
     },
+    /// Run a finished run again with no model: every model call is answered from its record,
+    /// and the event log must come out identical
+    ///
+    /// Exit 0 when it did; 1 when a request differs from its record (a prompt or the code
+    /// changed: the first such request is shown beside the recorded one) or the log differs.
+    Replay {
+        /// The finished run (`orchestrator runs` lists them)
+        run_id: String,
+        /// Replay with the prompts of this folder (planner.md, strategy.md, writer.md, qa.md,
+        /// chat.md) [default: ORCHESTRATOR_PROMPTS_DIR, else the built-in prompts]
+        #[arg(long)]
+        prompts: Option<PathBuf>,
+        /// Print one JSON object with the outcome instead
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a new run from a finished one: what ran before a step is reused from the record,
+    /// and the model is called from that step on
+    Fork {
+        /// The finished run to fork
+        run_id: String,
+        /// The step to run again, and everything after it (the run's output names its steps)
+        #[arg(long = "from")]
+        from: String,
+        /// Prompts for the new run: a folder with planner.md, strategy.md, writer.md, qa.md
+        /// or chat.md [default: ORCHESTRATOR_PROMPTS_DIR, else the built-in prompts]
+        #[arg(long)]
+        prompts: Option<PathBuf>,
+        /// The model to call from the step on [default: MODEL_ID]
+        #[arg(long)]
+        model: Option<String>,
+        /// Its provider: offline, openai or bedrock [default: MODEL_PROVIDER]
+        #[arg(long)]
+        provider: Option<String>,
+        /// Print the exact SSE frames instead of the rendered run
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a run's RunReport (JSON)
     Show {
         /// The run (`orchestrator runs` lists them)
@@ -220,6 +259,8 @@ impl Command {
                 | Command::Show { .. }
                 | Command::Resume { .. }
                 | Command::Approve { .. }
+                | Command::Replay { .. }
+                | Command::Fork { .. }
         )
     }
 }
@@ -318,12 +359,14 @@ async fn open_store(config: &Config, cli: &Cli) -> anyhow::Result<(Arc<dyn Store
                     )
                 })?;
             }
-            let store = SqliteStore::open(&db).with_context(|| {
-                format!(
-                    "cannot open the database {}; pass --db with another path",
-                    db.display()
-                )
-            })?;
+            let store = SqliteStore::open(&db)
+                .and_then(|s| s.with_call_retention(config.call_retention()))
+                .with_context(|| {
+                    format!(
+                        "cannot open the database {}; pass --db with another path",
+                        db.display()
+                    )
+                })?;
             Ok((Arc::new(store), db.display().to_string()))
         }
         StoreKind::Dynamodb => {
@@ -391,6 +434,29 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => approve(&runner, &run_id, &checkpoint_id, !reject, comment, json).await,
         Command::Serve { addr } => serve(runner, config.serve, addr, offline).await,
         Command::Runs { limit } => list_runs(&runner, limit, &location).await,
+        Command::Replay {
+            run_id,
+            prompts,
+            json,
+        } => replay::replay(&config, &runner, &run_id, prompts, json).await,
+        Command::Fork {
+            run_id,
+            from,
+            prompts,
+            model,
+            provider,
+            json,
+        } => {
+            let args = replay::ForkArgs {
+                run_id,
+                from,
+                prompts,
+                provider,
+                model,
+                json,
+            };
+            replay::fork(&config, &runner, args).await
+        }
         Command::Show { run_id, events } if events => show_events(&runner, run_id).await,
         Command::Show { run_id, .. } => show_report(&runner, &run_id).await,
         // Answered above, before a store or a model is needed.
@@ -416,7 +482,8 @@ fn build_runner(
             vec![format!("Model: {}/{}", info.provider, info.model)],
         )
     };
-    let prompts = Arc::new(prompts(config)?);
+    let prompts = Arc::new(prompts_from(config, None)?);
+    let model = config.record.wrap(model, store.clone());
     Ok(Runner::new(
         store,
         Planner::with_prompts(model.clone(), prompts.clone()),
@@ -438,13 +505,18 @@ fn build_runner(
     ))
 }
 
-/// The built-in prompts, or those of ORCHESTRATOR_PROMPTS_DIR (saying which it found).
-fn prompts(config: &Config) -> anyhow::Result<Prompts> {
-    let Some(dir) = &config.llm.prompts_dir else {
-        return Ok(Prompts::builtin());
+/// The built-in prompts, or those of `dir` (a `--prompts` flag), else of
+/// ORCHESTRATOR_PROMPTS_DIR (saying which it found).
+fn prompts_from(config: &Config, dir: Option<&PathBuf>) -> anyhow::Result<Prompts> {
+    let (dir, name) = match dir {
+        Some(dir) => (dir, "--prompts"),
+        None => match &config.llm.prompts_dir {
+            Some(dir) => (dir, "ORCHESTRATOR_PROMPTS_DIR"),
+            None => return Ok(Prompts::builtin()),
+        },
     };
     let (prompts, used) = Prompts::from_dir(dir)
-        .context("ORCHESTRATOR_PROMPTS_DIR names a folder that cannot be used")?;
+        .with_context(|| format!("{name} names a folder that cannot be used"))?;
     eprintln!(
         "note: prompts from {}: {}",
         dir.display(),

@@ -42,7 +42,9 @@ fn scrub(value: &mut Value, run_id: &str) {
 /// How a replayed log compares with the original.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LogMatch {
-    Identical { frames: usize },
+    Identical {
+        frames: usize,
+    },
     /// The first frame that differs (none: that log had ended).
     Differs {
         index: usize,
@@ -117,21 +119,51 @@ pub fn side_by_side(left: &[String], right: &[String], width: usize) -> String {
         width = width
     );
     for i in from..to {
-        let mark = if left.get(i) == right.get(i) { ' ' } else { '>' };
-        let l = fit(left.get(i).map_or("", String::as_str), width);
-        let r = fit(right.get(i).map_or("", String::as_str), width);
+        let (l, r) = (
+            left.get(i).map_or("", String::as_str),
+            right.get(i).map_or("", String::as_str),
+        );
+        let mark = if left.get(i) == right.get(i) {
+            ' '
+        } else {
+            '>'
+        };
+        // A long line that differs is shown from a little before where it differs.
+        let skip = if mark == '>' {
+            shown_from(l, r, width)
+        } else {
+            0
+        };
+        let (l, r) = (fit(l, skip, width), fit(r, skip, width));
         out.push_str(&format!("{mark}{:>5} | {l:<width$} | {r}\n", i + 1));
     }
     out
 }
 
-fn fit(text: &str, width: usize) -> String {
-    if text.chars().count() <= width {
-        return text.to_owned();
+/// Characters to skip so the first difference of `a` and `b` shows in a column of `width`.
+fn shown_from(a: &str, b: &str, width: usize) -> usize {
+    let same = a.chars().zip(b.chars()).take_while(|(x, y)| x == y).count();
+    if same + 2 < width {
+        0
+    } else {
+        same.saturating_sub(width / 3)
     }
-    let mut cut: String = text.chars().take(width.saturating_sub(1)).collect();
-    cut.push('…');
-    cut
+}
+
+/// `text` from its `skip`th character (marked `…`), cut to `width` (ending `…`).
+fn fit(text: &str, skip: usize, width: usize) -> String {
+    let mut shown: String = if skip > 0 {
+        std::iter::once('…')
+            .chain(text.chars().skip(skip + 1))
+            .collect()
+    } else {
+        text.to_owned()
+    };
+    if shown.chars().count() > width {
+        shown = shown.chars().take(width.saturating_sub(1)).collect();
+        shown.push('…');
+    }
+    shown
 }
 
 #[cfg(test)]
@@ -172,7 +204,11 @@ mod tests {
         assert_eq!(index, 1);
         assert!(matches!(
             compare_logs(&a, &a[..1]),
-            LogMatch::Differs { index: 1, replayed: None, .. }
+            LogMatch::Differs {
+                index: 1,
+                replayed: None,
+                ..
+            }
         ));
     }
 
@@ -183,5 +219,20 @@ mod tests {
         let out = side_by_side(&left, &right, 10);
         let marked: Vec<&str> = out.lines().filter(|l| l.starts_with('>')).collect();
         assert_eq!(marked, [">    2 | b          | B"]);
+    }
+
+    #[test]
+    fn a_long_line_is_shown_from_near_its_first_difference() {
+        // GIVEN two long lines that differ only near their end
+        let base = "x".repeat(100);
+        let left = vec![format!("{base} old ending")];
+        let right = vec![format!("{base} new ending")];
+
+        // WHEN they are put side by side in narrow columns
+        let out = side_by_side(&left, &right, 30);
+
+        // THEN both columns show the difference
+        let line = out.lines().find(|l| l.starts_with('>')).unwrap();
+        assert!(line.contains("old") && line.contains("new"), "{line}");
     }
 }

@@ -70,6 +70,14 @@ impl RecordConfig {
     }
 }
 
+impl std::fmt::Debug for RecordConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordConfig")
+            .field("enabled", &self.enabled)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Default for RecordConfig {
     fn default() -> Self {
         Self {

@@ -49,10 +49,7 @@ impl Patterns {
     /// The built-in patterns only.
     pub fn builtin() -> Self {
         Self {
-            patterns: BUILT_IN
-                .iter()
-                .filter_map(|p| Regex::new(p).ok())
-                .collect(),
+            patterns: BUILT_IN.iter().filter_map(|p| Regex::new(p).ok()).collect(),
         }
     }
 
@@ -172,7 +169,10 @@ mod tests {
             "use [REDACTED] with [REDACTED] and mail [REDACTED] today"
         );
         // AND text with nothing to hide is not copied
-        assert!(matches!(Patterns::builtin().redact("plain words"), Cow::Borrowed(_)));
+        assert!(matches!(
+            Patterns::builtin().redact("plain words"),
+            Cow::Borrowed(_)
+        ));
     }
 
     #[test]

@@ -69,7 +69,10 @@ mod tests {
 
         // THEN each numbers its own calls from 0
         assert_eq!(first.map(|k| k.index), Some(0));
-        assert_eq!(second.map(|k| (k.unit, k.index)), Some((CallUnit::Plan { version: 1 }, 1)));
+        assert_eq!(
+            second.map(|k| (k.unit, k.index)),
+            Some((CallUnit::Plan { version: 1 }, 1))
+        );
         assert_eq!(only.map(|k| (k.unit, k.index)), Some((step, 0)));
         // AND a call outside any unit has no key
         assert_eq!(next_call(), None);

@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use orchestrator_core::ports::{
-    CallLog, CallReply, CallUnit, Clock, Model, ModelError, ModelInfo, ModelRequest,
-    ModelResponse, RecordedCall, StreamItem,
+    CallLog, CallReply, CallUnit, Clock, Model, ModelError, ModelInfo, ModelRequest, ModelResponse,
+    RecordedCall, StreamItem,
 };
 
 use crate::redact::{self, Redact};

@@ -15,7 +15,8 @@ use orchestrator_agents::{Planner, Specialists};
 use orchestrator_core::engine::{Input, Move, PlannerState, ReplanReason, RunState};
 use orchestrator_core::event::Event;
 use orchestrator_core::ports::{
-    CallLog, Claim, Clock, Committed, EventLog, Lease, OpenedStep, RunStore, StepOpening, StoreError,
+    CallLog, Claim, Clock, Committed, EventLog, Lease, OpenedStep, RunStore, StepOpening,
+    StoreError,
 };
 use orchestrator_core::types::{RunReport, RunRequest, RunStatus, StepResult, ValidationError};
 use tokio::sync::mpsc;
@@ -24,6 +25,7 @@ use tracing::Instrument;
 mod lease;
 mod log_sink;
 mod planning;
+pub mod replay;
 pub mod spans;
 mod steps;
 mod transitions;
@@ -207,6 +209,25 @@ impl Runner {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         self.transitions.store()
+    }
+
+    /// A runner on the same store, clock and settings (`tweak` may change them) with another
+    /// planner and specialists: a replay's or a fork's, whose model answers from a record.
+    pub fn with_team(
+        &self,
+        planner: Planner,
+        specialists: Specialists,
+        tweak: impl FnOnce(&mut RunnerConfig),
+    ) -> Runner {
+        let mut config = self.transitions.config().clone();
+        tweak(&mut config);
+        Runner::new(
+            self.store().clone(),
+            planner,
+            specialists,
+            self.transitions.clock().clone(),
+            config,
+        )
     }
 
     pub fn transitions(&self) -> &Transitions {

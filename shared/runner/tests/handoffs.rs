@@ -13,8 +13,8 @@ use orchestrator_core::engine::RunState;
 use orchestrator_core::event::{Event, EventKind, Frame};
 use orchestrator_core::fakes::ScriptedModel;
 use orchestrator_core::ports::{
-    ActiveRun, CallLog, Claim, Committed, Created, EventLog, Lease, OpenedStep, RunCursor, RunStore,
-    RecordedCall, StoreError, SystemClock, TransitionWrite,
+    ActiveRun, CallLog, Claim, Committed, Created, EventLog, Lease, OpenedStep, RecordedCall,
+    RunCursor, RunStore, StoreError, SystemClock, TransitionWrite,
 };
 use orchestrator_core::types::{RunReport, RunRequest, RunStatus, RunSummary, StepResult};
 use orchestrator_runner::{Runner, RunnerConfig, Started};

@@ -63,7 +63,9 @@ pub enum CallReply {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         retries: Vec<RetryNote>,
     },
-    Failed { error: ModelError },
+    Failed {
+        error: ModelError,
+    },
 }
 
 /// One model call of a run, as recorded (after redaction).
