@@ -47,6 +47,18 @@ pub fn next_call() -> Option<CallKey> {
         .ok()
 }
 
+/// The key the next call will get, without taking it (a wrapper that hands the call on to a
+/// model that numbers it itself).
+pub fn peek_call() -> Option<CallKey> {
+    SCOPE
+        .try_with(|scope| CallKey {
+            run_id: scope.run_id.clone(),
+            unit: scope.unit.clone(),
+            index: scope.next.load(Ordering::Relaxed),
+        })
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

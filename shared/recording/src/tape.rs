@@ -18,7 +18,7 @@ use orchestrator_core::ports::{
 };
 
 use crate::redact::{self, Redact};
-use crate::scope::{CallKey, next_call};
+use crate::scope::{CallKey, next_call, peek_call};
 
 /// The first request of a replay that is not the recorded one.
 #[derive(Debug, Clone, PartialEq)]
@@ -137,19 +137,29 @@ impl Tape {
 
 /// What the tape does with one call.
 enum Answer<'a> {
-    Recorded(RecordedCall),
+    Recorded(&'a RecordedCall),
     Live(&'a dyn Model),
     Diverged,
 }
 
 impl Tape {
-    fn answer(&self, key: Option<CallKey>, request: &ModelRequest) -> Answer<'_> {
+    /// Decides the call; takes its number unless a live model (which numbers it) answers it.
+    fn answer(&self, request: &ModelRequest) -> (Option<CallKey>, Answer<'_>) {
+        let key = peek_call();
+        let answer = self.answer_to(key.clone(), request);
+        if !matches!(answer, Answer::Live(_)) {
+            next_call();
+        }
+        (key, answer)
+    }
+
+    fn answer_to(&self, key: Option<CallKey>, request: &ModelRequest) -> Answer<'_> {
         let recorded = key
             .as_ref()
             .and_then(|k| self.calls.get(&(k.unit.clone(), k.index)));
         match &self.mode {
             Mode::Fork { reuse, live, .. } => match (key.as_ref(), recorded) {
-                (Some(k), Some(call)) if reuse.contains(&k.unit) => Answer::Recorded(call.clone()),
+                (Some(k), Some(call)) if reuse.contains(&k.unit) => Answer::Recorded(call),
                 _ => {
                     self.delegated.fetch_add(1, Ordering::Relaxed);
                     Answer::Live(live.as_ref())
@@ -158,7 +168,7 @@ impl Tape {
             Mode::Replay => {
                 let actual = redact::request(self.redact.as_ref(), request);
                 match recorded {
-                    Some(call) if call.request == actual => Answer::Recorded(call.clone()),
+                    Some(call) if call.request == actual => Answer::Recorded(call),
                     _ => {
                         self.diverge(key, recorded.map(|c| c.request.clone()), actual);
                         Answer::Diverged
@@ -217,13 +227,13 @@ impl Model for Tape {
     }
 
     async fn complete(&self, request: ModelRequest) -> Result<ModelResponse, ModelError> {
-        let key = next_call();
-        match self.answer(key.clone(), &request) {
+        let (key, answer) = self.answer(&request);
+        match answer {
             Answer::Live(model) => model.complete(request).await,
             Answer::Diverged => Err(diverged_error()),
             Answer::Recorded(call) => {
-                self.served_from(key.as_ref(), &call).await;
-                match call.reply {
+                self.served_from(key.as_ref(), call).await;
+                match call.reply.clone() {
                     CallReply::Answered {
                         text,
                         tool_calls,
@@ -243,15 +253,15 @@ impl Model for Tape {
     }
 
     fn stream(&self, request: ModelRequest) -> BoxStream<'_, Result<StreamItem, ModelError>> {
-        let key = next_call();
-        let call = match self.answer(key.clone(), &request) {
+        let (key, answer) = self.answer(&request);
+        let call = match answer {
             Answer::Live(model) => return model.stream(request),
             Answer::Diverged => return futures::stream::iter([Err(diverged_error())]).boxed(),
             Answer::Recorded(call) => call,
         };
-        let items = self.items_of(&call);
+        let items = self.items_of(call);
         futures::stream::once(async move {
-            self.served_from(key.as_ref(), &call).await;
+            self.served_from(key.as_ref(), call).await;
             futures::stream::iter(items)
         })
         .flatten()
