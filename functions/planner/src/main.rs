@@ -11,7 +11,7 @@ async fn main() -> anyhow::Result<()> {
     orchestrator_aws::telemetry::init("planner")?;
     let aws = Aws::from_env().await?;
     let functions = functions_from_env()?;
-    let model = orchestrator_llm::build_model(&aws.llm_config().await?).await?;
+    let model = aws.model().await?;
     let planner = Planner::with_prompts(model, Arc::new(Prompts::builtin()));
     let function = PlannerFunction {
         transitions: aws.transitions(&functions, RunnerConfig::default()),

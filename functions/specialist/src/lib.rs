@@ -21,7 +21,7 @@ pub async fn serve(capability: &str) -> anyhow::Result<()> {
             Arc::new(Finalize) as Arc<dyn Specialist>,
         )])
     } else {
-        let model = orchestrator_llm::build_model(&aws.llm_config().await?).await?;
+        let model = aws.model().await?;
         specialists_with_prompts(model, Arc::new(Prompts::builtin()))
             .into_iter()
             .filter(|(name, _)| name == capability)

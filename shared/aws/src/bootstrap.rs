@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use aws_config::SdkConfig;
 use orchestrator_api::ApiConfig;
-use orchestrator_core::ports::SystemClock;
+use orchestrator_core::ports::{Model, SystemClock};
 use orchestrator_llm::LlmConfig;
 use orchestrator_runner::{RunnerConfig, Store, Transitions};
 use orchestrator_store::{DynamoDbConfig, DynamoDbStore};
@@ -89,6 +89,14 @@ impl Aws {
             ("OPENAI_API_KEY", Some(key)) => Some(key.clone()),
             _ => var(name),
         })?)
+    }
+
+    /// The configured model, its calls recorded with their run in the table unless
+    /// `ORCHESTRATOR_RECORD=off` (redacted as `ORCHESTRATOR_REDACT_FILE` says).
+    pub async fn model(&self) -> Result<Arc<dyn Model>, InitError> {
+        let model = orchestrator_llm::build_model(&self.llm_config().await?).await?;
+        let record = orchestrator_recording::RecordConfig::from_env()?;
+        Ok(record.wrap(model, Arc::new(self.store.clone())))
     }
 
     /// Completion events on the bus named by `EVENT_BUS_NAME`; none when it is unset.

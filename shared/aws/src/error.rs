@@ -196,6 +196,10 @@ pub enum InitError {
     Store(#[from] orchestrator_store::ConfigError),
     #[error("LLM configuration: {0}")]
     Llm(#[from] orchestrator_llm::ConfigError),
+    #[error("the model: {0}")]
+    Model(#[from] orchestrator_llm::BuildError),
+    #[error("{0}")]
+    Record(#[from] orchestrator_recording::RecordConfigError),
     #[error("{name}: could not read the secret {id}: {source}")]
     Secret {
         name: &'static str,
