@@ -4,6 +4,8 @@
 //! emulator (`DYNAMODB_TEST_ENDPOINT`, started by infra/emulator.sh; skipped with a note when
 //! unset, a failure when unset under CI).
 
+mod mock_openai;
+
 use std::process::{Command, Output};
 
 use serde_json::Value;
@@ -130,4 +132,72 @@ fn a_run_with_the_dynamodb_store_completes_and_reads_back() {
         replayed.lines().filter(|l| l.starts_with("id: ")).count(),
         ids.len()
     );
+}
+
+/// A run on DynamoDB with the given model settings (`--json`), then its replay (`--json`).
+fn run_and_replay(endpoint: &str, table: &str, model: &[(&str, &str)]) -> (String, Value) {
+    let with_model = |args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
+        cmd.env_remove("MODEL_PROVIDER")
+            .env_remove("ORCHESTRATOR_RECORD")
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_PROFILE")
+            .env("ORCHESTRATOR_STORE", "dynamodb")
+            .env("ORCHESTRATOR_OFFLINE_CHUNK_MS", "15")
+            .env("AWS_ENDPOINT_URL", endpoint)
+            .env("TABLE_NAME", table);
+        for (k, v) in model {
+            cmd.env(k, v);
+        }
+        cmd.args(args).output().unwrap()
+    };
+    let run = with_model(&["run", OBJECTIVE, "--json", "--create-table"]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let first = orchestrator_core::event::SseParser::default()
+        .push(&String::from_utf8_lossy(&run.stdout))
+        .remove(0);
+    let run_id = serde_json::from_str::<Value>(&first.data).unwrap()["runId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let replay = with_model(&["replay", &run_id, "--json"]);
+    let summary = serde_json::from_slice(&replay.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&replay.stderr)));
+    (run_id, summary)
+}
+
+#[test]
+fn a_run_recorded_in_dynamodb_replays_identically_offline_and_on_an_openai_server() {
+    let Some(endpoint) = endpoint() else { return };
+    let table = format!("replay-{}", uuid::Uuid::new_v4().simple());
+
+    // GIVEN a run on the offline model, recorded in DynamoDB
+    // WHEN it is replayed from the table
+    let (offline_run, offline) = run_and_replay(&endpoint, &table, &[]);
+
+    // THEN its log is identical, every call answered from the record
+    assert_eq!(offline["outcome"], "identical", "{offline}");
+    assert_eq!(offline["replayOf"], offline_run.as_str());
+    assert_eq!(offline["answeredFromRecord"], 7);
+
+    // GIVEN a run against an OpenAI-compatible server, recorded in the same table
+    let (_runtime, base, seen) = mock_openai::start_blocking();
+    let model = [
+        ("MODEL_PROVIDER", "openai"),
+        ("MODEL_ID", "e2e-model"),
+        ("OPENAI_BASE_URL", base.as_str()),
+        ("OPENAI_API_KEY", mock_openai::KEY),
+        ("MODEL_MAX_RETRIES", "0"),
+    ];
+    // WHEN it is replayed
+    let (_, openai) = run_and_replay(&endpoint, &table, &model);
+
+    // THEN its log is identical too, and the server saw only the original run's 4 requests
+    assert_eq!(openai["outcome"], "identical", "{openai}");
+    assert_eq!(openai["answeredFromRecord"], 4);
+    assert_eq!(seen.lock().unwrap().len(), 4);
 }

@@ -4,99 +4,16 @@
 //! against a local OpenAI-compatible server (on 127.0.0.1:0) that answers as each role would,
 //! recognising the role by its system prompt.
 
+mod mock_openai;
+
+use mock_openai::{DRAFT, KEY};
+use serde_json::Value;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
-
-use axum::Json;
-use axum::body::Body;
-use axum::extract::State;
-use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
-
-const KEY: &str = "sk-e2e-secret-key";
-const DRAFT: [&str; 3] = [
-    "Acme Sync keeps every file in step. ",
-    "Edit on your laptop, find it on your phone. ",
-    "Try it free today at acme.example/sync.",
-];
-
-type Seen = Arc<Mutex<Vec<(HeaderMap, Value)>>>;
-
-/// What each role answers; the writer's reply is streamed when asked to stream.
-fn reply_for(system: &str) -> String {
-    if system.starts_with("You are the planner") {
-        json!({"stepsAdd": [
-            {"id": "s1", "capabilityId": "strategy", "label": "Define the angle"},
-            {"id": "s2", "capabilityId": "generation", "label": "Write the draft", "dependsOn": ["s1"]},
-            {"id": "s3", "capabilityId": "qa", "label": "Review the draft", "dependsOn": ["s2"]},
-            {"id": "s4", "action": "finalize", "label": "Assemble the result", "dependsOn": ["s3"]}
-        ]})
-        .to_string()
-    } else if system.starts_with("You are the strategist") {
-        json!({"audience": "busy teams", "angle": "never lose a file", "keyMessages": ["sync", "speed", "safety"],
-               "tone": "friendly", "callToAction": "Try it free", "platform": "blog"})
-        .to_string()
-    } else if system.starts_with("You are the QA reviewer") {
-        json!({"score": 0.92, "pass": true, "issues": [], "criteria": []}).to_string()
-    } else {
-        DRAFT.concat()
-    }
-}
-
-async fn chat_completions(
-    State(seen): State<Seen>,
-    headers: HeaderMap,
-    Json(body): Json<Value>,
-) -> Response {
-    seen.lock().unwrap().push((headers, body.clone()));
-    let system = body["messages"][0]["content"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let text = reply_for(&system);
-    if body["stream"] == true {
-        let mut sse = String::new();
-        let pieces: Vec<String> = if text == DRAFT.concat() {
-            DRAFT.iter().map(|s| s.to_string()).collect()
-        } else {
-            vec![text]
-        };
-        for p in pieces {
-            let chunk =
-                json!({"choices": [{"index": 0, "delta": {"content": p}, "finish_reason": null}]});
-            sse.push_str(&format!("data: {chunk}\n\n"));
-        }
-        sse.push_str(&format!(
-            "data: {}\n\n",
-            json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-        ));
-        sse.push_str(&format!(
-            "data: {}\n\n",
-            json!({"choices": [], "usage": {"prompt_tokens": 100, "completion_tokens": 30}})
-        ));
-        sse.push_str("data: [DONE]\n\n");
-        ([("content-type", "text/event-stream")], Body::from(sse)).into_response()
-    } else {
-        Json(json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 50, "completion_tokens": 20}}))
-        .into_response()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_against_an_openai_compatible_server_completes_and_names_its_model() {
     // GIVEN a local OpenAI-compatible server and a fresh database
-    let seen: Seen = Arc::default();
-    let app = axum::Router::new()
-        .route(
-            "/v1/chat/completions",
-            axum::routing::post(chat_completions),
-        )
-        .with_state(seen.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}/v1", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (base, seen) = mock_openai::start().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("runs.db");
 
@@ -143,19 +60,8 @@ async fn a_run_against_an_openai_compatible_server_completes_and_names_its_model
         .collect();
     assert_eq!(streamed, DRAFT.concat());
     // AND every role was asked, with the key, and the planner with its reply's schema
+    let roles = mock_openai::roles(&seen);
     let seen = seen.lock().unwrap().clone();
-    let roles: Vec<String> = seen
-        .iter()
-        .map(|(_, b)| {
-            b["messages"][0]["content"]
-                .as_str()
-                .unwrap()
-                .lines()
-                .next()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
     assert_eq!(seen.len(), 4, "{roles:?}");
     for (headers, body) in &seen {
         assert_eq!(headers["authorization"], format!("Bearer {KEY}").as_str());
@@ -171,4 +77,89 @@ async fn a_run_against_an_openai_compatible_server_completes_and_names_its_model
     assert!(!stderr.contains(KEY), "{stderr}");
     assert!(!stderr.contains(&base), "{stderr}");
     assert!(!stderr.contains("You are the planner"), "{stderr}");
+}
+
+/// The binary on the mock server and a database: `--json` runs and replays.
+fn openai_bin(base: &str, db: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+        .env_remove("ORCHESTRATOR_STORE")
+        .env_remove("ORCHESTRATOR_PROMPTS_DIR")
+        .env_remove("ORCHESTRATOR_RECORD")
+        .env("MODEL_PROVIDER", "openai")
+        .env("MODEL_ID", "e2e-model")
+        .env("OPENAI_BASE_URL", base)
+        .env("OPENAI_API_KEY", KEY)
+        .env("MODEL_MAX_RETRIES", "0")
+        .arg("--db")
+        .arg(db)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_openai_run_replays_with_no_request_and_forks_from_qa_with_one() {
+    // GIVEN a run made against the OpenAI-compatible server (4 requests: planner, strategy,
+    // writer, QA)
+    let (base, seen) = mock_openai::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("runs.db");
+    let (b, d) = (base.clone(), db.clone());
+    let run = tokio::task::spawn_blocking(move || {
+        openai_bin(
+            &b,
+            &d,
+            &["run", "Write a launch post for Acme Sync", "--json"],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let first = orchestrator_core::event::SseParser::default()
+        .push(&String::from_utf8_lossy(&run.stdout))
+        .remove(0);
+    let run_id = serde_json::from_str::<Value>(&first.data).unwrap()["runId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(seen.lock().unwrap().len(), 4);
+
+    // WHEN it is replayed
+    let (b, d, id) = (base.clone(), db.clone(), run_id.clone());
+    let replay =
+        tokio::task::spawn_blocking(move || openai_bin(&b, &d, &["replay", &id, "--json"]))
+            .await
+            .unwrap();
+
+    // THEN the log is identical and the server was not asked anything
+    let summary: Value = serde_json::from_slice(&replay.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&replay.stderr)));
+    assert_eq!(summary["outcome"], "identical", "{summary}");
+    assert_eq!(summary["answeredFromRecord"], 4);
+    assert_eq!(seen.lock().unwrap().len(), 4, "a replay sends no request");
+
+    // WHEN it is forked from its QA step
+    let (b, d, id) = (base.clone(), db.clone(), run_id.clone());
+    let fork = tokio::task::spawn_blocking(move || {
+        openai_bin(&b, &d, &["fork", &id, "--from", "s3", "--json"])
+    })
+    .await
+    .unwrap();
+
+    // THEN it completes having asked the server once more, for QA only
+    assert!(
+        fork.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fork.stderr)
+    );
+    let roles = mock_openai::roles(&seen);
+    assert_eq!(roles.len(), 5, "{roles:?}");
+    assert!(roles[4].starts_with("You are the QA reviewer"), "{roles:?}");
+    // AND its QA reviewed the recorded draft
+    let qa_request = seen.lock().unwrap()[4].1.to_string();
+    assert!(qa_request.contains(&DRAFT.concat().replace('\n', "\\n")));
 }

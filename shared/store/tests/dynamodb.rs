@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use conformance::{message, messages, state, step_result};
-use orchestrator_core::ports::{EventLog, RunStore, StoreError};
+use orchestrator_core::ports::{CallLog, CallUnit, EventLog, RunStore, StoreError};
 use orchestrator_core::types::{
     Plan, PlanStep, ReportSummary, RunReport, RunStatus, StepStatus, Usage,
 };
@@ -103,6 +103,7 @@ conformance!(
     commit_transition_refuses_a_taken_result,
     paging_within_one_millisecond,
     leases_fence_stale_owners,
+    model_calls_round_trip_in_unit_order,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -396,6 +397,40 @@ async fn events_carry_a_ttl_and_runs_do_not() {
         .as_secs();
     assert!(ttl.abs_diff(now + 7 * 86_400) < 120, "ttl {ttl}, now {now}");
     assert!(!get("META").await.contains_key("ttl"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_call_expires_with_the_retention_setting() {
+    // GIVEN a store that keeps model calls 3 days
+    let Some(endpoint) = endpoint() else { return };
+    let mut config = config(&endpoint);
+    config.calls_ttl_days = 3;
+    let s = open(&config).await;
+    s.create_table().await.unwrap();
+    s.create_run(&state("run-k", 1_000), &[]).await.unwrap();
+
+    // WHEN a call made at t=1000 s is recorded
+    let mut call = conformance::call(CallUnit::Plan { version: 1 }, 0, "plan");
+    call.started_at_ms = 1_000_000;
+    s.record_call("run-k", &call).await.unwrap();
+
+    // THEN its item's ttl is 3 days after the call
+    let item = config
+        .client()
+        .await
+        .get_item()
+        .table_name(&config.table_name)
+        .key("pk", AttributeValue::S("RUN#run-k".into()))
+        .key("sk", AttributeValue::S("CALL#plan#0001#000000".into()))
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap();
+    assert_eq!(
+        item["ttl"].as_n().unwrap(),
+        &(1_000 + 3 * 86_400).to_string()
+    );
 }
 
 /// A proxy on 127.0.0.1:0 in front of the emulator that answers the first `throttle` write

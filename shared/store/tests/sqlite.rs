@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use conformance::{message, messages, state};
 use orchestrator_core::event::EventKind;
-use orchestrator_core::ports::{Created, EventLog, RunStore, StoreError};
+use orchestrator_core::ports::{CallLog, Clock, Created, EventLog, RunStore, StoreError};
 use orchestrator_core::types::{Plan, PlanStep, StepStatus};
 use orchestrator_store::SqliteStore;
 use tempfile::TempDir;
@@ -106,6 +106,52 @@ async fn resume_after_restart() {
 async fn large_output_round_trip() {
     let (_dir, s) = fresh();
     conformance::large_output_round_trip(&s).await;
+}
+
+#[tokio::test]
+async fn model_calls_round_trip_in_unit_order() {
+    let (_dir, s) = fresh();
+    conformance::model_calls_round_trip_in_unit_order(&s).await;
+}
+
+/// A clock stopped at a time.
+struct At(u64);
+
+impl Clock for At {
+    fn now_ms(&self) -> u64 {
+        self.0
+    }
+}
+
+#[tokio::test]
+async fn recorded_calls_past_their_retention_are_gone() {
+    // GIVEN a file with a call recorded at t=1 s by a store that keeps calls a day
+    let (dir, s) = fresh();
+    let day = std::time::Duration::from_secs(86_400);
+    let s = s
+        .with_clock(Arc::new(At(1_000)))
+        .with_call_retention(Some(day))
+        .unwrap();
+    s.create_run(&conformance::state("run-r", 1_000), &[])
+        .await
+        .unwrap();
+    let plan = orchestrator_core::ports::CallUnit::Plan { version: 1 };
+    let mut call = conformance::call(plan, 0, "plan");
+    call.started_at_ms = 1_000;
+    s.record_call("run-r", &call).await.unwrap();
+    assert_eq!(s.calls("run-r").await.unwrap().len(), 1);
+
+    // WHEN the file is opened again two days later
+    let later = Arc::new(At(1_000 + 2 * 86_400_000));
+    let reopened = SqliteStore::open(&db_path(&dir))
+        .unwrap()
+        .with_clock(later)
+        .with_call_retention(Some(day))
+        .unwrap();
+
+    // THEN the call is gone, and the run is not
+    assert!(reopened.calls("run-r").await.unwrap().is_empty());
+    assert!(reopened.load_run("run-r").await.unwrap().is_some());
 }
 
 #[tokio::test]

@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use orchestrator_core::engine::RunState;
 use orchestrator_core::event::{Event, EventKind, Frame};
 use orchestrator_core::ports::{
-    Claim, Committed, Created, EventLog, Lease, OpenedStep, RunCursor, RunStore, StepOpening,
-    StoreError, TransitionWrite,
+    CallLog, CallReply, CallUnit, ChatMessage, Claim, Committed, Created, EventLog, Lease,
+    ModelError, ModelInfo, ModelRequest, OpenedStep, Purpose, RecordedCall, RunCursor, RunStore,
+    StepOpening, StoreError, TransitionWrite,
 };
 use orchestrator_core::types::{
     Plan, PlanStep, ReportSummary, RunReport, RunRequest, RunStatus, StepMetrics, StepResult,
@@ -1062,4 +1063,78 @@ pub async fn leases_fence_stale_owners<S: RunStore + EventLog>(s: &S) {
     s.append("run-l", &messages("run-l", &["unfenced"]))
         .await
         .unwrap();
+}
+
+/// A recorded model call of `unit`, answered with `text`.
+pub fn call(unit: CallUnit, index: u32, text: &str) -> RecordedCall {
+    RecordedCall {
+        unit,
+        index,
+        model: ModelInfo {
+            provider: "offline".into(),
+            model: "m".into(),
+        },
+        streamed: true,
+        request: ModelRequest::new(Purpose::Generate, "system", vec![ChatMessage::user("hi")]),
+        reply: CallReply::Answered {
+            text: text.into(),
+            tool_calls: Vec::new(),
+            usage: Usage {
+                input_tokens: 3,
+                output_tokens: 4,
+            },
+            cuts: vec![1],
+            retries: Vec::new(),
+        },
+        started_at_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64,
+        duration_ms: 5,
+    }
+}
+
+pub async fn model_calls_round_trip_in_unit_order<S: RunStore + CallLog>(s: &S) {
+    // GIVEN a run, and calls recorded out of order: a step's, the plan's, a 1 MB reply, an error
+    create_new(s, &state("run-c", 1_000), &[]).await;
+    let step = |attempt| CallUnit::Step {
+        step_id: "s2".into(),
+        attempt,
+    };
+    let plan = CallUnit::Plan { version: 1 };
+    let big: String = "abcdéfgh\n".repeat(1024 * 1024 / 10);
+    let mut failed = call(step(2), 0, "");
+    failed.reply = CallReply::Failed {
+        error: ModelError::Provider {
+            status: 503,
+            message: "busy".into(),
+        },
+    };
+    for c in [
+        call(step(1), 1, "second"),
+        call(plan.clone(), 0, "plan"),
+        call(step(1), 0, &big),
+        failed.clone(),
+    ] {
+        s.record_call("run-c", &c).await.unwrap();
+    }
+
+    // WHEN a retried invocation records (step 1, call 1) again, and the calls are read back
+    let again = call(step(1), 1, "second, again");
+    s.record_call("run-c", &again).await.unwrap();
+    let calls = s.calls("run-c").await.unwrap();
+
+    // THEN they come in unit and call order, nothing cut, the retried call replaced
+    let expected = [call(plan, 0, "plan"), call(step(1), 0, &big), again, failed];
+    let key = |c: &RecordedCall| (c.unit.clone(), c.index);
+    assert_eq!(
+        calls.iter().map(key).collect::<Vec<_>>(),
+        expected.iter().map(key).collect::<Vec<_>>()
+    );
+    for (got, want) in calls.iter().zip(&expected) {
+        assert!(got.reply == want.reply, "the reply of {:?} changed", key(got));
+        assert_eq!(got.request, want.request);
+    }
+    // AND another run has none
+    assert!(s.calls("run-other").await.unwrap().is_empty());
 }
