@@ -3,6 +3,7 @@
 
 mod config;
 mod doctor;
+mod eval;
 mod render;
 mod replay;
 mod terminal;
@@ -192,6 +193,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run an eval suite (YAML): each case a run whose report must meet its expectations
+    ///
+    /// Live with the configured model, or with --replay from each case's recorded run with no
+    /// model. Prints a table; exit 0 when every case passed, 1 when one did not, 2 when the
+    /// suite or a flag is not valid (then nothing runs).
+    Eval {
+        #[command(flatten)]
+        args: eval::Args,
+    },
     /// Print a run's RunReport (JSON)
     Show {
         /// The run (`orchestrator runs` lists them)
@@ -261,6 +271,9 @@ impl Command {
                 | Command::Approve { .. }
                 | Command::Replay { .. }
                 | Command::Fork { .. }
+                | Command::Eval {
+                    args: eval::Args { replay: true, .. }
+                }
         )
     }
 }
@@ -402,6 +415,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         return Ok(doctor::run(&config, probe_store(&config, &cli).await, options).await);
     }
     let request = request_from(&cli.command)?;
+    // Read and checked whole before the store is opened: a bad suite runs nothing.
+    let suite = eval::suite_of(&cli.command)?;
     let (store, location) = open_store(&config, &cli).await?;
     let model: Arc<dyn Model> = orchestrator_llm::build_model(&config.llm).await?;
     let offline = config.llm.provider == Provider::Offline;
@@ -457,6 +472,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             replay::fork(&config, &runner, args).await
         }
+        Command::Eval { args } => eval::run(&config, &runner, suite, args).await,
         Command::Show { run_id, events } if events => show_events(&runner, run_id).await,
         Command::Show { run_id, .. } => show_report(&runner, &run_id).await,
         // Answered above, before a store or a model is needed.
