@@ -61,7 +61,7 @@ pub async fn replayed(
     let Some(original) = recorded else {
         return result.failed(Failure::new(
             "replay",
-            "no recorded run of this case's request in the store: run the suite live once first (without --replay) to record one, or name one with `replay:`",
+            "no finished run of this case's request is recorded in the store: run the suite live once first (without --replay) to record one, or name one with `replay:`",
         ));
     };
     let mut result = result;
