@@ -17,15 +17,20 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_sfn::types::HistoryEventType;
 use futures::StreamExt;
+use orchestrator_agents::{Planner, Prompts, default_specialists};
 use orchestrator_aws::trigger::{Source, run_id_for};
 use orchestrator_bench::emulated::{EmulatedRun, Invocation};
 use orchestrator_bench::mock::{MockConfig, Throttle, router};
 use orchestrator_core::event::SseParser;
-use orchestrator_core::ports::{Purpose, RunStore};
+use orchestrator_core::ports::{Purpose, RunStore, SystemClock};
+use orchestrator_recording::Patterns;
+use orchestrator_runner::replay::{self, ReplayOutcome, Replayed};
+use orchestrator_runner::{Runner, RunnerConfig, Store};
 use orchestrator_store::{DynamoDbConfig, DynamoDbStore};
 use serde_json::{Value, json};
 
@@ -876,6 +881,17 @@ async fn the_reference_run_on_the_emulated_stack_streams_the_golden_frames() {
     assert_gap_free(&run);
     let data: Vec<Value> = run.iter().map(|f| f.data.clone()).collect();
     golden::assert_golden("the emulated AWS stack", &golden::normalise(data.clone()));
+    // AND the functions recorded its model calls in the table: replayed from there with no
+    // model, its log comes out identical, frame for frame
+    let run_id = data[0]["runId"].as_str().unwrap();
+    let store = DynamoDbStore::connect(&stack.dynamodb()).await;
+    let replayed = replay_from(Arc::new(store), run_id).await;
+    assert!(
+        matches!(replayed.replayed, Replayed::Identical { .. }),
+        "{:?}",
+        replayed.replayed
+    );
+    assert_eq!(replayed.served, 7);
     // AND its trace, across the streamer and every function, is the one `orchestrator run`
     // exports, in the client's trace
     if let Some(url) = phoenix {
@@ -888,6 +904,24 @@ async fn the_reference_run_on_the_emulated_stack_streams_the_golden_frames() {
         .unwrap();
         assert_reference_trace(&spans, &data, &client_trace, client_span);
     }
+}
+
+/// Replays a stored run in this process, the way `orchestrator replay` does.
+async fn replay_from(store: Arc<dyn Store>, run_id: &str) -> ReplayOutcome {
+    let model: Arc<dyn orchestrator_core::ports::Model> =
+        Arc::new(orchestrator_llm::OfflineModel::new(Duration::ZERO));
+    let runner = Runner::new(
+        store,
+        Planner::new(model.clone()),
+        default_specialists(model),
+        Arc::new(SystemClock),
+        RunnerConfig::default(),
+    );
+    let recorded = replay::load(&runner, run_id).await.unwrap();
+    let prompts = Arc::new(Prompts::builtin());
+    replay::replay(&runner, recorded, prompts, Arc::new(Patterns::builtin()))
+        .await
+        .unwrap()
 }
 
 fn assert_reference_trace(

@@ -447,7 +447,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             comment,
             json,
         } => approve(&runner, &run_id, &checkpoint_id, !reject, comment, json).await,
-        Command::Serve { addr } => serve(runner, config.serve, addr, offline).await,
+        Command::Serve { addr } => {
+            let forks = replay::Forks::new(&config, runner.store().clone())?;
+            serve(runner, config.serve, addr, offline, forks).await
+        }
         Command::Runs { limit } => list_runs(&runner, limit, &location).await,
         Command::Replay {
             run_id,
@@ -639,6 +642,7 @@ async fn serve(
     config: config::ServeConfig,
     addr: Option<String>,
     offline: bool,
+    forks: replay::Forks,
 ) -> anyhow::Result<ExitCode> {
     let addr = addr.unwrap_or(config.addr);
     let listener = tokio::net::TcpListener::bind(&addr)
@@ -649,7 +653,8 @@ async fn serve(
             )
         })?;
     let store = runner.store().clone();
-    let control = orchestrator_api::LocalControl::new(runner, config.max_runs);
+    let control =
+        orchestrator_api::LocalControl::new(runner, config.max_runs).with_forks(Arc::new(forks));
     // Runs in progress that no live process drives (a previous process of this server died,
     // or another replica did) are taken over now and every third of a lease time after.
     let watcher = control.clone();

@@ -212,3 +212,42 @@ async fn live_model(
     let model = orchestrator_llm::build_model(&llm).await?;
     Ok(config.record.wrap(model, runner.store().clone()))
 }
+
+/// The models `serve` forks with: the configured one, or another model id of its provider;
+/// their calls are recorded for the new run.
+pub struct Forks {
+    config: Config,
+    store: Arc<dyn orchestrator_runner::Store>,
+    prompts: orchestrator_agents::Prompts,
+}
+
+impl Forks {
+    pub fn new(
+        config: &Config,
+        store: Arc<dyn orchestrator_runner::Store>,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            config: config.clone(),
+            store,
+            prompts: crate::prompts_from(config, None)?,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl orchestrator_api::ForkModels for Forks {
+    async fn model(&self, model: Option<&str>) -> Result<Arc<dyn Model>, String> {
+        let mut llm = self.config.llm.clone();
+        if let Some(m) = model {
+            llm.model = m.to_owned();
+        }
+        let built = orchestrator_llm::build_model(&llm)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(self.config.record.wrap(built, self.store.clone()))
+    }
+
+    fn prompts(&self) -> orchestrator_agents::Prompts {
+        self.prompts.clone()
+    }
+}

@@ -10,6 +10,7 @@ use orchestrator_runner::{Delivered, Launch, RunError, Runner, Started};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::ApiError;
+use crate::fork::{ForkModels, ForkRequest, ForkResponse};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StartedRun {
@@ -35,6 +36,13 @@ pub trait Control: Send + Sync + 'static {
         approve: bool,
         comment: Option<String>,
     ) -> Result<(), ApiError>;
+    /// Starts a fork of a finished run (see [`crate::fork`]).
+    async fn fork(&self, run_id: &str, fork: ForkRequest) -> Result<ForkResponse, ApiError> {
+        let _ = (run_id, fork);
+        Err(ApiError::NotImplemented(
+            "forks are driven in-process: run `orchestrator fork` (or `orchestrator serve`) against this deployment's store".into(),
+        ))
+    }
 }
 
 /// When a client refused for the cap on runs in progress may try again: runs take minutes.
@@ -66,12 +74,29 @@ impl From<RunError> for ApiError {
     }
 }
 
+/// Drives a run on a task of its own, holding its slot until it ends.
+fn spawn_drive(runner: Runner, launch: Launch, permit: Option<OwnedSemaphorePermit>) {
+    tokio::spawn(async move {
+        let run_id = launch.state.run_id.clone();
+        match runner.drive(launch).await {
+            Ok(status) => tracing::info!(%run_id, %status, "run driven"),
+            Err(e) if e.taken_over() => {
+                tracing::info!(%run_id, "another process took the run over")
+            }
+            Err(e) => tracing::error!(%run_id, error = %e, "run stopped with an error"),
+        }
+        drop(permit);
+    });
+}
+
 /// Runs driven by tasks of this process, at most `max_active` at once.
 #[derive(Clone)]
 pub struct LocalControl {
     runner: Runner,
     active: Arc<Semaphore>,
     retry_after_secs: u64,
+    /// Where a fork's live model comes from; none: forks are not served.
+    forks: Option<Arc<dyn ForkModels>>,
 }
 
 impl LocalControl {
@@ -80,7 +105,14 @@ impl LocalControl {
             runner,
             active: Arc::new(Semaphore::new(max_active)),
             retry_after_secs: 2,
+            forks: None,
         }
+    }
+
+    /// Serves forks, their live calls made by models from `models`.
+    pub fn with_forks(mut self, models: Arc<dyn ForkModels>) -> Self {
+        self.forks = Some(models);
+        self
     }
 
     pub fn runner(&self) -> &Runner {
@@ -98,18 +130,7 @@ impl LocalControl {
     }
 
     fn spawn(&self, launch: Launch, permit: Option<OwnedSemaphorePermit>) {
-        let runner = self.runner.clone();
-        tokio::spawn(async move {
-            let run_id = launch.state.run_id.clone();
-            match runner.drive(launch).await {
-                Ok(status) => tracing::info!(%run_id, %status, "run driven"),
-                Err(e) if e.taken_over() => {
-                    tracing::info!(%run_id, "another process took the run over")
-                }
-                Err(e) => tracing::error!(%run_id, error = %e, "run stopped with an error"),
-            }
-            drop(permit);
-        });
+        spawn_drive(self.runner.clone(), launch, permit);
     }
 
     /// One pass of recovery: takes over every run in progress that no live process drives
@@ -228,6 +249,19 @@ impl Control for LocalControl {
             .answer(run_id, checkpoint_id, approve, comment)
             .await?;
         self.delivered(delivered).await
+    }
+
+    async fn fork(&self, run_id: &str, fork: ForkRequest) -> Result<ForkResponse, ApiError> {
+        let Some(models) = &self.forks else {
+            return Err(ApiError::NotImplemented(
+                "this server does not fork runs; `orchestrator serve` does".into(),
+            ));
+        };
+        let permit = self.permit()?;
+        let (forked, response) =
+            crate::fork::start_fork(&self.runner, models.as_ref(), run_id, fork).await?;
+        spawn_drive(forked.runner, forked.launch, Some(permit));
+        Ok(response)
     }
 }
 

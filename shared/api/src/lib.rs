@@ -22,6 +22,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 pub mod control;
 pub mod error;
 mod extract;
+pub mod fork;
 mod limit;
 pub mod openapi;
 mod sse;
@@ -29,6 +30,7 @@ mod sse;
 pub use control::{Control, LocalControl, StartedRun};
 pub use error::{ApiError, ErrorBody};
 use extract::{PathParams, QueryParams};
+pub use fork::{ForkModels, ForkRequest, ForkResponse};
 
 /// The API's knobs, read once by the binary that serves it.
 #[derive(Debug, Clone)]
@@ -98,6 +100,8 @@ pub fn router(control: Arc<dyn Control>, store: Arc<dyn Store>, config: ApiConfi
         .route("/runs/{id}", get(get_run))
         .route("/runs/{id}/events", get(run_events))
         .route("/runs/{id}/cancel", post(cancel_run))
+        .route("/runs/{id}/calls", get(fork::list_calls))
+        .route("/runs/{id}/fork", post(fork::fork_run))
         .route(
             "/runs/{id}/approvals/{checkpointId}",
             post(answer_checkpoint),

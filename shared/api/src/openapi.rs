@@ -14,6 +14,7 @@ use schemars::generate::{SchemaGenerator, SchemaSettings};
 use serde_json::{Map, Value, json};
 
 use crate::error::{ApiError, ErrorBody};
+use crate::fork::{CallList, ForkRequest, ForkResponse};
 use crate::{Accepted, ApprovalRequest, Health, RunList, RunView, StartResponse};
 
 /// Where the component schemas are.
@@ -316,6 +317,7 @@ fn error_kinds() -> Vec<(ApiError, &'static str)> {
             message: String::new(),
             retry_after_secs: 0,
         },
+        ApiError::NotImplemented(String::new()),
         ApiError::Internal(String::new()),
     ];
     all.into_iter()
@@ -333,13 +335,18 @@ fn error_kinds() -> Vec<(ApiError, &'static str)> {
                 ApiError::MethodNotAllowed(_) => {
                     "the route exists but not with this method; the Allow header lists those it serves"
                 }
-                ApiError::Conflict(_) => "the run has finished, or is not waiting at that checkpoint",
+                ApiError::Conflict(_) => {
+                    "the run has finished, or is not waiting at that checkpoint; for a fork, the run has not finished or has no recorded model calls"
+                }
                 ApiError::TooLarge(_) => "the body is larger than the server's limit",
                 ApiError::RateLimited { .. } => {
                     "this key started more runs than the server's per-minute limit (ORCHESTRATOR_MAX_STARTS_PER_MINUTE); retry after Retry-After seconds"
                 }
                 ApiError::Overloaded { .. } => {
                     "too many runs or open streams, or the store is unavailable; retry after Retry-After seconds"
+                }
+                ApiError::NotImplemented(_) => {
+                    "this deployment does not serve the route (forks on AWS: run `orchestrator fork` against its table)"
                 }
                 ApiError::Internal(_) => "a bug or a corrupt store",
             };
@@ -504,6 +511,7 @@ const INVALID: StatusCode = StatusCode::UNPROCESSABLE_ENTITY;
 const INTERNAL: StatusCode = StatusCode::INTERNAL_SERVER_ERROR;
 const UNAVAILABLE: StatusCode = StatusCode::SERVICE_UNAVAILABLE;
 const RATE_LIMITED: StatusCode = StatusCode::TOO_MANY_REQUESTS;
+const NOT_IMPLEMENTED: StatusCode = StatusCode::NOT_IMPLEMENTED;
 /// What every /api/v1 operation may answer when the server has an API key.
 const AUTH: [StatusCode; 2] = [UNAUTHORIZED, FORBIDDEN];
 
@@ -569,6 +577,7 @@ fn paths(s: &mut Schemas) -> Value {
     let sections = [
         start_operations(s, run_request, start_response),
         run_operations(s, approval, accepted),
+        record_operations(s),
         meta_operations(s),
     ];
     let mut paths = Map::new();
@@ -683,6 +692,42 @@ fn run_operations(s: &mut Schemas, approval: Value, accepted: Value) -> Value {
                     accepted,
                 )}),
                 &[&AUTH[..], &[BAD_REQUEST, NOT_FOUND, CONFLICT, TOO_LARGE, INVALID, INTERNAL, UNAVAILABLE]].concat(),
+            ),
+        }},
+    })
+}
+
+/// A run's recorded model calls, and forks from its record.
+fn record_operations(s: &mut Schemas) -> Value {
+    let fork = s.input::<ForkRequest>();
+    json!({
+        "/api/v1/runs/{id}/calls": {"get": {
+            "operationId": "runCalls",
+            "tags": ["runs"],
+            "summary": "A run's recorded model calls: each request and its reply or error",
+            "description": "Recorded as the run made them (redacted of keys, tokens and email \
+                addresses), ordered by plan version or step attempt, then call. Empty when the \
+                run was made with recording off or its records expired.",
+            "parameters": [param("RunId")],
+            "responses": responses(
+                json!({"200": json_response("The calls.", s.output::<CallList>())}),
+                &[&AUTH[..], &[NOT_FOUND, INVALID, INTERNAL, UNAVAILABLE]].concat(),
+            ),
+        }},
+        "/api/v1/runs/{id}/fork": {"post": {
+            "operationId": "forkRun",
+            "tags": ["runs"],
+            "summary": "Start a new run from a finished one, from one of its steps on",
+            "description": "The new run has the original's request. The plan versions and step \
+                attempts that ran before `fromStep` first started are answered from the \
+                original's record; `fromStep` and everything after it call the model \
+                (`model`, else the server's) with the server's prompts, or `prompts`. Served by \
+                `orchestrator serve`; the AWS deployment answers 501.",
+            "parameters": [param("RunId")],
+            "requestBody": json_body(fork, json!({"fromStep": "s3", "prompts": {"qa": "You are the QA reviewer. Be strict."}})),
+            "responses": responses(
+                json!({"202": json_response("The fork started; follow `eventsUrl`.", s.output::<ForkResponse>())}),
+                &[&AUTH[..], &[BAD_REQUEST, NOT_FOUND, CONFLICT, TOO_LARGE, INVALID, INTERNAL, NOT_IMPLEMENTED, UNAVAILABLE]].concat(),
             ),
         }},
     })

@@ -14,13 +14,14 @@ use axum::Router;
 use axum::body::{Body, BodyDataStream};
 use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
 use futures::StreamExt;
-use orchestrator_agents::{Planner, default_specialists};
+use orchestrator_agents::{Planner, Prompts, default_specialists};
 use orchestrator_api::openapi::document;
-use orchestrator_api::{ApiConfig, ApprovalRequest, LocalControl};
+use orchestrator_api::{ApiConfig, ApprovalRequest, ForkModels, LocalControl};
 use orchestrator_core::event::{SseFrame, SseParser};
 use orchestrator_core::ports::{Model, SystemClock};
 use orchestrator_core::types::RunRequest;
 use orchestrator_llm::OfflineModel;
+use orchestrator_recording::RecordConfig;
 use orchestrator_runner::{Runner, RunnerConfig};
 use orchestrator_store::SqliteStore;
 use serde_json::{Value, json};
@@ -138,9 +139,27 @@ fn every_route_in_the_source_is_documented_and_no_other() {
     assert_eq!(routes_in_source(), documented_routes(&doc));
 }
 
+/// Forks call the offline model, whatever model they name but `unknown`.
+struct Offline(Arc<dyn Model>);
+
+#[async_trait::async_trait]
+impl ForkModels for Offline {
+    async fn model(&self, model: Option<&str>) -> Result<Arc<dyn Model>, String> {
+        match model {
+            Some("unknown") => Err("no model unknown on this server".into()),
+            _ => Ok(self.0.clone()),
+        }
+    }
+    fn prompts(&self) -> Prompts {
+        Prompts::builtin()
+    }
+}
+
 fn app_with(config: ApiConfig, max_active: usize) -> Router {
     let store = Arc::new(SqliteStore::open_in_memory().unwrap());
-    let model: Arc<dyn Model> = Arc::new(OfflineModel::new(Duration::ZERO));
+    let offline: Arc<dyn Model> = Arc::new(OfflineModel::new(Duration::ZERO));
+    let model = RecordConfig::default().wrap(offline, store.clone());
+    let forks = Arc::new(Offline(model.clone()));
     let runner = Runner::new(
         store.clone(),
         Planner::new(model.clone()),
@@ -149,7 +168,7 @@ fn app_with(config: ApiConfig, max_active: usize) -> Router {
         RunnerConfig::default(),
     );
     orchestrator_api::router(
-        Arc::new(LocalControl::new(runner, max_active)),
+        Arc::new(LocalControl::new(runner, max_active).with_forks(forks)),
         store,
         config,
     )
@@ -734,6 +753,45 @@ async fn the_router_answers_as_documented() {
         .await;
     assert_eq!(last["runs"].as_array().unwrap().len(), 1);
     assert!(last.get("nextCursor").is_none());
+
+    // A finished run's recorded calls, and a fork of it from its QA step.
+    let (_, plain) = c
+        .json(
+            &app,
+            post_json("/api/v1/runs", &json!({"objective": OBJECTIVE})),
+        )
+        .await;
+    let plain_id = plain["runId"].as_str().unwrap().to_owned();
+    finished(&mut c, &app, &plain_id).await;
+    let (status, calls) = c
+        .json(&app, get(&format!("/api/v1/runs/{plain_id}/calls")))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        calls["calls"][0]["unit"],
+        json!({"kind": "plan", "version": 1})
+    );
+    let (status, forked) = c
+        .json(
+            &app,
+            post_json(
+                &format!("/api/v1/runs/{plain_id}/fork"),
+                &json!({"fromStep": "s3", "prompts": {"qa": "You are the QA reviewer. Be strict."}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{forked}");
+    assert_eq!(
+        (&forked["forkOf"], &forked["reused"]),
+        (&json!(plain_id), &json!(3))
+    );
+    let mut fork_events = c
+        .stream(&app, get(forked["eventsUrl"].as_str().unwrap()))
+        .await;
+    let fork_log = fork_events.read_until(&c, "complete").await;
+    fork_events.end().await;
+    assert_eq!(fork_log.last().unwrap()["status"], json!("completed"));
+
     let (_, health) = c.json(&app, get("/healthz")).await;
     assert_eq!(health, json!({"status": "ok"}));
     let (_, doc) = c.json(&app, get("/openapi.json")).await;
@@ -748,6 +806,44 @@ async fn the_router_answers_as_documented() {
             StatusCode::UNPROCESSABLE_ENTITY,
             Some("objective"),
         ),
+        (
+            post_json(
+                &format!("/api/v1/runs/{plain_id}/fork"),
+                &json!({"fromStep": "s99"}),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("fromStep"),
+        ),
+        (
+            post_json(
+                &format!("/api/v1/runs/{plain_id}/fork"),
+                &json!({"fromStep": "s3", "model": "unknown"}),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("model"),
+        ),
+        (
+            post_json(
+                &format!("/api/v1/runs/{plain_id}/fork"),
+                &json!({"fromStep": "s3", "prompts": {"qa": " "}}),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("prompts.qa"),
+        ),
+        (
+            post_json(
+                &format!("/api/v1/runs/{plain_id}/fork"),
+                &json!({"from": "s3"}),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            None,
+        ),
+        (
+            post_json("/api/v1/runs/nope/fork", &json!({"fromStep": "s3"})),
+            StatusCode::NOT_FOUND,
+            None,
+        ),
+        (get("/api/v1/runs/nope/calls"), StatusCode::NOT_FOUND, None),
         (
             post_json("/api/v1/agent/run.stream", &json!({"objective": " "})),
             StatusCode::UNPROCESSABLE_ENTITY,

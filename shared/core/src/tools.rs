@@ -20,6 +20,7 @@ pub const DEFAULT_MAX_TURNS: u32 = 6;
 
 /// A tool offered to the model: its name, what it does, and a JSON Schema of its arguments.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ToolSpec {
     pub name: String,
@@ -31,6 +32,7 @@ pub struct ToolSpec {
 
 /// Whether the model may, must, or must not call a tool on this turn.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ToolChoice {
     #[default]
@@ -42,6 +44,7 @@ pub enum ToolChoice {
 /// A call the model asked for. `arguments` is the JSON it wrote (a string when it wrote
 /// something that is not JSON, so validation can say so).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ToolCall {
     pub id: String,

@@ -12,6 +12,7 @@ use crate::types::Usage;
 /// What a model call was made for within its run: a plan version, or an attempt of a step.
 /// Calls are numbered within their unit, so parallel steps record and replay independently.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "kind", rename_all = "camelCase")]
 pub enum CallUnit {
     /// The planner's call(s) that proposed this plan version.
@@ -49,6 +50,7 @@ impl std::fmt::Display for CallUnit {
 
 /// How a recorded call ended.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "outcome", rename_all = "camelCase")]
 pub enum CallReply {
     #[serde(rename_all = "camelCase")]
@@ -70,6 +72,7 @@ pub enum CallReply {
 
 /// One model call of a run, as recorded (after redaction).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RecordedCall {
     pub unit: CallUnit,

@@ -9,6 +9,7 @@ use crate::tools::{ToolCall, ToolChoice, ToolSpec};
 use crate::types::Usage;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ChatRole {
     User,
@@ -18,6 +19,7 @@ pub enum ChatRole {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ChatMessage {
     pub role: ChatRole,
@@ -72,6 +74,7 @@ impl ChatMessage {
 
 /// What a model call is for: providers ignore it; telemetry and the offline model use it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Purpose {
     Plan,
@@ -82,6 +85,7 @@ pub enum Purpose {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ModelRequest {
     pub purpose: Purpose,
     pub system: String,
@@ -103,6 +107,7 @@ pub struct ModelRequest {
 
 /// A JSON Schema for a structured reply, generated from the Rust type that parses it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ReplySchema {
     /// Names the schema to the provider (OpenAI's `json_schema.name`, Bedrock's tool name):
     /// letters, digits, `_` and `-`, at most 64.
@@ -143,6 +148,7 @@ pub struct ModelResponse {
 
 /// An attempt of a model call that the adapter made again, and why.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RetryNote {
     /// The attempt that followed (2 for the first retry).
     pub attempt: u32,
@@ -161,12 +167,14 @@ pub enum StreamItem {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ModelInfo {
     pub provider: String,
     pub model: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "kind", content = "detail", rename_all = "camelCase")]
 pub enum ModelError {
     #[error("the model provider is throttling requests: {0}")]

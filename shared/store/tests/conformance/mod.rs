@@ -1132,7 +1132,11 @@ pub async fn model_calls_round_trip_in_unit_order<S: RunStore + CallLog>(s: &S) 
         expected.iter().map(key).collect::<Vec<_>>()
     );
     for (got, want) in calls.iter().zip(&expected) {
-        assert!(got.reply == want.reply, "the reply of {:?} changed", key(got));
+        assert!(
+            got.reply == want.reply,
+            "the reply of {:?} changed",
+            key(got)
+        );
         assert_eq!(got.request, want.request);
     }
     // AND another run has none
