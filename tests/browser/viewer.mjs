@@ -108,6 +108,27 @@ try {
 
   if (screenshot) await page.screenshot({ path: screenshot, fullPage: true });
 
+  await step("WHEN a finished run's step shows its model calls THEN the request and the streamed reply are readable", async () => {
+    await page.click('#plan li[data-step="s2"] button[data-calls-of="s2"]');
+    await page.waitForSelector('.calls[data-calls-for="s2"] details');
+    const shown = await page.textContent('.calls[data-calls-for="s2"]');
+    if (!shown.includes('offline/offline-deterministic-v1')) throw new Error(`no model named: ${shown.slice(0, 200)}`);
+    const draft = await page.textContent('.draft[data-step="s2"] .body');
+    if (!shown.includes(draft.slice(0, 40))) throw new Error('the reply is not the streamed draft');
+  });
+
+  await step('WHEN "fork from here" is clicked on the QA step THEN a new run opens and plays from the record', async () => {
+    const before = await page.evaluate(() => window.viewer.runId);
+    await page.click('#plan li[data-step="s3"] button[data-fork-from="s3"]');
+    await page.waitForFunction(prev => window.viewer.runId !== prev, before);
+    // The request asked for approval: the fork pauses there too, having re-run QA and the rest.
+    await page.waitForSelector('#checkpoint:not(.hidden)', { timeout: 60_000 });
+    await page.click('#approve');
+    await page.waitForFunction(() => window.viewer.done, null, { timeout: 60_000 });
+    const status = await page.textContent('#status');
+    if (status !== 'completed') throw new Error(`fork status ${status}`);
+  });
+
   await step('WHEN a run completes below the QA threshold with no revision cycle left THEN the viewer says its quality gate failed', async () => {
     const before = await page.evaluate(() => window.viewer.runId);
     await page.fill('#revisions', '0');
@@ -127,6 +148,6 @@ try {
   server.kill();
   rmSync(work, { recursive: true, force: true });
 }
-const total = 7;
+const total = 9;
 console.log(`viewer: ${passed} passed, ${total - passed} failed`);
 process.exit(passed === total ? 0 : 1);
