@@ -37,6 +37,13 @@ pub struct CapacityCounters {
     pub items_read: u64,
     pub bytes_read: u64,
     pub rru: f64,
+    /// Of the writes, the recorded model calls' items (sort key `CALL#...`).
+    #[serde(default)]
+    pub call_items: u64,
+    #[serde(default)]
+    pub call_bytes: u64,
+    #[serde(default)]
+    pub call_wru: f64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -99,6 +106,11 @@ pub fn item_size(item: &Item) -> u64 {
         .sum()
 }
 
+/// A recorded model call's item.
+fn is_call(item: &Item) -> bool {
+    matches!(item.get("sk"), Some(AttributeValue::S(sk)) if sk.starts_with("CALL#"))
+}
+
 fn write_units(bytes: u64, transactional: bool) -> f64 {
     let units = bytes.div_ceil(1024).max(1) as f64;
     if transactional { 2.0 * units } else { units }
@@ -137,7 +149,13 @@ impl Intercept for CapacityMeter {
         self.with(|m| {
             if let Some(i) = input.downcast_ref::<PutItemInput>() {
                 m.count("PutItem");
-                m.write(i.item().map_or(0, item_size), false);
+                let bytes = i.item().map_or(0, item_size);
+                m.write(bytes, false);
+                if i.item().is_some_and(is_call) {
+                    m.counters.call_items += 1;
+                    m.counters.call_bytes += bytes;
+                    m.counters.call_wru += write_units(bytes, false);
+                }
             } else if let Some(i) = input.downcast_ref::<UpdateItemInput>() {
                 m.count("UpdateItem");
                 let bytes = i.key().map_or(0, item_size)

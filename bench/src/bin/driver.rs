@@ -30,6 +30,7 @@ use orchestrator_bench::workload::{OBJECTIVE, one_run, reference_calls, runner_o
 use orchestrator_core::ports::Model;
 use orchestrator_core::types::RunStatus;
 use orchestrator_llm::{OfflineModel, OpenAiModel, Resilience, Traced};
+use orchestrator_recording::RecordConfig;
 use orchestrator_runner::{Runner, Store};
 use orchestrator_store::{DynamoDbConfig, DynamoDbStore, SqliteStore};
 use serde::{Deserialize, Serialize};
@@ -69,6 +70,10 @@ enum Cmd {
         /// `orchestrator serve` runs) or `current` (one thread, as `orchestrator run` runs).
         #[arg(long, value_enum, default_value_t = Flavor::Multi)]
         runtime: Flavor,
+        /// Do not record the runs' model calls (recording is on by default, as in the product):
+        /// recording's CPU per run is the difference.
+        #[arg(long)]
+        no_record: bool,
     },
     /// The platform's floor: the reference run's seven model calls made back to back by a bare
     /// HTTP client (reqwest, as the OpenAI adapter uses it), with nothing around them.
@@ -168,6 +173,7 @@ fn main() -> anyhow::Result<()> {
             model,
             store,
             runtime,
+            no_record,
         } => {
             let rt = runtime.runtime()?;
             let result = rt.block_on(load(
@@ -180,6 +186,7 @@ fn main() -> anyhow::Result<()> {
                     offline_model: model == "offline",
                     memory_store: store == "memory",
                     runtime,
+                    record: !no_record,
                 },
             ))?;
             println!("{}", serde_json::to_string(&result)?);
@@ -298,6 +305,8 @@ struct Variant {
     offline_model: bool,
     memory_store: bool,
     runtime: Flavor,
+    /// The model calls are recorded into the store, as the product does by default.
+    record: bool,
 }
 
 async fn load(
@@ -330,6 +339,11 @@ async fn load(
             "mock",
             Resilience::default(),
         )?))
+    };
+    let model = if variant.record {
+        RecordConfig::default().wrap(model, store.clone())
+    } else {
+        model
     };
     let timing = Arc::new(TimingModel::new(model));
     let runner = runner_on(store, timing.clone());
@@ -570,6 +584,47 @@ struct DynamoResult {
     /// item the run had: an upper bound for a take).
     #[serde(default)]
     lease_wru: Option<LeaseWru>,
+    /// What recording the run's model calls added to it.
+    #[serde(default)]
+    recording: Option<RecordingCost>,
+}
+
+/// The writes of the run's recorded model calls (a call over 200 KB also writes part items,
+/// which are not counted here; the reference run has none).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct RecordingCost {
+    /// Model calls recorded, and the bytes of their JSON.
+    calls: u64,
+    bytes: u64,
+    items_written: u64,
+    bytes_written: u64,
+    wru: f64,
+}
+
+/// One reference run on `runner`, and the capacity it used.
+async fn metered(
+    meter: &CapacityMeter,
+    runner: &Runner,
+) -> anyhow::Result<(RunStatus, orchestrator_bench::ddb::CapacityCounters)> {
+    let before = meter.counters();
+    let status = one_run(runner).await?;
+    let mut capacity = meter.counters();
+    for (op, n) in &before.requests {
+        if let Some(v) = capacity.requests.get_mut(op) {
+            *v -= n;
+        }
+    }
+    capacity.requests.retain(|_, n| *n > 0);
+    capacity.wru -= before.wru;
+    capacity.rru -= before.rru;
+    capacity.items_written -= before.items_written;
+    capacity.bytes_written -= before.bytes_written;
+    capacity.items_read -= before.items_read;
+    capacity.bytes_read -= before.bytes_read;
+    capacity.call_items -= before.call_items;
+    capacity.call_bytes -= before.call_bytes;
+    capacity.call_wru -= before.call_wru;
+    Ok((status, capacity))
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -643,32 +698,27 @@ async fn dynamo(endpoint: &str, base_url: &str) -> anyhow::Result<DynamoResult> 
         "mock",
         Resilience::default(),
     )?);
-    let runner = runner_on(counting.clone(), model);
+    // The run as the product makes it: its model calls recorded in the table.
+    let recorded = RecordConfig::default().wrap(model, counting.clone());
     let http = reqwest::Client::new();
-    let before_capacity = meter.counters();
     let before = mock_stats(&http, base_url).await;
-    let status = one_run(&runner).await?;
+    let (status, capacity) = metered(&meter, &runner_on(counting.clone(), recorded)).await?;
     let after = mock_stats(&http, base_url).await;
-    let mut capacity = meter.counters();
-    // The table's creation is not part of the run.
-    for (op, n) in &before_capacity.requests {
-        if let Some(v) = capacity.requests.get_mut(op) {
-            *v -= n;
-        }
-    }
-    capacity.requests.retain(|_, n| *n > 0);
-    capacity.wru -= before_capacity.wru;
-    capacity.rru -= before_capacity.rru;
-    capacity.items_written -= before_capacity.items_written;
-    capacity.bytes_written -= before_capacity.bytes_written;
-    capacity.items_read -= before_capacity.items_read;
-    capacity.bytes_read -= before_capacity.bytes_read;
+    let calls = counting.counters();
+    let recording = RecordingCost {
+        calls: calls.call_records,
+        bytes: calls.call_bytes,
+        items_written: capacity.call_items,
+        bytes_written: capacity.call_bytes,
+        wru: capacity.call_wru,
+    };
     let lease_wru = Some(lease_wru(&ddb, &meter).await?);
     Ok(DynamoResult {
         lease_wru,
         status: status.to_string(),
         capacity: serde_json::to_value(capacity)?,
-        store: serde_json::to_value(counting.counters())?,
+        store: serde_json::to_value(calls)?,
+        recording: Some(recording),
         mock: match (before, after) {
             (Some(b), Some(a)) => Some(a.minus(&b)),
             _ => None,
@@ -741,6 +791,7 @@ fn load_in_child(
     scheduled_ms: Option<f64>,
     first_delta: bool,
     runtime: Flavor,
+    record: bool,
 ) -> anyhow::Result<LoadResult> {
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.args([
@@ -760,9 +811,17 @@ fn load_in_child(
     if first_delta {
         cmd.arg("--first-delta");
     }
+    if !record {
+        cmd.arg("--no-record");
+    }
     eprintln!(
-        "  load: {runs} runs at concurrency {concurrency} against {base_url} ({} runtime)",
-        runtime.arg()
+        "  load: {runs} runs at concurrency {concurrency} against {base_url} ({} runtime{})",
+        runtime.arg(),
+        if record {
+            ""
+        } else {
+            ", model calls not recorded"
+        }
     );
     let out = cmd.stderr(Stdio::inherit()).output()?;
     if !out.status.success() {
@@ -899,6 +958,11 @@ fn all(args: AllArgs) -> anyhow::Result<()> {
             "scheduled_latency": [m.real1, m.real1_run, m.real50, m.real500],
         },
         "dynamodb": m.dynamo,
+        "recording": {
+            "cpu_ms_per_run": m.cpu.cpu_ms_per_run,
+            "cpu_ms_per_run_unrecorded": m.cpu_unrecorded.cpu_ms_per_run,
+            "dynamodb": m.dynamo.as_ref().and_then(|d| d.recording),
+        },
         "cost": cost,
         "aws_run_figures": figures.as_ref().map(|f| json!({"path": figures_path, "figures": f})),
         "prices": cost::PRICES,
@@ -920,6 +984,8 @@ struct Measurements {
     /// 500 at once.
     cpu: LoadResult,
     cpu_run: LoadResult,
+    /// `cpu` again with the model calls not recorded.
+    cpu_unrecorded: LoadResult,
     zero50: LoadResult,
     zero500: LoadResult,
     /// Scheduled latency, in the same order.
@@ -965,16 +1031,34 @@ fn measure(args: &AllArgs) -> anyhow::Result<Measurements> {
     // `orchestrator serve`'s runtime for everything; one run alone also on the runtime of
     // `orchestrator run`.
     let multi = Flavor::Multi;
-    let cpu = load_in_child(&zero_url, 400 / scale, 1, sched, false, multi)?;
-    let cpu_run = load_in_child(&zero_url, 400 / scale, 1, sched, false, Flavor::Current)?;
-    let zero50 = load_in_child(&zero_url, 1000 / scale, 50, sched, false, multi)?;
-    let zero500 = load_in_child(&zero_url, 2000 / scale, 500, sched, false, multi)?;
-    let real1 = load_in_child(&real_url, realistic_one, 1, sched, true, multi)?;
-    let real1_run = load_in_child(&real_url, realistic_one, 1, sched, true, Flavor::Current)?;
+    let cpu = load_in_child(&zero_url, 400 / scale, 1, sched, false, multi, true)?;
+    let cpu_run = load_in_child(
+        &zero_url,
+        400 / scale,
+        1,
+        sched,
+        false,
+        Flavor::Current,
+        true,
+    )?;
+    // The same without recording the model calls: what recording costs per run.
+    let cpu_unrecorded = load_in_child(&zero_url, 400 / scale, 1, sched, false, multi, false)?;
+    let zero50 = load_in_child(&zero_url, 1000 / scale, 50, sched, false, multi, true)?;
+    let zero500 = load_in_child(&zero_url, 2000 / scale, 500, sched, false, multi, true)?;
+    let real1 = load_in_child(&real_url, realistic_one, 1, sched, true, multi, true)?;
+    let real1_run = load_in_child(
+        &real_url,
+        realistic_one,
+        1,
+        sched,
+        true,
+        Flavor::Current,
+        true,
+    )?;
     let floor_multi = floor_in_child(&real_url, realistic_one, multi)?;
     let floor_run = floor_in_child(&real_url, realistic_one, Flavor::Current)?;
-    let real50 = load_in_child(&real_url, 100 / scale, 50, sched, false, multi)?;
-    let real500 = load_in_child(&real_url, 1000 / scale, 500, sched, false, multi)?;
+    let real50 = load_in_child(&real_url, 100 / scale, 50, sched, false, multi, true)?;
+    let real500 = load_in_child(&real_url, 1000 / scale, 500, sched, false, multi, true)?;
     let startup = startup(&args.orchestrator, &real_url, args.quick)?;
     let dynamo = match &args.dynamodb_endpoint {
         Some(endpoint) => Some(dynamo_in_child(endpoint, &real_url)?),
@@ -987,6 +1071,7 @@ fn measure(args: &AllArgs) -> anyhow::Result<Measurements> {
         profile,
         cpu,
         cpu_run,
+        cpu_unrecorded,
         zero50,
         zero500,
         real1,
@@ -1307,6 +1392,18 @@ fn cost_of(d: &DynamoResult, figures: Option<&EmulatedRun>) -> cost::CostModel {
     )
 }
 
+/// What recording the model calls adds to a run on DynamoDB: writes, and dollars a month
+/// (write units, and a month's storage while the records are kept).
+fn print_recording_cost(r: RecordingCost, run_wru: f64) {
+    let usd_writes = r.wru * cost::price("dynamodb_wru") * 1000.0;
+    let gb = r.bytes_written as f64 * 1000.0 / 1e9;
+    let usd_storage = gb * cost::price("dynamodb_storage_gb_month");
+    println!(
+        "  recording the model calls (included above): {} calls, {} bytes of JSON, {} items, {} bytes written, {:.1} WRU of the run's {:.1}; ${:.4} per 1000 runs in writes, ${:.5} per 1000 runs per month kept",
+        r.calls, r.bytes, r.items_written, r.bytes_written, r.wru, run_wru, usd_writes, usd_storage
+    );
+}
+
 /// What the DynamoDB run measured, what leases add, and the cost model's report.
 fn print_cost(
     d: &DynamoResult,
@@ -1342,6 +1439,9 @@ fn print_cost(
     );
     if let Some(l) = d.lease_wru {
         print_lease_cost(l, d.store.get("lease_writes").and_then(Value::as_u64));
+    }
+    if let Some(r) = d.recording {
+        print_recording_cost(r, quantity("dynamodb_wru"));
     }
     print!("{}", c.report(figures, figures_path));
 }
