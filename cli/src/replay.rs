@@ -58,9 +58,14 @@ pub fn summary(original: &str, outcome: &ReplayOutcome) -> serde_json::Value {
         })
     };
     match &outcome.replayed {
-        Replayed::Identical { run_id, frames } => {
+        Replayed::Identical {
+            run_id,
+            frames,
+            interleaved,
+        } => {
             let mut v = base(run_id, "identical");
             v["frames"] = json!(frames);
+            v["interleaved"] = json!(interleaved);
             v
         }
         Replayed::Diverged { run_id, divergence } => {
@@ -89,8 +94,17 @@ pub fn summary(original: &str, outcome: &ReplayOutcome) -> serde_json::Value {
 fn report(original: &str, outcome: &ReplayOutcome) {
     let served = outcome.served;
     match &outcome.replayed {
-        Replayed::Identical { run_id, frames } => println!(
-            "replay {run_id} of {original}: identical event log ({frames} frames); 0 model calls, {served} answered from the record"
+        Replayed::Identical {
+            run_id,
+            frames,
+            interleaved,
+        } => println!(
+            "replay {run_id} of {original}: identical event log ({frames} frames{}); 0 model calls, {served} answered from the record",
+            if *interleaved {
+                ", steps that ran at the same time interleaved otherwise"
+            } else {
+                ""
+            }
         ),
         Replayed::Diverged { run_id, divergence } => {
             println!(

@@ -42,9 +42,10 @@ fn scrub(value: &mut Value, run_id: &str) {
 /// How a replayed log compares with the original.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LogMatch {
-    Identical {
-        frames: usize,
-    },
+    /// Frame for frame. `interleaved`: the same frames, each step's in the same order, but
+    /// the frames of steps that ran at the same time interleave differently (their timing is
+    /// the model's and the machine's, not the run's).
+    Identical { frames: usize, interleaved: bool },
     /// The first frame that differs (none: that log had ended).
     Differs {
         index: usize,
@@ -57,13 +58,56 @@ pub fn compare_logs(original: &[Frame], replayed: &[Frame]) -> LogMatch {
     let a: Vec<Value> = original.iter().map(comparable).collect();
     let b: Vec<Value> = replayed.iter().map(comparable).collect();
     match (0..a.len().max(b.len())).find(|&i| a.get(i) != b.get(i)) {
-        None => LogMatch::Identical { frames: a.len() },
+        None => LogMatch::Identical {
+            frames: a.len(),
+            interleaved: false,
+        },
+        Some(_) if interleaved_alike(&a, &b) => LogMatch::Identical {
+            frames: a.len(),
+            interleaved: true,
+        },
         Some(index) => LogMatch::Differs {
             index,
             original: a.get(index).cloned(),
             replayed: b.get(index).cloned(),
         },
     }
+}
+
+/// The same frames (seqs aside), and each step's frames in the same order.
+fn interleaved_alike(a: &[Value], b: &[Value]) -> bool {
+    let unseq = |frames: &[Value]| -> Vec<Value> {
+        frames
+            .iter()
+            .map(|f| {
+                let mut f = f.clone();
+                if let Value::Object(map) = &mut f {
+                    map.remove("seq");
+                }
+                f
+            })
+            .collect()
+    };
+    let (a, b) = (unseq(a), unseq(b));
+    let sorted = |frames: &[Value]| {
+        let mut texts: Vec<String> = frames.iter().map(Value::to_string).collect();
+        texts.sort();
+        texts
+    };
+    if a.len() != b.len() || sorted(&a) != sorted(&b) {
+        return false;
+    }
+    let lane = |frames: &[Value], step: &Value| -> Vec<Value> {
+        frames
+            .iter()
+            .filter(|f| &f["data"]["stepId"] == step)
+            .cloned()
+            .collect()
+    };
+    a.iter()
+        .map(|f| &f["data"]["stepId"])
+        .filter(|step| step.is_string())
+        .all(|step| lane(&a, step) == lane(&b, step))
 }
 
 /// A request as lines a person can compare: its settings, then each message's text.
@@ -191,7 +235,63 @@ mod tests {
         let b = [frame(1, "r-2", "run {run} starts"), frame(2, "r-2", "done")];
 
         // THEN they are identical
-        assert_eq!(compare_logs(&a, &b), LogMatch::Identical { frames: 2 });
+        assert_eq!(
+            compare_logs(&a, &b),
+            LogMatch::Identical {
+                frames: 2,
+                interleaved: false
+            }
+        );
+    }
+
+    fn step_frame(seq: u64, step: &str, text: &str) -> Frame {
+        Frame {
+            seq,
+            event: Event {
+                kind: EventKind::Delta {
+                    message: text.into(),
+                    data: orchestrator_core::event::StepRef {
+                        step_id: step.into(),
+                    },
+                },
+                correlation_id: "c".into(),
+                run_id: "r".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn parallel_steps_that_interleave_otherwise_are_identical_but_not_a_reordered_step() {
+        // GIVEN two steps that streamed at the same time
+        let original = [
+            step_frame(1, "s1", "a1"),
+            step_frame(2, "s2", "b1"),
+            step_frame(3, "s1", "a2"),
+        ];
+        // WHEN the replay interleaves them otherwise, each step's frames in order
+        let interleaved = [
+            step_frame(1, "s2", "b1"),
+            step_frame(2, "s1", "a1"),
+            step_frame(3, "s1", "a2"),
+        ];
+        // THEN the logs are identical but interleaved
+        assert_eq!(
+            compare_logs(&original, &interleaved),
+            LogMatch::Identical {
+                frames: 3,
+                interleaved: true
+            }
+        );
+        // AND a step whose own frames came in another order differs
+        let reordered = [
+            step_frame(1, "s1", "a2"),
+            step_frame(2, "s2", "b1"),
+            step_frame(3, "s1", "a1"),
+        ];
+        assert!(matches!(
+            compare_logs(&original, &reordered),
+            LogMatch::Differs { index: 0, .. }
+        ));
     }
 
     #[test]

@@ -83,8 +83,13 @@ pub async fn all_frames(runner: &Runner, run_id: &str) -> Result<Vec<Frame>, Run
 /// How a replay went.
 #[derive(Debug)]
 pub enum Replayed {
-    /// The log came out identical.
-    Identical { run_id: String, frames: usize },
+    /// The log came out identical (`interleaved`: but for how steps that ran at the same time
+    /// interleave, see [`LogMatch::Identical`]).
+    Identical {
+        run_id: String,
+        frames: usize,
+        interleaved: bool,
+    },
     /// A request was not the recorded one: the run was stopped there.
     Diverged {
         run_id: String,
@@ -154,7 +159,14 @@ pub async fn replay(
         None => {
             let again = all_frames(runner, &run_id).await?;
             match compare_logs(&frames, &again) {
-                LogMatch::Identical { frames } => Replayed::Identical { run_id, frames },
+                LogMatch::Identical {
+                    frames,
+                    interleaved,
+                } => Replayed::Identical {
+                    run_id,
+                    frames,
+                    interleaved,
+                },
                 LogMatch::Differs {
                     index,
                     original,
