@@ -18,19 +18,24 @@ pub trait Redact: Send + Sync {
 pub const REDACTED: &str = "[REDACTED]";
 
 /// Keys and tokens of the common providers, private keys, bearer tokens and email addresses.
+/// Word boundaries are ASCII ones (`(?-u:\b)`): a Unicode boundary makes the regex engine
+/// leave its fast DFA on any non-ASCII text, and prompts have plenty.
 const BUILT_IN: &[&str] = &[
     r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----",
-    r"\bsk-[A-Za-z0-9_-]{16,}",
-    r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b",
-    r"\bgh[pousr]_[A-Za-z0-9]{30,}",
-    r"\bxox[abprs]-[A-Za-z0-9-]{10,}",
-    r"(?i)\bbearer\s+[A-Za-z0-9._~+/-]{12,}=*",
+    r"(?-u:\b)sk-[A-Za-z0-9_-]{16,}",
+    r"(?-u:\b)(?:AKIA|ASIA)[0-9A-Z]{16}(?-u:\b)",
+    r"(?-u:\b)gh[pousr]_[A-Za-z0-9]{30,}",
+    r"(?-u:\b)xox[abprs]-[A-Za-z0-9-]{10,}",
+    r"(?-u:\b)(?i:bearer)\s+[A-Za-z0-9._~+/-]{12,}=*",
     r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}",
 ];
 
-/// Redaction by regular expressions: the built-in ones, and any a deployment adds.
+/// Redaction by regular expressions: the built-in ones, and any a deployment adds, searched
+/// for together in one pass over the text.
 pub struct Patterns {
-    patterns: Vec<Regex>,
+    sources: Vec<String>,
+    /// None only if the built-in patterns failed to compile, which a test rules out.
+    combined: Option<Regex>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,9 +53,23 @@ pub enum PatternError {
 impl Patterns {
     /// The built-in patterns only.
     pub fn builtin() -> Self {
-        Self {
-            patterns: BUILT_IN.iter().filter_map(|p| Regex::new(p).ok()).collect(),
-        }
+        let sources = BUILT_IN.iter().map(|p| (*p).to_owned()).collect();
+        Self::from_sources(sources).unwrap_or_else(|_| Self {
+            sources: Vec::new(),
+            combined: None,
+        })
+    }
+
+    fn from_sources(sources: Vec<String>) -> Result<Self, regex::Error> {
+        let alternation = sources
+            .iter()
+            .map(|p| format!("(?:{p})"))
+            .collect::<Vec<_>>()
+            .join("|");
+        Ok(Self {
+            combined: Some(Regex::new(&alternation)?),
+            sources,
+        })
     }
 
     /// The built-in patterns and those of `file`: one regular expression per line; blank
@@ -61,32 +80,33 @@ impl Patterns {
             path: path.clone(),
             error: e.to_string(),
         })?;
-        let mut patterns = Self::builtin();
+        let mut sources = Self::builtin().sources;
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let regex = Regex::new(line).map_err(|e| PatternError::Invalid {
+            Regex::new(line).map_err(|e| PatternError::Invalid {
                 path: path.clone(),
                 line: i + 1,
                 error: e.to_string(),
             })?;
-            patterns.patterns.push(regex);
+            sources.push(line.to_owned());
         }
-        Ok(patterns)
+        Self::from_sources(sources).map_err(|e| PatternError::Invalid {
+            path,
+            line: 0,
+            error: e.to_string(),
+        })
     }
 }
 
 impl Redact for Patterns {
     fn redact<'a>(&self, text: &'a str) -> Cow<'a, str> {
-        let mut out = Cow::Borrowed(text);
-        for pattern in &self.patterns {
-            if let Cow::Owned(replaced) = pattern.replace_all(&out, REDACTED) {
-                out = Cow::Owned(replaced);
-            }
+        match &self.combined {
+            Some(regex) => regex.replace_all(text, REDACTED),
+            None => Cow::Borrowed(text),
         }
-        out
     }
 }
 
@@ -102,17 +122,23 @@ impl Redact for Nothing {
 /// The request as it is stored.
 pub fn request(redact: &dyn Redact, request: &ModelRequest) -> ModelRequest {
     let mut out = request.clone();
-    out.system = redact.redact(&out.system).into_owned();
-    for message in &mut out.messages {
+    redact_request(redact, &mut out);
+    out
+}
+
+fn redact_request(redact: &dyn Redact, request: &mut ModelRequest) {
+    if let Cow::Owned(system) = redact.redact(&request.system) {
+        request.system = system;
+    }
+    for message in &mut request.messages {
         redact_message(redact, message);
     }
-    out
 }
 
 /// The call as it is stored. A streamed reply whose text changed keeps no cuts (they would
 /// point into the text before redaction).
 pub fn call(redact: &dyn Redact, mut call: RecordedCall) -> RecordedCall {
-    call.request = request(redact, &call.request);
+    redact_request(redact, &mut call.request);
     if let CallReply::Answered {
         text,
         tool_calls,
@@ -132,7 +158,9 @@ pub fn call(redact: &dyn Redact, mut call: RecordedCall) -> RecordedCall {
 }
 
 fn redact_message(redact: &dyn Redact, message: &mut ChatMessage) {
-    message.content = redact.redact(&message.content).into_owned();
+    if let Cow::Owned(content) = redact.redact(&message.content) {
+        message.content = content;
+    }
     for tool_call in &mut message.tool_calls {
         redact_value(redact, &mut tool_call.arguments);
     }
@@ -173,6 +201,28 @@ mod tests {
             Patterns::builtin().redact("plain words"),
             Cow::Borrowed(_)
         ));
+    }
+
+    #[test]
+    fn every_built_in_pattern_compiles_and_redacts() {
+        // GIVEN the built-in patterns, each of which must compile on its own
+        for p in BUILT_IN {
+            assert!(Regex::new(p).is_ok(), "{p}");
+        }
+        // WHEN text with one secret of each kind is redacted
+        let secrets = [
+            "-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----",
+            "sk-proj0123456789abcdefXYZ",
+            "AKIAABCDEFGHIJKLMNOP",
+            "ghp_0123456789abcdefghijABCDEFGHIJ0123",
+            "xoxb-0123456789-abcdef",
+            "BEARER abcdefghijklmnop",
+            "ann.lee+news@mail.example.co.uk",
+        ];
+        let text = secrets.join(" — ");
+        let out = Patterns::builtin().redact(&text).into_owned();
+        // THEN each is gone, the non-ASCII separators kept
+        assert_eq!(out, vec![REDACTED; secrets.len()].join(" — "));
     }
 
     #[test]

@@ -46,15 +46,17 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE runs ADD COLUMN lease_token INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE runs ADD COLUMN lease_expires_at_ms INTEGER NOT NULL DEFAULT 0;
      CREATE INDEX runs_by_status ON runs (status, created_at_ms, run_id);",
-    // 3: recorded model calls (request and reply), for replay and fork; 0 = kept forever.
+    // 3: recorded model calls (request and reply), for replay and fork; 0 = kept forever. A
+    // rowid table: a call's JSON (about 5 KB) mostly fits its leaf page there, where a WITHOUT
+    // ROWID table would spill most of it to overflow pages.
     "CREATE TABLE model_calls (
          run_id        TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
          unit          TEXT NOT NULL,
          idx           INTEGER NOT NULL,
-         call_json     TEXT NOT NULL,
          expires_at_ms INTEGER NOT NULL DEFAULT 0,
-         PRIMARY KEY (run_id, unit, idx)
-     ) WITHOUT ROWID;
+         call_json     TEXT NOT NULL,
+         UNIQUE (run_id, unit, idx)
+     );
      CREATE INDEX model_calls_by_expiry ON model_calls (expires_at_ms) WHERE expires_at_ms > 0;",
 ];
 
