@@ -8,7 +8,6 @@ use std::sync::Arc;
 use anyhow::anyhow;
 use orchestrator_core::ports::Model;
 use orchestrator_llm::Provider;
-use orchestrator_recording::{request_lines, side_by_side};
 use orchestrator_runner::Runner;
 use orchestrator_runner::replay::{self, ReplayOutcome, Replayed};
 use serde_json::json;
@@ -107,21 +106,8 @@ fn report(original: &str, outcome: &ReplayOutcome) {
             }
         ),
         Replayed::Diverged { run_id, divergence } => {
-            println!(
-                "replay {run_id} of {original} stopped at {} call {}: the request differs from the recorded one ({served} calls matched before it)",
-                divergence.unit,
-                divergence.index + 1
-            );
-            let recorded = divergence
-                .recorded
-                .as_ref()
-                .map(request_lines)
-                .unwrap_or_else(|| vec!["(the original run made no such call)".to_owned()]);
-            let actual = request_lines(&divergence.actual);
-            print!(
-                "{}",
-                terminal::block(&side_by_side(&recorded, &actual, COLUMN))
-            );
+            println!("replay {run_id}: {}", divergence.headline(original, served));
+            print!("{}", terminal::block(&divergence.side_by_side(COLUMN)));
         }
         Replayed::Differs {
             run_id,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use orchestrator_agents::Prompts;
 use orchestrator_core::ports::{RunCursor, StoreError};
 use orchestrator_core::types::RunRequest;
-use orchestrator_recording::{Redact, request_lines, side_by_side};
+use orchestrator_recording::Redact;
 use orchestrator_runner::replay::{self, ReplayOutcome, Replayed};
 use orchestrator_runner::{Runner, Started, Store};
 
@@ -93,18 +93,8 @@ fn difference<'a>(original: &str, outcome: &'a ReplayOutcome) -> (&'a str, Optio
     match &outcome.replayed {
         Replayed::Identical { run_id, .. } => (run_id, None),
         Replayed::Diverged { run_id, divergence } => {
-            let recorded = divergence
-                .recorded
-                .as_ref()
-                .map(request_lines)
-                .unwrap_or_else(|| vec!["(the original run made no such call)".to_owned()]);
-            let actual = request_lines(&divergence.actual);
-            let message = format!(
-                "the replay of run {original} stopped at {} call {}: the request differs from the recorded one ({served} calls matched before it)",
-                divergence.unit,
-                divergence.index + 1
-            );
-            let diff = side_by_side(&recorded, &actual, COLUMN);
+            let message = divergence.headline(original, served);
+            let diff = divergence.side_by_side(COLUMN);
             (
                 run_id,
                 Some(Failure::new("replay", message).with_details(diff)),

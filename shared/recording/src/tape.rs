@@ -30,6 +30,27 @@ pub struct Divergence {
     pub actual: ModelRequest,
 }
 
+impl Divergence {
+    /// One line saying where the replay of `original` stopped, after `served` matching calls.
+    pub fn headline(&self, original: &str, served: u64) -> String {
+        format!(
+            "the replay of run {original} stopped at {} call {}: the request differs from the recorded one ({served} calls matched before it)",
+            self.unit,
+            self.index + 1
+        )
+    }
+
+    /// The recorded request and this run's, side by side around their first difference.
+    pub fn side_by_side(&self, width: usize) -> String {
+        let recorded = self.recorded.as_ref().map_or_else(
+            || vec!["(the original run made no such call)".to_owned()],
+            crate::compare::request_lines,
+        );
+        let actual = crate::compare::request_lines(&self.actual);
+        crate::compare::side_by_side(&recorded, &actual, width)
+    }
+}
+
 enum Mode {
     Replay,
     Fork {
