@@ -25,6 +25,7 @@ use orchestrator_bench::ddb::CapacityMeter;
 use orchestrator_bench::emulated::{self, EmulatedRun};
 use orchestrator_bench::mock::MockStats;
 use orchestrator_bench::rusage;
+use orchestrator_bench::serve::{PathResult, Server, bare_runs, drive_runs, proc_cpu};
 use orchestrator_bench::timing::TimingModel;
 use orchestrator_bench::workload::{OBJECTIVE, one_run, reference_calls, runner_on};
 use orchestrator_core::ports::Model;
@@ -84,6 +85,39 @@ enum Cmd {
         runs: usize,
         #[arg(long, value_enum, default_value_t = Flavor::Multi)]
         runtime: Flavor,
+    },
+    /// The path users take: reference runs posted to a real `orchestrator serve` over HTTP,
+    /// each stream read to `complete`; the server's CPU and peak RSS from /proc.
+    ServePath {
+        #[arg(long)]
+        orchestrator: PathBuf,
+        #[arg(long)]
+        base_url: String,
+        #[arg(long, default_value_t = 100)]
+        runs: usize,
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        /// The server records no model calls (ORCHESTRATOR_RECORD=off).
+        #[arg(long)]
+        no_record: bool,
+    },
+    /// The serve path's floor: the reference run's 7 calls made by a bare client, `concurrency`
+    /// runs at a time; this process's CPU and peak RSS.
+    BareFloor {
+        #[arg(long)]
+        base_url: String,
+        #[arg(long, default_value_t = 100)]
+        runs: usize,
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+    },
+    /// Exec of `orchestrator run --json` on the offline model to its first frame, ms: each
+    /// of `n` tries, and their median.
+    ExecFirst {
+        #[arg(long)]
+        orchestrator: PathBuf,
+        #[arg(long, default_value_t = 15)]
+        n: usize,
     },
     /// One reference run on DynamoDbStore with a capacity meter.
     Dynamo {
@@ -201,6 +235,43 @@ fn main() -> anyhow::Result<()> {
                 .runtime()?
                 .block_on(floor(&base_url, runs, runtime))?;
             println!("{}", serde_json::to_string(&result)?);
+            Ok(())
+        }
+        Cmd::ServePath {
+            orchestrator,
+            base_url,
+            runs,
+            concurrency,
+            no_record,
+        } => {
+            let rt = Flavor::Multi.runtime()?;
+            let result = rt.block_on(serve_path(
+                &orchestrator,
+                &base_url,
+                runs,
+                concurrency,
+                !no_record,
+            ))?;
+            println!("{}", serde_json::to_string(&result)?);
+            Ok(())
+        }
+        Cmd::BareFloor {
+            base_url,
+            runs,
+            concurrency,
+        } => {
+            let rt = Flavor::Multi.runtime()?;
+            let result = rt.block_on(bare_floor(&base_url, runs, concurrency))?;
+            println!("{}", serde_json::to_string(&result)?);
+            Ok(())
+        }
+        Cmd::ExecFirst { orchestrator, n } => {
+            let dir = tempfile::tempdir()?;
+            let mut times = exec_to_first_frame(&orchestrator, dir.path(), &[], n)?;
+            let all = times.clone();
+            times.sort_by(f64::total_cmp);
+            let median = percentile(&times, 0.5);
+            println!("{}", json!({ "median_ms": median, "all_ms": all }));
             Ok(())
         }
         Cmd::Dynamo { endpoint, base_url } => {
@@ -727,6 +798,134 @@ async fn dynamo(endpoint: &str, base_url: &str) -> anyhow::Result<DynamoResult> 
     })
 }
 
+// ------------------------------------------------------------------------------ serve path
+
+/// A client for `concurrency` streams at once, kept open between runs.
+fn lean_client(concurrency: usize) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency.max(1))
+        .tcp_nodelay(true)
+        .build()
+}
+
+/// What the measured runs took, as a [`PathResult`].
+struct Measured {
+    runs: usize,
+    concurrency: usize,
+    walls: Vec<Duration>,
+    elapsed: Duration,
+    cpu: Duration,
+    client_cpu: Duration,
+    scheduled_us: u64,
+    peak_rss: u64,
+}
+
+impl Measured {
+    fn result(self) -> PathResult {
+        let per_run = |d: Duration| d.as_secs_f64() * 1000.0 / self.runs.max(1) as f64;
+        let scheduled_ms = self.scheduled_us as f64 / 1000.0 / self.runs.max(1) as f64;
+        let mut walls: Vec<f64> = self
+            .walls
+            .iter()
+            .map(|w| w.as_secs_f64() * 1000.0)
+            .collect();
+        walls.sort_by(f64::total_cmp);
+        PathResult {
+            runs: self.runs,
+            concurrency: self.concurrency,
+            cpu_ms_per_run: per_run(self.cpu),
+            client_cpu_ms_per_run: per_run(self.client_cpu),
+            runs_per_s: self.runs as f64 / self.elapsed.as_secs_f64().max(1e-9),
+            wall_ms_median: percentile(&walls, 0.5),
+            wall_ms_p95: percentile(&walls, 0.95),
+            scheduled_ms,
+            overhead_ms_median: percentile(&walls, 0.5) - scheduled_ms,
+            overhead_ms_p95: percentile(&walls, 0.95) - scheduled_ms,
+            peak_rss_mb: mb(self.peak_rss),
+        }
+    }
+}
+
+async fn serve_path(
+    orchestrator: &Path,
+    base_url: &str,
+    runs: usize,
+    concurrency: usize,
+    record: bool,
+) -> anyhow::Result<PathResult> {
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(orchestrator, dir.path(), Some(base_url), record)?;
+    let http = lean_client(concurrency)?;
+    // Warm-up: connections, the server's statement caches and lazy statics.
+    drive_runs(&http, &server.base, OBJECTIVE, concurrency, concurrency).await?;
+    let stats_before = mock_stats(&http, base_url).await;
+    let (cpu_before, client_before) = (proc_cpu(server.pid())?, rusage::self_usage().cpu);
+    let started = Instant::now();
+    let walls = drive_runs(&http, &server.base, OBJECTIVE, runs, concurrency).await?;
+    let elapsed = started.elapsed();
+    let (cpu_after, client_after) = (proc_cpu(server.pid())?, rusage::self_usage().cpu);
+    let stats_after = mock_stats(&http, base_url).await;
+    Ok(Measured {
+        runs,
+        concurrency,
+        walls,
+        elapsed,
+        cpu: cpu_after.saturating_sub(cpu_before),
+        client_cpu: client_after.saturating_sub(client_before),
+        scheduled_us: scheduled_between(stats_before, stats_after),
+        peak_rss: rusage::proc_rss(server.pid()).map_or(0, |(_, hwm)| hwm),
+    }
+    .result())
+}
+
+async fn bare_floor(base_url: &str, runs: usize, concurrency: usize) -> anyhow::Result<PathResult> {
+    let http = lean_client(concurrency)?;
+    let bodies: Vec<Value> = reference_calls()
+        .await?
+        .iter()
+        .map(|c| c.openai_body("mock"))
+        .collect();
+    bare_runs(&http, base_url, &bodies, concurrency, concurrency).await?;
+    let stats_before = mock_stats(&http, base_url).await;
+    let cpu_before = rusage::self_usage().cpu;
+    let started = Instant::now();
+    let walls = bare_runs(&http, base_url, &bodies, runs, concurrency).await?;
+    let elapsed = started.elapsed();
+    let cpu = rusage::self_usage().cpu.saturating_sub(cpu_before);
+    let stats_after = mock_stats(&http, base_url).await;
+    Ok(Measured {
+        runs,
+        concurrency,
+        walls,
+        elapsed,
+        cpu,
+        client_cpu: Duration::ZERO,
+        scheduled_us: scheduled_between(stats_before, stats_after),
+        peak_rss: rusage::self_usage().max_rss,
+    }
+    .result())
+}
+
+fn scheduled_between(before: Option<MockStats>, after: Option<MockStats>) -> u64 {
+    match (before, after) {
+        (Some(b), Some(a)) => a.scheduled_us.saturating_sub(b.scheduled_us),
+        _ => 0,
+    }
+}
+
+/// A `serve-path` or `bare-floor` measurement in a process of its own.
+fn path_in_child(args: &[&str]) -> anyhow::Result<PathResult> {
+    eprintln!("  {}", args.join(" "));
+    let out = Command::new(std::env::current_exe()?)
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()?;
+    if !out.status.success() {
+        bail!("{} failed ({})", args.first().unwrap_or(&""), out.status);
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
 // -------------------------------------------------------------------------------------- all
 
 struct AllArgs {
@@ -957,6 +1156,7 @@ fn all(args: AllArgs) -> anyhow::Result<()> {
             "zero_latency": [m.cpu, m.cpu_run, m.zero50, m.zero500],
             "scheduled_latency": [m.real1, m.real1_run, m.real50, m.real500],
         },
+        "serve_path": m.serve,
         "dynamodb": m.dynamo,
         "recording": {
             "cpu_ms_per_run": m.cpu.cpu_ms_per_run,
@@ -997,6 +1197,59 @@ struct Measurements {
     floor_run: FloorResult,
     startup: Startup,
     dynamo: Option<DynamoResult>,
+    serve: ServePaths,
+}
+
+/// The serve path and its floor, at concurrency 1 and 50, at zero latency and at the
+/// realistic mock's: `[serve at 1, serve at 50, floor at 1, floor at 50]` each.
+#[derive(Debug, Clone, Serialize)]
+struct ServePaths {
+    zero_latency: [PathResult; 4],
+    scheduled_latency: [PathResult; 4],
+}
+
+impl ServePaths {
+    fn measure(args: &AllArgs, zero_url: &str, real_url: &str) -> anyhow::Result<Self> {
+        let scale = if args.quick { 4 } else { 1 };
+        let orchestrator = args.orchestrator.to_string_lossy().into_owned();
+        let four = |url: &str, one: usize, fifty: usize| -> anyhow::Result<[PathResult; 4]> {
+            let serve = |runs: usize, conc: &str| {
+                path_in_child(&[
+                    "serve-path",
+                    "--orchestrator",
+                    &orchestrator,
+                    "--base-url",
+                    url,
+                    "--runs",
+                    &runs.to_string(),
+                    "--concurrency",
+                    conc,
+                ])
+            };
+            let floor = |runs: usize, conc: &str| {
+                path_in_child(&[
+                    "bare-floor",
+                    "--base-url",
+                    url,
+                    "--runs",
+                    &runs.to_string(),
+                    "--concurrency",
+                    conc,
+                ])
+            };
+            Ok([
+                serve(one, "1")?,
+                serve(fifty, "50")?,
+                floor(one, "1")?,
+                floor(fifty, "50")?,
+            ])
+        };
+        let realistic_one = if args.quick { 5 } else { 12 };
+        Ok(Self {
+            zero_latency: four(zero_url, 400 / scale, 1000 / scale)?,
+            scheduled_latency: four(real_url, realistic_one, 100 / scale)?,
+        })
+    }
 }
 
 /// What starting the binary costs: exec to first frame (offline model and mock), ms, and the
@@ -1060,6 +1313,7 @@ fn measure(args: &AllArgs) -> anyhow::Result<Measurements> {
     let real50 = load_in_child(&real_url, 100 / scale, 50, sched, false, multi, true)?;
     let real500 = load_in_child(&real_url, 1000 / scale, 500, sched, false, multi, true)?;
     let startup = startup(&args.orchestrator, &real_url, args.quick)?;
+    let serve = ServePaths::measure(args, &zero_url, &real_url)?;
     let dynamo = match &args.dynamodb_endpoint {
         Some(endpoint) => Some(dynamo_in_child(endpoint, &real_url)?),
         None => {
@@ -1082,6 +1336,7 @@ fn measure(args: &AllArgs) -> anyhow::Result<Measurements> {
         floor_run,
         startup,
         dynamo,
+        serve,
     })
 }
 
@@ -1139,6 +1394,13 @@ impl Measurements {
             "exec_to_first_frame_ms_offline": {"median": percentile(&st.exec_offline, 0.5), "all": st.exec_offline, "target": 20.0, "measured": true},
             "exec_to_first_frame_ms_mock": {"median": percentile(&st.exec_mock, 0.5), "all": st.exec_mock, "target": 20.0, "measured": true},
             "first_delta_ms_over_ttft": {"value": self.first_delta_over_ttft(args), "measured": true},
+            "serve_cpu_over_bare_client": {
+                "zero_latency": self.serve.cpu_ratio(&self.serve.zero_latency),
+                "scheduled_latency": self.serve.cpu_ratio(&self.serve.scheduled_latency),
+                "target": 2.0, "measured": true,
+            },
+            "serve_wall_over_floor_ms": {"value": self.serve.wall_over_floor(), "target": 3.0, "measured": true},
+            "exec_to_first_frame_ms_offline_target_5": {"median": percentile(&st.exec_offline, 0.5), "target": 5.0, "measured": true},
         })
     }
 }
@@ -1177,7 +1439,62 @@ fn print_table(args: &AllArgs, m: &Measurements) {
         print_store_rows(st, m.real1.runs);
     }
     print_startup_rows(&m.startup);
+    print_serve_rows(&m.serve);
     print_loads(m);
+}
+
+impl ServePaths {
+    /// Server CPU per run over the bare client's, at concurrency 1.
+    fn cpu_ratio(&self, four: &[PathResult; 4]) -> f64 {
+        four[0].cpu_ms_per_run / four[2].cpu_ms_per_run.max(1e-9)
+    }
+
+    /// At the realistic mock's latency, concurrency 1: the serve path's wall over the model's
+    /// schedule minus the floor's.
+    fn wall_over_floor(&self) -> f64 {
+        let s = &self.scheduled_latency;
+        s[0].overhead_ms_median - s[2].overhead_ms_median
+    }
+}
+
+/// The serve path against its floor.
+fn print_serve_rows(serve: &ServePaths) {
+    println!();
+    println!(
+        "{:<44} {:>7} {:>5} {:>9} {:>10} {:>10} {:>9} {:>9}",
+        "serve path (server CPU) / floor (bare client)",
+        "runs",
+        "conc",
+        "runs/s",
+        "over p50",
+        "over p95",
+        "CPU/run",
+        "peak RSS"
+    );
+    for (latency, four) in [
+        ("zero latency", &serve.zero_latency),
+        ("ttft + 5 ms/chunk", &serve.scheduled_latency),
+    ] {
+        for (what, r) in ["serve", "serve", "floor", "floor"].iter().zip(four.iter()) {
+            println!(
+                "{:<44} {:>7} {:>5} {:>9.1} {:>8.2}ms {:>8.2}ms {:>7.2}ms {:>6.1}MiB",
+                format!("{what}, {latency}"),
+                r.runs,
+                r.concurrency,
+                r.runs_per_s,
+                r.overhead_ms_median,
+                r.overhead_ms_p95,
+                r.cpu_ms_per_run,
+                r.peak_rss_mb
+            );
+        }
+    }
+    println!(
+        "  server CPU over the bare client's at concurrency 1: {:.2}x at zero latency, {:.2}x at the realistic mock's (target <= 2); wall over the floor's: {:+.2} ms (target <= 3)",
+        serve.cpu_ratio(&serve.zero_latency),
+        serve.cpu_ratio(&serve.scheduled_latency),
+        serve.wall_over_floor()
+    );
 }
 
 /// Client CPU at zero latency and the overhead over the scheduled model time.
