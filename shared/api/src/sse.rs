@@ -2,14 +2,13 @@
 //! `complete`. The body is a plain stream polled by the server: when the client goes away the
 //! stream is dropped, so nothing keeps running for it.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::Stream;
-use orchestrator_core::event::{EventKind, Frame, SSE_PING, SSE_PROLOGUE};
+use orchestrator_core::event::{SSE_PING, SSE_PROLOGUE, WireFrame};
 use orchestrator_runner::Store;
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -62,10 +61,12 @@ struct Tail {
     deadline: Option<tokio::time::Instant>,
     opened: bool,
     done: bool,
-    buffered: VecDeque<Frame>,
     _permit: OwnedSemaphorePermit,
     cancel_on_drop: Option<CancelOnDrop>,
 }
+
+/// Frames read at once: the first read of a long run's replay, or what a busy run wrote since.
+const PAGE: usize = 256;
 
 pub fn frames(
     store: Arc<dyn Store>,
@@ -84,81 +85,107 @@ pub fn frames(
         deadline: max.map(|m| tokio::time::Instant::now() + m),
         opened: false,
         done: false,
-        buffered: VecDeque::new(),
         _permit: permit,
         cancel_on_drop,
     };
     futures::stream::unfold(tail, |mut t| async move {
+        if t.done {
+            return None;
+        }
         if !t.opened {
             t.opened = true;
-            return Some((Ok(Bytes::from_static(SSE_PROLOGUE.as_bytes())), t));
+            return t.open().await;
         }
-        loop {
-            if let Some(frame) = t.buffered.pop_front() {
-                t.after = frame.seq;
-                if matches!(frame.event.kind, EventKind::Complete { .. }) {
-                    t.done = true;
-                    // The run ended while watched: leaving now cancels nothing.
-                    if let Some(guard) = t.cancel_on_drop.as_mut() {
-                        guard.armed = false;
-                    }
+        t.next().await
+    })
+}
+
+type Next = Option<(Result<Bytes, Infallible>, Tail)>;
+
+impl Tail {
+    /// The prologue, and the frames already written (a replay), or the end when the run has
+    /// finished and nothing is left after `after` (a client resuming after `complete`).
+    async fn open(mut self) -> Next {
+        let mut out = SSE_PROLOGUE.as_bytes().to_vec();
+        match self
+            .store
+            .read_wire_after(&self.run_id, self.after, PAGE)
+            .await
+        {
+            Ok(frames) if !frames.is_empty() => self.push(&frames, &mut out),
+            Ok(_) => {
+                // A finished run commits `complete` with its final state, so a run that reads
+                // final here has written every frame it will: none is coming after `after`.
+                if let Ok(Some(run)) = self.store.load_run(&self.run_id).await
+                    && run.status.is_terminal()
+                {
+                    self.done = true;
                 }
-                return Some((Ok(Bytes::from(frame.to_sse())), t));
             }
-            if t.done {
-                return None;
+            Err(e) => {
+                tracing::warn!(run_id = %self.run_id, error = %e, "event stream stopped");
+                self.done = true;
             }
-            if t.deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
-                // Ended for time, not because the client left: reconnecting must not find the
-                // run cancelled. The hint tells EventSource when to come back.
-                if let Some(guard) = t.cancel_on_drop.as_mut() {
+        }
+        Some((Ok(Bytes::from(out)), self))
+    }
+
+    /// The frames written since, in one chunk, once there are some; a ping when none come
+    /// for the ping interval; the `retry:` hint when the response's time is up.
+    async fn next(mut self) -> Next {
+        if self
+            .deadline
+            .is_some_and(|d| tokio::time::Instant::now() >= d)
+        {
+            // Ended for time, not because the client left: reconnecting must not find the
+            // run cancelled. The hint tells EventSource when to come back.
+            if let Some(guard) = self.cancel_on_drop.as_mut() {
+                guard.armed = false;
+            }
+            self.done = true;
+            return Some((Ok(Bytes::from(format!("retry: {RECONNECT_MS}\n\n"))), self));
+        }
+        let wait = self.deadline.map_or(self.ping, |d| {
+            self.ping
+                .min(d.saturating_duration_since(tokio::time::Instant::now()))
+        });
+        // Returns at once when a frame is already there: no read is spent finding nothing.
+        if let Err(e) = self.store.wait_beyond(&self.run_id, self.after, wait).await {
+            tracing::warn!(run_id = %self.run_id, error = %e, "event stream stopped");
+            return None;
+        }
+        match self
+            .store
+            .read_wire_after(&self.run_id, self.after, PAGE)
+            .await
+        {
+            Ok(frames) if !frames.is_empty() => {
+                let mut out = Vec::new();
+                self.push(&frames, &mut out);
+                Some((Ok(Bytes::from(out)), self))
+            }
+            Ok(_) => Some((Ok(Bytes::from_static(SSE_PING.as_bytes())), self)),
+            Err(e) => {
+                // End the response; the client resumes with Last-Event-ID.
+                tracing::warn!(run_id = %self.run_id, error = %e, "event stream stopped");
+                None
+            }
+        }
+    }
+
+    /// Appends `frames` to `out`, up to and with `complete`, after which the stream ends.
+    fn push(&mut self, frames: &[WireFrame], out: &mut Vec<u8>) {
+        for frame in frames {
+            frame.write_sse(out);
+            self.after = frame.seq;
+            if frame.is_complete() {
+                self.done = true;
+                // The run ended while watched: leaving now cancels nothing.
+                if let Some(guard) = self.cancel_on_drop.as_mut() {
                     guard.armed = false;
                 }
-                t.done = true;
-                return Some((Ok(Bytes::from(format!("retry: {RECONNECT_MS}\n\n"))), t));
-            }
-            match t.store.read_after(&t.run_id, t.after, 256).await {
-                Ok(frames) if !frames.is_empty() => {
-                    t.buffered.extend(frames);
-                    continue;
-                }
-                Ok(_) => {
-                    // A finished run commits `complete` with its final state, so once the state
-                    // reads final, one more read sees every frame there will ever be.
-                    if let Ok(Some(run)) = t.store.load_run(&t.run_id).await
-                        && run.status.is_terminal()
-                    {
-                        match t.store.read_after(&t.run_id, t.after, 256).await {
-                            Ok(frames) if !frames.is_empty() => {
-                                t.buffered.extend(frames);
-                                continue;
-                            }
-                            _ => return None,
-                        }
-                    }
-                }
-                Err(e) => {
-                    // End the response; the client resumes with Last-Event-ID.
-                    tracing::warn!(run_id = %t.run_id, error = %e, "event stream stopped");
-                    return None;
-                }
-            }
-            let wait = t.deadline.map_or(t.ping, |d| {
-                t.ping
-                    .min(d.saturating_duration_since(tokio::time::Instant::now()))
-            });
-            if let Err(e) = t.store.wait_beyond(&t.run_id, t.after, wait).await {
-                tracing::warn!(run_id = %t.run_id, error = %e, "event stream stopped");
-                return None;
-            }
-            match t.store.read_after(&t.run_id, t.after, 256).await {
-                Ok(frames) if !frames.is_empty() => t.buffered.extend(frames),
-                Ok(_) => return Some((Ok(Bytes::from_static(SSE_PING.as_bytes())), t)),
-                Err(e) => {
-                    tracing::warn!(run_id = %t.run_id, error = %e, "event stream stopped");
-                    return None;
-                }
+                return;
             }
         }
-    })
+    }
 }

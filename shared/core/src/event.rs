@@ -229,17 +229,69 @@ pub const SSE_PING: &str = ": ping\n\n";
 impl Frame {
     /// `id: <seq>\nevent: <type>\ndata: <one-line JSON>\n\n`
     pub fn to_sse(&self) -> String {
+        let mut out = Vec::new();
+        WireFrame::of(self).write_sse(&mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// A frame as the wire carries it: its seq, its type and its data, the event's one-line JSON.
+/// A store that keeps that JSON hands it over without decoding it (see
+/// [`crate::ports::EventLog::read_wire_after`]), so a stream never decodes and re-encodes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireFrame {
+    pub seq: u64,
+    /// The event's `type` (its SSE `event:` name).
+    pub name: String,
+    pub data: String,
+}
+
+impl WireFrame {
+    pub fn of(frame: &Frame) -> Self {
         // serde_json escapes control characters inside strings, so the JSON is one line.
-        let data = serde_json::to_string(&self.event).unwrap_or_else(|e| {
+        let data = serde_json::to_string(&frame.event).unwrap_or_else(|e| {
             format!(r#"{{"type":"error","message":"unencodable event: {e}"}}"#)
         });
-        format!(
-            "id: {}\nevent: {}\ndata: {}\n\n",
-            self.seq,
-            self.event.kind.name(),
-            data
-        )
+        Self {
+            seq: frame.seq,
+            name: frame.event.kind.name().to_owned(),
+            data,
+        }
     }
+
+    /// An event's stored JSON as a frame; None when it has no `type`.
+    pub fn from_json(seq: u64, data: String) -> Option<Self> {
+        let name = match leading_type(&data) {
+            Some(name) => name.to_owned(),
+            None => serde_json::from_str::<serde_json::Value>(&data)
+                .ok()?
+                .get("type")?
+                .as_str()?
+                .to_owned(),
+        };
+        Some(Self { seq, name, data })
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.name == "complete"
+    }
+
+    /// Appends `id: <seq>\nevent: <type>\ndata: <JSON>\n\n`.
+    pub fn write_sse(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        let _ = write!(out, "id: {}\nevent: {}\ndata: ", self.seq, self.name);
+        out.extend_from_slice(self.data.as_bytes());
+        out.extend_from_slice(b"\n\n");
+    }
+}
+
+/// The `type` an event's JSON opens with, as serde writes it: `{"type":"<name>",`.
+fn leading_type(json: &str) -> Option<&str> {
+    let rest = json.strip_prefix(r#"{"type":""#)?;
+    let name = &rest[..rest.find('"')?];
+    name.bytes()
+        .all(|b| b.is_ascii_lowercase() || b == b'_')
+        .then_some(name)
 }
 
 /// One frame read back from an SSE byte stream.
@@ -367,4 +419,42 @@ pub fn rfc3339_ms(ms: u64) -> String {
         rem % 60,
         ms % 1000
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_events_json_is_sent_as_is_and_names_its_type() {
+        // GIVEN a frame and its event's JSON as a store keeps it
+        let frame = Frame {
+            seq: 7,
+            event: Event {
+                kind: EventKind::Delta {
+                    message: "line one\nline \"two\"".into(),
+                    data: StepRef {
+                        step_id: "s2".into(),
+                    },
+                },
+                correlation_id: "c".into(),
+                run_id: "r".into(),
+            },
+        };
+        let stored = serde_json::to_string(&frame.event).unwrap();
+
+        // WHEN the JSON is read back as a wire frame, without decoding it
+        let wire = WireFrame::from_json(7, stored.clone()).unwrap();
+
+        // THEN it is the frame as the stream would have encoded it, byte for byte
+        assert_eq!(wire, WireFrame::of(&frame));
+        let mut sse = Vec::new();
+        wire.write_sse(&mut sse);
+        assert_eq!(String::from_utf8(sse).unwrap(), frame.to_sse());
+        assert!(frame.to_sse().starts_with("id: 7\nevent: delta\ndata: {"));
+        // AND JSON written another way still gets its type, and JSON without one is refused
+        let other = r#"{"runId":"r","type":"complete"}"#.to_owned();
+        assert!(WireFrame::from_json(1, other).unwrap().is_complete());
+        assert_eq!(WireFrame::from_json(1, "{}".into()), None);
+    }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::engine::RunState;
-use crate::event::{Event, Frame};
+use crate::event::{Event, Frame, WireFrame};
 use crate::types::{RunReport, RunStatus, RunSummary, StepResult};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -309,6 +309,17 @@ pub trait EventLog: Send + Sync {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Frame>, StoreError>;
+    /// The frames after `after` as the wire carries them. A store that keeps each event's JSON
+    /// returns it as stored instead of decoding it here to encode it again.
+    async fn read_wire_after(
+        &self,
+        run_id: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<WireFrame>, StoreError> {
+        let frames = self.read_after(run_id, after, limit).await?;
+        Ok(frames.iter().map(WireFrame::of).collect())
+    }
     /// Returns once the run has a frame after `after`, or when `timeout` passes. A store that
     /// cannot notify polls.
     async fn wait_beyond(

@@ -19,6 +19,7 @@ impl CallLog for SqliteStore {
             .call_retention
             .map_or(0, |keep| call.started_at_ms + keep.as_millis() as u64);
         self.write(
+            "",
             move |tx| {
                 tx.prepare_cached(
                     "INSERT INTO model_calls (run_id, unit, idx, call_json, expires_at_ms)

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use orchestrator_core::event::{Event, Frame};
+use orchestrator_core::event::{Event, Frame, WireFrame};
 use orchestrator_core::ports::{EventLog, StoreError};
 use rusqlite::params;
 
@@ -75,9 +75,11 @@ impl EventLog for SqliteStore {
         fence: Option<u64>,
     ) -> Result<Vec<Frame>, StoreError> {
         check_events(run_id, events)?;
+        let key = run_id;
         let run_id = run_id.to_owned();
         let events = events.to_vec();
         self.write(
+            key,
             move |tx| {
                 lease::check_writer(tx, &run_id, fence)?;
                 append_events(tx, &run_id, events)
@@ -124,6 +126,42 @@ impl EventLog for SqliteStore {
         .await
     }
 
+    async fn read_wire_after(
+        &self,
+        run_id: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<WireFrame>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let run_id = run_id.to_owned();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.call(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT seq, event_json FROM events
+                     WHERE run_id = ?1 AND seq > ?2
+                     ORDER BY seq
+                     LIMIT ?3",
+                )
+                .map_err(db_error)?;
+            let rows = stmt
+                .query_map(params![run_id, saturating_i64(after), limit], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                })
+                .map_err(db_error)?;
+            rows.map(|row| {
+                let (seq, json) = row.map_err(db_error)?;
+                WireFrame::from_json(to_u64(seq, "seq")?, json).ok_or_else(|| {
+                    StoreError::Corrupt(format!("run {run_id}: a stored event has no type"))
+                })
+            })
+            .collect()
+        })
+        .await
+    }
+
     async fn wait_beyond(
         &self,
         run_id: &str,
@@ -133,7 +171,7 @@ impl EventLog for SqliteStore {
         let deadline = tokio::time::Instant::now() + timeout;
         // Subscribe before looking, so an append that lands between the look and the wait
         // still wakes us (the receiver has seen only the value current at subscription).
-        let mut appended = self.shared.appended.subscribe();
+        let mut appended = self.watch_appends(run_id);
         loop {
             if self.has_beyond(run_id, after).await? {
                 return Ok(());

@@ -28,6 +28,7 @@ mod run_store;
 mod runs;
 mod schema;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
@@ -64,8 +65,10 @@ pub const DEFAULT_CALL_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600)
 
 struct Shared {
     conn: std::sync::Mutex<Connection>,
-    /// Bumped after every committed write that appended events; `wait_beyond` watches it.
-    appended: watch::Sender<u64>,
+    /// Per run being watched: bumped after every committed write that appended events to it.
+    /// `wait_beyond` watches its run's only, so an append wakes the streams of its own run and
+    /// not every stream of the process (each woken one reads the database).
+    appended: std::sync::Mutex<HashMap<String, watch::Sender<u64>>>,
     /// The file (or `:memory:`), for error messages and `Debug`.
     location: String,
 }
@@ -140,11 +143,10 @@ impl SqliteStore {
             )),
             schema::MigrateError::Sqlite(e) => open_error(&location, e),
         })?;
-        let (appended, _) = watch::channel(0);
         Ok(Self {
             shared: Arc::new(Shared {
                 conn: std::sync::Mutex::new(conn),
-                appended,
+                appended: std::sync::Mutex::new(HashMap::new()),
                 location,
             }),
             clock: Arc::new(SystemClock),
@@ -180,8 +182,13 @@ impl SqliteStore {
     }
 
     /// Runs `f` in a write transaction (`BEGIN IMMEDIATE`) and commits it; when `appended`
-    /// says the result added events, wakes the `wait_beyond` callers.
-    async fn write<T, F>(&self, f: F, appended: fn(&T) -> bool) -> Result<T, StoreError>
+    /// says the result added events to `run_id`'s log, wakes that run's `wait_beyond` callers.
+    async fn write<T, F>(
+        &self,
+        run_id: &str,
+        f: F,
+        appended: fn(&T) -> bool,
+    ) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&WriteTx<'_>) -> Result<T, StoreError> + Send + 'static,
@@ -195,14 +202,43 @@ impl SqliteStore {
             })
             .await?;
         if appended(&written) {
-            self.poke();
+            self.poke(run_id);
         }
         Ok(written)
     }
 
-    /// Wakes the `wait_beyond` callers of this store and its clones.
-    fn poke(&self) {
-        self.shared.appended.send_modify(|n| *n = n.wrapping_add(1));
+    /// Wakes the `wait_beyond` callers of `run_id` in this store and its clones; forgets the
+    /// run when none is left.
+    fn poke(&self, run_id: &str) {
+        let mut watched = self
+            .shared
+            .appended
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(sender) = watched.get(run_id) {
+            if sender.receiver_count() == 0 {
+                watched.remove(run_id);
+            } else {
+                sender.send_modify(|n| *n = n.wrapping_add(1));
+            }
+        }
+    }
+
+    /// A receiver that changes with every append to `run_id`'s log in this process.
+    fn watch_appends(&self, run_id: &str) -> watch::Receiver<u64> {
+        let mut watched = self
+            .shared
+            .appended
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match watched.get(run_id) {
+            Some(sender) => sender.subscribe(),
+            None => {
+                let (sender, receiver) = watch::channel(0);
+                watched.insert(run_id.to_owned(), sender);
+                receiver
+            }
+        }
     }
 }
 

@@ -26,6 +26,7 @@ impl RunStore for SqliteStore {
         let row = StateRow::new(state, self.clock.now_ms())?;
         let events = events.to_vec();
         self.write(
+            &state.run_id,
             move |tx| insert_run(tx, row, events),
             |created| matches!(created, Created::New { frames } if !frames.is_empty()),
         )
@@ -37,6 +38,7 @@ impl RunStore for SqliteStore {
         let row = StateRow::new(state, self.clock.now_ms())?;
         let events = events.to_vec();
         self.write(
+            &state.run_id,
             move |tx| save_transition(tx, row, events),
             |frames| !frames.is_empty(),
         )
@@ -81,6 +83,7 @@ impl RunStore for SqliteStore {
         let replacing = replacing.map(str::to_owned);
         let now = self.clock.now_ms();
         self.write(
+            "",
             move |tx| lease::acquire(tx, &run_id, &owner, now, ttl_ms, replacing.as_deref()),
             |_| false,
         )
@@ -90,13 +93,13 @@ impl RunStore for SqliteStore {
     async fn renew_lease(&self, held: &Lease, ttl_ms: u64) -> Result<Lease, StoreError> {
         let held = held.clone();
         let now = self.clock.now_ms();
-        self.write(move |tx| lease::renew(tx, held, now, ttl_ms), |_| false)
+        self.write("", move |tx| lease::renew(tx, held, now, ttl_ms), |_| false)
             .await
     }
 
     async fn release_lease(&self, held: &Lease) -> Result<(), StoreError> {
         let held = held.clone();
-        self.write(move |tx| lease::release(tx, &held), |_| false)
+        self.write("", move |tx| lease::release(tx, &held), |_| false)
             .await
     }
 
@@ -109,6 +112,7 @@ impl RunStore for SqliteStore {
         let json = encode(result, "step result")?;
         let ours = result.clone();
         self.write(
+            "",
             move |tx| {
                 if !run_exists(tx, &run_id)? {
                     return Err(StoreError::NotFound(run_id));
@@ -142,6 +146,7 @@ impl RunStore for SqliteStore {
         let run_id = report.run_id.clone();
         let json = encode(report, "report")?;
         self.write(
+            "",
             move |tx| {
                 if !run_exists(tx, &run_id)? {
                     return Err(StoreError::NotFound(run_id));
@@ -163,10 +168,12 @@ impl RunStore for SqliteStore {
         fence: Option<u64>,
     ) -> Result<OpenedStep, StoreError> {
         check_events(run_id, handoff)?;
+        let key = run_id;
         let run_id = run_id.to_owned();
         let step_id = step_id.to_owned();
         let handoff = handoff.to_vec();
         self.write(
+            key,
             move |tx| {
                 if let Some(stored) = read_step_result(tx, &run_id, &step_id, attempt)? {
                     return Ok(OpenedStep::Stored(stored));
@@ -191,8 +198,10 @@ impl RunStore for SqliteStore {
         check_events(&state.run_id, events)?;
         let row = StateRow::new(state, self.clock.now_ms())?;
         let events = events.to_vec();
+        let key = state.run_id.as_str();
         let state = state.clone();
         self.write(
+            key,
             move |tx| {
                 if !run_exists(tx, &state.run_id)? {
                     return Err(StoreError::NotFound(state.run_id));
@@ -227,6 +236,7 @@ impl RunStore for SqliteStore {
             .is_terminal()
             .then(|| (w.state.clone(), w.now_ms));
         self.write(
+            &w.state.run_id,
             move |tx| {
                 if !run_exists(tx, &run_id)? {
                     return Err(StoreError::NotFound(run_id));
