@@ -12,6 +12,42 @@ use super::{SqliteStore, WriteTx, db_error, lease, saturating_i64, to_u64};
 use crate::codec::{decode, encode};
 
 impl SqliteStore {
+    /// The run's stored events after `after` (seq and JSON), each made into a `T` by `make`.
+    async fn stored_after<T: Send + 'static>(
+        &self,
+        run_id: &str,
+        after: u64,
+        limit: usize,
+        make: fn(&str, u64, String) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let run_id = run_id.to_owned();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.call(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT seq, event_json FROM events
+                     WHERE run_id = ?1 AND seq > ?2
+                     ORDER BY seq
+                     LIMIT ?3",
+                )
+                .map_err(db_error)?;
+            let rows = stmt
+                .query_map(params![run_id, saturating_i64(after), limit], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                })
+                .map_err(db_error)?;
+            rows.map(|row| {
+                let (seq, json) = row.map_err(db_error)?;
+                make(&run_id, to_u64(seq, "seq")?, json)
+            })
+            .collect()
+        })
+        .await
+    }
+
     async fn has_beyond(&self, run_id: &str, after: u64) -> Result<bool, StoreError> {
         let run_id = run_id.to_owned();
         self.call(move |conn| {
@@ -95,33 +131,11 @@ impl EventLog for SqliteStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Frame>, StoreError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let run_id = run_id.to_owned();
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.call(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT seq, event_json FROM events
-                     WHERE run_id = ?1 AND seq > ?2
-                     ORDER BY seq
-                     LIMIT ?3",
-                )
-                .map_err(db_error)?;
-            let rows = stmt
-                .query_map(params![run_id, saturating_i64(after), limit], |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-                })
-                .map_err(db_error)?;
-            rows.map(|row| {
-                let (seq, json) = row.map_err(db_error)?;
-                Ok(Frame {
-                    seq: to_u64(seq, "seq")?,
-                    event: decode(&json, "event", &run_id)?,
-                })
+        self.stored_after(run_id, after, limit, |run_id, seq, json| {
+            Ok(Frame {
+                seq,
+                event: decode(&json, "event", run_id)?,
             })
-            .collect()
         })
         .await
     }
@@ -132,32 +146,10 @@ impl EventLog for SqliteStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<WireFrame>, StoreError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let run_id = run_id.to_owned();
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.call(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT seq, event_json FROM events
-                     WHERE run_id = ?1 AND seq > ?2
-                     ORDER BY seq
-                     LIMIT ?3",
-                )
-                .map_err(db_error)?;
-            let rows = stmt
-                .query_map(params![run_id, saturating_i64(after), limit], |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-                })
-                .map_err(db_error)?;
-            rows.map(|row| {
-                let (seq, json) = row.map_err(db_error)?;
-                WireFrame::from_json(to_u64(seq, "seq")?, json).ok_or_else(|| {
-                    StoreError::Corrupt(format!("run {run_id}: a stored event has no type"))
-                })
+        self.stored_after(run_id, after, limit, |run_id, seq, json| {
+            WireFrame::from_json(seq, json).ok_or_else(|| {
+                StoreError::Corrupt(format!("run {run_id}: a stored event has no type"))
             })
-            .collect()
         })
         .await
     }
