@@ -237,42 +237,8 @@ fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&result)?);
             Ok(())
         }
-        Cmd::ServePath {
-            orchestrator,
-            base_url,
-            runs,
-            concurrency,
-            no_record,
-        } => {
-            let rt = Flavor::Multi.runtime()?;
-            let result = rt.block_on(serve_path(
-                &orchestrator,
-                &base_url,
-                runs,
-                concurrency,
-                !no_record,
-            ))?;
-            println!("{}", serde_json::to_string(&result)?);
-            Ok(())
-        }
-        Cmd::BareFloor {
-            base_url,
-            runs,
-            concurrency,
-        } => {
-            let rt = Flavor::Multi.runtime()?;
-            let result = rt.block_on(bare_floor(&base_url, runs, concurrency))?;
-            println!("{}", serde_json::to_string(&result)?);
-            Ok(())
-        }
-        Cmd::ExecFirst { orchestrator, n } => {
-            let dir = tempfile::tempdir()?;
-            let mut times = exec_to_first_frame(&orchestrator, dir.path(), &[], n)?;
-            let all = times.clone();
-            times.sort_by(f64::total_cmp);
-            let median = percentile(&times, 0.5);
-            println!("{}", json!({ "median_ms": median, "all_ms": all }));
-            Ok(())
+        command @ (Cmd::ServePath { .. } | Cmd::BareFloor { .. } | Cmd::ExecFirst { .. }) => {
+            serve_command(command)
         }
         Cmd::Dynamo { endpoint, base_url } => {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -304,6 +270,51 @@ fn main() -> anyhow::Result<()> {
             aws_figures,
         }),
     }
+}
+
+/// The serve path's commands: `serve-path`, `bare-floor`, `exec-first`.
+fn serve_command(command: Cmd) -> anyhow::Result<()> {
+    match command {
+        Cmd::ServePath {
+            orchestrator,
+            base_url,
+            runs,
+            concurrency,
+            no_record,
+        } => print_json(&Flavor::Multi.runtime()?.block_on(serve_path(
+            &orchestrator,
+            &base_url,
+            runs,
+            concurrency,
+            !no_record,
+        ))?),
+        Cmd::BareFloor {
+            base_url,
+            runs,
+            concurrency,
+        } => print_json(&Flavor::Multi.runtime()?.block_on(bare_floor(
+            &base_url,
+            runs,
+            concurrency,
+        ))?),
+        Cmd::ExecFirst { orchestrator, n } => exec_first(&orchestrator, n),
+        _ => bail!("not a serve-path command"),
+    }
+}
+
+/// One result as the JSON line the `all` command reads from a child.
+fn print_json<T: Serialize>(result: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(result)?);
+    Ok(())
+}
+
+/// `exec-first`: each try's exec to first frame, and their median.
+fn exec_first(orchestrator: &Path, n: usize) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut times = exec_to_first_frame(orchestrator, dir.path(), &[], n)?;
+    let all = times.clone();
+    times.sort_by(f64::total_cmp);
+    print_json(&json!({ "median_ms": percentile(&times, 0.5), "all_ms": all }))
 }
 
 // ------------------------------------------------------------------------------------- load
