@@ -18,7 +18,7 @@ use anyhow::{Context, anyhow, bail};
 use axum::serve::ListenerExt;
 use clap::{Parser, Subcommand, ValueEnum};
 use orchestrator_agents::{Planner, Prompts, specialists_with_prompts};
-use orchestrator_core::ports::{Model, SystemClock};
+use orchestrator_core::ports::{Model, ModelInfo, SystemClock};
 use orchestrator_core::types::{Budget, Mode, QualityGate, RunRequest, RunStatus};
 use orchestrator_llm::Provider;
 use orchestrator_runner::{
@@ -421,18 +421,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let model: Arc<dyn Model> = orchestrator_llm::build_model(&config.llm).await?;
     let offline = config.llm.provider == Provider::Offline;
     let info = model.info();
-    let runner = build_runner(&config, store, model, offline)?;
+    // Read once: replay, fork, eval and serve's forks start from the same prompts.
+    let prompts = Arc::new(prompts_from(&config, None)?);
+    let runner = build_runner(&config, store, model, offline, prompts.clone())?;
     match cli.command {
         Command::Run { json, .. } => {
             let request = request.ok_or_else(|| anyhow!("no request"))?;
-            if offline && !json {
-                eprintln!(
-                    "note: no MODEL_PROVIDER set: using the built-in offline model (deterministic sample output)"
-                );
-            } else if !offline {
-                eprintln!("note: model {}/{}", info.provider, info.model);
-            }
-            eprintln!("note: runs are kept in {}", terminal::line(&location));
+            announce(offline, json, &info, &location);
             start(&runner, request, json).await
         }
         Command::Resume {
@@ -448,19 +443,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
         } => approve(&runner, &run_id, &checkpoint_id, !reject, comment, json).await,
         Command::Serve { addr } => {
-            let forks = replay::Forks::new(&config, runner.store().clone())?;
+            let forks = replay::Forks::new(&config, runner.store().clone(), prompts);
             serve(runner, config.serve, addr, offline, forks).await
         }
         Command::Runs { limit } => list_runs(&runner, limit, &location).await,
         Command::Replay {
             run_id,
-            prompts,
+            prompts: dir,
             json,
-        } => replay::replay(&config, &runner, &run_id, prompts, json).await,
+        } => {
+            let prompts = prompts_or(&prompts, &config, dir.as_ref())?;
+            replay::replay(&config, &runner, &run_id, prompts, json).await
+        }
         Command::Fork {
             run_id,
             from,
-            prompts,
+            prompts: dir,
             model,
             provider,
             json,
@@ -468,19 +466,31 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let args = replay::ForkArgs {
                 run_id,
                 from,
-                prompts,
+                prompts: prompts_or(&prompts, &config, dir.as_ref())?,
                 provider,
                 model,
                 json,
             };
             replay::fork(&config, &runner, args).await
         }
-        Command::Eval { args } => eval::run(&config, &runner, suite, args).await,
+        Command::Eval { args } => eval::run(&config, &runner, prompts, suite, args).await,
         Command::Show { run_id, events } if events => show_events(&runner, run_id).await,
         Command::Show { run_id, .. } => show_report(&runner, &run_id).await,
         // Answered above, before a store or a model is needed.
         Command::Doctor { .. } => Ok(ExitCode::SUCCESS),
     }
+}
+
+/// What `orchestrator run` says on stderr before the run: which model, and where runs are kept.
+fn announce(offline: bool, json: bool, info: &ModelInfo, location: &str) {
+    if offline && !json {
+        eprintln!(
+            "note: no MODEL_PROVIDER set: using the built-in offline model (deterministic sample output)"
+        );
+    } else if !offline {
+        eprintln!("note: model {}/{}", info.provider, info.model);
+    }
+    eprintln!("note: runs are kept in {}", terminal::line(location));
 }
 
 /// The runner every command drives, with the configured prompts and the model it names in
@@ -490,6 +500,7 @@ fn build_runner(
     store: Arc<dyn Store>,
     model: Arc<dyn Model>,
     offline: bool,
+    prompts: Arc<Prompts>,
 ) -> anyhow::Result<Runner> {
     let info = model.info();
     // Says which model ran, in every run's log; the offline model keeps its warning instead.
@@ -501,7 +512,6 @@ fn build_runner(
             vec![format!("Model: {}/{}", info.provider, info.model)],
         )
     };
-    let prompts = Arc::new(prompts_from(config, None)?);
     let model = config.record.wrap(model, store.clone());
     Ok(Runner::new(
         store,
@@ -522,6 +532,18 @@ fn build_runner(
             ..RunnerConfig::default()
         },
     ))
+}
+
+/// The prompts of `dir` (a `--prompts` flag), else `base` (the configured ones).
+fn prompts_or(
+    base: &Arc<Prompts>,
+    config: &Config,
+    dir: Option<&PathBuf>,
+) -> anyhow::Result<Arc<Prompts>> {
+    match dir {
+        Some(dir) => Ok(Arc::new(prompts_from(config, Some(dir))?)),
+        None => Ok(base.clone()),
+    }
 }
 
 /// The built-in prompts, or those of `dir` (a `--prompts` flag), else of

@@ -1,11 +1,11 @@
 //! `orchestrator replay` and `orchestrator fork`: a finished run again from its record, with
 //! no model (a regression test for prompts and code), or from one of its steps on.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::anyhow;
+use orchestrator_agents::Prompts;
 use orchestrator_core::ports::Model;
 use orchestrator_llm::Provider;
 use orchestrator_runner::Runner;
@@ -23,12 +23,11 @@ pub async fn replay(
     config: &Config,
     runner: &Runner,
     run_id: &str,
-    prompts: Option<PathBuf>,
+    prompts: Arc<Prompts>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let recorded = replay::load(runner, run_id).await?;
     let calls = recorded.calls.len();
-    let prompts = Arc::new(crate::prompts_from(config, prompts.as_ref())?);
     if !json {
         eprintln!("replaying run {run_id} from its record ({calls} model calls recorded)");
     }
@@ -133,7 +132,7 @@ fn report(original: &str, outcome: &ReplayOutcome) {
 pub struct ForkArgs {
     pub run_id: String,
     pub from: String,
-    pub prompts: Option<PathBuf>,
+    pub prompts: Arc<Prompts>,
     pub provider: Option<String>,
     pub model: Option<String>,
     pub json: bool,
@@ -142,7 +141,7 @@ pub struct ForkArgs {
 /// `orchestrator fork`: the new run, followed to its end like `orchestrator run`.
 pub async fn fork(config: &Config, runner: &Runner, args: ForkArgs) -> anyhow::Result<ExitCode> {
     let recorded = replay::load(runner, &args.run_id).await?;
-    let prompts = Arc::new(crate::prompts_from(config, args.prompts.as_ref())?);
+    let prompts = args.prompts;
     let live = live_model(
         config,
         runner,
@@ -218,19 +217,20 @@ async fn live_model(
 pub struct Forks {
     config: Config,
     store: Arc<dyn orchestrator_runner::Store>,
-    prompts: orchestrator_agents::Prompts,
+    prompts: Arc<Prompts>,
 }
 
 impl Forks {
     pub fn new(
         config: &Config,
         store: Arc<dyn orchestrator_runner::Store>,
-    ) -> anyhow::Result<Self> {
-        Ok(Self {
+        prompts: Arc<Prompts>,
+    ) -> Self {
+        Self {
             config: config.clone(),
             store,
-            prompts: crate::prompts_from(config, None)?,
-        })
+            prompts,
+        }
     }
 }
 
@@ -247,7 +247,7 @@ impl orchestrator_api::ForkModels for Forks {
         Ok(self.config.record.wrap(built, self.store.clone()))
     }
 
-    fn prompts(&self) -> orchestrator_agents::Prompts {
-        self.prompts.clone()
+    fn prompts(&self) -> Prompts {
+        Prompts::clone(&self.prompts)
     }
 }

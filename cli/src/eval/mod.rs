@@ -141,6 +141,7 @@ enum How {
 pub async fn run(
     config: &Config,
     runner: &Runner,
+    prompts: Arc<orchestrator_agents::Prompts>,
     suite: Option<Suite>,
     options: Args,
 ) -> anyhow::Result<ExitCode> {
@@ -167,7 +168,7 @@ pub async fn run(
         let store = runner.store().clone();
         let recorded = cases::recorded_runs(store.as_ref(), &suite.cases).await?;
         let with = Replaying {
-            prompts: Arc::new(crate::prompts_from(config, None)?),
+            prompts,
             redact: config.record.redact.clone(),
         };
         How::Replay { with, recorded }

@@ -287,7 +287,7 @@ impl WireFrame {
 
 /// The `type` an event's JSON opens with, as serde writes it: `{"type":"<name>",`.
 fn leading_type(json: &str) -> Option<&str> {
-    let rest = json.strip_prefix(r#"{"type":""#)?;
+    let rest = json.strip_prefix("{\"type\":\"")?;
     let name = &rest[..rest.find('"')?];
     name.bytes()
         .all(|b| b.is_ascii_lowercase() || b == b'_')
