@@ -16,6 +16,8 @@ async fn main() -> anyhow::Result<()> {
         transitions: aws.transitions(&functions, RunnerConfig::default()),
         waits: Arc::new(aws.approval_waits()),
         delivery: aws.delivery(),
+        segments: aws.segment_guard()?,
+        starts: Arc::new(aws.sfn()),
         functions,
     };
     let function = &function;

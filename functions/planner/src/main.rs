@@ -17,6 +17,7 @@ async fn main() -> anyhow::Result<()> {
         transitions: aws.transitions(&functions, RunnerConfig::default()),
         planner,
         functions,
+        segments: aws.segment_guard()?,
     };
     let function = &function;
     orchestrator_aws::bootstrap::serve(|payload| function.handle(payload))

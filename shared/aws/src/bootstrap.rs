@@ -16,6 +16,9 @@ pub use crate::error::InitError;
 use crate::error::{AwsError, Service};
 use crate::handlers::Delivery;
 use crate::route::{DEFAULT_MAP_MAX_CONCURRENCY, FunctionMap};
+use crate::segments::{
+    DEFAULT_SEGMENT_SECONDS, MachineKind, SEGMENT_SECONDS_VAR, STATE_MACHINE_TYPE_VAR, SegmentGuard,
+};
 use crate::trigger::EventMapping;
 use crate::{AwsApprovalWaits, SfnControl};
 
@@ -142,9 +145,18 @@ impl Aws {
             transitions,
             sfn: waits.sfn.clone(),
             state_machine_arn: required("STATE_MACHINE_ARN")?,
+            kind: machine_kind_from_env()?,
             waits: Arc::new(waits),
+            segments: Arc::new(self.store.clone()),
             delivery,
         })
+    }
+
+    /// The segment checks of `planner` and `advance` over the table, `SEGMENT_SECONDS`
+    /// (default 240) apart. They act only when the state machine names a segment (Express).
+    pub fn segment_guard(&self) -> Result<SegmentGuard, InitError> {
+        let limit = seconds(SEGMENT_SECONDS_VAR)?.unwrap_or(DEFAULT_SEGMENT_SECONDS);
+        Ok(SegmentGuard::new(Arc::new(self.store.clone()), limit))
     }
 
     /// The streamer's API: the bearer key ([`Aws::api_key`]), `CORS_ORIGINS` (comma-separated)
@@ -188,6 +200,11 @@ pub fn mapping_from_env() -> Result<Option<EventMapping>, InitError> {
     Ok(var("EVENT_MAPPING")
         .map(|text| EventMapping::parse(&text))
         .transpose()?)
+}
+
+/// `STATE_MACHINE_TYPE` (`EXPRESS`, the default, or `STANDARD`).
+pub fn machine_kind_from_env() -> Result<MachineKind, InitError> {
+    MachineKind::parse(var(STATE_MACHINE_TYPE_VAR).as_deref())
 }
 
 /// A required variable.

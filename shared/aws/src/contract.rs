@@ -71,6 +71,10 @@ pub enum Route {
         error: String,
     },
     Cancelled,
+    /// Express only: this segment has run long enough; the next one carries on.
+    Continue,
+    /// Express only: a later segment drives the run; this one ends doing nothing.
+    Superseded,
 }
 
 impl Route {
@@ -83,6 +87,8 @@ impl Route {
             Route::Succeeded => "succeeded",
             Route::Failed { .. } => "failed",
             Route::Cancelled => "cancelled",
+            Route::Continue => "continue",
+            Route::Superseded => "superseded",
         }
     }
 }
@@ -92,6 +98,9 @@ impl Route {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RunRef {
     pub run_id: String,
+    /// The Express segment planning (none on Standard).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment: Option<u32>,
 }
 
 /// An execution's input: the run, and its W3C trace context when traces are exported (the
@@ -101,6 +110,10 @@ pub struct RunRef {
 #[serde(rename_all = "camelCase")]
 pub struct ExecutionInput {
     pub run_id: String,
+    /// The Express segment this execution is (none on Standard, where one execution is the
+    /// whole run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
 }
@@ -148,6 +161,22 @@ pub enum AdvanceRequest {
         outcomes: Vec<Outcome>,
         #[serde(default)]
         timed_out: bool,
+        /// The Express segment advancing (none on Standard).
+        #[serde(default)]
+        segment: Option<u32>,
+    },
+    /// Express: the first state of a segment claims it for its execution, then routes from
+    /// the stored run.
+    Claim {
+        run_id: String,
+        segment: u32,
+        execution: String,
+    },
+    /// Express: the segment hands over; start the next one of `state_machine`.
+    Continue {
+        run_id: String,
+        segment: u32,
+        state_machine: String,
     },
     /// A task kept failing past its retries (the ASL's Catch on Plan and Advance): fail the
     /// run visibly. `caught` is the Catch's `{"Error", "Cause"}`.

@@ -17,6 +17,7 @@ use crate::completion::deliver;
 use crate::contract::{ExecutionInput, Resumed};
 use crate::error::{AwsError, Service};
 use crate::handlers::{ApprovalWaits, Delivery};
+use crate::segments::{MachineKind, SegmentStarts, Segments, segment_name};
 
 /// Task tokens in the run's table, waits resumed with SendTaskSuccess.
 #[derive(Clone)]
@@ -85,14 +86,18 @@ pub struct SfnControl {
     pub transitions: Transitions,
     pub sfn: aws_sdk_sfn::Client,
     pub state_machine_arn: String,
+    pub kind: MachineKind,
     pub waits: Arc<dyn ApprovalWaits>,
+    /// Express: where the run's segments are claimed (an answer starts the next one).
+    pub segments: Arc<dyn Segments>,
     /// A run cancelled here never reaches the state machine's Notify: its completion is sent
     /// from here.
     pub delivery: Option<Delivery>,
 }
 
 impl SfnControl {
-    /// Executions are named by run id, so their ARN follows from the state machine's.
+    /// A run's first execution is named by its run id, so its ARN follows from the state
+    /// machine's.
     fn execution_arn(&self, run_id: &str) -> String {
         format!(
             "{}:{run_id}",
@@ -101,33 +106,88 @@ impl SfnControl {
         )
     }
 
+    /// Starts the run's execution (on Express, its first segment).
     pub(crate) async fn start_execution(
         &self,
         run_id: &str,
         traceparent: Option<&str>,
     ) -> Result<(), AwsError> {
-        let input = serde_json::to_string(&ExecutionInput {
-            run_id: run_id.to_owned(),
-            traceparent: traceparent.map(str::to_owned),
+        let segment = (self.kind == MachineKind::Express).then_some(0);
+        start(
+            &self.sfn,
+            &self.state_machine_arn,
+            run_id,
+            segment,
+            traceparent,
+        )
+        .await
+    }
+
+    /// Express: the answer has been applied to the stored run, whose last segment ended at
+    /// the checkpoint; the next segment carries the run on.
+    async fn start_next_segment(&self, run_id: &str) -> Result<(), ApiError> {
+        let latest = self.segments.latest(run_id).await?;
+        let next = latest.map_or(1, |l| l.number + 1);
+        let state = self.transitions.load(run_id).await?;
+        start(
+            &self.sfn,
+            &self.state_machine_arn,
+            run_id,
+            Some(next),
+            state.traceparent.as_deref(),
+        )
+        .await
+        .map_err(|e| {
+            unavailable(format!(
+                "the answer is saved, but the run could not go on ({e}); answer again to retry"
+            ))
         })
-        .map_err(|source| AwsError::Encode {
-            what: "execution input",
-            source,
-        })?;
-        match self
-            .sfn
-            .start_execution()
-            .state_machine_arn(&self.state_machine_arn)
-            .name(run_id)
-            .input(input)
-            .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            // Started before (a retried request): Step Functions itself refuses a second one.
-            Err(e) if e.code() == Some("ExecutionAlreadyExists") => Ok(()),
-            Err(e) => Err(AwsError::call(Service::StepFunctions, "StartExecution", &e)),
-        }
+    }
+}
+
+/// Starts an execution: a Standard run's only one (`segment` none) or an Express segment.
+async fn start(
+    sfn: &aws_sdk_sfn::Client,
+    state_machine_arn: &str,
+    run_id: &str,
+    segment: Option<u32>,
+    traceparent: Option<&str>,
+) -> Result<(), AwsError> {
+    let input = serde_json::to_string(&ExecutionInput {
+        run_id: run_id.to_owned(),
+        segment,
+        traceparent: traceparent.map(str::to_owned),
+    })
+    .map_err(|source| AwsError::Encode {
+        what: "execution input",
+        source,
+    })?;
+    match sfn
+        .start_execution()
+        .state_machine_arn(state_machine_arn)
+        .name(segment_name(run_id, segment.unwrap_or(0)))
+        .input(input)
+        .send()
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Started before (a retried request): Step Functions itself refuses a second one of
+        // that name (Standard; on Express the segment's claim does).
+        Err(e) if e.code() == Some("ExecutionAlreadyExists") => Ok(()),
+        Err(e) => Err(AwsError::call(Service::StepFunctions, "StartExecution", &e)),
+    }
+}
+
+#[async_trait]
+impl SegmentStarts for aws_sdk_sfn::Client {
+    async fn start(
+        &self,
+        state_machine: &str,
+        run_id: &str,
+        segment: u32,
+        traceparent: Option<&str>,
+    ) -> Result<(), AwsError> {
+        start(self, state_machine, run_id, Some(segment), traceparent).await
     }
 }
 
@@ -214,6 +274,11 @@ impl Control for SfnControl {
                 tracing::error!(%run_id, error = %e, "the completion event of a cancelled run was not sent");
             }
         }
+        if self.kind == MachineKind::Express {
+            // Express executions cannot be stopped: the segment ends at its next move, whose
+            // function finds the run cancelled.
+            return Ok(());
+        }
         match self
             .sfn
             .stop_execution()
@@ -246,6 +311,9 @@ impl Control for SfnControl {
             .transitions
             .answer_input(&state, checkpoint_id, approve, comment)?;
         self.transitions.transition(state, input).await?;
+        if self.kind == MachineKind::Express {
+            return self.start_next_segment(run_id).await;
+        }
         // Without a token the wait has not begun; when it does, it finds the answer.
         if let Some(token) = self.waits.token(run_id, checkpoint_id).await? {
             self.waits

@@ -31,6 +31,8 @@ pub enum FunctionError {
     InvalidRequest(String),
     #[error("{0}")]
     TriggerUnavailable(String),
+    #[error("{0}")]
+    ExecutionUnavailable(String),
 }
 
 impl FunctionError {
@@ -47,6 +49,7 @@ impl FunctionError {
             FunctionError::RunNotFound(_) => "Run.NotFound",
             FunctionError::InvalidRequest(_) => "Request.Invalid",
             FunctionError::TriggerUnavailable(_) => "Trigger.Unavailable",
+            FunctionError::ExecutionUnavailable(_) => "Execution.Unavailable",
         }
     }
 
@@ -182,6 +185,8 @@ pub enum DeliveryError {
 pub enum InitError {
     #[error(transparent)]
     Telemetry(#[from] orchestrator_telemetry::TelemetryError),
+    #[error("STATE_MACHINE_TYPE: {0:?} is neither STANDARD nor EXPRESS")]
+    MachineType(String),
     #[error("{name}: is not set")]
     Missing { name: &'static str },
     #[error("{name}: {value:?} is not a whole number of seconds")]

@@ -16,7 +16,9 @@ use crate::completion::{Completions, deliver};
 use crate::contract::{AdvanceRequest, AttemptEnd, Next, Outcome, RunRef, StepTask};
 use crate::error::{AwsError, FunctionError};
 use crate::route::{FunctionMap, next_of};
+use crate::segments::{SegmentGuard, SegmentStarts, Standing};
 use crate::telemetry::{StepFigures, emit, step_metrics};
+use orchestrator_store::SegmentClaim;
 
 /// Where approval waits keep their task tokens, and how a wait is resumed.
 #[async_trait]
@@ -37,13 +39,28 @@ pub struct PlannerFunction {
     pub transitions: Transitions,
     pub planner: Planner,
     pub functions: FunctionMap,
+    pub segments: SegmentGuard,
 }
 
 impl PlannerFunction {
     pub async fn handle(&self, run: RunRef) -> Result<Next, FunctionError> {
         let state = self.transitions.load(&run.run_id).await?;
         let span = spans::invocation("planner", &state, None);
-        self.plan(state).instrument(span).await
+        let clock = self.transitions.clock();
+        async {
+            let standing = self
+                .segments
+                .standing(&run.run_id, run.segment, clock.now_ms())
+                .await?;
+            if let Some(Standing::Superseded { by }) = standing {
+                tracing::info!(by, "a later segment drives the run: not planning");
+                return Ok(superseded(run.run_id));
+            }
+            let next = self.plan(state).await?;
+            Ok(self.segments.route(next, standing, clock.now_ms()))
+        }
+        .instrument(span)
+        .await
     }
 
     async fn plan(&self, state: RunState) -> Result<Next, FunctionError> {
@@ -91,6 +108,16 @@ pub struct AdvanceFunction {
     pub functions: FunctionMap,
     pub waits: Arc<dyn ApprovalWaits>,
     pub delivery: Option<Delivery>,
+    pub segments: SegmentGuard,
+    /// Starts the next Express segment (`op: continue`).
+    pub starts: Arc<dyn SegmentStarts>,
+}
+
+fn superseded(run_id: String) -> Next {
+    Next {
+        run_id,
+        route: crate::contract::Route::Superseded,
+    }
 }
 
 impl AdvanceFunction {
@@ -100,10 +127,20 @@ impl AdvanceFunction {
                 run_id,
                 outcomes,
                 timed_out,
+                segment,
             } => {
                 let state = self.transitions.load(&run_id).await?;
                 let span = spans::invocation("advance", &state, None);
+                let clock = self.transitions.clock();
                 async {
+                    let standing = self
+                        .segments
+                        .standing(&run_id, segment, clock.now_ms())
+                        .await?;
+                    if let Some(Standing::Superseded { by }) = standing {
+                        tracing::info!(by, "a later segment drives the run: not advancing");
+                        return Ok(superseded(run_id.clone()));
+                    }
                     let mut inputs = Vec::with_capacity(outcomes.len() + 1);
                     for outcome in outcomes {
                         if outcome.run_id != state.run_id {
@@ -118,7 +155,8 @@ impl AdvanceFunction {
                         // The engine sees the checkpoint past its deadline and closes it.
                         inputs.push(Input::BudgetTick);
                     }
-                    self.advance(state, inputs).await
+                    let next = self.advance(state, inputs).await?;
+                    Ok(self.segments.route(next, standing, clock.now_ms()))
                 }
                 .instrument(span)
                 .await?
@@ -155,6 +193,31 @@ impl AdvanceFunction {
                 self.register(&run_id, &checkpoint_id, &task_token).await?;
                 return Ok(json!({}));
             }
+            AdvanceRequest::Claim {
+                run_id,
+                segment,
+                execution,
+            } => {
+                let state = self.transitions.load(&run_id).await?;
+                let span = spans::invocation("claim", &state, None);
+                self.claim(state, segment, &execution)
+                    .instrument(span)
+                    .await?
+            }
+            AdvanceRequest::Continue {
+                run_id,
+                segment,
+                state_machine,
+            } => {
+                let state = self.transitions.load(&run_id).await?;
+                let traceparent = state.traceparent.as_deref();
+                self.starts
+                    .start(&state_machine, &run_id, segment + 1, traceparent)
+                    .await
+                    .map_err(|e| FunctionError::ExecutionUnavailable(e.to_string()))?;
+                tracing::info!(runId = %run_id, next = segment + 1, "the next segment carries on");
+                return Ok(json!({}));
+            }
         };
         serde_json::to_value(next).map_err(|e| FunctionError::InvalidRequest(e.to_string()))
     }
@@ -176,6 +239,24 @@ impl AdvanceFunction {
         let next = next_of(self.transitions.engine(), &state, &self.functions, now);
         tracing::info!(route = next.route.name(), status = %state.status, "advanced");
         Ok(next)
+    }
+
+    /// Claims the segment for this execution; one claimed already by another execution (a
+    /// duplicated start) ends here, having done nothing.
+    async fn claim(
+        &self,
+        state: RunState,
+        segment: u32,
+        execution: &str,
+    ) -> Result<Next, FunctionError> {
+        let segments = &self.segments.segments;
+        match segments.claim(&state.run_id, segment, execution).await? {
+            SegmentClaim::Taken(owner) => {
+                tracing::warn!(segment, owner = %owner.execution, "segment already claimed: this execution ends");
+                Ok(superseded(state.run_id))
+            }
+            SegmentClaim::Claimed(_) => self.advance(state, Vec::new()).await,
+        }
     }
 
     /// Sends a finished run's completion event (once); false when there was nothing to send.

@@ -10,6 +10,7 @@ pub mod control;
 pub mod error;
 pub mod handlers;
 pub mod route;
+pub mod segments;
 pub mod telemetry;
 pub mod trigger;
 

@@ -17,12 +17,14 @@ use orchestrator_aws::handlers::{
     AdvanceFunction, ApprovalWaits, Delivery, PlannerFunction, SpecialistFunction,
 };
 use orchestrator_aws::route::FunctionMap;
+use orchestrator_aws::segments::{SegmentGuard, SegmentStarts, Segments};
 use orchestrator_core::engine::RunState;
 use orchestrator_core::ports::{Clock, StoreError, SystemClock};
 use orchestrator_core::types::{RunRequest, RunStatus};
 use orchestrator_llm::OfflineModel;
 use orchestrator_runner::{Runner, RunnerConfig, Started, StepRunner, Store, Transitions};
 use orchestrator_store::SqliteStore;
+use orchestrator_store::{SegmentClaim, SegmentRecord};
 use serde_json::json;
 
 #[derive(Default)]
@@ -69,8 +71,64 @@ impl Completions for FakeCompletions {
     }
 }
 
+/// The run's segment claims, as the table keeps them.
+#[derive(Default)]
+struct FakeSegments {
+    claims: Mutex<BTreeMap<(String, u32), SegmentRecord>>,
+}
+
+#[async_trait]
+impl Segments for FakeSegments {
+    async fn claim(&self, run: &str, n: u32, exec: &str) -> Result<SegmentClaim, StoreError> {
+        let mut claims = self.claims.lock().unwrap();
+        let record = claims
+            .entry((run.to_owned(), n))
+            .or_insert_with(|| SegmentRecord {
+                number: n,
+                execution: exec.to_owned(),
+                claimed_at_ms: SystemClock.now_ms(),
+            })
+            .clone();
+        Ok(if record.execution == exec {
+            SegmentClaim::Claimed(record)
+        } else {
+            SegmentClaim::Taken(record)
+        })
+    }
+    async fn latest(&self, run: &str) -> Result<Option<SegmentRecord>, StoreError> {
+        let claims = self.claims.lock().unwrap();
+        Ok(claims
+            .iter()
+            .filter(|((r, _), _)| r == run)
+            .map(|(_, record)| record.clone())
+            .next_back())
+    }
+}
+
+/// The segments `op: continue` started: (state machine, run, segment).
+#[derive(Default)]
+struct FakeStarts {
+    started: Mutex<Vec<(String, String, u32)>>,
+}
+
+#[async_trait]
+impl SegmentStarts for FakeStarts {
+    async fn start(
+        &self,
+        sm: &str,
+        run: &str,
+        n: u32,
+        _traceparent: Option<&str>,
+    ) -> Result<(), AwsError> {
+        let start = (sm.to_owned(), run.to_owned(), n);
+        self.started.lock().unwrap().push(start);
+        Ok(())
+    }
+}
+
 struct Cloud {
     store: Arc<dyn Store>,
+    starts: Arc<FakeStarts>,
     transitions: Transitions,
     planner: PlannerFunction,
     advance: AdvanceFunction,
@@ -85,6 +143,11 @@ fn model() -> Arc<OfflineModel> {
 }
 
 fn cloud(store: Arc<dyn Store>) -> Cloud {
+    cloud_with(store, 240)
+}
+
+/// The handlers, Express segments handing over after `segment_seconds`.
+fn cloud_with(store: Arc<dyn Store>, segment_seconds: u64) -> Cloud {
     let functions = FunctionMap::parse(
         "strategy=fn-strategy,generation=fn-generation,qa=fn-qa,finalize=fn-finalize",
     )
@@ -98,6 +161,9 @@ fn cloud(store: Arc<dyn Store>) -> Cloud {
     );
     let waits = Arc::new(FakeWaits::default());
     let completions = Arc::new(FakeCompletions::default());
+    let segments = Arc::new(FakeSegments::default());
+    let starts = Arc::new(FakeStarts::default());
+    let guard = SegmentGuard::new(segments.clone(), segment_seconds);
     // One StepRunner with the whole team stands in for the four specialist functions: the
     // handler is the same code in each, only the capability differs.
     let steps = StepRunner::new(
@@ -109,10 +175,12 @@ fn cloud(store: Arc<dyn Store>) -> Cloud {
     );
     Cloud {
         store,
+        starts: starts.clone(),
         planner: PlannerFunction {
             transitions: transitions.clone(),
             planner: Planner::new(model()),
             functions: functions.clone(),
+            segments: guard.clone(),
         },
         advance: AdvanceFunction {
             transitions: transitions.clone(),
@@ -122,6 +190,8 @@ fn cloud(store: Arc<dyn Store>) -> Cloud {
                 completions: completions.clone(),
                 table: "runs".into(),
             }),
+            segments: guard,
+            starts,
         },
         specialist: SpecialistFunction {
             steps,
@@ -140,12 +210,17 @@ impl Cloud {
     }
 
     /// What the state machine does from `next` until the run ends or waits on a person.
-    async fn execute(&self, mut next: Next) -> Next {
+    async fn execute(&self, next: Next) -> Next {
+        self.execute_in(next, None).await
+    }
+
+    /// The same, as Express segment `segment` (none: Standard).
+    async fn execute_in(&self, mut next: Next, segment: Option<u32>) -> Next {
         loop {
             next = match next.route {
                 Route::Plan => {
                     self.invoked("planner");
-                    self.plan(&next.run_id).await
+                    self.plan_in(&next.run_id, segment).await
                 }
                 Route::Dispatch { .. } => {
                     let mut outcomes: Vec<Outcome> = Vec::new();
@@ -154,9 +229,9 @@ impl Cloud {
                         outcomes.push(self.specialist.handle(task).await.unwrap());
                     }
                     self.invoked("advance");
-                    self.advance_with(&next.run_id, outcomes).await
+                    self.advance_in(&next.run_id, outcomes, segment).await
                 }
-                Route::Await { .. } => return next,
+                Route::Await { .. } | Route::Continue | Route::Superseded => return next,
                 Route::Succeeded | Route::Failed { .. } | Route::Cancelled => {
                     // The terminal branches of Route pass through Notify.
                     self.invoked("notify");
@@ -169,9 +244,14 @@ impl Cloud {
 
     /// One planner invocation for the run.
     async fn plan(&self, run_id: &str) -> Next {
+        self.plan_in(run_id, None).await
+    }
+
+    async fn plan_in(&self, run_id: &str, segment: Option<u32>) -> Next {
         self.planner
             .handle(RunRef {
                 run_id: run_id.to_owned(),
+                segment,
             })
             .await
             .unwrap()
@@ -187,16 +267,52 @@ impl Cloud {
     }
 
     async fn advance_with(&self, run_id: &str, outcomes: Vec<Outcome>) -> Next {
+        self.advance_in(run_id, outcomes, None).await
+    }
+
+    async fn advance_in(&self, run_id: &str, outcomes: Vec<Outcome>, seg: Option<u32>) -> Next {
         let value = self
             .advance
             .handle(AdvanceRequest::Advance {
                 run_id: run_id.to_owned(),
                 outcomes,
                 timed_out: false,
+                segment: seg,
             })
             .await
             .unwrap();
         serde_json::from_value(value).unwrap()
+    }
+
+    /// One Express execution of segment `n`: its Claim, then the states, until it ends.
+    async fn segment(&self, run_id: &str, n: u32, execution: &str) -> Next {
+        let claimed = self.advance.handle(AdvanceRequest::Claim {
+            run_id: run_id.to_owned(),
+            segment: n,
+            execution: execution.to_owned(),
+        });
+        let next: Next = serde_json::from_value(claimed.await.unwrap()).unwrap();
+        self.execute_in(next, Some(n)).await
+    }
+
+    /// A run on Express from segment `n`: each segment that hands over starts the next (the
+    /// Continue state), until one ends otherwise. Returns that end and its segment.
+    async fn express(&self, run_id: &str, mut n: u32) -> (Next, u32) {
+        loop {
+            let next = self.segment(run_id, n, &format!("exec-{n}")).await;
+            if next.route != Route::Continue {
+                return (next, n);
+            }
+            let request = AdvanceRequest::Continue {
+                run_id: run_id.to_owned(),
+                segment: n,
+                state_machine: "sm".into(),
+            };
+            self.advance.handle(request).await.unwrap();
+            let started = self.starts.started.lock().unwrap().last().cloned().unwrap();
+            assert_eq!(started, ("sm".to_owned(), run_id.to_owned(), n + 1));
+            n += 1;
+        }
     }
 
     async fn start(&self, request: RunRequest) -> Next {
@@ -464,6 +580,7 @@ async fn an_approval_wait_that_times_out_ends_the_run_visibly() {
             run_id: run_id.clone(),
             outcomes: vec![],
             timed_out: true,
+            segment: None,
         })
         .await
         .unwrap();
@@ -583,4 +700,94 @@ async fn an_aborted_run_sends_run_failed_with_its_error() {
         "{:?}",
         sent[0].detail
     );
+}
+
+#[tokio::test]
+async fn express_segments_that_hand_over_at_every_move_write_the_standard_runs_events() {
+    // GIVEN the reference request run through the handlers as on Standard
+    let standard = cloud(Arc::new(SqliteStore::open_in_memory().unwrap()));
+    let first = standard.start(request(json!({}))).await;
+    let done = standard.execute(first.clone()).await;
+    assert_eq!(done.route, Route::Succeeded);
+    // AND as on Express, with segments that hand over after every move (limit 0)
+    let express = cloud_with(Arc::new(SqliteStore::open_in_memory().unwrap()), 0);
+    let run = express.start(request(json!({}))).await;
+    let (end, last) = express.express(&run.run_id, 0).await;
+    // THEN the run ends the same, after many segments, with the same events
+    assert_eq!(end.route, Route::Succeeded);
+    assert!(last >= 4, "a segment per move: {last}");
+    assert_eq!(
+        kinds(express.store.as_ref(), &run.run_id).await,
+        kinds(standard.store.as_ref(), &first.run_id).await
+    );
+}
+
+#[tokio::test]
+async fn a_duplicated_segment_start_runs_nothing_twice() {
+    // GIVEN an Express run whose first segment ran to the end
+    let cloud = cloud(Arc::new(SqliteStore::open_in_memory().unwrap()));
+    let run = cloud.start(request(json!({}))).await;
+    let (end, last) = cloud.express(&run.run_id, 0).await;
+    assert_eq!((end.route.name(), last), ("succeeded", 0));
+    let events = kinds(cloud.store.as_ref(), &run.run_id).await;
+    let calls = cloud.invocations.lock().unwrap().len();
+    // WHEN the same segment is started again, as another execution (a retried start)
+    let again = cloud.segment(&run.run_id, 0, "exec-duplicate").await;
+    // THEN it ends at its claim: no function ran, no event was written
+    assert_eq!(again.route, Route::Superseded);
+    assert_eq!(cloud.invocations.lock().unwrap().len(), calls);
+    assert_eq!(kinds(cloud.store.as_ref(), &run.run_id).await, events);
+    assert_eq!(cloud.completions.sent.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_segment_superseded_by_a_later_one_stops_at_its_next_move() {
+    // GIVEN an Express run whose segment 0 has claimed, and a segment 1 that has claimed since
+    let cloud = cloud(Arc::new(SqliteStore::open_in_memory().unwrap()));
+    let run = cloud.start(request(json!({}))).await;
+    let request = |n: u32| AdvanceRequest::Claim {
+        run_id: run.run_id.clone(),
+        segment: n,
+        execution: format!("exec-{n}"),
+    };
+    cloud.advance.handle(request(0)).await.unwrap();
+    cloud.advance.handle(request(1)).await.unwrap();
+    let events = kinds(cloud.store.as_ref(), &run.run_id).await;
+    // WHEN segment 0 would plan THEN it stops without calling the model or writing
+    let next = cloud.plan_in(&run.run_id, Some(0)).await;
+    assert_eq!(next.route, Route::Superseded);
+    assert_eq!(kinds(cloud.store.as_ref(), &run.run_id).await, events);
+    // AND segment 1 plans
+    assert_ne!(
+        cloud.plan_in(&run.run_id, Some(1)).await.route,
+        Route::Superseded
+    );
+}
+
+#[tokio::test]
+async fn an_express_run_pauses_at_its_checkpoint_and_the_answer_starts_the_next_segment() {
+    // GIVEN an approval run on Express, its first segment ended at the checkpoint
+    let cloud = cloud(Arc::new(SqliteStore::open_in_memory().unwrap()));
+    let first = cloud
+        .start(request(json!({"options": {"requireApproval": true}})))
+        .await;
+    let (paused, n) = cloud.express(&first.run_id, 0).await;
+    let Route::Await { checkpoint_id, .. } = paused.route else {
+        panic!("{paused:?}")
+    };
+    // WHEN the answer is applied (as the approvals endpoint does) and the next segment starts
+    let state = cloud.state(&first.run_id).await;
+    let input = cloud
+        .transitions
+        .answer_input(&state, &checkpoint_id, true, None)
+        .unwrap();
+    cloud.transitions.transition(state, input).await.unwrap();
+    let (end, _) = cloud.express(&first.run_id, n + 1).await;
+    // THEN the run completes, with one completion event
+    assert_eq!(end.route, Route::Succeeded);
+    assert_eq!(
+        cloud.state(&first.run_id).await.status,
+        RunStatus::Completed
+    );
+    assert_eq!(cloud.completions.sent.lock().unwrap().len(), 1);
 }

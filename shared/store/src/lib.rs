@@ -11,7 +11,7 @@ mod sqlite;
 
 pub use dynamodb::{
     ConfigError, DEFAULT_EVENTS_TTL_DAYS, DEFAULT_MAX_ATTEMPTS, DEFAULT_TABLE, DynamoDbConfig,
-    DynamoDbStore,
+    DynamoDbStore, SegmentClaim, SegmentRecord,
 };
 pub use sqlite::{
     BUSY_TIMEOUT, CROSS_PROCESS_POLL, DEFAULT_CALL_RETENTION, SCHEMA_VERSION, SqliteStore,

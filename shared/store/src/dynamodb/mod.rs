@@ -23,6 +23,7 @@ mod calls;
 mod config;
 mod keys;
 mod lease;
+mod segments;
 mod table;
 
 use std::collections::HashMap;
@@ -48,6 +49,7 @@ use orchestrator_core::types::{Mode, Plan, RunReport, RunStatus, RunSummary, Ste
 use tokio::sync::watch;
 
 use body::{Body, StoredBody};
+pub use segments::{SegmentClaim, SegmentRecord};
 pub use config::{
     ConfigError, DEFAULT_EVENTS_TTL_DAYS, DEFAULT_MAX_ATTEMPTS, DEFAULT_TABLE, DynamoDbConfig,
 };
