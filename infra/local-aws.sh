@@ -5,8 +5,8 @@
 # Functions' Lambda tasks reaching the real binaries. See infra/README.md.
 #
 #   infra/local-aws.sh up [--port P] [--lambda-port L] [--env-file F] [--table NAME]
-#                         [--concurrency N] [--no-build] [--no-warm] [--hot-reload]
-#                         [--timeout SECONDS]
+#                         [--type EXPRESS|STANDARD] [--concurrency N] [--no-build]
+#                         [--no-warm] [--hot-reload] [--timeout SECONDS]
 #   infra/local-aws.sh status      # the `up` lines again, when it is up
 #   infra/local-aws.sh down
 #
@@ -15,6 +15,7 @@
 #   AWS_REGION=us-east-1  AWS_ACCESS_KEY_ID=test  AWS_SECRET_ACCESS_KEY=test
 #   TABLE_NAME=orchestrator-local
 #   STATE_MACHINE_ARN=arn:aws:states:us-east-1:123456789012:stateMachine:orchestrator-local-runs
+#   STATE_MACHINE_TYPE=EXPRESS                  (--type; default: the template's StateMachineType)
 #   RUNS_QUEUE_URL=http://127.0.0.1:P/123456789012/orchestrator-local-runs   (SQS, moto)
 #   DLQ_URL=http://127.0.0.1:P/123456789012/orchestrator-local-runs-dlq
 #   LAMBDA_ENDPOINT=http://127.0.0.1:L         (cargo lambda watch itself)
@@ -47,13 +48,14 @@ cmd="${1:-}"
 shift
 
 port="" lambda_port="" env_file="" table="orchestrator-local" concurrency=4
-build=true warm=true hot_reload=false timeout=1200
+build=true warm=true hot_reload=false timeout=1200 sm_type=
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --port) port="$2"; shift 2 ;;
     --lambda-port) lambda_port="$2"; shift 2 ;;
     --env-file) env_file="$2"; shift 2 ;;
     --table) table="$2"; shift 2 ;;
+    --type) sm_type="$2"; shift 2 ;;
     --concurrency) concurrency="$2"; shift 2 ;;
     --no-build) build=false; shift ;;
     --no-warm) warm=false; shift ;;
@@ -171,7 +173,7 @@ up() {
         say "note: --port, --lambda-port and --env-file are ignored while it is up ('infra/local-aws.sh down' first to change them)"
       fi
       (cd "$repo" && "$python" "$helper" setup --endpoint "$endpoint" --table "$(sed -n 's/^TABLE_NAME=//p' "$state_file")" \
-        --template "$template" --asl "$asl" >/dev/null)
+        --template "$template" "${asl_args[@]}" --type "$(sed -n 's/^STATE_MACHINE_TYPE=//p' "$state_file")" >/dev/null)
       print_lines
       return 0
     fi
@@ -209,13 +211,16 @@ up() {
 
   # 2. Step Functions execution on, the table, the state machine.
   local setup_out
+  local type_args=()
+  [[ -z "$sm_type" ]] || type_args=(--type "$sm_type")
   if ! setup_out="$(cd "$repo" && "$python" "$helper" setup --endpoint "$endpoint" --table "$table" \
-      --template "$template" --asl "$asl")"; then
+      --template "$template" "${asl_args[@]}" "${type_args[@]}")"; then
     down
     die "setting up the table or the state machine failed (above)"
   fi
   local state_machine_arn runs_queue_url dlq_url
   state_machine_arn="$(sed -n 's/^STATE_MACHINE_ARN=//p' <<<"$setup_out")"
+  sm_type="$(sed -n 's/^STATE_MACHINE_TYPE=//p' <<<"$setup_out")"
   runs_queue_url="$(sed -n 's/^RUNS_QUEUE_URL=//p' <<<"$setup_out")"
   dlq_url="$(sed -n 's/^DLQ_URL=//p' <<<"$setup_out")"
 
@@ -259,6 +264,7 @@ up() {
     --set "AWS_ACCESS_KEY_ID=test"
     --set "AWS_SECRET_ACCESS_KEY=test"
     --set "STATE_MACHINE_ARN=${state_machine_arn}"
+    --set "STATE_MACHINE_TYPE=${sm_type}"
     --set "SPECIALIST_FUNCTIONS=strategy=strategy,generation=generation,qa=qa,finalize=finalize"
     --set "DLQ_URL=${dlq_url}"
     --set "EVENT_BUS_NAME=default"
@@ -290,6 +296,7 @@ AWS_ACCESS_KEY_ID=test
 AWS_SECRET_ACCESS_KEY=test
 TABLE_NAME=${table}
 STATE_MACHINE_ARN=${state_machine_arn}
+STATE_MACHINE_TYPE=${sm_type}
 RUNS_QUEUE_URL=${runs_queue_url}
 DLQ_URL=${dlq_url}
 LAMBDA_ENDPOINT=${lambda_endpoint}
@@ -303,7 +310,9 @@ EOF
 # The inputs (overridable for tests of this script itself).
 template="${LOCAL_AWS_TEMPLATE:-${repo}/template.yaml}"
 [[ -f "$template" || ! -f "${repo}/infra/template.yaml" ]] || template="${repo}/infra/template.yaml"
-asl="${LOCAL_AWS_ASL:-${repo}/infra/statemachine.asl.json}"
+# The definition: the template's state machine of the chosen type, unless LOCAL_AWS_ASL names one.
+asl_args=()
+[[ -z "${LOCAL_AWS_ASL:-}" ]] || asl_args=(--asl "$LOCAL_AWS_ASL")
 
 case "$cmd" in
   up) up ;;

@@ -375,23 +375,34 @@ def binary_of(logical_id: str, resource: dict) -> str:
     return base.lower()
 
 
-def substitutions(template: dict, table: str) -> tuple[dict, str]:
-    """Values for the state machine's DefinitionSubstitutions, and its Type."""
+def machine_type(template: dict, asked: str | None) -> str:
+    """The state machine type to emulate: the one asked for, or the template's default."""
+    if asked:
+        return asked.upper()
+    param = (template.get("Parameters") or {}).get("StateMachineType") or {}
+    return str(param.get("Default", "STANDARD")).upper()
+
+
+def substitutions(template: dict, table: str, sm_type: str) -> tuple[dict, str | None]:
+    """Values for the DefinitionSubstitutions of the template's state machine of type
+    `sm_type`, and its DefinitionUri."""
     resources = template["Resources"]
-    machines = [(k, r) for k, r in resources.items()
+    machines = [r for r in resources.values()
                 if isinstance(r, dict) and r.get("Type") in STATE_MACHINE_TYPES]
-    if not machines:
-        return {}, "STANDARD"
-    _, machine = machines[0]
-    props = machine.get("Properties") or {}
-    sm_type = props.get("Type", "STANDARD")
-    sm_type = sm_type if isinstance(sm_type, str) else "STANDARD"
+    props = {}
+    for machine in machines:
+        p = machine.get("Properties") or {}
+        kind = p.get("Type", "STANDARD")
+        if isinstance(kind, str) and kind.upper() == sm_type:
+            props = p
+            break
     out = {}
     for key, value in (props.get("DefinitionSubstitutions") or {}).items():
         resolved = resolve(value, resources, table)
         if resolved is not None:
             out[key] = resolved
-    return out, sm_type.upper()
+    uri = props.get("DefinitionUri")
+    return out, uri if isinstance(uri, str) else None
 
 
 def resolve(value, resources: dict, table: str):
@@ -482,16 +493,22 @@ def setup(args) -> None:
             ddb.update_time_to_live(TableName=args.table, TimeToLiveSpecification=spec["ttl"])
         log(f"table {args.table} created from {args.table_resource}")
 
-    if not os.path.exists(args.asl):
-        raise SystemExit(f"{args.asl} not found (the state machine definition)")
+    sm_type = machine_type(template, args.type)
+    subs, uri = substitutions(template, args.table, sm_type)
+    args.asl = args.asl or uri
+    if not args.asl or not os.path.exists(args.asl):
+        raise SystemExit(f"{args.asl} not found (the {sm_type} state machine's definition)")
     with open(args.asl, encoding="utf-8") as f:
         asl = f.read()
-    subs, sm_type = substitutions(template, args.table)
     definition = fill_definition(asl, subs)
     json.loads(definition)  # a broken definition fails here, with the JSON error
     arn = f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:{args.state_machine}"
     names = [m["name"] for p in sfn.get_paginator("list_state_machines").paginate()
              for m in p["stateMachines"]]
+    if args.state_machine in names and sfn.describe_state_machine(stateMachineArn=arn)["type"] != sm_type:
+        # The type cannot be updated: a stack brought up again with another type starts anew.
+        sfn.delete_state_machine(stateMachineArn=arn)
+        names.remove(args.state_machine)
     if args.state_machine in names:
         sfn.update_state_machine(stateMachineArn=arn, definition=definition, roleArn=ROLE_ARN)
         log(f"state machine {args.state_machine} updated from {args.asl}")
@@ -504,6 +521,7 @@ def setup(args) -> None:
     runs_url, dlq_url = setup_queues(sqs, template, args.queue)
     print(f"TABLE_NAME={args.table}")
     print(f"STATE_MACHINE_ARN={arn}")
+    print(f"STATE_MACHINE_TYPE={sm_type}")
     print(f"RUNS_QUEUE_URL={runs_url}")
     print(f"DLQ_URL={dlq_url}")
 
@@ -703,7 +721,9 @@ def main() -> None:
     s = sub.add_parser("setup")
     s.add_argument("--endpoint", required=True)
     s.add_argument("--template", default="template.yaml")
-    s.add_argument("--asl", default="infra/statemachine.asl.json")
+    s.add_argument("--asl", help="the definition (default: the DefinitionUri of the template's "
+                   "state machine of that type)")
+    s.add_argument("--type", help="EXPRESS or STANDARD (default: the template's StateMachineType)")
     s.add_argument("--table", default="orchestrator-local")
     s.add_argument("--table-resource", default="RunsTable")
     s.add_argument("--state-machine", default="orchestrator-local-runs")

@@ -27,7 +27,7 @@ use orchestrator_aws::trigger::{Source, run_id_for};
 use orchestrator_bench::emulated::{EmulatedRun, Invocation};
 use orchestrator_bench::mock::{MockConfig, Throttle, router};
 use orchestrator_core::event::SseParser;
-use orchestrator_core::ports::{Purpose, RunStore, SystemClock};
+use orchestrator_core::ports::{EventLog, Purpose, RunStore, SystemClock};
 use orchestrator_recording::Patterns;
 use orchestrator_runner::replay::{self, ReplayOutcome, Replayed};
 use orchestrator_runner::{Runner, RunnerConfig, Store};
@@ -53,7 +53,12 @@ struct Stack {
 }
 
 impl Stack {
+    /// A stack whose runs a Standard state machine drives (the tests that read its history).
     fn up(function_env: &[(&str, String)]) -> Self {
+        Self::up_as("STANDARD", function_env)
+    }
+
+    fn up_as(machine_type: &str, function_env: &[(&str, String)]) -> Self {
         let dir = tempfile::tempdir().unwrap().keep();
         let env_file = dir.join("functions.env");
         let lines: Vec<String> = function_env
@@ -64,6 +69,8 @@ impl Stack {
         let out = Command::new("bash")
             .arg(repo().join("infra/local-aws.sh"))
             .arg("up")
+            .arg("--type")
+            .arg(machine_type)
             .arg("--env-file")
             .arg(&env_file)
             .env("LOCAL_AWS_DIR", dir.join("stack"))
@@ -951,4 +958,206 @@ fn assert_reference_trace(
             "no {name} invocation in {invoked:?}"
         );
     }
+}
+
+/// The reference run and an approval run through one stack's function URL, their frames'
+/// data normalised (run ids, times and durations out), and their run ids.
+async fn reference_and_approval(
+    http: &reqwest::Client,
+    stream_url: &str,
+) -> [(String, Vec<Value>); 2] {
+    let reference = http
+        .post(format!("{stream_url}/api/v1/agent/run.stream"))
+        .json(&json!({ "objective": OBJECTIVE }))
+        .send()
+        .await
+        .unwrap();
+    let reference = frames(reference).await;
+    let response = http
+        .post(format!("{stream_url}/api/v1/agent/run.stream"))
+        .json(&json!({"objective": OBJECTIVE, "options": {"requireApproval": true}}))
+        .send()
+        .await
+        .unwrap();
+    let mut parser = SseParser::default();
+    let mut body = response.bytes_stream();
+    let mut approval: Vec<Ev> = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(120), body.next())
+        .await
+        .expect("the approval run's stream stalled")
+    {
+        for f in parser.push_bytes(&chunk.unwrap()) {
+            let ev = Ev {
+                id: f.id.unwrap().parse().unwrap(),
+                event: f.event.unwrap(),
+                data: serde_json::from_str(&f.data).unwrap(),
+            };
+            if ev.event == "hitl_request" {
+                let run_id = ev.data["runId"].as_str().unwrap();
+                let checkpoint = ev.data["data"]["checkpointId"].as_str().unwrap();
+                let answer = http
+                    .post(format!(
+                        "{stream_url}/api/v1/runs/{run_id}/approvals/{checkpoint}"
+                    ))
+                    .json(&json!({"decision": "approve"}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(answer.status().is_success(), "{}", answer.status());
+            }
+            approval.push(ev);
+        }
+    }
+    [reference, approval].map(|run| {
+        assert_gap_free(&run);
+        assert_eq!(run.last().unwrap().data["status"], "completed", "{run:?}");
+        let id = run[0].data["runId"].as_str().unwrap().to_owned();
+        (id, golden::normalise(run.into_iter().map(|f| f.data)))
+    })
+}
+
+/// The run's executions (its segments on Express), waited on until none is running, in
+/// segment order: (name, status, states entered).
+async fn executions_of(
+    sfn: &aws_sdk_sfn::Client,
+    state_machine: &str,
+    run_id: &str,
+) -> Vec<(String, String, Vec<String>)> {
+    let mut names: Vec<String> = sfn
+        .list_executions()
+        .state_machine_arn(state_machine)
+        .max_results(1000)
+        .send()
+        .await
+        .unwrap()
+        .executions()
+        .iter()
+        .map(|e| e.name().to_owned())
+        .filter(|n| n == run_id || n.starts_with(&format!("{run_id}-s")))
+        .collect();
+    let segment = |n: &str| -> u32 {
+        n.strip_prefix(&format!("{run_id}-s"))
+            .map_or(0, |s| s.parse().unwrap())
+    };
+    names.sort_by_key(|n| segment(n));
+    let mut out = Vec::new();
+    for name in names {
+        let (status, history) = execution(sfn, state_machine, &name).await;
+        out.push((name, status, entered(&history)));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn express_and_standard_stacks_write_the_same_event_logs() {
+    if std::env::var_os("ORCHESTRATOR_AWS_E2E").is_none() && std::env::var_os("CI").is_none() {
+        eprintln!("skipped: set ORCHESTRATOR_AWS_E2E=1 to bring up the emulated AWS stack");
+        return;
+    }
+    let _turn = ONE_STACK.lock().await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let offline = || {
+        vec![
+            ("MODEL_PROVIDER", "offline".to_owned()),
+            ("ORCHESTRATOR_OFFLINE_CHUNK_MS", "0".to_owned()),
+        ]
+    };
+    // GIVEN the same requests on a Standard stack, an Express one, and an Express one whose
+    // segments hand over at every move (SEGMENT_SECONDS=0: a long run, compressed)
+    let mut long = offline();
+    long.push(("SEGMENT_SECONDS", "0".to_owned()));
+    let mut logs = Vec::new();
+    for (label, machine, env) in [
+        ("standard", "STANDARD", offline()),
+        ("express", "EXPRESS", offline()),
+        ("express, a segment per move", "EXPRESS", long),
+    ] {
+        let stack = Stack::up_as(machine, &env);
+        assert_eq!(stack.var("STATE_MACHINE_TYPE"), machine);
+        let sm = stack.var("STATE_MACHINE_ARN").to_owned();
+        let sdk = stack.dynamodb().sdk_config().await;
+        let sfn = aws_sdk_sfn::Client::new(&sdk);
+        // WHEN the reference run and an approval run go through its function URL
+        let [(reference_id, reference), (approval_id, approval)] =
+            reference_and_approval(&http, stack.var("STREAM_URL")).await;
+        // THEN every execution of theirs succeeded
+        let reference_runs = executions_of(&sfn, &sm, &reference_id).await;
+        let approval_runs = executions_of(&sfn, &sm, &approval_id).await;
+        for (name, status, states) in reference_runs.iter().chain(&approval_runs) {
+            assert_eq!(status, "SUCCEEDED", "{label}: {name}: {states:?}");
+        }
+        let segments = (reference_runs.len(), approval_runs.len());
+        eprintln!(
+            "{label}: executions per run: reference {}, approval {}",
+            segments.0, segments.1
+        );
+        match label {
+            // One execution holds each run; the approval waited in it.
+            "standard" => {
+                assert_eq!(segments, (1, 1), "{label}");
+                assert!(approval_runs[0].2.contains(&"AwaitApproval".to_owned()));
+            }
+            // The approval ended the first segment; the answer started the second.
+            "express" => {
+                assert_eq!(segments, (1, 2), "{label}");
+                assert_eq!(approval_runs[0].2.last().unwrap(), "Paused");
+                assert_eq!(approval_runs[1].2.first().unwrap(), "Claim");
+                let store = DynamoDbStore::connect(&stack.dynamodb()).await;
+                assert_duplicate_start_runs_nothing(&sfn, &sm, &store, &reference_id).await;
+            }
+            _ => {
+                assert!(
+                    segments.0 >= 5,
+                    "{label}: a segment per move: {reference_runs:?}"
+                );
+                let handed_over = reference_runs
+                    .iter()
+                    .filter(|r| r.2.contains(&"Continue".to_owned()));
+                assert_eq!(
+                    handed_over.count(),
+                    segments.0 - 1,
+                    "{label}: {reference_runs:?}"
+                );
+            }
+        }
+        logs.push((label, reference, approval));
+    }
+    // AND the event logs are the same, frame for frame, whichever state machine drove them
+    let (_, reference, approval) = &logs[0];
+    golden::assert_golden("the standard stack", reference);
+    for (label, r, a) in &logs[1..] {
+        assert_eq!(
+            r, reference,
+            "{label}: the reference run's log differs from Standard's"
+        );
+        assert_eq!(
+            a, approval,
+            "{label}: the approval run's log differs from Standard's"
+        );
+    }
+}
+
+/// A second execution of a finished run's first segment (a duplicated start) ends at its
+/// claim: no function but `claim` runs, and the run's log is unchanged.
+async fn assert_duplicate_start_runs_nothing(
+    sfn: &aws_sdk_sfn::Client,
+    sm: &str,
+    store: &DynamoDbStore,
+    run_id: &str,
+) {
+    let events = || async { store.read_after(run_id, 0, 100_000).await.unwrap().len() };
+    let before = events().await;
+    let input = json!({"runId": run_id, "segment": 0}).to_string();
+    let name = format!("{run_id}-again");
+    sfn.start_execution()
+        .state_machine_arn(sm)
+        .name(&name)
+        .input(input)
+        .send()
+        .await
+        .unwrap();
+    let (status, history) = execution(sfn, sm, &name).await;
+    assert_eq!(status, "SUCCEEDED");
+    assert_eq!(entered(&history), ["Claim", "Route", "Superseded"]);
+    assert_eq!(events().await, before, "the duplicate wrote nothing");
 }
