@@ -74,6 +74,19 @@ impl Body {
         }
     }
 
+    /// The body as an element of the list of a packed event item: the JSON itself, or a map
+    /// naming its parts (what [`Self::put_attrs`] puts on an item of its own).
+    pub fn element(&self) -> AttributeValue {
+        match self {
+            Body::Inline(json) => AttributeValue::S(json.clone()),
+            Body::Parts { .. } => {
+                let mut map = HashMap::new();
+                self.put_attrs(&mut map);
+                AttributeValue::M(map)
+            }
+        }
+    }
+
     /// The part items, each keyed under `pk`; `ttl` (epoch seconds) goes on each when given.
     pub fn part_items(&self, pk: &str, ttl: Option<u64>) -> Vec<HashMap<String, AttributeValue>> {
         let Body::Parts { token, parts } = self else {
@@ -121,6 +134,15 @@ impl StoredBody {
             _ => return None,
         };
         Some(StoredBody::Parts { token, count })
+    }
+
+    /// Reads an element of a packed event item's list (see [`Body::element`]).
+    pub fn of_element(value: AttributeValue) -> Option<Self> {
+        match value {
+            AttributeValue::S(json) => Some(StoredBody::Inline(json)),
+            AttributeValue::M(map) => Self::of(&map),
+            _ => None,
+        }
     }
 
     pub fn token(&self) -> Option<&str> {

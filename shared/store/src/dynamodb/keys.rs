@@ -5,7 +5,7 @@
 
 /// Partition key of every item: `RUN#<runId>` or `IDEM#<key>`.
 pub const PK: &str = "pk";
-/// Sort key: `META`, `EV#<seq>`, `PLAN#<version>`, `STEP#<stepId>#<attempt>`, `REPORT`,
+/// Sort key: `META`, `EV#<seq>` (an item of events, keyed by the last one's seq), `PLAN#<version>`, `STEP#<stepId>#<attempt>`, `REPORT`,
 /// `BLOB#<token>#<part>`, `CALL#<unit>#<index>` (and `IDEM` on idempotency items).
 pub const SK: &str = "sk";
 /// The runs-by-creation index: a constant partition and `<createdAt>#<runId>`.
@@ -69,7 +69,10 @@ pub const PARTS: &str = "parts";
 /// One part's bytes.
 pub const DATA: &str = "data";
 
+/// Of an event item: the seq of its first event.
 pub const SEQ: &str = "seq";
+/// Of an event item holding several events: their bodies, in seq order.
+pub const EVENTS: &str = "events";
 pub const VERSION: &str = "version";
 pub const ORD: &str = "ord";
 /// Epoch seconds after which DynamoDB may delete the item (events and their parts).

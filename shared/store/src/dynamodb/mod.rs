@@ -21,6 +21,7 @@
 mod body;
 mod calls;
 mod config;
+mod events;
 mod keys;
 mod lease;
 mod segments;
@@ -40,7 +41,7 @@ use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Put, TransactWriteItem, Update};
 use orchestrator_core::engine::RunState;
-use orchestrator_core::event::{Event, Frame};
+use orchestrator_core::event::{Event, Frame, WireFrame};
 use orchestrator_core::ports::{
     ActiveRun, Claim, Clock, Created, EventLog, Lease, RunCursor, RunStore, StoreError, SystemClock,
 };
@@ -49,10 +50,10 @@ use orchestrator_core::types::{Mode, Plan, RunReport, RunStatus, RunSummary, Ste
 use tokio::sync::watch;
 
 use body::{Body, StoredBody};
-pub use segments::{SegmentClaim, SegmentRecord};
 pub use config::{
     ConfigError, DEFAULT_EVENTS_TTL_DAYS, DEFAULT_MAX_ATTEMPTS, DEFAULT_TABLE, DynamoDbConfig,
 };
+pub use segments::{SegmentClaim, SegmentRecord};
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -301,18 +302,18 @@ fn log_update(meta: &Meta, taken: usize, state: Option<&StateWrite>) -> MetaUpda
     update
 }
 
-/// How many of `events` fit in one transaction next to `fixed_items` items of `fixed_bytes`.
-/// At least one when there is any: a single event's inline body is far below the limit.
+/// How many of `events` fit in one transaction next to `fixed_items` items of `fixed_bytes`:
+/// whole event items (see [`events::packs`]), so the events taken are cut into items the same
+/// way again. At least one item's when there is any: one is far below the limits.
 fn fit(events: &[Pending], fixed_items: usize, fixed_bytes: usize) -> usize {
     let mut bytes = fixed_bytes;
     let mut taken = 0;
-    for e in events {
-        let size = e.body.inline_len() + 200;
-        if taken > 0 && (fixed_items + taken >= MAX_TX_ITEMS || bytes + size > MAX_TX_BYTES) {
+    for (items, pack) in (fixed_items..).zip(events::packs(events)) {
+        if taken > 0 && (items >= MAX_TX_ITEMS || bytes + pack.bytes > MAX_TX_BYTES) {
             break;
         }
-        bytes += size;
-        taken += 1;
+        bytes += pack.bytes;
+        taken = pack.end;
     }
     taken
 }
@@ -625,8 +626,24 @@ impl DynamoDbStore {
         what: &str,
     ) -> Result<String, StoreError> {
         match StoredBody::of(item) {
-            Some(StoredBody::Inline(json)) => Ok(json),
-            Some(StoredBody::Parts { token, count }) => {
+            Some(body) => self.read_stored(pk, body, run_id, what).await,
+            None => Err(StoreError::Corrupt(format!(
+                "run {run_id}: the stored {what} has no body"
+            ))),
+        }
+    }
+
+    /// A stored document's JSON, joined from its parts when it has them.
+    async fn read_stored(
+        &self,
+        pk: &str,
+        body: StoredBody,
+        run_id: &str,
+        what: &str,
+    ) -> Result<String, StoreError> {
+        match body {
+            StoredBody::Inline(json) => Ok(json),
+            StoredBody::Parts { token, count } => {
                 let parts = self.query_prefix(pk, &keys::blob_prefix(&token)).await?;
                 if parts.len() != count {
                     return Err(StoreError::Corrupt(format!(
@@ -651,9 +668,6 @@ impl DynamoDbStore {
                     ))
                 })
             }
-            None => Err(StoreError::Corrupt(format!(
-                "run {run_id}: the stored {what} has no body"
-            ))),
         }
     }
 
@@ -814,16 +828,6 @@ impl DynamoDbStore {
             .build())
     }
 
-    fn event_item(&self, pk: &str, seq: u64, body: &Body, ttl: Option<u64>) -> Item {
-        let mut item = Self::key(pk, &keys::event_sk(seq));
-        item.insert(keys::SEQ.into(), n(seq));
-        body.put_attrs(&mut item);
-        if let Some(ttl) = ttl {
-            item.insert(keys::TTL.into(), n(ttl));
-        }
-        item
-    }
-
     fn plan_item(pk: &str, version: u32, body: &Body) -> Item {
         let mut item = Self::key(pk, &keys::plan_sk(version));
         item.insert(keys::VERSION.into(), n(version));
@@ -928,8 +932,9 @@ impl DynamoDbStore {
     }
 
     /// The transaction of one try of [`Self::write_log`]: the meta item's update, the new plan
-    /// version (if it goes), and the events numbered on from `last_seq`, each put only where
-    /// no item is (so a seq is never written twice).
+    /// version (if it goes), and the events numbered on from `last_seq`, in as few items as
+    /// fit (see [`events::packs`]). The `rev` condition is what keeps two writers from taking
+    /// the same seqs; each item is also put only where none is, so an item is never replaced.
     fn log_items(
         &self,
         pk: &str,
@@ -943,14 +948,30 @@ impl DynamoDbStore {
         if let Some((version, body)) = plan {
             items.push(self.tx_put(Self::plan_item(pk, *version, body), None)?);
         }
-        for (i, pending) in events.iter().enumerate() {
-            let seq = last_seq + 1 + i as u64;
-            items.push(self.tx_put(
-                self.event_item(pk, seq, &pending.body, ttl),
-                Some("attribute_not_exists(#pk)"),
-            )?);
-        }
+        self.push_event_items(&mut items, pk, events, last_seq + 1, ttl)?;
         Ok(items)
+    }
+
+    /// Puts `events`, numbered from `first`, into a transaction: an item per
+    /// [`events::Pack`], each only where no item is.
+    fn push_event_items(
+        &self,
+        items: &mut Vec<TransactWriteItem>,
+        pk: &str,
+        events: &[Pending],
+        first: u64,
+        ttl: Option<u64>,
+    ) -> Result<(), StoreError> {
+        for pack in events::packs(events) {
+            let item = Self::pack_item(
+                pk,
+                first + pack.start as u64,
+                &events[pack.start..pack.end],
+                ttl,
+            );
+            items.push(self.tx_put(item, Some("attribute_not_exists(#pk)"))?);
+        }
+        Ok(())
     }
 
     /// Deletes the parts of bodies that were written for a write that did not happen.
@@ -1034,7 +1055,7 @@ impl DynamoDbStore {
         meta.insert(keys::LAST_SEQ.into(), n(events.len()));
 
         let ttl = self.ttl();
-        let mut items = Vec::with_capacity(3 + events.len());
+        let mut items = Vec::with_capacity(4);
         if let Some(key) = key {
             let mut idem = Self::key(&keys::idem_pk(key), keys::IDEM_SK);
             idem.insert(keys::RUN_ID.into(), s(run_id));
@@ -1044,12 +1065,7 @@ impl DynamoDbStore {
         if let Some((version, body)) = &write.plan {
             items.push(self.tx_put(Self::plan_item(&pk, *version, body), None)?);
         }
-        for (i, pending) in events.iter().enumerate() {
-            items.push(self.tx_put(
-                self.event_item(&pk, i as u64 + 1, &pending.body, ttl),
-                Some("attribute_not_exists(#pk)"),
-            )?);
-        }
+        self.push_event_items(&mut items, &pk, events, 1, ttl)?;
         Ok(items)
     }
 
@@ -1176,21 +1192,6 @@ impl DynamoDbStore {
             backoff(conflicts).await;
         }
         Ok(())
-    }
-
-    async fn has_event(&self, run_id: &str, seq: u64) -> Result<bool, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(self.table.as_ref())
-            .set_key(Some(Self::key(&keys::run_pk(run_id), &keys::event_sk(seq))))
-            .consistent_read(true)
-            .projection_expression("#sk")
-            .expression_attribute_names("#sk", keys::SK)
-            .send()
-            .await
-            .map_err(|e| self.fail("GetItem", e))?;
-        Ok(out.item.is_some())
     }
 }
 
@@ -1450,31 +1451,33 @@ impl EventLog for DynamoDbStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Frame>, StoreError> {
-        if limit == 0 || after == u64::MAX {
-            return Ok(Vec::new());
-        }
-        let pk = keys::run_pk(run_id);
-        let base = self
-            .client
-            .query()
-            .table_name(self.table.as_ref())
-            .consistent_read(true)
-            .key_condition_expression("#pk = :pk AND #sk BETWEEN :from AND :to")
-            .expression_attribute_names("#pk", keys::PK)
-            .expression_attribute_names("#sk", keys::SK)
-            .expression_attribute_values(":pk", s(pk.as_str()))
-            .expression_attribute_values(":from", s(keys::event_sk(after + 1)))
-            .expression_attribute_values(":to", s(keys::event_sk(u64::MAX)));
-        let items = self.query_pages(base, Some(limit)).await?;
-        let mut frames = Vec::with_capacity(items.len());
-        for item in &items {
-            let json = self.read_body(&pk, item, run_id, "event").await?;
-            frames.push(Frame {
-                seq: need_n(item, keys::SEQ, run_id)?,
-                event: decode(&json, "event", run_id)?,
-            });
-        }
-        Ok(frames)
+        let stored = self.stored_after(run_id, after, limit).await?;
+        stored
+            .into_iter()
+            .map(|(seq, json)| {
+                Ok(Frame {
+                    seq,
+                    event: decode(&json, "event", run_id)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn read_wire_after(
+        &self,
+        run_id: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<WireFrame>, StoreError> {
+        let stored = self.stored_after(run_id, after, limit).await?;
+        stored
+            .into_iter()
+            .map(|(seq, json)| {
+                WireFrame::from_json(seq, json).ok_or_else(|| {
+                    StoreError::Corrupt(format!("run {run_id}: a stored event has no type"))
+                })
+            })
+            .collect()
     }
 
     async fn wait_beyond(
@@ -1489,8 +1492,9 @@ impl EventLog for DynamoDbStore {
         let mut appended = self.appended.subscribe();
         let mut nap = POLL_MIN;
         loop {
-            // Seqs are gap-free, so "anything after `after`" is "`after + 1` exists".
-            if after < u64::MAX && self.has_event(run_id, after + 1).await? {
+            // Seqs are gap-free, so "anything after `after`" is "an item holds `after + 1` or
+            // later".
+            if after < u64::MAX && self.has_event_from(run_id, after + 1).await? {
                 return Ok(());
             }
             let now = tokio::time::Instant::now();
