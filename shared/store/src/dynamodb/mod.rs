@@ -26,6 +26,7 @@ mod keys;
 mod lease;
 mod segments;
 mod table;
+mod transition;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -43,7 +44,8 @@ use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Put, TransactWrite
 use orchestrator_core::engine::RunState;
 use orchestrator_core::event::{Event, Frame, WireFrame};
 use orchestrator_core::ports::{
-    ActiveRun, Claim, Clock, Created, EventLog, Lease, RunCursor, RunStore, StoreError, SystemClock,
+    ActiveRun, Claim, Clock, Committed, Created, EventLog, Lease, RunCursor, RunStore, StoreError,
+    SystemClock, TransitionWrite,
 };
 use orchestrator_core::report::build_report;
 use orchestrator_core::types::{Mode, Plan, RunReport, RunStatus, RunSummary, StepResult};
@@ -1409,6 +1411,12 @@ impl RunStore for DynamoDbStore {
         self.put_report(&build_report(state, results, now_ms))
             .await?;
         self.commit(state, events).await
+    }
+
+    /// The handoffs of the attempts it opens go in the commit's transaction (see
+    /// `transition.rs`).
+    async fn commit_transition(&self, w: TransitionWrite<'_>) -> Result<Committed, StoreError> {
+        self.transition(w).await
     }
 
     async fn get_report(&self, run_id: &str) -> Result<Option<RunReport>, StoreError> {
