@@ -89,6 +89,8 @@ conformance!(
     create_same_id_conflicts,
     commit_appends_gap_free,
     read_after_pages,
+    read_from_inside_a_batch,
+    many_small_deltas_read_back_in_order,
     wait_beyond_times_out,
     large_output_round_trip,
     step_result_first_writer_wins,
@@ -611,4 +613,217 @@ async fn throttling_past_the_max_attempts_is_an_error_not_a_silent_loss() {
     assert!(msg.contains("ProvisionedThroughputExceeded"), "{msg}");
     assert_eq!(proxy.throttled.load(Ordering::SeqCst), 2);
     assert_eq!(open(&direct).await.load_run("run-e").await.unwrap(), None);
+}
+
+/// The run's event items as stored, in key order.
+async fn event_items(
+    config: &DynamoDbConfig,
+    run_id: &str,
+) -> Vec<HashMap<String, AttributeValue>> {
+    config
+        .client()
+        .await
+        .query()
+        .table_name(&config.table_name)
+        .consistent_read(true)
+        .key_condition_expression("pk = :pk AND begins_with(sk, :ev)")
+        .expression_attribute_values(":pk", AttributeValue::S(format!("RUN#{run_id}")))
+        .expression_attribute_values(":ev", AttributeValue::S("EV#".into()))
+        .send()
+        .await
+        .unwrap()
+        .items
+        .unwrap_or_default()
+}
+
+fn sk(item: &HashMap<String, AttributeValue>) -> &str {
+    item["sk"].as_s().unwrap()
+}
+
+fn first_seq(item: &HashMap<String, AttributeValue>) -> u64 {
+    item["seq"].as_n().unwrap().parse().unwrap()
+}
+
+/// A store on a fresh table and its configuration, or `None` when the suite is skipped.
+async fn fresh_with_config() -> Option<(DynamoDbStore, DynamoDbConfig)> {
+    let endpoint = endpoint()?;
+    let config = config(&endpoint);
+    let store = open(&config).await;
+    store.create_table().await.unwrap();
+    Some((store, config))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_appended_batch_is_one_item_keyed_by_its_last_seq() {
+    // GIVEN a run created with one event
+    let Some((s, config)) = fresh_with_config().await else {
+        return;
+    };
+    s.create_run(&state("run-p", 1_000), &messages("run-p", &["first"]))
+        .await
+        .unwrap();
+
+    // WHEN ten small events are appended in one call
+    let texts: Vec<String> = (2..=11).map(|i| format!("event {i}")).collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let frames = s.append("run-p", &messages("run-p", &refs)).await.unwrap();
+
+    // THEN the log is two items: the first event's, and the ten's, keyed by the last seq and
+    // holding the first
+    let items = event_items(&config, "run-p").await;
+    let keys: Vec<&str> = items.iter().map(sk).collect();
+    assert_eq!(keys, ["EV#00000000000000000001", "EV#00000000000000000011"]);
+    assert_eq!(first_seq(&items[1]), 2);
+    // AND a read from a seq inside that item returns its later events, in order
+    let tail = s.read_after("run-p", 6, 100).await.unwrap();
+    assert_eq!(tail, frames[5..].to_vec());
+    // AND a waiter after a seq inside it sees there is more, and after its last that there
+    // is not
+    let started = Instant::now();
+    s.wait_beyond("run-p", 10, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(1));
+    s.wait_beyond("run-p", 11, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(100));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_past_the_size_budget_is_split_across_items() {
+    // GIVEN a run
+    let Some((s, config)) = fresh_with_config().await else {
+        return;
+    };
+    s.create_run(&state("run-s", 1_000), &[]).await.unwrap();
+
+    // WHEN one call appends 40 events of about 1 KB, one of 300 KB (over the inline limit:
+    // its JSON goes in parts), and five small ones
+    let kb = "0123456789abcdéf".repeat(64);
+    let mut texts: Vec<String> = (0..40).map(|i| format!("{i} {kb}")).collect();
+    texts.push("é".repeat(150 * 1024));
+    texts.extend((0..5).map(|i| format!("small {i}")));
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let frames = s.append("run-s", &messages("run-s", &refs)).await.unwrap();
+    assert_eq!(frames.len(), 46);
+
+    // THEN the events are spread over a few items, none holding more than about the budget,
+    // each starting where the one before ended
+    let items = event_items(&config, "run-s").await;
+    assert!((3..=6).contains(&items.len()), "{} items", items.len());
+    let mut next = 1;
+    for item in &items {
+        assert_eq!(first_seq(item), next, "{}", sk(item));
+        let last: u64 = sk(item)["EV#".len()..].parse().unwrap();
+        next = last + 1;
+        let size: usize = item
+            .values()
+            .map(|v| {
+                v.as_l().map_or(0, |l| {
+                    l.iter().map(|e| e.as_s().map_or(50, String::len)).sum()
+                })
+            })
+            .sum();
+        assert!(size <= 20 * 1024, "{} holds {size} bytes", sk(item));
+    }
+    assert_eq!(next, 47);
+    // AND every read, from every seq, returns the events after it whole and in order
+    conformance::reads_from_every_seq(&s, "run-s", &frames, 5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_stored_one_item_per_event_still_reads() {
+    // GIVEN a run whose first three events were stored one item per seq, as before events
+    // were packed (written here by hand), its meta item's lastSeq at 3
+    let Some((s, config)) = fresh_with_config().await else {
+        return;
+    };
+    s.create_run(&state("run-o", 1_000), &[]).await.unwrap();
+    let client = config.client().await;
+    let old = messages("run-o", &["one", "two", "three"]);
+    for (seq, event) in (1u64..).zip(&old) {
+        client
+            .put_item()
+            .table_name(&config.table_name)
+            .item("pk", AttributeValue::S("RUN#run-o".into()))
+            .item("sk", AttributeValue::S(format!("EV#{seq:020}")))
+            .item("seq", AttributeValue::N(seq.to_string()))
+            .item(
+                "body",
+                AttributeValue::S(serde_json::to_string(event).unwrap()),
+            )
+            .send()
+            .await
+            .unwrap();
+    }
+    client
+        .update_item()
+        .table_name(&config.table_name)
+        .key("pk", AttributeValue::S("RUN#run-o".into()))
+        .key("sk", AttributeValue::S("META".into()))
+        .update_expression("SET lastSeq = :n")
+        .expression_attribute_values(":n", AttributeValue::N("3".into()))
+        .send()
+        .await
+        .unwrap();
+
+    // WHEN two more are appended through the store
+    let frames = s
+        .append("run-o", &messages("run-o", &["four", "five"]))
+        .await
+        .unwrap();
+
+    // THEN they follow on, and every read returns old and new events in order
+    assert_eq!(frames.first().map(|f| f.seq), Some(4));
+    let mut all: Vec<orchestrator_core::event::Frame> = (1u64..)
+        .zip(old)
+        .map(|(seq, event)| orchestrator_core::event::Frame { seq, event })
+        .collect();
+    all.extend(frames);
+    conformance::reads_from_every_seq(&s, "run-o", &all, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transition_that_opens_steps_is_one_write_request() {
+    // GIVEN a run
+    let Some(s) = fresh().await else { return };
+    let st = state("run-o2", 1_000);
+    s.create_run(&st, &messages("run-o2", &["start"]))
+        .await
+        .unwrap();
+    let before = s.write_requests();
+
+    // WHEN a transition without a step result commits two events and opens two steps
+    let opening = |step: &str| orchestrator_core::ports::StepOpening {
+        step_id: step.to_owned(),
+        attempt: 1,
+        handoff: messages("run-o2", &[&format!("handoff {step}")]),
+    };
+    let committed = s
+        .commit_transition(orchestrator_core::ports::TransitionWrite {
+            state: &st,
+            events: &messages("run-o2", &["plan", "dispatch"]),
+            result: None,
+            opens: &[opening("s1"), opening("s2")],
+            now_ms: 2_000,
+        })
+        .await
+        .unwrap();
+
+    // THEN it cost one write request: the handoffs went with the commit, after its events
+    assert_eq!(s.write_requests() - before, 1);
+    let orchestrator_core::ports::Committed::Written { frames, opened } = committed else {
+        panic!("expected the transition written, got {committed:?}");
+    };
+    assert_eq!(frames.iter().map(|f| f.seq).collect::<Vec<_>>(), [2, 3]);
+    assert_eq!(opened.len(), 2);
+    let log = s.read_after("run-o2", 0, 10).await.unwrap();
+    assert_eq!(
+        log.iter().map(|f| f.event.clone()).collect::<Vec<_>>(),
+        messages(
+            "run-o2",
+            &["start", "plan", "dispatch", "handoff s1", "handoff s2"]
+        )
+    );
 }

@@ -79,6 +79,18 @@ async fn read_after_pages() {
     conformance::read_after_pages(&s).await;
 }
 
+#[tokio::test]
+async fn read_from_inside_a_batch() {
+    let (_dir, s) = fresh();
+    conformance::read_from_inside_a_batch(&s).await;
+}
+
+#[tokio::test]
+async fn many_small_deltas_read_back_in_order() {
+    let (_dir, s) = fresh();
+    conformance::many_small_deltas_read_back_in_order(&s).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_beyond_wakes_on_append() {
     let (_dir, s) = fresh();

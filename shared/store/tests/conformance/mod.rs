@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use orchestrator_core::engine::RunState;
-use orchestrator_core::event::{Event, EventKind, Frame};
+use orchestrator_core::event::{Event, EventKind, Frame, StepRef, WireFrame};
 use orchestrator_core::ports::{
     CallLog, CallReply, CallUnit, ChatMessage, Claim, Committed, Created, EventLog, Lease,
     ModelError, ModelInfo, ModelRequest, OpenedStep, Purpose, RecordedCall, RunCursor, RunStore,
@@ -1141,4 +1141,97 @@ pub async fn model_calls_round_trip_in_unit_order<S: RunStore + CallLog>(s: &S) 
     }
     // AND another run has none
     assert!(s.calls("run-other").await.unwrap().is_empty());
+}
+
+/// Every read after each seq from 0 to past the end: the frames after it, in order, whole or
+/// in pages of `page`, and the same frames as the wire carries them.
+pub async fn reads_from_every_seq<S: EventLog>(s: &S, run_id: &str, all: &[Frame], page: usize) {
+    let last = all.last().map_or(0, |f| f.seq);
+    for after in 0..=last + 1 {
+        let tail: Vec<Frame> = all.iter().filter(|f| f.seq > after).cloned().collect();
+        assert_eq!(
+            s.read_after(run_id, after, 10_000).await.unwrap(),
+            tail,
+            "after {after}"
+        );
+        let paged = s.read_after(run_id, after, page).await.unwrap();
+        assert_eq!(
+            paged,
+            tail[..tail.len().min(page)],
+            "after {after}, page {page}"
+        );
+        let wire: Vec<WireFrame> = tail.iter().take(page).map(WireFrame::of).collect();
+        assert_eq!(
+            s.read_wire_after(run_id, after, page).await.unwrap(),
+            wire,
+            "wire after {after}"
+        );
+    }
+}
+
+pub async fn read_from_inside_a_batch<S: RunStore + EventLog>(s: &S) {
+    // GIVEN a run created with two events, then a batch of six appended in one call (a store
+    // may keep a batch's events together)
+    let mut all = create_new(s, &state("run-i", 1_000), &messages("run-i", &["a", "b"])).await;
+    let batch = messages("run-i", &["c", "d", "e", "f", "g", "h"]);
+    let frames = s.append("run-i", &batch).await.unwrap();
+    assert_eq!(seqs(&frames), vec![3, 4, 5, 6, 7, 8]);
+    all.extend(frames);
+
+    // WHEN reading after every seq, the ones inside the batch included, whole and in pages
+    // THEN exactly the later events come, in order, as appended
+    reads_from_every_seq(s, "run-i", &all, 2).await;
+    assert_eq!(
+        texts(&s.read_after("run-i", 4, 3).await.unwrap()),
+        vec!["e", "f", "g"]
+    );
+
+    // AND appending goes on after the batch
+    let next = s.append("run-i", &messages("run-i", &["i"])).await.unwrap();
+    assert_eq!(seqs(&next), vec![9]);
+}
+
+fn delta(run_id: &str, step_id: &str, text: &str) -> Event {
+    Event {
+        kind: EventKind::Delta {
+            message: text.to_owned(),
+            data: StepRef {
+                step_id: step_id.to_owned(),
+            },
+        },
+        correlation_id: format!("corr-{run_id}"),
+        run_id: run_id.to_owned(),
+    }
+}
+
+pub async fn many_small_deltas_read_back_in_order<S: RunStore + EventLog>(s: &S) {
+    // GIVEN a run that streams 90 small deltas of two steps, appended in batches of one to
+    // four (as a streamer flushes them), with a message between some batches
+    let mut all = create_new(s, &state("run-d", 1_000), &messages("run-d", &["start"])).await;
+    let mut n = 0;
+    for batch in 0..36 {
+        let size = 1 + batch % 4;
+        let step = if batch % 2 == 0 { "s1" } else { "s2" };
+        let mut events: Vec<Event> = (0..size)
+            .map(|i| delta("run-d", step, &format!("chunk {} of {step} ({i}) ", n + i)))
+            .collect();
+        n += size;
+        if batch % 5 == 0 {
+            events.push(message("run-d", &format!("after batch {batch}")));
+        }
+        let frames = s.append("run-d", &events).await.unwrap();
+        assert_eq!(frames.first().map(|f| f.seq), all.last().map(|f| f.seq + 1));
+        all.extend(frames);
+    }
+    assert_eq!(all.len(), 1 + 90 + 8);
+
+    // WHEN the log is read from the start, and after every seq in pages
+    // THEN every event comes back once, in order, as appended
+    assert_eq!(s.read_after("run-d", 0, 1_000).await.unwrap(), all);
+    assert_eq!(
+        seqs(&all),
+        (1..=all.len() as u64).collect::<Vec<_>>(),
+        "gap-free"
+    );
+    reads_from_every_seq(s, "run-d", &all, 7).await;
 }
