@@ -265,6 +265,7 @@ up() {
     --set "AWS_SECRET_ACCESS_KEY=test"
     --set "STATE_MACHINE_ARN=${state_machine_arn}"
     --set "STATE_MACHINE_TYPE=${sm_type}"
+    --set "SCHEDULER_ROLE_ARN=$([[ "$sm_type" == EXPRESS ]] && echo arn:aws:iam::123456789012:role/orchestrator-local-scheduler)"
     --set "SPECIALIST_FUNCTIONS=strategy=strategy,generation=generation,qa=qa,finalize=finalize"
     --set "DLQ_URL=${dlq_url}"
     --set "EVENT_BUS_NAME=default"

@@ -1104,6 +1104,10 @@ async fn express_and_standard_stacks_write_the_same_event_logs() {
                 assert_eq!(approval_runs[1].2.first().unwrap(), "Claim");
                 let store = DynamoDbStore::connect(&stack.dynamodb()).await;
                 assert_duplicate_start_runs_nothing(&sfn, &sm, &store, &reference_id).await;
+                let scheduler = aws_sdk_scheduler::Client::new(&sdk);
+                let url = stack.var("STREAM_URL");
+                assert_deadline_ends_an_unanswered_run(&http, url, &sfn, &sm, &store, &scheduler)
+                    .await;
             }
             _ => {
                 assert!(
@@ -1160,4 +1164,89 @@ async fn assert_duplicate_start_runs_nothing(
     assert_eq!(status, "SUCCEEDED");
     assert_eq!(entered(&history), ["Claim", "Route", "Superseded"]);
     assert_eq!(events().await, before, "the duplicate wrote nothing");
+}
+
+/// An Express run nobody answers: its paused segment keeps a deadline, a schedule that starts
+/// the next segment at the checkpoint's expiry; started then (the emulator's Scheduler keeps
+/// schedules but never fires them, so the test starts what the schedule names), the run fails
+/// visibly, saying the checkpoint expired.
+async fn assert_deadline_ends_an_unanswered_run(
+    http: &reqwest::Client,
+    stream_url: &str,
+    sfn: &aws_sdk_sfn::Client,
+    sm: &str,
+    store: &DynamoDbStore,
+    scheduler: &aws_sdk_scheduler::Client,
+) {
+    let response = http
+        .post(format!("{stream_url}/api/v1/agent/run.stream"))
+        .json(&json!({"objective": OBJECTIVE, "options": {"requireApproval": true}}))
+        .send()
+        .await
+        .unwrap();
+    let mut parser = SseParser::default();
+    let mut body = response.bytes_stream();
+    let mut run_id = None;
+    while run_id.is_none() {
+        let chunk = tokio::time::timeout(Duration::from_secs(120), body.next())
+            .await
+            .expect("the run reached no checkpoint")
+            .expect("the stream ended before a checkpoint");
+        for f in parser.push_bytes(&chunk.unwrap()) {
+            let data: Value = serde_json::from_str(&f.data).unwrap();
+            if f.event.as_deref() == Some("hitl_request") {
+                run_id = data["runId"].as_str().map(str::to_owned);
+            }
+        }
+    }
+    drop(body);
+    let run_id = run_id.unwrap();
+    let (status, history) = execution(sfn, sm, &run_id).await;
+    assert_eq!(status, "SUCCEEDED");
+    assert_eq!(entered(&history).last().unwrap(), "Paused");
+    // THEN the pause kept the deadline: segment 1 at the checkpoint's expiry
+    let schedule = scheduler
+        .get_schedule()
+        .name(format!("run-{run_id}-s1"))
+        .send()
+        .await
+        .expect("the paused run's deadline");
+    let state = store.load_run(&run_id).await.unwrap().unwrap();
+    let expires = state.checkpoint.as_ref().unwrap().expires_at_ms;
+    let at =
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(expires));
+    let expected_at = format!("at({})", at.to_string().trim_end_matches('Z'));
+    assert_eq!(schedule.schedule_expression(), Some(expected_at.as_str()));
+    let target = schedule.target().unwrap();
+    assert!(
+        target
+            .arn()
+            .ends_with(":scheduler:::aws-sdk:sfn:startExecution"),
+        "{target:?}"
+    );
+    let start: Value = serde_json::from_str(target.input().unwrap()).unwrap();
+    assert_eq!(start["StateMachineArn"], sm);
+    assert_eq!(start["Name"], format!("{run_id}-s1"));
+    // WHEN the checkpoint has expired and the schedule starts its segment
+    let mut expired = state.clone();
+    expired.checkpoint.as_mut().unwrap().expires_at_ms = 1;
+    store.commit(&expired, &[]).await.unwrap();
+    sfn.start_execution()
+        .state_machine_arn(sm)
+        .name(start["Name"].as_str().unwrap())
+        .input(start["Input"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    // THEN that segment fails the run, saying the checkpoint expired
+    let (status, history) = execution(sfn, sm, &format!("{run_id}-s1")).await;
+    assert_eq!(status, "FAILED", "{:?}", entered(&history));
+    let ended = store.load_run(&run_id).await.unwrap().unwrap();
+    assert_eq!(ended.status.as_str(), "failed");
+    let events = store.read_after(&run_id, 0, 100_000).await.unwrap();
+    let last = serde_json::to_value(&events.last().unwrap().event).unwrap();
+    assert!(
+        last.to_string().contains("expired without an answer"),
+        "{last}"
+    );
 }

@@ -47,6 +47,21 @@ pub const PRICES: &[Price] = &[
         usd: 0.025 / 1_000.0,
     },
     Price {
+        item: "sfn_express_request",
+        unit: "Step Functions Express request (execution started)",
+        usd: 1.00 / 1_000_000.0,
+    },
+    Price {
+        item: "sfn_express_gb_s",
+        unit: "GB-second of Step Functions Express (64 MB steps, 100 ms steps; first 1000 GB-hours)",
+        usd: 0.000_016_67,
+    },
+    Price {
+        item: "cloudwatch_logs_ingest_gb",
+        unit: "GB of CloudWatch Logs ingested (standard class)",
+        usd: 0.50,
+    },
+    Price {
         item: "dynamodb_wru",
         unit: "DynamoDB on-demand write request unit",
         usd: 0.625 / 1_000_000.0,
@@ -195,7 +210,37 @@ pub struct CostModel {
     pub total_usd: f64,
     /// The same without Lambda time spent waiting on the model.
     pub total_without_model_wait_usd: f64,
+    /// The same run on an Express state machine (the template's default).
+    pub express: ExpressCost,
 }
+
+/// What Express bills where Standard bills transitions (infra/statemachine.express.asl.json):
+/// executions (one per segment) and their duration at 64 MB, every state logged to CloudWatch
+/// Logs, and per segment one `claim` invocation, one claim write and a segment check (one
+/// strongly consistent read) per `planner` and `advance` move.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExpressCost {
+    /// Executions: the run's modelled duration over `SegmentSeconds` (240 s), rounded up.
+    pub segments: u64,
+    /// Billed duration of all segments, ms: the function time plus the model wait, as if
+    /// every task ran one after the other (an upper bound), rounded up to 100 ms a segment.
+    pub billed_ms: u64,
+    pub lambda_invocations: u64,
+    /// Log events (about two per state entered, three per Lambda task, two per execution) at
+    /// [`EXPRESS_LOG_EVENT_BYTES`] each.
+    pub log_events: u64,
+    pub wru: f64,
+    pub rru: f64,
+    pub lines: Vec<CostLine>,
+    pub total_usd: f64,
+}
+
+/// Bytes of one Express log event without execution data (`IncludeExecutionData: false`):
+/// modelled from the event's fixed fields (ids, names, timestamps, ARNs).
+pub const EXPRESS_LOG_EVENT_BYTES: u64 = 350;
+/// Express bills memory in 64 MB steps; these definitions carry ids only, so the smallest.
+const EXPRESS_MEMORY_GB: f64 = 64.0 / 1024.0;
+const SEGMENT_MS: u64 = 240_000;
 
 /// State transitions of one run along `infra/statemachine.asl.json`: `Plan` (each planner
 /// call) -> `Route`; `Route` -> `Dispatch` (a Map: one `RunStep` per step) -> `Advance` ->
@@ -281,7 +326,9 @@ pub fn model(
     ];
     let total: f64 = lines.iter().map(|l| l.usd).sum();
     let lambda_wait = wait_gb_s * price("lambda_arm64_gb_s");
+    let express = express(&shape, &lambda, &orchestration, [wru, rru], stored_bytes);
     CostModel {
+        express,
         prices_as_of: PRICES_AS_OF,
         shape,
         lambda,
@@ -291,6 +338,147 @@ pub fn model(
         total_usd: total,
         total_without_model_wait_usd: total - lambda_wait,
     }
+}
+
+/// The run on Express, from the same shape, orchestration and DynamoDB figures.
+fn express(
+    shape: &RunShape,
+    lambda: &LambdaAssumptions,
+    o: &Orchestration,
+    [wru, rru]: [f64; 2],
+    stored_bytes: u64,
+) -> ExpressCost {
+    let busy_ms = o.function_ms + shape.model_ms;
+    let segments = busy_ms / SEGMENT_MS + 1;
+    let claims_ms = segments * lambda.advance_ms;
+    let billed_ms = (busy_ms + claims_ms).div_ceil(100) * 100 + (segments - 1) * 100;
+    let lambda_invocations = o.lambda_invocations + segments;
+    // Claim and Route open each segment; Standard's states otherwise.
+    let states = o.state_transitions + 2 * segments;
+    let log_events = 2 * states + 3 * lambda_invocations + 2 * segments;
+    let checks = (shape.planner_calls + advance_invocations(shape)) as f64;
+    let (wru, rru) = (wru + segments as f64, rru + checks);
+    let lines = express_lines(
+        shape,
+        lambda,
+        o,
+        ExpressQuantities {
+            segments,
+            billed_ms,
+            claims_ms,
+            lambda_invocations,
+            log_events,
+            wru,
+            rru,
+            stored_bytes,
+        },
+    );
+    let total_usd = lines.iter().map(|l| l.usd).sum();
+    ExpressCost {
+        segments,
+        billed_ms,
+        lambda_invocations,
+        log_events,
+        wru,
+        rru,
+        lines,
+        total_usd,
+    }
+}
+
+/// What [`express_lines`] prices.
+struct ExpressQuantities {
+    segments: u64,
+    billed_ms: u64,
+    claims_ms: u64,
+    lambda_invocations: u64,
+    log_events: u64,
+    wru: f64,
+    rru: f64,
+    stored_bytes: u64,
+}
+
+fn express_lines(
+    shape: &RunShape,
+    lambda: &LambdaAssumptions,
+    o: &Orchestration,
+    q: ExpressQuantities,
+) -> Vec<CostLine> {
+    let ExpressQuantities {
+        segments,
+        billed_ms,
+        claims_ms,
+        lambda_invocations,
+        log_events,
+        wru,
+        rru,
+        stored_bytes,
+    } = q;
+    let gb = lambda.memory_mb as f64 / 1024.0;
+    let line = |item: &'static str, what: &'static str, quantity: f64, source: Source| CostLine {
+        item,
+        what,
+        quantity,
+        unit_usd: price(item),
+        usd: quantity * price(item),
+        source,
+    };
+    vec![
+        line(
+            "sfn_express_request",
+            "Express executions (segments)",
+            segments as f64,
+            Source::Modelled,
+        ),
+        line(
+            "sfn_express_gb_s",
+            "Express GB-s (64 MB)",
+            EXPRESS_MEMORY_GB * billed_ms as f64 / 1000.0,
+            Source::Modelled,
+        ),
+        line(
+            "cloudwatch_logs_ingest_gb",
+            "Express execution logs, GB",
+            (log_events * EXPRESS_LOG_EVENT_BYTES) as f64 / 1e9,
+            Source::Modelled,
+        ),
+        line(
+            "lambda_requests",
+            "Lambda requests (+ claims)",
+            lambda_invocations as f64,
+            o.source,
+        ),
+        line(
+            "lambda_arm64_gb_s",
+            "Lambda GB-s, function time (+ claims)",
+            gb * (o.function_ms + claims_ms) as f64 / 1000.0,
+            o.function_ms_source,
+        ),
+        line(
+            "lambda_arm64_gb_s",
+            "Lambda GB-s, waiting on the model",
+            gb * shape.model_ms as f64 / 1000.0,
+            Source::Modelled,
+        ),
+        line(
+            "dynamodb_wru",
+            "DynamoDB WRU (+ segment claims)",
+            wru,
+            Source::Measured,
+        ),
+        line(
+            "dynamodb_rru",
+            "DynamoDB RRU (+ segment checks)",
+            rru,
+            Source::Measured,
+        ),
+        line(
+            "dynamodb_storage_gb_month",
+            "DynamoDB storage, GB-month",
+            stored_bytes as f64 / 1e9,
+            Source::Measured,
+        ),
+    ]
 }
 
 impl CostModel {
@@ -304,7 +492,38 @@ impl CostModel {
             None => self.write_modelled(&mut out, figures),
         }
         self.write_lines(&mut out);
+        self.write_express(&mut out);
         out
+    }
+
+    /// The same run on Express, line by line.
+    fn write_express(&self, out: &mut String) {
+        let e = &self.express;
+        let _ = writeln!(
+            out,
+            "  on Express (the default; infra/statemachine.express.asl.json): {} segment(s), {} billed ms at 64 MB, {} Lambda invocations, {} log events x {} bytes (modelled), {:.1} WRU, {:.1} RRU",
+            e.segments,
+            e.billed_ms,
+            e.lambda_invocations,
+            e.log_events,
+            EXPRESS_LOG_EVENT_BYTES,
+            e.wru,
+            e.rru
+        );
+        for l in &e.lines {
+            let _ = writeln!(
+                out,
+                "  {:<36} {:>14.4} {:>14.10} {:>12.8}  {}",
+                l.what, l.quantity, l.unit_usd, l.usd, l.source
+            );
+        }
+        let _ = writeln!(
+            out,
+            "  total per run on Express: ${:.6} (${:.3} per 1000 runs; target <= $0.15); on Standard ${:.3} per 1000 runs",
+            e.total_usd,
+            e.total_usd * 1000.0,
+            self.total_usd * 1000.0
+        );
     }
 
     /// Where the figures come from when the emulated AWS run measured them.

@@ -273,3 +273,49 @@ fn walk(asl: &Value, routes: &[(&str, usize)]) -> BTreeMap<String, u64> {
     }
     panic!("the walk did not end: {entered:?}")
 }
+
+#[test]
+fn on_express_the_run_is_billed_by_execution_and_duration_not_by_transition() {
+    // GIVEN the reference run's shape and DynamoDB figures, no emulated run
+    let c = cost::model(
+        reference_shape(),
+        LambdaAssumptions::default(),
+        None,
+        232.0,
+        62.0,
+        43_700,
+    );
+    // WHEN it is priced on Express
+    let e = &c.express;
+    // THEN it is one segment (it runs well under 240 s), whose claim adds an invocation and a
+    // write, and whose planner and advance moves each read the segment once
+    assert_eq!(e.segments, 1);
+    assert_eq!(e.lambda_invocations, c.orchestration.lambda_invocations + 1);
+    assert_eq!(e.wru, 233.0);
+    assert_eq!(e.rru, 62.0 + 2.0 + 7.0);
+    // AND no state transition is billed; the execution, its duration and its logs are
+    assert!(e.lines.iter().all(|l| l.item != "sfn_standard_transition"));
+    for item in [
+        "sfn_express_request",
+        "sfn_express_gb_s",
+        "cloudwatch_logs_ingest_gb",
+    ] {
+        assert!(
+            e.lines.iter().any(|l| l.item == item && l.usd > 0.0),
+            "{item}"
+        );
+    }
+    // AND the whole is a fraction of Standard's, and the report says both
+    assert!(
+        e.total_usd < c.total_usd / 3.0,
+        "{} vs {}",
+        e.total_usd,
+        c.total_usd
+    );
+    let report = c.report(None, Path::new("figures.json"));
+    assert!(report.contains("on Express"), "{report}");
+    assert!(
+        report.contains("per 1000 runs; target <= $0.15"),
+        "{report}"
+    );
+}

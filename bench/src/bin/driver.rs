@@ -126,6 +126,16 @@ enum Cmd {
         #[arg(long)]
         base_url: String,
     },
+    /// The AWS cost of one reference run alone (Standard and Express): the DynamoDB run
+    /// against the realistic mock, priced; what `all` prints under "AWS cost".
+    Cost {
+        /// The DynamoDB emulator.
+        #[arg(long, env = "DYNAMODB_ENDPOINT")]
+        dynamodb_endpoint: String,
+        /// As for `all`.
+        #[arg(long, env = "AWS_RUN_FIGURES")]
+        aws_figures: Option<PathBuf>,
+    },
     /// Everything; prints the table and writes the JSON.
     All {
         /// The `orchestrator` binary (for exec-to-first-frame and the idle server).
@@ -240,14 +250,11 @@ fn main() -> anyhow::Result<()> {
         command @ (Cmd::ServePath { .. } | Cmd::BareFloor { .. } | Cmd::ExecFirst { .. }) => {
             serve_command(command)
         }
-        Cmd::Dynamo { endpoint, base_url } => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            let result = rt.block_on(dynamo(&endpoint, &base_url))?;
-            println!("{}", serde_json::to_string(&result)?);
-            Ok(())
-        }
+        Cmd::Cost {
+            dynamodb_endpoint,
+            aws_figures,
+        } => cost_only(&dynamodb_endpoint, aws_figures),
+        Cmd::Dynamo { endpoint, base_url } => dynamo_command(&endpoint, &base_url),
         Cmd::All {
             orchestrator,
             out,
@@ -1132,6 +1139,29 @@ fn dynamo_in_child(endpoint: &str, base_url: &str) -> anyhow::Result<DynamoResul
 
 fn fmt_opt(v: Option<f64>, digits: usize) -> String {
     v.map_or("n/a".into(), |v| format!("{v:.digits$}"))
+}
+
+/// `bench-driver dynamo`: one reference run on DynamoDB, its figures as JSON.
+fn dynamo_command(endpoint: &str, base_url: &str) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(dynamo(endpoint, base_url))?;
+    println!("{}", serde_json::to_string(&result)?);
+    Ok(())
+}
+
+/// `bench-driver cost`: the reference run on DynamoDB against the realistic mock, priced.
+fn cost_only(endpoint: &str, aws_figures: Option<PathBuf>) -> anyhow::Result<()> {
+    let figures_path = aws_figures
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(emulated::DEFAULT_PATH));
+    let figures = EmulatedRun::find(aws_figures.as_deref(), &figures_path)?;
+    let (_mock, url) = spawn_mock(200, 5.0)?;
+    let d = dynamo_in_child(endpoint, &url)?;
+    let c = cost_of(&d, figures.as_ref());
+    print_cost(&d, &c, figures.as_ref(), &figures_path);
+    Ok(())
 }
 
 fn all(args: AllArgs) -> anyhow::Result<()> {

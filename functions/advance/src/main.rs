@@ -18,6 +18,7 @@ async fn main() -> anyhow::Result<()> {
         delivery: aws.delivery(),
         segments: aws.segment_guard()?,
         starts: Arc::new(aws.sfn()),
+        deadlines: aws.deadlines(),
         functions,
     };
     let function = &function;

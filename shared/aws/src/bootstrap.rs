@@ -12,10 +12,12 @@ use orchestrator_llm::LlmConfig;
 use orchestrator_runner::{RunnerConfig, Store, Transitions};
 use orchestrator_store::{DynamoDbConfig, DynamoDbStore};
 
+use crate::control::{NoDeadlines, SchedulerDeadlines};
 pub use crate::error::InitError;
 use crate::error::{AwsError, Service};
 use crate::handlers::Delivery;
 use crate::route::{DEFAULT_MAP_MAX_CONCURRENCY, FunctionMap};
+use crate::segments::Deadlines;
 use crate::segments::{
     DEFAULT_SEGMENT_SECONDS, MachineKind, SEGMENT_SECONDS_VAR, STATE_MACHINE_TYPE_VAR, SegmentGuard,
 };
@@ -148,8 +150,21 @@ impl Aws {
             kind: machine_kind_from_env()?,
             waits: Arc::new(waits),
             segments: Arc::new(self.store.clone()),
+            deadlines: self.deadlines(),
             delivery,
         })
+    }
+
+    /// Paused Express runs' deadlines as EventBridge Scheduler schedules, assumed into
+    /// `SCHEDULER_ROLE_ARN`; unset (Standard), none are kept.
+    pub fn deadlines(&self) -> Arc<dyn Deadlines> {
+        match var("SCHEDULER_ROLE_ARN") {
+            Some(role_arn) => Arc::new(SchedulerDeadlines {
+                client: aws_sdk_scheduler::Client::new(&self.sdk),
+                role_arn,
+            }),
+            None => Arc::new(NoDeadlines),
+        }
     }
 
     /// The segment checks of `planner` and `advance` over the table, `SEGMENT_SECONDS`

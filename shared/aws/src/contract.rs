@@ -172,6 +172,13 @@ pub enum AdvanceRequest {
         segment: u32,
         execution: String,
     },
+    /// Express: the run waits for a person and this segment ends; keep the checkpoint's
+    /// deadline, when the next segment of `state_machine` starts if nobody answered.
+    Pause {
+        run_id: String,
+        segment: u32,
+        state_machine: String,
+    },
     /// Express: the segment hands over; start the next one of `state_machine`.
     Continue {
         run_id: String,

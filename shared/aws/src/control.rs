@@ -17,7 +17,9 @@ use crate::completion::deliver;
 use crate::contract::{ExecutionInput, Resumed};
 use crate::error::{AwsError, Service};
 use crate::handlers::{ApprovalWaits, Delivery};
-use crate::segments::{MachineKind, SegmentStarts, Segments, segment_name};
+use crate::segments::{
+    Deadlines, MachineKind, SegmentStarts, Segments, deadline_name, segment_name,
+};
 
 /// Task tokens in the run's table, waits resumed with SendTaskSuccess.
 #[derive(Clone)]
@@ -90,6 +92,8 @@ pub struct SfnControl {
     pub waits: Arc<dyn ApprovalWaits>,
     /// Express: where the run's segments are claimed (an answer starts the next one).
     pub segments: Arc<dyn Segments>,
+    /// Express: the paused run's deadline, cancelled by an answer.
+    pub deadlines: Arc<dyn Deadlines>,
     /// A run cancelled here never reaches the state machine's Notify: its completion is sent
     /// from here.
     pub delivery: Option<Delivery>,
@@ -322,5 +326,112 @@ impl Control for SfnControl {
                 .map_err(|e| unavailable(e.to_string()))?;
         }
         Ok(())
+    }
+}
+
+/// Deadlines as one-time EventBridge Scheduler schedules that call StartExecution (the
+/// universal target, so the segment's execution gets its name) and delete themselves.
+#[derive(Clone)]
+pub struct SchedulerDeadlines {
+    pub client: aws_sdk_scheduler::Client,
+    /// The role Scheduler assumes to start executions (template: SchedulerRole).
+    pub role_arn: String,
+}
+
+#[async_trait]
+impl Deadlines for SchedulerDeadlines {
+    async fn schedule(
+        &self,
+        state_machine: &str,
+        run_id: &str,
+        segment: u32,
+        at_ms: u64,
+    ) -> Result<(), AwsError> {
+        use aws_sdk_scheduler::types::{
+            ActionAfterCompletion, FlexibleTimeWindow, FlexibleTimeWindowMode, Target,
+        };
+        let start = serde_json::json!({
+            "StateMachineArn": state_machine,
+            "Name": segment_name(run_id, segment),
+            "Input": serde_json::json!({"runId": run_id, "segment": segment}).to_string(),
+        });
+        // arn:<partition>:states:... -> the same partition's universal target.
+        let partition = state_machine.split(':').nth(1).unwrap_or("aws");
+        let invalid = |e: aws_sdk_scheduler::error::BuildError| AwsError::Call {
+            service: Service::Scheduler,
+            operation: "CreateSchedule",
+            detail: format!("the request could not be built: {e}"),
+        };
+        let target = Target::builder()
+            .arn(format!(
+                "arn:{partition}:scheduler:::aws-sdk:sfn:startExecution"
+            ))
+            .role_arn(&self.role_arn)
+            .input(start.to_string())
+            .build()
+            .map_err(invalid)?;
+        let window = FlexibleTimeWindow::builder()
+            .mode(FlexibleTimeWindowMode::Off)
+            .build()
+            .map_err(invalid)?;
+        let result = self
+            .client
+            .create_schedule()
+            .name(deadline_name(run_id, segment))
+            .schedule_expression(format!("at({})", at_expression(at_ms)))
+            .schedule_expression_timezone("UTC")
+            .flexible_time_window(window)
+            .target(target)
+            .action_after_completion(ActionAfterCompletion::Delete)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            // Kept by a retried pause: the same schedule.
+            Err(e) if e.code() == Some("ConflictException") => Ok(()),
+            Err(e) => Err(AwsError::call(Service::Scheduler, "CreateSchedule", &e)),
+        }
+    }
+
+    async fn cancel(&self, run_id: &str, segment: u32) -> Result<(), AwsError> {
+        let name = deadline_name(run_id, segment);
+        match self.client.delete_schedule().name(name).send().await {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("ResourceNotFoundException") => Ok(()),
+            Err(e) => Err(AwsError::call(Service::Scheduler, "DeleteSchedule", &e)),
+        }
+    }
+}
+
+/// `at()`'s time: UTC to the second, no zone suffix (the zone is the schedule's).
+fn at_expression(at_ms: u64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(at_ms);
+    let text = humantime::format_rfc3339_seconds(at).to_string();
+    text.trim_end_matches('Z').to_owned()
+}
+
+/// Standard deployments keep no deadlines: the state machine's wait times the approval out.
+pub struct NoDeadlines;
+
+#[async_trait]
+impl Deadlines for NoDeadlines {
+    async fn schedule(&self, _: &str, run_id: &str, _: u32, _: u64) -> Result<(), AwsError> {
+        tracing::warn!(%run_id, "no deadline kept (SCHEDULER_ROLE_ARN is not set)");
+        Ok(())
+    }
+
+    async fn cancel(&self, _: &str, _: u32) -> Result<(), AwsError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deadline_is_an_at_expression_in_utc_to_the_second() {
+        // 2026-12-07T14:00:05.900Z
+        assert_eq!(at_expression(1_796_652_005_900), "2026-12-07T14:00:05");
     }
 }

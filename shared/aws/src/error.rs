@@ -114,6 +114,7 @@ impl From<FunctionError> for lambda_runtime::Diagnostic {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Service {
     StepFunctions,
+    Scheduler,
     Sqs,
     EventBridge,
     SecretsManager,
@@ -123,6 +124,7 @@ impl fmt::Display for Service {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Service::StepFunctions => "Step Functions",
+            Service::Scheduler => "EventBridge Scheduler",
             Service::Sqs => "SQS",
             Service::EventBridge => "EventBridge",
             Service::SecretsManager => "Secrets Manager",

@@ -16,7 +16,7 @@ use crate::completion::{Completions, deliver};
 use crate::contract::{AdvanceRequest, AttemptEnd, Next, Outcome, RunRef, StepTask};
 use crate::error::{AwsError, FunctionError};
 use crate::route::{FunctionMap, next_of};
-use crate::segments::{SegmentGuard, SegmentStarts, Standing};
+use crate::segments::{Deadlines, SegmentGuard, SegmentStarts, Standing};
 use crate::telemetry::{StepFigures, emit, step_metrics};
 use orchestrator_store::SegmentClaim;
 
@@ -111,6 +111,8 @@ pub struct AdvanceFunction {
     pub segments: SegmentGuard,
     /// Starts the next Express segment (`op: continue`).
     pub starts: Arc<dyn SegmentStarts>,
+    /// Keeps a paused Express run's deadline (`op: pause`).
+    pub deadlines: Arc<dyn Deadlines>,
 }
 
 fn superseded(run_id: String) -> Next {
@@ -131,35 +133,9 @@ impl AdvanceFunction {
             } => {
                 let state = self.transitions.load(&run_id).await?;
                 let span = spans::invocation("advance", &state, None);
-                let clock = self.transitions.clock();
-                async {
-                    let standing = self
-                        .segments
-                        .standing(&run_id, segment, clock.now_ms())
-                        .await?;
-                    if let Some(Standing::Superseded { by }) = standing {
-                        tracing::info!(by, "a later segment drives the run: not advancing");
-                        return Ok(superseded(run_id.clone()));
-                    }
-                    let mut inputs = Vec::with_capacity(outcomes.len() + 1);
-                    for outcome in outcomes {
-                        if outcome.run_id != state.run_id {
-                            return Err(FunctionError::InvalidRequest(format!(
-                                "an outcome of run {} was sent to run {}",
-                                outcome.run_id, state.run_id
-                            )));
-                        }
-                        inputs.push(self.input_of(outcome).await?);
-                    }
-                    if timed_out {
-                        // The engine sees the checkpoint past its deadline and closes it.
-                        inputs.push(Input::BudgetTick);
-                    }
-                    let next = self.advance(state, inputs).await?;
-                    Ok(self.segments.route(next, standing, clock.now_ms()))
-                }
-                .instrument(span)
-                .await?
+                self.apply(state, outcomes, timed_out, segment)
+                    .instrument(span)
+                    .await?
             }
             AdvanceRequest::Abort { run_id, caught } => {
                 let state = self.transitions.load(&run_id).await?;
@@ -204,22 +180,61 @@ impl AdvanceFunction {
                     .instrument(span)
                     .await?
             }
+            AdvanceRequest::Pause {
+                run_id,
+                segment,
+                state_machine,
+            } => {
+                self.pause(&run_id, segment, &state_machine).await?;
+                return Ok(json!({}));
+            }
             AdvanceRequest::Continue {
                 run_id,
                 segment,
                 state_machine,
             } => {
-                let state = self.transitions.load(&run_id).await?;
-                let traceparent = state.traceparent.as_deref();
-                self.starts
-                    .start(&state_machine, &run_id, segment + 1, traceparent)
-                    .await
-                    .map_err(|e| FunctionError::ExecutionUnavailable(e.to_string()))?;
-                tracing::info!(runId = %run_id, next = segment + 1, "the next segment carries on");
+                self.hand_over(&run_id, segment, &state_machine).await?;
                 return Ok(json!({}));
             }
         };
         serde_json::to_value(next).map_err(|e| FunctionError::InvalidRequest(e.to_string()))
+    }
+
+    /// `op: advance`: the outcomes (and a timed-out wait) applied, unless a later segment
+    /// drives the run.
+    async fn apply(
+        &self,
+        state: RunState,
+        outcomes: Vec<Outcome>,
+        timed_out: bool,
+        segment: Option<u32>,
+    ) -> Result<Next, FunctionError> {
+        let clock = self.transitions.clock();
+        let run_id = state.run_id.clone();
+        let standing = self
+            .segments
+            .standing(&run_id, segment, clock.now_ms())
+            .await?;
+        if let Some(Standing::Superseded { by }) = standing {
+            tracing::info!(by, "a later segment drives the run: not advancing");
+            return Ok(superseded(run_id));
+        }
+        let mut inputs = Vec::with_capacity(outcomes.len() + 1);
+        for outcome in outcomes {
+            if outcome.run_id != run_id {
+                return Err(FunctionError::InvalidRequest(format!(
+                    "an outcome of run {} was sent to run {run_id}",
+                    outcome.run_id
+                )));
+            }
+            inputs.push(self.input_of(outcome).await?);
+        }
+        if timed_out {
+            // The engine sees the checkpoint past its deadline and closes it.
+            inputs.push(Input::BudgetTick);
+        }
+        let next = self.advance(state, inputs).await?;
+        Ok(self.segments.route(next, standing, clock.now_ms()))
     }
 
     /// Applies the inputs (none: the route as the stored run stands) and names the next route.
@@ -241,6 +256,34 @@ impl AdvanceFunction {
         Ok(next)
     }
 
+    /// Express: keeps the paused run's deadline, when segment `segment + 1` starts.
+    async fn pause(&self, run_id: &str, segment: u32, sm: &str) -> Result<(), FunctionError> {
+        let state = self.transitions.load(run_id).await?;
+        // Answered already (the answer started the next segment): nothing to keep.
+        let Some(checkpoint) = &state.checkpoint else {
+            return Ok(());
+        };
+        let at = checkpoint.expires_at_ms;
+        self.deadlines
+            .schedule(sm, run_id, segment + 1, at)
+            .await
+            .map_err(|e| FunctionError::ExecutionUnavailable(e.to_string()))?;
+        tracing::info!(runId = %run_id, checkpoint = %checkpoint.id, "paused until answered or expired");
+        Ok(())
+    }
+
+    /// Express: starts segment `segment + 1`, which carries the run on.
+    async fn hand_over(&self, run_id: &str, segment: u32, sm: &str) -> Result<(), FunctionError> {
+        let state = self.transitions.load(run_id).await?;
+        let traceparent = state.traceparent.as_deref();
+        self.starts
+            .start(sm, run_id, segment + 1, traceparent)
+            .await
+            .map_err(|e| FunctionError::ExecutionUnavailable(e.to_string()))?;
+        tracing::info!(runId = %run_id, next = segment + 1, "the next segment carries on");
+        Ok(())
+    }
+
     /// Claims the segment for this execution; one claimed already by another execution (a
     /// duplicated start) ends here, having done nothing.
     async fn claim(
@@ -255,7 +298,21 @@ impl AdvanceFunction {
                 tracing::warn!(segment, owner = %owner.execution, "segment already claimed: this execution ends");
                 Ok(superseded(state.run_id))
             }
-            SegmentClaim::Claimed(_) => self.advance(state, Vec::new()).await,
+            SegmentClaim::Claimed(_) => {
+                // A segment started at a paused run's deadline (nobody answered): the engine
+                // closes the expired checkpoint.
+                let now = self.transitions.clock().now_ms();
+                let expired = state
+                    .checkpoint
+                    .as_ref()
+                    .is_some_and(|c| now >= c.expires_at_ms);
+                let inputs = if expired {
+                    vec![Input::BudgetTick]
+                } else {
+                    Vec::new()
+                };
+                self.advance(state, inputs).await
+            }
         }
     }
 

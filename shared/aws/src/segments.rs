@@ -93,6 +93,28 @@ pub trait SegmentStarts: Send + Sync {
     ) -> Result<(), AwsError>;
 }
 
+/// The deadlines of paused Express runs: nothing runs while an Express run waits for a person,
+/// so the checkpoint's expiry is a one-time schedule that starts the next segment then (whose
+/// claim closes the expired checkpoint). An answer given in time cancels it.
+#[async_trait]
+pub trait Deadlines: Send + Sync {
+    /// Starts segment `segment` of the run at `at_ms` (a schedule kept already is fine).
+    async fn schedule(
+        &self,
+        state_machine: &str,
+        run_id: &str,
+        segment: u32,
+        at_ms: u64,
+    ) -> Result<(), AwsError>;
+    /// Cancels that start (one already done or absent is fine).
+    async fn cancel(&self, run_id: &str, segment: u32) -> Result<(), AwsError>;
+}
+
+/// The schedule that starts segment `segment` of the run at its checkpoint's deadline.
+pub fn deadline_name(run_id: &str, segment: u32) -> String {
+    format!("run-{run_id}-s{segment}")
+}
+
 /// Where a segment stands at a move.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Standing {

@@ -17,7 +17,7 @@ use orchestrator_aws::handlers::{
     AdvanceFunction, ApprovalWaits, Delivery, PlannerFunction, SpecialistFunction,
 };
 use orchestrator_aws::route::FunctionMap;
-use orchestrator_aws::segments::{SegmentGuard, SegmentStarts, Segments};
+use orchestrator_aws::segments::{Deadlines, SegmentGuard, SegmentStarts, Segments};
 use orchestrator_core::engine::RunState;
 use orchestrator_core::ports::{Clock, StoreError, SystemClock};
 use orchestrator_core::types::{RunRequest, RunStatus};
@@ -126,7 +126,26 @@ impl SegmentStarts for FakeStarts {
     }
 }
 
+/// The deadlines kept: (run, segment) -> when.
+#[derive(Default)]
+struct FakeDeadlines {
+    kept: Mutex<BTreeMap<(String, u32), u64>>,
+}
+
+#[async_trait]
+impl Deadlines for FakeDeadlines {
+    async fn schedule(&self, _sm: &str, run: &str, n: u32, at_ms: u64) -> Result<(), AwsError> {
+        self.kept.lock().unwrap().insert((run.to_owned(), n), at_ms);
+        Ok(())
+    }
+    async fn cancel(&self, run: &str, n: u32) -> Result<(), AwsError> {
+        self.kept.lock().unwrap().remove(&(run.to_owned(), n));
+        Ok(())
+    }
+}
+
 struct Cloud {
+    deadlines: Arc<FakeDeadlines>,
     store: Arc<dyn Store>,
     starts: Arc<FakeStarts>,
     transitions: Transitions,
@@ -163,6 +182,7 @@ fn cloud_with(store: Arc<dyn Store>, segment_seconds: u64) -> Cloud {
     let completions = Arc::new(FakeCompletions::default());
     let segments = Arc::new(FakeSegments::default());
     let starts = Arc::new(FakeStarts::default());
+    let deadlines = Arc::new(FakeDeadlines::default());
     let guard = SegmentGuard::new(segments.clone(), segment_seconds);
     // One StepRunner with the whole team stands in for the four specialist functions: the
     // handler is the same code in each, only the capability differs.
@@ -174,6 +194,7 @@ fn cloud_with(store: Arc<dyn Store>, segment_seconds: u64) -> Cloud {
         transitions.engine().config.max_hitl_requests,
     );
     Cloud {
+        deadlines: deadlines.clone(),
         store,
         starts: starts.clone(),
         planner: PlannerFunction {
@@ -192,6 +213,7 @@ fn cloud_with(store: Arc<dyn Store>, segment_seconds: u64) -> Cloud {
             }),
             segments: guard,
             starts,
+            deadlines,
         },
         specialist: SpecialistFunction {
             steps,
@@ -292,7 +314,17 @@ impl Cloud {
             execution: execution.to_owned(),
         });
         let next: Next = serde_json::from_value(claimed.await.unwrap()).unwrap();
-        self.execute_in(next, Some(n)).await
+        let end = self.execute_in(next, Some(n)).await;
+        if let Route::Await { .. } = end.route {
+            // The Pause state keeps the checkpoint's deadline.
+            let pause = AdvanceRequest::Pause {
+                run_id: run_id.to_owned(),
+                segment: n,
+                state_machine: "sm".into(),
+            };
+            self.advance.handle(pause).await.unwrap();
+        }
+        end
     }
 
     /// A run on Express from segment `n`: each segment that hands over starts the next (the
@@ -789,5 +821,35 @@ async fn an_express_run_pauses_at_its_checkpoint_and_the_answer_starts_the_next_
         cloud.state(&first.run_id).await.status,
         RunStatus::Completed
     );
+    assert_eq!(cloud.completions.sent.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn an_unanswered_express_checkpoint_fails_the_run_at_its_deadline() {
+    // GIVEN an approval run on Express, paused at its checkpoint
+    let cloud = cloud(Arc::new(SqliteStore::open_in_memory().unwrap()));
+    let first = cloud
+        .start(request(json!({"options": {"requireApproval": true}})))
+        .await;
+    let (paused, n) = cloud.express(&first.run_id, 0).await;
+    assert_eq!(paused.route.name(), "await");
+    // THEN the pause kept a deadline: the next segment, at the checkpoint's expiry
+    let mut state = cloud.state(&first.run_id).await;
+    let expires = state.checkpoint.as_ref().unwrap().expires_at_ms;
+    let kept = cloud.deadlines.kept.lock().unwrap().clone();
+    assert_eq!(
+        kept,
+        BTreeMap::from([((first.run_id.clone(), n + 1), expires)])
+    );
+    // WHEN nobody answers and the deadline starts that segment
+    state.checkpoint.as_mut().unwrap().expires_at_ms = 1;
+    cloud.store.commit(&state, &[]).await.unwrap();
+    let (end, _) = cloud.express(&first.run_id, n + 1).await;
+    // THEN the run fails visibly, saying why, with its completion event
+    let Route::Failed { error } = end.route else {
+        panic!("{end:?}")
+    };
+    assert!(error.contains("expired without an answer"), "{error}");
+    assert_eq!(cloud.state(&first.run_id).await.status, RunStatus::Failed);
     assert_eq!(cloud.completions.sent.lock().unwrap().len(), 1);
 }
