@@ -280,7 +280,16 @@ impl Control for SfnControl {
         }
         if self.kind == MachineKind::Express {
             // Express executions cannot be stopped: the segment ends at its next move, whose
-            // function finds the run cancelled.
+            // function finds the run cancelled. A paused run's deadline would start a segment
+            // that finds it cancelled too; deleting it saves that execution.
+            let next = self
+                .segments
+                .latest(run_id)
+                .await?
+                .map_or(1, |l| l.number + 1);
+            if let Err(e) = self.deadlines.cancel(run_id, next).await {
+                tracing::warn!(%run_id, error = %e, "the cancelled run's deadline was not deleted");
+            }
             return Ok(());
         }
         match self
