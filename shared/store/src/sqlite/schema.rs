@@ -63,6 +63,7 @@ const MIGRATIONS: &[&str] = &[
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
+#[derive(Debug)]
 pub enum MigrateError {
     /// The file was written by a newer build.
     TooNew {
@@ -77,21 +78,65 @@ impl From<rusqlite::Error> for MigrateError {
     }
 }
 
-/// Brings the schema up to [`SCHEMA_VERSION`].
+/// Brings the schema up to [`SCHEMA_VERSION`]: every missing migration in one immediate
+/// transaction, so two processes opening a new file at once do not both apply one, and a new
+/// file costs one commit rather than one per migration.
 pub fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
-    loop {
-        // Read the version inside an immediate transaction, so two processes opening a new file
-        // at once do not both apply the same migration.
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let found: u32 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if found > SCHEMA_VERSION {
-            return Err(MigrateError::TooNew { found });
-        }
-        let Some(sql) = MIGRATIONS.get(found as usize) else {
-            return Ok(());
-        };
+    // Most opens find the schema current: a plain read says so without taking the write lock.
+    let found: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if found == SCHEMA_VERSION {
+        return Ok(());
+    }
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    // Read again under the lock: another process may have migrated since.
+    let found: u32 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if found > SCHEMA_VERSION {
+        return Err(MigrateError::TooNew { found });
+    }
+    for sql in &MIGRATIONS[found as usize..] {
         tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", found + 1)?;
-        tx.commit()?;
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version(conn: &Connection) -> u32 {
+        conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_file_of_an_older_schema_gets_the_missing_migrations_in_one_go() {
+        // GIVEN a database left at the first schema version
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        // WHEN it is migrated
+        migrate(&mut conn).unwrap();
+        // THEN it is at the current version, with the later migrations' tables
+        assert_eq!(version(&conn), SCHEMA_VERSION);
+        let calls: u32 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'model_calls'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(calls, 1);
+        // AND migrating again changes nothing
+        migrate(&mut conn).unwrap();
+        assert_eq!(version(&conn), SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn a_new_file_is_created_at_the_current_version() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        assert_eq!(version(&conn), SCHEMA_VERSION);
     }
 }
