@@ -8,7 +8,8 @@
 //!
 //! DynamoDB bills by the WHOLE item, not by what a request carries:
 //! - an UpdateItem (alone or in a transaction) costs by the larger of the item's size before
-//!   and after the update, so setting one number on a 4 KB item is a 4 KB write;
+//!   and after the update, so setting one number on a 4 KB item is a 4 KB write; a PutItem
+//!   that replaces an item, by the larger of the two;
 //! - a DeleteItem and a transaction's ConditionCheck cost by the item's size;
 //! - a GetItem or Query costs by the items' full sizes, whatever a projection returns.
 //!
@@ -328,8 +329,9 @@ impl Meter {
         known.max(item_size(key))
     }
 
+    /// Bills a put by the larger of the item it replaces (if the meter saw one) and itself.
     fn put(&mut self, item: &Item, transactional: bool) {
-        let bytes = item_size(item);
+        let bytes = item_size(item).max(self.known_size(item));
         let units = self.write(bytes, transactional);
         if is_call(item) {
             let c = &mut self.counters;
