@@ -20,3 +20,53 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(
     serde_json::from_str(json)
         .map_err(|e| StoreError::Corrupt(format!("run {run_id}: stored {what} is unreadable: {e}")))
 }
+
+/// Documents shorter than this are kept as they are: an item of under a KB costs one unit
+/// whatever it holds, and deflate's gain on a short document is small.
+pub(crate) const COMPRESS_MIN: usize = 512;
+
+/// A decompressed document larger than this is refused as corrupt: no document this store
+/// writes comes near it, and a damaged stream must not exhaust memory.
+const INFLATE_MAX: usize = 64 * 1024 * 1024;
+
+/// The JSON compressed (raw deflate), when it is long enough and compressing shrinks it.
+pub(crate) fn deflate(json: &str) -> Option<Vec<u8>> {
+    if json.len() < COMPRESS_MIN {
+        return None;
+    }
+    let compressed = miniz_oxide::deflate::compress_to_vec(json.as_bytes(), 6);
+    (compressed.len() < json.len()).then_some(compressed)
+}
+
+/// A document compressed by [`deflate`], back as JSON text; a damaged one is `Corrupt`.
+pub(crate) fn inflate(bytes: &[u8], what: &str, run_id: &str) -> Result<String, StoreError> {
+    let corrupt =
+        |e: String| StoreError::Corrupt(format!("run {run_id}: stored {what} is unreadable: {e}"));
+    let raw = miniz_oxide::inflate::decompress_to_vec_with_limit(bytes, INFLATE_MAX)
+        .map_err(|e| corrupt(format!("cannot decompress it: {e}")))?;
+    String::from_utf8(raw).map_err(|e| corrupt(format!("it is not UTF-8: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_document_deflates_and_inflates_back_and_a_short_one_is_left_alone() {
+        // GIVEN a long JSON document (with multi-byte text) and a short one
+        let long = serde_json::json!({"draft": "Acme Sync — ".repeat(200)}).to_string();
+
+        // WHEN they are compressed
+        let compressed = deflate(&long).unwrap();
+
+        // THEN the long one shrinks and reads back the same; the short one is not compressed
+        assert!(compressed.len() < long.len() / 4);
+        assert_eq!(inflate(&compressed, "state", "r").unwrap(), long);
+        assert!(deflate("{\"a\":1}").is_none());
+        // AND damaged bytes are Corrupt, not a panic
+        assert!(matches!(
+            inflate(&[0xff, 0x00, 0x13], "state", "r"),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+}

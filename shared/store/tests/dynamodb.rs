@@ -615,6 +615,19 @@ async fn throttling_past_the_max_attempts_is_an_error_not_a_silent_loss() {
     assert_eq!(open(&direct).await.load_run("run-e").await.unwrap(), None);
 }
 
+/// `len` bytes of text that deflate cannot shrink (a simple generator's letters, seeded).
+fn incompressible(seed: u64, len: usize) -> String {
+    let mut x = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b'!' + (x % 90) as u8)
+        })
+        .collect()
+}
+
 /// The run's event items as stored, in key order.
 async fn event_items(
     config: &DynamoDbConfig,
@@ -700,9 +713,9 @@ async fn a_batch_past_the_size_budget_is_split_across_items() {
 
     // WHEN one call appends 40 events of about 1 KB, one of 300 KB (over the inline limit:
     // its JSON goes in parts), and five small ones
-    let kb = "0123456789abcdéf".repeat(64);
-    let mut texts: Vec<String> = (0..40).map(|i| format!("{i} {kb}")).collect();
-    texts.push("é".repeat(150 * 1024));
+    // (text that does not deflate: events are kept compressed when that makes them smaller)
+    let mut texts: Vec<String> = (0..40).map(|i| incompressible(i, 1024)).collect();
+    texts.push(incompressible(99, 300 * 1024));
     texts.extend((0..5).map(|i| format!("small {i}")));
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let frames = s.append("run-s", &messages("run-s", &refs)).await.unwrap();
@@ -721,7 +734,13 @@ async fn a_batch_past_the_size_budget_is_split_across_items() {
             .values()
             .map(|v| {
                 v.as_l().map_or(0, |l| {
-                    l.iter().map(|e| e.as_s().map_or(50, String::len)).sum()
+                    l.iter()
+                        .map(|e| match e {
+                            AttributeValue::S(s) => s.len(),
+                            AttributeValue::B(b) => b.as_ref().len(),
+                            _ => 50,
+                        })
+                        .sum()
                 })
             })
             .sum();
@@ -826,4 +845,120 @@ async fn a_transition_that_opens_steps_is_one_write_request() {
             &["start", "plan", "dispatch", "handoff s1", "handoff s2"]
         )
     );
+}
+
+/// An item of the run's partition, read by hand (`None` when there is none).
+async fn item_of(
+    config: &DynamoDbConfig,
+    run_id: &str,
+    sk: &str,
+) -> Option<HashMap<String, AttributeValue>> {
+    config
+        .client()
+        .await
+        .get_item()
+        .table_name(&config.table_name)
+        .key("pk", AttributeValue::S(format!("RUN#{run_id}")))
+        .key("sk", AttributeValue::S(sk.to_owned()))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_and_a_model_call_are_kept_deflated_beside_a_small_meta_item_and_read_back() {
+    // GIVEN a run whose state is a few KB of JSON (a long objective and an error text)
+    let Some((s, config)) = fresh_with_config().await else {
+        return;
+    };
+    let mut st = state("run-z", 1_000);
+    st.request.objective = "Write a launch post for Acme Sync. ".repeat(60);
+    s.create_run(&st, &messages("run-z", &["start"]))
+        .await
+        .unwrap();
+
+    // WHEN it commits a changed state with an event, and a long model call is recorded
+    st.error = Some("the draft was too long; ".repeat(40));
+    s.commit(&st, &messages("run-z", &["next"])).await.unwrap();
+    let call = conformance::call(CallUnit::Plan { version: 1 }, 0, &"plan text ".repeat(300));
+    s.record_call("run-z", &call).await.unwrap();
+
+    // THEN the meta item holds no state, and the state item holds it deflated, far smaller
+    let meta = item_of(&config, "run-z", "META").await.unwrap();
+    assert!(!meta.contains_key("body") && !meta.contains_key("bodyZ"));
+    let stored = item_of(&config, "run-z", "META#STATE").await.unwrap();
+    let json = serde_json::to_string(&st).unwrap();
+    let deflated = stored["bodyZ"].as_b().unwrap().as_ref().len();
+    assert!(deflated < json.len() / 3, "{deflated} of {}", json.len());
+    // AND the state reads back whole
+    assert_eq!(s.load_run("run-z").await.unwrap(), Some(st));
+    // AND the call's item is deflated too, and reads back
+    let call_item = item_of(&config, "run-z", "CALL#plan#0001#000000")
+        .await
+        .unwrap();
+    assert!(call_item.contains_key("bodyZ") && !call_item.contains_key("body"));
+    assert_eq!(s.calls("run-z").await.unwrap(), vec![call]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_of_the_old_shape_still_read_and_the_next_commit_moves_the_state_out() {
+    // GIVEN a run whose meta item holds its state inline as plain JSON and has no state item,
+    // and a model call stored as plain JSON: items as written before states were kept beside
+    // the meta item and documents deflated (made by hand here)
+    let Some((s, config)) = fresh_with_config().await else {
+        return;
+    };
+    let mut st = state("run-y", 1_000);
+    s.create_run(&st, &[]).await.unwrap();
+    st.error = Some("written by an older version".into());
+    let client = config.client().await;
+    client
+        .update_item()
+        .table_name(&config.table_name)
+        .key("pk", AttributeValue::S("RUN#run-y".into()))
+        .key("sk", AttributeValue::S("META".into()))
+        .update_expression("SET body = :b")
+        .expression_attribute_values(":b", AttributeValue::S(serde_json::to_string(&st).unwrap()))
+        .send()
+        .await
+        .unwrap();
+    client
+        .delete_item()
+        .table_name(&config.table_name)
+        .key("pk", AttributeValue::S("RUN#run-y".into()))
+        .key("sk", AttributeValue::S("META#STATE".into()))
+        .send()
+        .await
+        .unwrap();
+    let call = conformance::call(CallUnit::Plan { version: 1 }, 0, &"old call ".repeat(200));
+    client
+        .put_item()
+        .table_name(&config.table_name)
+        .item("pk", AttributeValue::S("RUN#run-y".into()))
+        .item("sk", AttributeValue::S("CALL#plan#0001#000000".into()))
+        .item("runId", AttributeValue::S("run-y".into()))
+        .item(
+            "body",
+            AttributeValue::S(serde_json::to_string(&call).unwrap()),
+        )
+        .send()
+        .await
+        .unwrap();
+
+    // WHEN the store reads them
+    // THEN the state on the meta item and the plain call read as they were written
+    assert_eq!(s.load_run("run-y").await.unwrap(), Some(st.clone()));
+    assert_eq!(s.calls("run-y").await.unwrap(), vec![call]);
+
+    // WHEN the run then commits a new state
+    st.error = None;
+    s.commit(&st, &messages("run-y", &["on"])).await.unwrap();
+
+    // THEN the state moved to its own item, the meta item's copy is gone, and it reads back
+    let meta = item_of(&config, "run-y", "META").await.unwrap();
+    assert!(!meta.contains_key("body"));
+    assert!(item_of(&config, "run-y", "META#STATE").await.is_some());
+    assert_eq!(s.load_run("run-y").await.unwrap(), Some(st));
 }

@@ -5,6 +5,11 @@
 //! The parts are keyed by a token, not by the owner's key, so a writer that loses a race (a
 //! second StepResult for the same attempt, a retried seq) never overwrites the winner's parts;
 //! it deletes its own afterwards.
+//!
+//! Documents written with [`Body::compressed`] are kept deflated (`bodyZ`, binary) when that
+//! makes them smaller: DynamoDB bills writes by the item's size, and the run state, reports and
+//! recorded model calls are JSON that deflates to a third or less. Items written before, or
+//! with plain JSON (`body`), read as they always did.
 
 use std::collections::HashMap;
 
@@ -12,6 +17,7 @@ use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::keys;
+use crate::codec::deflate;
 
 /// Documents up to this many bytes go inline. Leaves room in the item for its other
 /// attributes, and keeps a transaction of several items under its 4 MB.
@@ -24,7 +30,12 @@ pub const PART_SIZE: usize = 300 * 1024;
 #[derive(Debug, Clone)]
 pub enum Body {
     Inline(String),
-    Parts { token: String, parts: Vec<Vec<u8>> },
+    /// The JSON deflated (see [`crate::codec::deflate`]), inline.
+    Compressed(Vec<u8>),
+    Parts {
+        token: String,
+        parts: Vec<Vec<u8>>,
+    },
 }
 
 impl Body {
@@ -43,17 +54,32 @@ impl Body {
         }
     }
 
+    /// The document deflated when that makes it smaller and it then fits inline; otherwise
+    /// as [`Self::new`] keeps it (a document too large for one item is split as plain JSON).
+    pub fn compressed(json: String) -> Self {
+        match deflate(&json) {
+            Some(bytes) if bytes.len() <= INLINE_MAX => Body::Compressed(bytes),
+            _ => Body::new(json),
+        }
+    }
+
+    /// Whether the document goes in part items (and so is named on its owner by a token).
+    pub fn is_parts(&self) -> bool {
+        matches!(self, Body::Parts { .. })
+    }
+
     /// About how many bytes the owning item will hold for this body.
     pub fn inline_len(&self) -> usize {
         match self {
             Body::Inline(s) => s.len(),
+            Body::Compressed(bytes) => bytes.len(),
             Body::Parts { token, .. } => token.len() + 16,
         }
     }
 
     pub fn token(&self) -> Option<&str> {
         match self {
-            Body::Inline(_) => None,
+            Body::Inline(_) | Body::Compressed(_) => None,
             Body::Parts { token, .. } => Some(token),
         }
     }
@@ -63,6 +89,12 @@ impl Body {
         match self {
             Body::Inline(json) => {
                 item.insert(keys::BODY.into(), AttributeValue::S(json.clone()));
+            }
+            Body::Compressed(bytes) => {
+                item.insert(
+                    keys::BODY_Z.into(),
+                    AttributeValue::B(Blob::new(bytes.clone())),
+                );
             }
             Body::Parts { token, parts } => {
                 item.insert(keys::BLOB.into(), AttributeValue::S(token.clone()));
@@ -74,11 +106,13 @@ impl Body {
         }
     }
 
-    /// The body as an element of the list of a packed event item: the JSON itself, or a map
-    /// naming its parts (what [`Self::put_attrs`] puts on an item of its own).
+    /// The body as an element of the list of a packed event item: the JSON itself (binary
+    /// when deflated), or a map naming its parts (what [`Self::put_attrs`] puts on an item of
+    /// its own).
     pub fn element(&self) -> AttributeValue {
         match self {
             Body::Inline(json) => AttributeValue::S(json.clone()),
+            Body::Compressed(bytes) => AttributeValue::B(Blob::new(bytes.clone())),
             Body::Parts { .. } => {
                 let mut map = HashMap::new();
                 self.put_attrs(&mut map);
@@ -116,7 +150,12 @@ impl Body {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoredBody {
     Inline(String),
-    Parts { token: String, count: usize },
+    /// Deflated JSON, inflated when read.
+    Compressed(Vec<u8>),
+    Parts {
+        token: String,
+        count: usize,
+    },
 }
 
 impl StoredBody {
@@ -124,6 +163,9 @@ impl StoredBody {
     pub fn of(item: &HashMap<String, AttributeValue>) -> Option<Self> {
         if let Some(AttributeValue::S(json)) = item.get(keys::BODY) {
             return Some(StoredBody::Inline(json.clone()));
+        }
+        if let Some(AttributeValue::B(bytes)) = item.get(keys::BODY_Z) {
+            return Some(StoredBody::Compressed(bytes.as_ref().to_vec()));
         }
         let token = match item.get(keys::BLOB) {
             Some(AttributeValue::S(t)) => t.clone(),
@@ -140,6 +182,7 @@ impl StoredBody {
     pub fn of_element(value: AttributeValue) -> Option<Self> {
         match value {
             AttributeValue::S(json) => Some(StoredBody::Inline(json)),
+            AttributeValue::B(bytes) => Some(StoredBody::Compressed(bytes.into_inner())),
             AttributeValue::M(map) => Self::of(&map),
             _ => None,
         }
@@ -147,7 +190,7 @@ impl StoredBody {
 
     pub fn token(&self) -> Option<&str> {
         match self {
-            StoredBody::Inline(_) => None,
+            StoredBody::Inline(_) | StoredBody::Compressed(_) => None,
             StoredBody::Parts { token, .. } => Some(token),
         }
     }

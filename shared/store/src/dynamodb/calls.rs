@@ -1,5 +1,5 @@
 //! Recorded model calls ([`CallLog`]): one item per (run, unit, index) in the run's partition
-//! (`CALL#<unit>#<index>`), its document inline or in parts like every other, and a `ttl`
+//! (`CALL#<unit>#<index>`), its document inline (deflated) or in parts like every other, and a `ttl`
 //! when the deployment keeps calls for a limited time.
 
 use async_trait::async_trait;
@@ -13,7 +13,7 @@ use crate::codec::{decode, encode};
 impl CallLog for DynamoDbStore {
     async fn record_call(&self, run_id: &str, call: &RecordedCall) -> Result<(), StoreError> {
         let pk = keys::run_pk(run_id);
-        let body = Body::new(encode(call, "model call")?);
+        let body = Body::compressed(encode(call, "model call")?);
         let ttl = (self.calls_ttl_days > 0)
             .then(|| call.started_at_ms / 1000 + u64::from(self.calls_ttl_days) * 86_400);
         self.write_parts(&pk, [&body], ttl).await?;

@@ -23,6 +23,12 @@ pub const GSI2_SK: &str = "gsi2sk";
 pub const GSI2_PARTITION: &str = "ACTIVE";
 
 pub const META: &str = "META";
+/// The run's state, beside its meta item: every write that adds events updates the meta item
+/// (`rev`, `lastSeq`), and DynamoDB bills an update by the whole item, so the state, which
+/// only commits change, is kept out of it. Its key starts with `META`, so one query reads both.
+/// Meta items written before it hold the state themselves (and a state in parts is still named
+/// on the meta item, see `DYNAMODB.md`).
+pub const STATE: &str = "META#STATE";
 /// The run's lease item: small, so renewing it costs one write unit (the meta item, with the
 /// state inline, can be many).
 pub const LEASE: &str = "LEASE";
@@ -63,6 +69,8 @@ pub const STEP_COUNT: &str = "stepCount";
 // Attributes of items that carry a JSON document.
 /// The JSON inline, when it is small enough.
 pub const BODY: &str = "body";
+/// Or the JSON deflated (binary), when that is smaller.
+pub const BODY_Z: &str = "bodyZ";
 /// Otherwise the token of its parts, and how many there are.
 pub const BLOB: &str = "blob";
 pub const PARTS: &str = "parts";

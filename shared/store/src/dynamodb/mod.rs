@@ -40,7 +40,9 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Put, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, ConditionCheck, Delete, Put, TransactWriteItem, Update,
+};
 use orchestrator_core::engine::RunState;
 use orchestrator_core::event::{Event, Frame, WireFrame};
 use orchestrator_core::ports::{
@@ -127,7 +129,7 @@ impl StateWrite {
         Ok(Self {
             status: state.status,
             updated_at_ms: now_ms,
-            body: Body::new(encode(state, "run state")?),
+            body: Body::compressed(encode(state, "run state")?),
             plan: plan_body(state)?,
         })
     }
@@ -186,7 +188,9 @@ impl MetaUpdate {
     }
 
     /// Saves a state: its status (out of the active-runs index once finished), its time, its
-    /// plan version and its body, inline or named by its parts' token.
+    /// plan version, and where its body is: named by its parts' token when it has parts, else
+    /// in the state item beside (see [`keys::STATE`] and [`DynamoDbStore::state_items`]). A
+    /// body an older write left on the meta item is removed: the reader takes that first.
     fn set_state(&mut self, write: &StateWrite) {
         self.set(keys::STATUS, s(write.status.as_str()));
         self.set(keys::UPDATED_AT, n(write.updated_at_ms));
@@ -195,18 +199,15 @@ impl MetaUpdate {
             self.remove(keys::GSI2_PK);
             self.remove(keys::GSI2_SK);
         }
-        match &write.body {
-            Body::Inline(json) => {
-                self.set(keys::BODY, s(json.clone()));
-                self.remove(keys::BLOB);
-                self.remove(keys::PARTS);
-            }
-            Body::Parts { token, parts } => {
-                self.set(keys::BLOB, s(token.clone()));
-                self.set(keys::PARTS, n(parts.len()));
-                self.remove(keys::BODY);
-            }
+        if let Body::Parts { token, parts } = &write.body {
+            self.set(keys::BLOB, s(token.clone()));
+            self.set(keys::PARTS, n(parts.len()));
+        } else {
+            self.remove(keys::BLOB);
+            self.remove(keys::PARTS);
         }
+        self.remove(keys::BODY);
+        self.remove(keys::BODY_Z);
     }
 
     fn expression(&self) -> String {
@@ -247,7 +248,7 @@ fn need_n<T: std::str::FromStr>(item: &Item, name: &str, run_id: &str) -> Result
     })
 }
 
-use crate::codec::{decode, encode};
+use crate::codec::{decode, encode, inflate};
 
 fn plan_body(state: &RunState) -> Result<Option<(u32, Body)>, StoreError> {
     if state.plan.version == 0 {
@@ -255,7 +256,7 @@ fn plan_body(state: &RunState) -> Result<Option<(u32, Body)>, StoreError> {
     }
     Ok(Some((
         state.plan.version,
-        Body::new(encode(&state.plan, "plan")?),
+        Body::compressed(encode(&state.plan, "plan")?),
     )))
 }
 
@@ -496,12 +497,13 @@ impl DynamoDbStore {
             keys::PLAN_VERSION,
             keys::STEP_COUNT,
             keys::BODY,
+            keys::BODY_Z,
             keys::BLOB,
             keys::PARTS,
             keys::LEASE_TOKEN,
         ];
-        // The inline body is projected too, only so that `StoredBody::of` can tell the two
-        // forms apart; it is at most INLINE_MAX and read with the same request.
+        // An inline body is projected too, only so that `StoredBody::of` can tell the forms
+        // apart; only meta items written before the state item existed have one.
         let projection: Vec<String> = (0..names.len()).map(|i| format!("#p{i}")).collect();
         let out = self
             .client
@@ -645,6 +647,7 @@ impl DynamoDbStore {
     ) -> Result<String, StoreError> {
         match body {
             StoredBody::Inline(json) => Ok(json),
+            StoredBody::Compressed(bytes) => inflate(&bytes, what, run_id),
             StoredBody::Parts { token, count } => {
                 let parts = self.query_prefix(pk, &keys::blob_prefix(&token)).await?;
                 if parts.len() != count {
@@ -843,7 +846,7 @@ impl DynamoDbStore {
             .map(|event| {
                 Ok(Pending {
                     event: event.clone(),
-                    body: Body::new(encode(event, "event")?),
+                    body: Body::compressed(encode(event, "event")?),
                 })
             })
             .collect()
@@ -887,22 +890,18 @@ impl DynamoDbStore {
                 + new_plan.map_or(0, |(_, b)| b.inline_len())
                 + 1024;
             let rest = &events[next..];
-            let take = fit(rest, 1 + usize::from(new_plan.is_some()), fixed_bytes);
+            // Beside the meta item: the state's item and the new plan version.
+            let take = fit(rest, 2 + usize::from(new_plan.is_some()), fixed_bytes);
             let with_state = state.is_some() && take == rest.len();
             if take == 0 && !with_state {
                 return Ok(frames);
             }
 
-            let update = log_update(&meta, take, state.as_ref().filter(|_| with_state));
+            let this_state = state.as_ref().filter(|_| with_state);
             let plan = new_plan.filter(|_| with_state);
-            let written = if take == 0 && plan.is_none() {
-                // Only the meta item changes: a plain conditional update, half the cost of
-                // a transaction.
-                self.update_if(&pk, keys::META, update).await?
-            } else {
-                let items = self.log_items(&pk, update, plan, &rest[..take], meta.last_seq, ttl)?;
-                self.transact(items).await?
-            };
+            let written = self
+                .send_try(&pk, &meta, &rest[..take], this_state, plan, ttl)
+                .await?;
 
             if !written {
                 conflicts += 1;
@@ -933,25 +932,63 @@ impl DynamoDbStore {
         }
     }
 
-    /// The transaction of one try of [`Self::write_log`]: the meta item's update, the new plan
-    /// version (if it goes), and the events numbered on from `last_seq`, in as few items as
-    /// fit (see [`events::packs`]). The `rev` condition is what keeps two writers from taking
-    /// the same seqs; each item is also put only where none is, so an item is never replaced.
-    fn log_items(
+    /// Sends one try of [`Self::write_log`]; `Ok(false)`: it lost to another writer. The
+    /// meta item's update, the state's items (see [`Self::state_items`]), the new plan
+    /// version (if it goes), and the events numbered on from the `lastSeq` read, in as few
+    /// items as fit (see [`events::packs`]), in one transaction. The `rev` condition is what
+    /// keeps two writers from taking the same seqs; each event item is also put only where
+    /// none is, so one is never replaced. When only the meta item changes, a plain
+    /// conditional update: half the cost of a transaction.
+    async fn send_try(
         &self,
         pk: &str,
-        update: MetaUpdate,
-        plan: Option<&(u32, Body)>,
+        meta: &Meta,
         events: &[Pending],
-        last_seq: u64,
+        state: Option<&StateWrite>,
+        plan: Option<&(u32, Body)>,
         ttl: Option<u64>,
-    ) -> Result<Vec<TransactWriteItem>, StoreError> {
-        let mut items = vec![self.tx_update(pk, update)?];
+    ) -> Result<bool, StoreError> {
+        let update = log_update(meta, events.len(), state);
+        let mut beside = match state {
+            Some(write) => self.state_items(pk, &write.body, meta.body.is_none())?,
+            None => Vec::new(),
+        };
         if let Some((version, body)) = plan {
-            items.push(self.tx_put(Self::plan_item(pk, *version, body), None)?);
+            beside.push(self.tx_put(Self::plan_item(pk, *version, body), None)?);
         }
-        self.push_event_items(&mut items, pk, events, last_seq + 1, ttl)?;
-        Ok(items)
+        if events.is_empty() && beside.is_empty() {
+            return self.update_if(pk, keys::META, update).await;
+        }
+        let mut items = vec![self.tx_update(pk, update)?];
+        items.extend(beside);
+        self.push_event_items(&mut items, pk, events, meta.last_seq + 1, ttl)?;
+        self.transact(items).await
+    }
+
+    /// The writes of a state's body beside the meta item's update: its item put (inline or
+    /// deflated). A body in parts is named on the meta item instead, as it always was; then a
+    /// state item an earlier write left (`in_item`: the meta item named no body) is deleted,
+    /// so no reader finds an old state there.
+    fn state_items(
+        &self,
+        pk: &str,
+        body: &Body,
+        in_item: bool,
+    ) -> Result<Vec<TransactWriteItem>, StoreError> {
+        if !body.is_parts() {
+            let mut item = Self::key(pk, keys::STATE);
+            body.put_attrs(&mut item);
+            return Ok(vec![self.tx_put(item, None)?]);
+        }
+        if !in_item {
+            return Ok(Vec::new());
+        }
+        let delete = Delete::builder()
+            .table_name(self.table.as_ref())
+            .set_key(Some(Self::key(pk, keys::STATE)))
+            .build()
+            .map_err(build_error)?;
+        Ok(vec![TransactWriteItem::builder().delete(delete).build()])
     }
 
     /// Puts `events`, numbered from `first`, into a transaction: an item per
@@ -1000,7 +1037,7 @@ impl DynamoDbStore {
     ) -> Result<Created, StoreError> {
         let run_id = state.run_id.as_str();
         let key = state.request.idempotency_key.as_deref();
-        let fixed = 1 + usize::from(key.is_some()) + usize::from(write.plan.is_some());
+        let fixed = 2 + usize::from(key.is_some()) + usize::from(write.plan.is_some());
         let fixed_bytes = write.body.inline_len()
             + write.plan.as_ref().map_or(0, |(_, b)| b.inline_len())
             + state.request.objective.len()
@@ -1064,6 +1101,7 @@ impl DynamoDbStore {
             items.push(self.tx_put(idem, Some("attribute_not_exists(#pk)"))?);
         }
         items.push(self.tx_put(meta, Some("attribute_not_exists(#pk)"))?);
+        items.extend(self.state_items(&pk, &write.body, false)?);
         if let Some((version, body)) = &write.plan {
             items.push(self.tx_put(Self::plan_item(&pk, *version, body), None)?);
         }
@@ -1072,7 +1110,8 @@ impl DynamoDbStore {
     }
 
     /// A new run's meta item, but its `lastSeq`: in both listing indexes (the active one only
-    /// while it has not finished), with its first state.
+    /// while it has not finished), naming its first state's parts if it has parts (else the
+    /// state goes in its own item, see [`Self::state_items`]).
     fn meta_item(pk: &str, state: &RunState, write: &StateWrite) -> Item {
         let run_id = state.run_id.as_str();
         let mut meta = Self::key(pk, keys::META);
@@ -1100,7 +1139,9 @@ impl DynamoDbStore {
         if let Some(key) = state.request.idempotency_key.as_deref() {
             meta.insert(keys::IDEM_KEY.into(), s(key));
         }
-        write.body.put_attrs(&mut meta);
+        if write.body.is_parts() {
+            write.body.put_attrs(&mut meta);
+        }
         meta
     }
 
@@ -1245,10 +1286,26 @@ impl RunStore for DynamoDbStore {
 
     async fn load_run(&self, run_id: &str) -> Result<Option<RunState>, StoreError> {
         let pk = keys::run_pk(run_id);
-        let Some(item) = self.get(&pk, keys::META).await? else {
+        // The meta item and the state item beside it, in one request.
+        let items = self.query_prefix(&pk, keys::META).await?;
+        let sk_is = |item: &&Item, sk: &str| get_s(item, keys::SK) == Some(sk);
+        let Some(meta) = items.iter().find(|i| sk_is(i, keys::META)) else {
             return Ok(None);
         };
-        let json = self.read_body(&pk, &item, run_id, "state").await?;
+        // A body on the meta item is the state: written before the state item existed, or in
+        // parts. Else the state item holds it.
+        let body = StoredBody::of(meta).or_else(|| {
+            items
+                .iter()
+                .find(|i| sk_is(i, keys::STATE))
+                .and_then(StoredBody::of)
+        });
+        let Some(body) = body else {
+            return Err(StoreError::Corrupt(format!(
+                "run {run_id}: the stored state has no body"
+            )));
+        };
+        let json = self.read_stored(&pk, body, run_id, "state").await?;
         decode(&json, "state", run_id).map(Some)
     }
 
@@ -1332,7 +1389,7 @@ impl RunStore for DynamoDbStore {
         run_id: &str,
         result: &StepResult,
     ) -> Result<StepResult, StoreError> {
-        let body = Body::new(encode(result, "step result")?);
+        let body = Body::compressed(encode(result, "step result")?);
         let pk = keys::run_pk(run_id);
         if !self.meta_exists(run_id).await? {
             return Err(StoreError::NotFound(run_id.to_owned()));
@@ -1371,7 +1428,7 @@ impl RunStore for DynamoDbStore {
     async fn put_report(&self, report: &RunReport) -> Result<(), StoreError> {
         let run_id = report.run_id.as_str();
         let pk = keys::run_pk(run_id);
-        let body = Body::new(encode(report, "report")?);
+        let body = Body::compressed(encode(report, "report")?);
         let old = self
             .get(&pk, keys::REPORT)
             .await?
