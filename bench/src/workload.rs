@@ -38,12 +38,17 @@ pub fn request() -> Result<RunRequest, WorkloadError> {
 }
 
 pub fn runner_on(store: Arc<dyn Store>, model: Arc<dyn Model>) -> Runner {
+    runner_with(store, model, RunnerConfig::default())
+}
+
+/// The same with `config` (e.g. the batching of a store that bills every write).
+pub fn runner_with(store: Arc<dyn Store>, model: Arc<dyn Model>, config: RunnerConfig) -> Runner {
     Runner::new(
         store,
         Planner::new(model.clone()),
         default_specialists(model),
         Arc::new(SystemClock),
-        RunnerConfig::default(),
+        config,
     )
 }
 

@@ -27,7 +27,7 @@ use orchestrator_bench::mock::MockStats;
 use orchestrator_bench::rusage;
 use orchestrator_bench::serve::{PathResult, Server, bare_runs, drive_runs, proc_cpu};
 use orchestrator_bench::timing::TimingModel;
-use orchestrator_bench::workload::{OBJECTIVE, one_run, reference_calls, runner_on};
+use orchestrator_bench::workload::{OBJECTIVE, one_run, reference_calls, runner_on, runner_with};
 use orchestrator_core::ports::Model;
 use orchestrator_core::types::RunStatus;
 use orchestrator_llm::{OfflineModel, OpenAiModel, Resilience, Traced};
@@ -791,7 +791,10 @@ async fn dynamo(endpoint: &str, base_url: &str) -> anyhow::Result<DynamoResult> 
     let recorded = RecordConfig::default().wrap(model, counting.clone());
     let http = reqwest::Client::new();
     let before = mock_stats(&http, base_url).await;
-    let (status, capacity) = metered(&meter, &runner_on(counting.clone(), recorded)).await?;
+    // Batched as the functions batch on DynamoDB.
+    let config = orchestrator_runner::RunnerConfig::default().with_billed_writes();
+    let runner = runner_with(counting.clone(), recorded, config);
+    let (status, capacity) = metered(&meter, &runner).await?;
     let after = mock_stats(&http, base_url).await;
     let calls = counting.counters();
     let recording = RecordingCost {

@@ -56,8 +56,10 @@ impl Aws {
         aws_sdk_sqs::Client::new(&self.sdk)
     }
 
-    /// Engine transitions over the table, for the given capabilities.
+    /// Engine transitions over the table, for the given capabilities; streamed text batched as
+    /// a store that bills every write wants it.
     pub fn transitions(&self, functions: &FunctionMap, config: RunnerConfig) -> Transitions {
+        let config = config.with_billed_writes();
         let store: Arc<dyn Store> = Arc::new(self.store.clone());
         let capabilities: BTreeSet<String> = functions.capabilities().cloned().collect();
         Transitions::new(store, capabilities, Arc::new(SystemClock), config)

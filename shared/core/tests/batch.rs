@@ -27,6 +27,18 @@ fn the_first_chunk_of_a_stream_goes_out_at_once() {
 }
 
 #[test]
+fn a_batcher_holding_the_first_chunk_batches_it_like_the_rest() {
+    // GIVEN a batcher for a store that bills every write: 200 ms, first chunk held
+    let mut b = DeltaBatcher::new(4096, 200).holding_first();
+    // WHEN the first tokens arrive THEN they wait for their batch
+    assert_eq!(b.push("Hi", 1_000), None);
+    assert_eq!(b.push(" there", 1_100), None);
+    assert_eq!(b.deadline_ms(), Some(1_200));
+    // AND go out together when it falls due
+    assert_eq!(b.due(1_200).as_deref(), Some("Hi there"));
+}
+
+#[test]
 fn a_batch_is_flushed_once_it_reaches_the_size_limit() {
     // GIVEN a batcher flushing at 11 characters or 1 s, its first chunk out
     let mut b = started(11, 1_000);

@@ -84,6 +84,8 @@ pub struct RunnerConfig {
     pub delta_max_chars: usize,
     /// ...or this long after the first unflushed chunk.
     pub delta_max_age_ms: u64,
+    /// Whether a stream's first chunk waits for its batch too (else it goes out at once).
+    pub delta_hold_first: bool,
     /// How often the driver checks the time budget and checkpoint expiry.
     pub tick: Duration,
     /// Warnings every run states right after `start` (e.g. that the offline model is in use).
@@ -97,11 +99,32 @@ pub struct RunnerConfig {
     pub max_runs_in_progress: Option<usize>,
 }
 
+impl RunnerConfig {
+    /// The same, for a store that bills every write (DynamoDB): streamed text goes out every
+    /// [`BILLED_DELTA_MAX_AGE_MS`] or [`BILLED_DELTA_MAX_CHARS`] rather than every 50 ms or 256
+    /// bytes, and a stream's first chunk waits for its batch too, since each batch is a
+    /// transaction of its own. A watcher polling the table still sees a token within about
+    /// 300 ms (the flush, then at most one poll).
+    pub fn with_billed_writes(self) -> Self {
+        Self {
+            delta_max_chars: BILLED_DELTA_MAX_CHARS,
+            delta_max_age_ms: BILLED_DELTA_MAX_AGE_MS,
+            delta_hold_first: true,
+            ..self
+        }
+    }
+}
+
+/// Delta batching on a store that bills each write: see [`RunnerConfig::with_billed_writes`].
+pub const BILLED_DELTA_MAX_AGE_MS: u64 = 200;
+pub const BILLED_DELTA_MAX_CHARS: usize = 4096;
+
 impl Default for RunnerConfig {
     fn default() -> Self {
         Self {
             delta_max_chars: 256,
             delta_max_age_ms: 50,
+            delta_hold_first: false,
             tick: Duration::from_secs(1),
             notices: Vec::new(),
             messages: Vec::new(),

@@ -74,6 +74,7 @@ pub struct StepRunner {
     specialists: Arc<Specialists>,
     delta_max_chars: usize,
     delta_max_age_ms: u64,
+    delta_hold_first: bool,
     max_hitl_requests: u32,
 }
 
@@ -91,6 +92,7 @@ impl StepRunner {
             specialists: Arc::new(specialists),
             delta_max_chars: config.delta_max_chars,
             delta_max_age_ms: config.delta_max_age_ms,
+            delta_hold_first: config.delta_hold_first,
             max_hitl_requests,
         }
     }
@@ -339,10 +341,14 @@ impl StepRunner {
             },
             step_id: dispatch.step_id.clone(),
             fence: state.lease_token,
-            batcher: tokio::sync::Mutex::new(DeltaBatcher::new(
-                self.delta_max_chars,
-                self.delta_max_age_ms,
-            )),
+            batcher: tokio::sync::Mutex::new({
+                let batcher = DeltaBatcher::new(self.delta_max_chars, self.delta_max_age_ms);
+                if self.delta_hold_first {
+                    batcher.holding_first()
+                } else {
+                    batcher
+                }
+            }),
             error: Mutex::new(None),
         }
     }
