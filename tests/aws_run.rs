@@ -603,63 +603,37 @@ async fn the_emulated_aws_stack_streams_replans_retries_pauses_starts_from_a_que
     );
 
     // WHEN a run that needs approval is started and reaches its checkpoint
-    let response = http
-        .post(format!("{stream_url}/api/v1/agent/run.stream"))
-        .json(&json!({"objective": OBJECTIVE, "options": {"requireApproval": true}}))
-        .send()
-        .await
-        .unwrap();
-    let mut parser = SseParser::default();
-    let mut body = response.bytes_stream();
-    let mut approval_run: Vec<Ev> = Vec::new();
     let mut answered = false;
-    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(120), body.next())
-        .await
-        .expect("the approval run's stream stalled")
-    {
-        for f in parser.push_bytes(&chunk.unwrap()) {
-            let ev = Ev {
-                id: f.id.unwrap().parse().unwrap(),
-                event: f.event.unwrap(),
-                data: serde_json::from_str(&f.data).unwrap(),
-            };
-            if ev.event == "hitl_request" && !answered {
-                let run_id = ev.data["runId"].as_str().unwrap().to_owned();
-                let checkpoint = ev.data["data"]["checkpointId"].as_str().unwrap().to_owned();
-                // THEN the execution waits in AwaitApproval
-                let arn = execution_arn(&state_machine, &run_id);
-                let mut waiting = false;
-                for _ in 0..100 {
-                    assert_eq!(status_of(&sfn, &arn).await, "RUNNING");
-                    let h = sfn
-                        .get_execution_history()
-                        .execution_arn(&arn)
-                        .max_results(1000)
-                        .send()
-                        .await
-                        .unwrap();
-                    if entered(h.events()).last().map(String::as_str) == Some("AwaitApproval") {
-                        waiting = true;
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                assert!(waiting, "the execution reached AwaitApproval");
-                // WHEN the approvals endpoint answers
-                let answer = http
-                    .post(format!(
-                        "{stream_url}/api/v1/runs/{run_id}/approvals/{checkpoint}"
-                    ))
-                    .json(&json!({"decision": "approve", "comment": "ship it"}))
-                    .send()
-                    .await
-                    .unwrap();
-                assert!(answer.status().is_success(), "{}", answer.status());
-                answered = true;
-            }
-            approval_run.push(ev);
+    let approval_request = json!({"objective": OBJECTIVE, "options": {"requireApproval": true}});
+    let approval_run = stream_answering(&http, &stream_url, approval_request, async |ev: &Ev| {
+        if answered {
+            return;
         }
-    }
+        let run_id = ev.data["runId"].as_str().unwrap().to_owned();
+        // THEN the execution waits in AwaitApproval
+        let arn = execution_arn(&state_machine, &run_id);
+        let mut waiting = false;
+        for _ in 0..100 {
+            assert_eq!(status_of(&sfn, &arn).await, "RUNNING");
+            let h = sfn
+                .get_execution_history()
+                .execution_arn(&arn)
+                .max_results(1000)
+                .send()
+                .await
+                .unwrap();
+            if entered(h.events()).last().map(String::as_str) == Some("AwaitApproval") {
+                waiting = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(waiting, "the execution reached AwaitApproval");
+        // WHEN the approvals endpoint answers
+        approve(&http, &stream_url, ev).await;
+        answered = true;
+    })
+    .await;
     // THEN the same stream carries on to completion, and the execution succeeded
     assert!(answered, "the run asked for approval: {approval_run:?}");
     assert_gap_free(&approval_run);
@@ -960,6 +934,57 @@ fn assert_reference_trace(
     }
 }
 
+/// Starts a run with `request` and reads its stream to the end; `at_checkpoint` runs at each
+/// `hitl_request` frame, before the stream is read on.
+async fn stream_answering(
+    http: &reqwest::Client,
+    stream_url: &str,
+    request: Value,
+    mut at_checkpoint: impl AsyncFnMut(&Ev),
+) -> Vec<Ev> {
+    let response = http
+        .post(format!("{stream_url}/api/v1/agent/run.stream"))
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    let mut parser = SseParser::default();
+    let mut body = response.bytes_stream();
+    let mut run: Vec<Ev> = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(120), body.next())
+        .await
+        .expect("the stream stalled for 2 minutes")
+    {
+        for f in parser.push_bytes(&chunk.unwrap()) {
+            let ev = Ev {
+                id: f.id.unwrap().parse().unwrap(),
+                event: f.event.unwrap(),
+                data: serde_json::from_str(&f.data).unwrap(),
+            };
+            if ev.event == "hitl_request" {
+                at_checkpoint(&ev).await;
+            }
+            run.push(ev);
+        }
+    }
+    run
+}
+
+/// Approves the checkpoint a `hitl_request` frame asks about, through the approvals endpoint.
+async fn approve(http: &reqwest::Client, stream_url: &str, hitl_request: &Ev) {
+    let run_id = hitl_request.data["runId"].as_str().unwrap();
+    let checkpoint = hitl_request.data["data"]["checkpointId"].as_str().unwrap();
+    let answer = http
+        .post(format!(
+            "{stream_url}/api/v1/runs/{run_id}/approvals/{checkpoint}"
+        ))
+        .json(&json!({"decision": "approve", "comment": "ship it"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(answer.status().is_success(), "{}", answer.status());
+}
+
 /// The reference run and an approval run through one stack's function URL, their frames'
 /// data normalised (run ids, times and durations out), and their run ids.
 async fn reference_and_approval(
@@ -973,41 +998,11 @@ async fn reference_and_approval(
         .await
         .unwrap();
     let reference = frames(reference).await;
-    let response = http
-        .post(format!("{stream_url}/api/v1/agent/run.stream"))
-        .json(&json!({"objective": OBJECTIVE, "options": {"requireApproval": true}}))
-        .send()
-        .await
-        .unwrap();
-    let mut parser = SseParser::default();
-    let mut body = response.bytes_stream();
-    let mut approval: Vec<Ev> = Vec::new();
-    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(120), body.next())
-        .await
-        .expect("the approval run's stream stalled")
-    {
-        for f in parser.push_bytes(&chunk.unwrap()) {
-            let ev = Ev {
-                id: f.id.unwrap().parse().unwrap(),
-                event: f.event.unwrap(),
-                data: serde_json::from_str(&f.data).unwrap(),
-            };
-            if ev.event == "hitl_request" {
-                let run_id = ev.data["runId"].as_str().unwrap();
-                let checkpoint = ev.data["data"]["checkpointId"].as_str().unwrap();
-                let answer = http
-                    .post(format!(
-                        "{stream_url}/api/v1/runs/{run_id}/approvals/{checkpoint}"
-                    ))
-                    .json(&json!({"decision": "approve"}))
-                    .send()
-                    .await
-                    .unwrap();
-                assert!(answer.status().is_success(), "{}", answer.status());
-            }
-            approval.push(ev);
-        }
-    }
+    let request = json!({"objective": OBJECTIVE, "options": {"requireApproval": true}});
+    let approval = stream_answering(http, stream_url, request, async |ev: &Ev| {
+        approve(http, stream_url, ev).await;
+    })
+    .await;
     [reference, approval].map(|run| {
         assert_gap_free(&run);
         assert_eq!(run.last().unwrap().data["status"], "completed", "{run:?}");

@@ -153,6 +153,21 @@ pub struct CostLine {
     pub source: Source,
 }
 
+impl CostLine {
+    /// `quantity` of `item` at its price.
+    pub fn priced(item: &'static str, what: &'static str, quantity: f64, source: Source) -> Self {
+        let unit_usd = price(item);
+        Self {
+            item,
+            what,
+            quantity,
+            unit_usd,
+            usd: quantity * unit_usd,
+            source,
+        }
+    }
+}
+
 /// The Step Functions and Lambda side of one run: state transitions, invocations and billed
 /// function time (without the time spent waiting on the model).
 #[derive(Debug, Clone, Serialize)]
@@ -279,17 +294,7 @@ pub fn model(
     let gb = lambda.memory_mb as f64 / 1024.0;
     let function_gb_s = gb * orchestration.function_ms as f64 / 1000.0;
     let wait_gb_s = gb * shape.model_ms as f64 / 1000.0;
-    let line = |item: &'static str, what: &'static str, quantity: f64, source: Source| {
-        let unit_usd = price(item);
-        CostLine {
-            item,
-            what,
-            quantity,
-            unit_usd,
-            usd: quantity * unit_usd,
-            source,
-        }
-    };
+    let line = CostLine::priced;
     let lines = vec![
         line(
             "sfn_standard_transition",
@@ -415,14 +420,7 @@ fn express_lines(
         stored_bytes,
     } = q;
     let gb = lambda.memory_mb as f64 / 1024.0;
-    let line = |item: &'static str, what: &'static str, quantity: f64, source: Source| CostLine {
-        item,
-        what,
-        quantity,
-        unit_usd: price(item),
-        usd: quantity * price(item),
-        source,
-    };
+    let line = CostLine::priced;
     vec![
         line(
             "sfn_express_request",
@@ -510,13 +508,7 @@ impl CostModel {
             e.wru,
             e.rru
         );
-        for l in &e.lines {
-            let _ = writeln!(
-                out,
-                "  {:<36} {:>14.4} {:>14.10} {:>12.8}  {}",
-                l.what, l.quantity, l.unit_usd, l.usd, l.source
-            );
-        }
+        write_priced(out, &e.lines);
         let _ = writeln!(
             out,
             "  total per run on Express: ${:.6} (${:.3} per 1000 runs; target <= $0.15); on Standard ${:.3} per 1000 runs",
@@ -606,19 +598,24 @@ impl CostModel {
             "  {:<36} {:>14} {:>14} {:>12}  source",
             "item", "quantity", "unit USD", "USD"
         );
-        for l in &self.lines {
-            let _ = writeln!(
-                out,
-                "  {:<36} {:>14.4} {:>14.10} {:>12.8}  {}",
-                l.what, l.quantity, l.unit_usd, l.usd, l.source
-            );
-        }
+        write_priced(out, &self.lines);
         let _ = writeln!(
             out,
             "  total per run: ${:.6} (${:.2} per 1000 runs); without Lambda time spent waiting on the model: ${:.6}",
             self.total_usd,
             self.total_usd * 1000.0,
             self.total_without_model_wait_usd
+        );
+    }
+}
+
+/// One line per priced item, in the columns of the report's header.
+fn write_priced(out: &mut String, lines: &[CostLine]) {
+    for l in lines {
+        let _ = writeln!(
+            out,
+            "  {:<36} {:>14.4} {:>14.10} {:>12.8}  {}",
+            l.what, l.quantity, l.unit_usd, l.usd, l.source
         );
     }
 }

@@ -608,8 +608,12 @@ impl DynamoDbStore {
 
     /// The items of a run's partition whose sort key starts with `prefix`, in key order.
     async fn query_prefix(&self, pk: &str, prefix: &str) -> Result<Vec<Item>, StoreError> {
-        let base = self
-            .client
+        self.query_pages(self.prefix_query(pk, prefix), None).await
+    }
+
+    /// A consistent Query of the partition's items whose sort key starts with `prefix`.
+    fn prefix_query(&self, pk: &str, prefix: &str) -> QueryFluentBuilder {
+        self.client
             .query()
             .table_name(self.table.as_ref())
             .consistent_read(true)
@@ -617,8 +621,7 @@ impl DynamoDbStore {
             .expression_attribute_names("#pk", keys::PK)
             .expression_attribute_names("#sk", keys::SK)
             .expression_attribute_values(":pk", s(pk))
-            .expression_attribute_values(":prefix", s(prefix));
-        self.query_pages(base, None).await
+            .expression_attribute_values(":prefix", s(prefix))
     }
 
     /// The JSON document an item holds, joined from its parts when it has them.

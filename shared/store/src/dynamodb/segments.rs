@@ -88,15 +88,7 @@ impl DynamoDbStore {
     /// The run's highest claimed segment (none before its first claim).
     pub async fn latest_segment(&self, run_id: &str) -> Result<Option<SegmentRecord>, StoreError> {
         let out = self
-            .client
-            .query()
-            .table_name(self.table.as_ref())
-            .consistent_read(true)
-            .key_condition_expression("#pk = :pk AND begins_with(#sk, :prefix)")
-            .expression_attribute_names("#pk", keys::PK)
-            .expression_attribute_names("#sk", keys::SK)
-            .expression_attribute_values(":pk", s(keys::run_pk(run_id)))
-            .expression_attribute_values(":prefix", s(SEGMENT_PREFIX))
+            .prefix_query(&keys::run_pk(run_id), SEGMENT_PREFIX)
             .scan_index_forward(false)
             .limit(1)
             .send()
