@@ -88,7 +88,13 @@ impl SqliteStore {
     /// was written by a newer build, is [`StoreError::Unavailable`].
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let location = path.display().to_string();
+        // A file that holds nothing yet is created without syncing (see `configure`).
+        let new = std::fs::metadata(path).map_or(true, |m| m.len() == 0);
         let conn = Connection::open(path).map_err(|e| open_error(&location, e))?;
+        if new {
+            conn.pragma_update(None, "synchronous", "OFF")
+                .map_err(|e| open_error(&location, e))?;
+        }
         if conn
             .is_readonly(rusqlite::MAIN_DB)
             .map_err(|e| open_error(&location, e))?
@@ -143,6 +149,10 @@ impl SqliteStore {
             )),
             schema::MigrateError::Sqlite(e) => open_error(&location, e),
         })?;
+        // From here on every commit is durable against a crash of the process, and the WAL is
+        // synced at each checkpoint.
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| open_error(&location, e))?;
         Ok(Self {
             shared: Arc::new(Shared {
                 conn: std::sync::Mutex::new(conn),
@@ -245,8 +255,12 @@ impl SqliteStore {
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
     // An in-memory database answers "memory"; either way the answer is not an error.
+    // A new file switches to WAL and gets its schema with `synchronous` OFF (set by `open`):
+    // the rollback journal of the switch and the WAL's creation would otherwise cost six
+    // fsyncs before a run's first frame, for a file with nothing in it to lose. A power cut in
+    // those milliseconds can leave the file unusable; it holds no runs, and the error says to
+    // move it aside. `init` turns syncing on before any run is written.
     let _mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", true)?;
     // Every statement of the hot paths is prepared once per connection and reused (preparing
     // costs more than running most of them); room for all of them.
@@ -331,4 +345,31 @@ fn run_cached(conn: &Connection, sql: &str) -> Result<(), StoreError> {
         .and_then(|mut stmt| stmt.raw_execute())
         .map(drop)
         .map_err(db_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn synchronous(store: &SqliteStore) -> i64 {
+        let conn = store.shared.conn.lock().unwrap();
+        conn.query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_new_file_is_created_unsynced_and_then_written_durably() {
+        // GIVEN no file yet, and one already created
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runs.db");
+        // WHEN each is opened
+        let new = SqliteStore::open(&path).unwrap();
+        drop(new);
+        let existing = SqliteStore::open(&path).unwrap();
+        // THEN both connections write with synchronous=NORMAL (1) once open, whatever the
+        // creation used
+        assert_eq!(synchronous(&existing), 1);
+        let fresh = SqliteStore::open(&dir.path().join("other.db")).unwrap();
+        assert_eq!(synchronous(&fresh), 1);
+    }
 }
