@@ -1100,6 +1100,16 @@ async fn express_and_standard_stacks_write_the_same_event_logs() {
                 let store = DynamoDbStore::connect(&stack.dynamodb()).await;
                 assert_duplicate_start_runs_nothing(&sfn, &sm, &store, &reference_id).await;
                 let scheduler = aws_sdk_scheduler::Client::new(&sdk);
+                // An answer in time leaves no deadline behind.
+                let deadline = scheduler
+                    .get_schedule()
+                    .name(format!("run-{approval_id}-s1"))
+                    .send()
+                    .await;
+                assert!(
+                    deadline.is_err(),
+                    "the answered run's deadline: {deadline:?}"
+                );
                 let url = stack.var("STREAM_URL");
                 assert_deadline_ends_an_unanswered_run(&http, url, &sfn, &sm, &store, &scheduler)
                     .await;

@@ -128,24 +128,34 @@ impl SfnControl {
     }
 
     /// Express: the answer has been applied to the stored run, whose last segment ended at
-    /// the checkpoint; the next segment carries the run on.
-    async fn start_next_segment(&self, run_id: &str) -> Result<(), ApiError> {
+    /// the checkpoint; the next segment carries the run on, and the checkpoint's deadline is
+    /// deleted.
+    async fn start_next_segment(
+        &self,
+        run_id: &str,
+        traceparent: Option<&str>,
+    ) -> Result<(), ApiError> {
         let latest = self.segments.latest(run_id).await?;
         let next = latest.map_or(1, |l| l.number + 1);
-        let state = self.transitions.load(run_id).await?;
         start(
             &self.sfn,
             &self.state_machine_arn,
             run_id,
             Some(next),
-            state.traceparent.as_deref(),
+            traceparent,
         )
         .await
         .map_err(|e| {
             unavailable(format!(
                 "the answer is saved, but the run could not go on ({e}); answer again to retry"
             ))
-        })
+        })?;
+        // Left in place, the deadline would start a segment that finds this one's claim and
+        // ends: harmless, so a failure here is only logged.
+        if let Err(e) = self.deadlines.cancel(run_id, next).await {
+            tracing::warn!(%run_id, error = %e, "the answered checkpoint's deadline was not deleted");
+        }
+        Ok(())
     }
 }
 
@@ -323,9 +333,10 @@ impl Control for SfnControl {
         let input = self
             .transitions
             .answer_input(&state, checkpoint_id, approve, comment)?;
-        self.transitions.transition(state, input).await?;
+        let launch = self.transitions.transition(state, input).await?;
         if self.kind == MachineKind::Express {
-            return self.start_next_segment(run_id).await;
+            let traceparent = launch.state.traceparent.as_deref();
+            return self.start_next_segment(run_id, traceparent).await;
         }
         // Without a token the wait has not begun; when it does, it finds the answer.
         if let Some(token) = self.waits.token(run_id, checkpoint_id).await? {
