@@ -362,88 +362,55 @@ fn express(
     let states = o.state_transitions + 2 * segments;
     let log_events = 2 * states + 3 * lambda_invocations + 2 * segments;
     let checks = (shape.planner_calls + advance_invocations(shape)) as f64;
-    let (wru, rru) = (wru + segments as f64, rru + checks);
-    let lines = express_lines(
-        shape,
-        lambda,
-        o,
-        ExpressQuantities {
-            segments,
-            billed_ms,
-            claims_ms,
-            lambda_invocations,
-            log_events,
-            wru,
-            rru,
-            stored_bytes,
-        },
-    );
-    let total_usd = lines.iter().map(|l| l.usd).sum();
-    ExpressCost {
+    let mut cost = ExpressCost {
         segments,
         billed_ms,
         lambda_invocations,
         log_events,
-        wru,
-        rru,
-        lines,
-        total_usd,
-    }
+        wru: wru + segments as f64,
+        rru: rru + checks,
+        lines: Vec::new(),
+        total_usd: 0.0,
+    };
+    cost.lines = express_lines(shape, lambda, o, &cost, claims_ms, stored_bytes);
+    cost.total_usd = cost.lines.iter().map(|l| l.usd).sum();
+    cost
 }
 
-/// What [`express_lines`] prices.
-struct ExpressQuantities {
-    segments: u64,
-    billed_ms: u64,
-    claims_ms: u64,
-    lambda_invocations: u64,
-    log_events: u64,
-    wru: f64,
-    rru: f64,
-    stored_bytes: u64,
-}
-
+/// The priced lines of `e`; `claims_ms` is the function time its claims add.
 fn express_lines(
     shape: &RunShape,
     lambda: &LambdaAssumptions,
     o: &Orchestration,
-    q: ExpressQuantities,
+    e: &ExpressCost,
+    claims_ms: u64,
+    stored_bytes: u64,
 ) -> Vec<CostLine> {
-    let ExpressQuantities {
-        segments,
-        billed_ms,
-        claims_ms,
-        lambda_invocations,
-        log_events,
-        wru,
-        rru,
-        stored_bytes,
-    } = q;
     let gb = lambda.memory_mb as f64 / 1024.0;
     let line = CostLine::priced;
     vec![
         line(
             "sfn_express_request",
             "Express executions (segments)",
-            segments as f64,
+            e.segments as f64,
             Source::Modelled,
         ),
         line(
             "sfn_express_gb_s",
             "Express GB-s (64 MB)",
-            EXPRESS_MEMORY_GB * billed_ms as f64 / 1000.0,
+            EXPRESS_MEMORY_GB * e.billed_ms as f64 / 1000.0,
             Source::Modelled,
         ),
         line(
             "cloudwatch_logs_ingest_gb",
             "Express execution logs, GB",
-            (log_events * EXPRESS_LOG_EVENT_BYTES) as f64 / 1e9,
+            (e.log_events * EXPRESS_LOG_EVENT_BYTES) as f64 / 1e9,
             Source::Modelled,
         ),
         line(
             "lambda_requests",
             "Lambda requests (+ claims)",
-            lambda_invocations as f64,
+            e.lambda_invocations as f64,
             o.source,
         ),
         line(
@@ -461,13 +428,13 @@ fn express_lines(
         line(
             "dynamodb_wru",
             "DynamoDB WRU (+ segment claims)",
-            wru,
+            e.wru,
             Source::Measured,
         ),
         line(
             "dynamodb_rru",
             "DynamoDB RRU (+ segment checks)",
-            rru,
+            e.rru,
             Source::Measured,
         ),
         line(
