@@ -1,5 +1,6 @@
 //! Stored documents as JSON: how both stores encode what they keep and read it back.
 
+use orchestrator_core::event::{Frame, WireFrame};
 use orchestrator_core::ports::StoreError;
 
 /// JSON for a stored document.
@@ -19,6 +20,20 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(
 ) -> Result<T, StoreError> {
     serde_json::from_str(json)
         .map_err(|e| StoreError::Corrupt(format!("run {run_id}: stored {what} is unreadable: {e}")))
+}
+
+/// A stored event read back as a frame.
+pub(crate) fn frame_of(run_id: &str, seq: u64, json: String) -> Result<Frame, StoreError> {
+    Ok(Frame {
+        seq,
+        event: decode(&json, "event", run_id)?,
+    })
+}
+
+/// A stored event's JSON as the wire carries it, without decoding it.
+pub(crate) fn wire_frame_of(run_id: &str, seq: u64, json: String) -> Result<WireFrame, StoreError> {
+    WireFrame::from_json(seq, json)
+        .ok_or_else(|| StoreError::Corrupt(format!("run {run_id}: a stored event has no type")))
 }
 
 /// Documents shorter than this are kept as they are: an item of under a KB costs one unit

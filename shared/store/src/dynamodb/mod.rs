@@ -248,7 +248,7 @@ fn need_n<T: std::str::FromStr>(item: &Item, name: &str, run_id: &str) -> Result
     })
 }
 
-use crate::codec::{decode, encode, inflate};
+use crate::codec::{decode, encode, frame_of, inflate, wire_frame_of};
 
 fn plan_body(state: &RunState) -> Result<Option<(u32, Body)>, StoreError> {
     if state.plan.version == 0 {
@@ -1522,12 +1522,7 @@ impl EventLog for DynamoDbStore {
         let stored = self.stored_after(run_id, after, limit).await?;
         stored
             .into_iter()
-            .map(|(seq, json)| {
-                Ok(Frame {
-                    seq,
-                    event: decode(&json, "event", run_id)?,
-                })
-            })
+            .map(|(seq, json)| frame_of(run_id, seq, json))
             .collect()
     }
 
@@ -1540,11 +1535,7 @@ impl EventLog for DynamoDbStore {
         let stored = self.stored_after(run_id, after, limit).await?;
         stored
             .into_iter()
-            .map(|(seq, json)| {
-                WireFrame::from_json(seq, json).ok_or_else(|| {
-                    StoreError::Corrupt(format!("run {run_id}: a stored event has no type"))
-                })
-            })
+            .map(|(seq, json)| wire_frame_of(run_id, seq, json))
             .collect()
     }
 

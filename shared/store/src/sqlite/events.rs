@@ -9,7 +9,7 @@ use orchestrator_core::ports::{EventLog, StoreError};
 use rusqlite::params;
 
 use super::{SqliteStore, WriteTx, db_error, lease, saturating_i64, to_u64};
-use crate::codec::{decode, encode};
+use crate::codec::{encode, frame_of, wire_frame_of};
 
 impl SqliteStore {
     /// The run's stored events after `after` (seq and JSON), each made into a `T` by `make`.
@@ -131,13 +131,7 @@ impl EventLog for SqliteStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Frame>, StoreError> {
-        self.stored_after(run_id, after, limit, |run_id, seq, json| {
-            Ok(Frame {
-                seq,
-                event: decode(&json, "event", run_id)?,
-            })
-        })
-        .await
+        self.stored_after(run_id, after, limit, frame_of).await
     }
 
     async fn read_wire_after(
@@ -146,12 +140,7 @@ impl EventLog for SqliteStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<WireFrame>, StoreError> {
-        self.stored_after(run_id, after, limit, |run_id, seq, json| {
-            WireFrame::from_json(seq, json).ok_or_else(|| {
-                StoreError::Corrupt(format!("run {run_id}: a stored event has no type"))
-            })
-        })
-        .await
+        self.stored_after(run_id, after, limit, wire_frame_of).await
     }
 
     async fn wait_beyond(
