@@ -48,6 +48,24 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     /// Run starts a minute per API key (ORCHESTRATOR_MAX_STARTS_PER_MINUTE); None: no limit.
     pub max_starts_per_minute: Option<u32>,
+    /// Threads that serve connections, each with its own runtime (ORCHESTRATOR_SERVE_THREADS;
+    /// default: one per core).
+    pub threads: usize,
+}
+
+/// The most `ORCHESTRATOR_SERVE_THREADS` may ask for.
+const MAX_SERVE_THREADS: usize = 256;
+
+/// ORCHESTRATOR_SERVE_THREADS, or one thread per core the process may use.
+fn serve_threads() -> anyhow::Result<usize> {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let threads = number("ORCHESTRATOR_SERVE_THREADS", cores)?;
+    if !(1..=MAX_SERVE_THREADS).contains(&threads) {
+        bail!(
+            "ORCHESTRATOR_SERVE_THREADS must be between 1 and {MAX_SERVE_THREADS} (unset it for one per core: {cores})"
+        );
+    }
+    Ok(threads)
 }
 
 fn number<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
@@ -101,6 +119,7 @@ impl Config {
             max_runs: number("ORCHESTRATOR_MAX_RUNS", 256)?,
             max_body_bytes: number("ORCHESTRATOR_MAX_BODY_BYTES", 64 * 1024)?,
             max_starts_per_minute: orchestrator_api::max_starts_per_minute_from_env()?,
+            threads: serve_threads()?,
         };
         let lease_seconds: f64 = number("ORCHESTRATOR_LEASE_SECONDS", 15.0)?;
         if !(0.1..=86_400.0).contains(&lease_seconds) {

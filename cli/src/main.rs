@@ -219,17 +219,13 @@ fn main() -> ExitCode {
         eprintln!("error: {e} (unset OTEL_EXPORTER_OTLP_ENDPOINT to run without traces)");
         return ExitCode::from(2);
     }
-    // `serve` drives many runs at once: worker threads on every core. The other commands
-    // drive one run (or none), which waits on the model and the store almost all the time;
-    // on one thread its hand-offs cost no cross-thread wake-ups (a quarter less CPU per run,
-    // bench/README.md).
-    let runtime = if matches!(cli.command, Command::Serve { .. }) {
-        tokio::runtime::Runtime::new()
-    } else {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    };
+    // Every command runs on one thread with its own runtime: a run waits on the model and the
+    // store almost all the time, and on one thread its hand-offs cost no cross-thread wake-ups
+    // (a quarter less CPU per run, bench/README.md). `serve` starts more such threads, one per
+    // core, each serving the connections it accepts (`serve_threads`).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
     let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
@@ -717,6 +713,59 @@ async fn serve(
         },
         if offline { ", offline model" } else { "" },
     );
+    serve_threads(listener.into_std()?, app, config.threads).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Serves `app` on `threads` threads, each with a runtime of its own accepting from the same
+/// socket, until Ctrl-C. A connection, and a run started on it, stay on the thread that
+/// accepted it: a run's hand-offs and its stream's frames wake no other thread, which on a
+/// work-stealing runtime cost a futex wake and a context switch per streamed chunk (a third
+/// of the CPU of a run at real model latency, bench/README.md).
+async fn serve_threads(
+    listener: std::net::TcpListener,
+    app: axum::Router,
+    threads: usize,
+) -> anyhow::Result<()> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut others = Vec::with_capacity(threads.saturating_sub(1));
+    for n in 1..threads {
+        let listener = listener
+            .try_clone()
+            .context("cannot share the listening socket")?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start a serving thread's runtime")?;
+        let (app, stopped) = (app.clone(), stopped.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("serve-{n}"))
+            .spawn(move || runtime.block_on(serve_on(listener, app, stopped)))
+            .context("cannot start a serving thread")?;
+        others.push(thread);
+    }
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        let _ = stop.send(true);
+    });
+    let served = serve_on(listener, app, stopped).await;
+    for thread in others {
+        match thread.join() {
+            Ok(Err(e)) => eprintln!("warning: a serving thread stopped: {e:#}"),
+            Err(_) => eprintln!("warning: a serving thread panicked"),
+            Ok(Ok(())) => {}
+        }
+    }
+    served
+}
+
+/// Serves `app` on the current runtime from `listener` until `stopped` says so.
+async fn serve_on(
+    listener: std::net::TcpListener,
+    app: axum::Router,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::from_std(listener)?;
     // SSE frames are small writes a few ms apart: without TCP_NODELAY, Nagle's algorithm holds
     // each one until the client ACKs the previous, and delayed ACKs make that up to 40 ms.
     let listener = listener.tap_io(|tcp| {
@@ -725,12 +774,11 @@ async fn serve(
         }
     });
     axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
+        .with_graceful_shutdown(async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
         })
         .await
-        .context("the server stopped")?;
-    Ok(ExitCode::SUCCESS)
+        .context("the server stopped")
 }
 
 /// `resume`: continues the run here, or leaves a run another live process drives alone

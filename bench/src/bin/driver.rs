@@ -299,7 +299,7 @@ fn serve_command(command: Cmd) -> anyhow::Result<()> {
             base_url,
             runs,
             concurrency,
-        } => print_json(&Flavor::Multi.runtime()?.block_on(bare_floor(
+        } => print_json(&Flavor::Current.runtime()?.block_on(bare_floor(
             &base_url,
             runs,
             concurrency,

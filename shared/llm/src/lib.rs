@@ -3,6 +3,7 @@
 //! the workspace sees only the Model port of `orchestrator-core`.
 
 pub mod bedrock;
+mod clients;
 pub mod config;
 pub mod offline;
 pub mod openai;

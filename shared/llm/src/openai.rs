@@ -22,6 +22,7 @@ use orchestrator_core::types::Usage;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::clients::Clients;
 use crate::config::{ApiKey, Resilience};
 use crate::schema::{strict_schema, wire_name};
 
@@ -39,7 +40,7 @@ pub enum OpenAiBuildError {
 }
 
 pub struct OpenAiModel {
-    http: reqwest::Client,
+    http: Clients,
     /// `<base>/chat/completions`, parsed once (not per request); never logged, it may carry a
     /// secret.
     endpoint: reqwest::Url,
@@ -182,19 +183,24 @@ impl OpenAiModel {
         let endpoint = format!("{}/chat/completions", base_url.trim_end_matches('/'));
         let endpoint =
             reqwest::Url::parse(&endpoint).map_err(|e| OpenAiBuildError::BaseUrl(e.to_string()))?;
-        let mut http = reqwest::Client::builder()
-            .connect_timeout(resilience.connect_timeout)
-            // Per read, so a long stream is fine as long as it keeps moving.
-            .read_timeout(resilience.request_timeout);
+        let (connect, read) = (resilience.connect_timeout, resilience.request_timeout);
         // A plain-HTTP endpoint (a local server) makes no TLS connection: an empty root store
         // spares reading every certificate of the system at start (147 files here, about 3 ms
         // before a run's first byte). An https endpoint verifies against the platform's roots.
-        if endpoint.scheme() == "http" {
-            http = http.tls_certs_only(Vec::new());
-        }
-        let http = http
+        let plain = endpoint.scheme() == "http";
+        let http = Clients::new(Box::new(move || {
+            let http = reqwest::Client::builder()
+                .connect_timeout(connect)
+                // Per read, so a long stream is fine as long as it keeps moving.
+                .read_timeout(read);
+            if plain {
+                http.tls_certs_only(Vec::new())
+            } else {
+                http
+            }
             .build()
-            .map_err(|e| OpenAiBuildError::Client(e.to_string()))?;
+        }))
+        .map_err(|e| OpenAiBuildError::Client(e.to_string()))?;
         Ok(Self {
             http,
             endpoint,
@@ -397,6 +403,7 @@ impl OpenAiModel {
     async fn post(&self, body: Bytes, stream: bool) -> Result<reqwest::Response, Failure> {
         let mut req = self
             .http
+            .get()
             .post(self.endpoint.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body);

@@ -51,11 +51,12 @@ impl SqliteStore {
     async fn has_beyond(&self, run_id: &str, after: u64) -> Result<bool, StoreError> {
         let run_id = run_id.to_owned();
         self.call(move |conn| {
-            conn.query_row(
+            conn.prepare_cached(
                 "SELECT EXISTS (SELECT 1 FROM events WHERE run_id = ?1 AND seq > ?2)",
-                params![run_id, saturating_i64(after)],
-                |r| r.get(0),
             )
+            .and_then(|mut stmt| {
+                stmt.query_row(params![run_id, saturating_i64(after)], |r| r.get(0))
+            })
             .map_err(db_error)
         })
         .await
@@ -162,8 +163,13 @@ impl EventLog for SqliteStore {
                 return Ok(());
             }
             let nap = (deadline - now).min(self.poll.max(Duration::from_millis(10)));
-            // Woken, timed out or (never, while `self` lives) closed: look again either way.
-            let _ = tokio::time::timeout(nap, appended.changed()).await;
+            // Woken by an append to this run in this process: its events are committed, so
+            // the caller reads them without a look first (for an `after` past the log's end
+            // that read finds nothing and it waits again). Timed out, the look is what sees
+            // another process's appends.
+            if let Ok(Ok(())) = tokio::time::timeout(nap, appended.changed()).await {
+                return Ok(());
+            }
         }
     }
 }

@@ -46,12 +46,8 @@ pub(super) fn insert_run(
 ) -> Result<Created, StoreError> {
     if let Some(key) = &row.idempotency_key {
         let existing: Option<String> = tx
-            .query_row(
-                "SELECT run_id FROM runs WHERE idempotency_key = ?1",
-                [key],
-                |r| r.get(0),
-            )
-            .optional()
+            .prepare_cached("SELECT run_id FROM runs WHERE idempotency_key = ?1")
+            .and_then(|mut stmt| stmt.query_row([key], |r| r.get(0)).optional())
             .map_err(db_error)?;
         if let Some(run_id) = existing {
             return Ok(Created::Existing { run_id });
@@ -63,11 +59,13 @@ pub(super) fn insert_run(
             row.run_id
         )));
     }
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO runs (run_id, idempotency_key, mode, objective, status,
                            created_at_ms, updated_at_ms, state_json)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
             row.run_id,
             row.idempotency_key,
             row.mode,
@@ -76,8 +74,8 @@ pub(super) fn insert_run(
             row.created_at_ms,
             row.updated_at_ms,
             row.state_json,
-        ],
-    )
+        ])
+    })
     .map_err(db_error)?;
     insert_plan(tx, &row.run_id, row.plan.as_ref())?;
     let frames = append_events(tx, &row.run_id, events)?;
