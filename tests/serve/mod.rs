@@ -71,6 +71,18 @@ impl Serve {
         assert!(head.contains(" 200 "), "{head}");
         body.to_owned()
     }
+
+    /// GETs `path`, reads the response to its end and returns its body (a 200 is asserted).
+    pub fn get(&self, path: &str) -> String {
+        let mut tcp = TcpStream::connect(&self.addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        write!(tcp, "GET {path} HTTP/1.0\r\nhost: {}\r\n\r\n", self.addr).unwrap();
+        let mut raw = String::new();
+        tcp.read_to_string(&mut raw).unwrap();
+        let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
+        assert!(head.contains(" 200 "), "{head}");
+        body.to_owned()
+    }
 }
 
 impl Drop for Serve {
