@@ -516,3 +516,60 @@ async fn status_transition_refused() {
     let (_dir, s) = fresh();
     conformance::status_transition_refused(&s).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_reads_every_frame_once_in_order_when_two_processes_append() {
+    // GIVEN two stores on one file (as two processes would have), a stream following a run
+    // through the first, as `serve` does: read what is there, then wait for more
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    let here = SqliteStore::open(&path)
+        .unwrap()
+        .with_cross_process_poll(Duration::from_millis(20));
+    let other = SqliteStore::open(&path).unwrap();
+    here.create_run(&state("run-2p", 1_000), &[]).await.unwrap();
+    const TOTAL: usize = 12;
+    let follower = {
+        let here = here.clone();
+        tokio::spawn(async move {
+            let (mut after, mut seen) = (0, Vec::new());
+            while seen.len() < TOTAL {
+                let frames = here.read_wire_after("run-2p", after, 100).await.unwrap();
+                after = frames.last().map_or(after, |f| f.seq);
+                seen.extend(frames);
+                if seen.len() >= TOTAL {
+                    break;
+                }
+                here.wait_beyond("run-2p", after, Duration::from_secs(5))
+                    .await
+                    .unwrap();
+            }
+            seen
+        })
+    };
+
+    // WHEN both append in turns, this process's appends waking the stream, the other's not
+    let mut n = 0;
+    for (store, count) in [(&here, 2), (&other, 2), (&here, 3), (&other, 1), (&here, 4)] {
+        let events: Vec<_> = (0..count)
+            .map(|_| {
+                n += 1;
+                message("run-2p", &format!("m{n}"))
+            })
+            .collect();
+        store.append("run-2p", &events).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+
+    // THEN the stream read each frame once, in order, as the log holds it
+    let seen = tokio::time::timeout(Duration::from_secs(10), follower)
+        .await
+        .expect("the stream missed a frame")
+        .unwrap();
+    let stored = other.read_wire_after("run-2p", 0, 100).await.unwrap();
+    assert_eq!(seen, stored);
+    assert_eq!(
+        seen.iter().map(|f| f.seq).collect::<Vec<_>>(),
+        (1..=TOTAL as u64).collect::<Vec<_>>()
+    );
+}

@@ -8,7 +8,7 @@ use orchestrator_core::event::{Event, Frame, WireFrame};
 use orchestrator_core::ports::{EventLog, StoreError};
 use rusqlite::params;
 
-use super::{SqliteStore, WriteTx, db_error, lease, saturating_i64, to_u64};
+use super::{SqliteStore, WriteTx, db_error, lease, saturating_i64, tail, to_u64};
 use crate::codec::{encode, frame_of, wire_frame_of};
 
 impl SqliteStore {
@@ -96,8 +96,11 @@ pub(super) fn append_events(
     for event in events {
         seq += 1;
         let json = encode(&event, "event")?;
-        stmt.execute(params![run_id, saturating_i64(seq), json])
+        stmt.execute(params![run_id, saturating_i64(seq), &json])
             .map_err(db_error)?;
+        if let Some(wire) = WireFrame::from_json(seq, json) {
+            tx.appended.borrow_mut().push((run_id.to_owned(), wire));
+        }
         frames.push(Frame { seq, event });
     }
     Ok(frames)
@@ -141,6 +144,9 @@ impl EventLog for SqliteStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<WireFrame>, StoreError> {
+        if let Some(Some(frames)) = self.tail(run_id, |run| run.after(after, limit)) {
+            return Ok(frames);
+        }
         self.stored_after(run_id, after, limit, wire_frame_of).await
     }
 
@@ -154,9 +160,14 @@ impl EventLog for SqliteStore {
         // Subscribe before looking, so an append that lands between the look and the wait
         // still wakes us (the receiver has seen only the value current at subscription).
         let mut appended = self.watch_appends(run_id);
+        // Caught up with this process's own appends to the run: the database would say the
+        // same, so the first look is skipped (another process's appends are seen at the poll).
+        let mut look = self.tail(run_id, tail::Watched::last_seq).flatten() != Some(after);
         loop {
-            if self.has_beyond(run_id, after).await? {
-                return Ok(());
+            match self.tail(run_id, tail::Watched::last_seq).flatten() {
+                Some(last) if last > after => return Ok(()),
+                _ if look && self.has_beyond(run_id, after).await? => return Ok(()),
+                _ => look = true,
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {

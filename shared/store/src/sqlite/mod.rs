@@ -27,6 +27,7 @@ mod results;
 mod run_store;
 mod runs;
 mod schema;
+mod tail;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -34,6 +35,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use orchestrator_core::event::WireFrame;
 use orchestrator_core::ports::{Clock, StoreError, SystemClock};
 use rusqlite::{Connection, ErrorCode};
 use tokio::sync::watch;
@@ -65,10 +67,11 @@ pub const DEFAULT_CALL_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600)
 
 struct Shared {
     conn: std::sync::Mutex<Connection>,
-    /// Per run being watched: bumped after every committed write that appended events to it.
-    /// `wait_beyond` watches its run's only, so an append wakes the streams of its own run and
-    /// not every stream of the process (each woken one reads the database).
-    appended: std::sync::Mutex<HashMap<String, watch::Sender<u64>>>,
+    /// Per run being watched: woken after every committed write that appended events to it,
+    /// with those events kept as the wire carries them (`tail`). `wait_beyond` watches its
+    /// run's only, so an append wakes the streams of its own run and not every stream of the
+    /// process.
+    appended: std::sync::Mutex<HashMap<String, tail::Watched>>,
     /// The file (or `:memory:`), for error messages and `Debug`.
     location: String,
 }
@@ -203,33 +206,40 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&WriteTx<'_>) -> Result<T, StoreError> + Send + 'static,
     {
-        let written = self
+        let (written, frames) = self
             .call(move |conn| {
                 let tx = WriteTx::begin(conn)?;
                 let written = f(&tx)?;
+                let frames = tx.appended.take();
                 tx.commit()?;
-                Ok(written)
+                Ok((written, frames))
             })
             .await?;
         if appended(&written) {
-            self.poke(run_id);
+            self.poke(run_id, frames);
         }
         Ok(written)
     }
 
-    /// Wakes the `wait_beyond` callers of `run_id` in this store and its clones; forgets the
-    /// run when none is left.
-    fn poke(&self, run_id: &str) {
+    /// Wakes the `wait_beyond` callers of `run_id` in this store and its clones, keeping the
+    /// run's `frames` just committed for them to read; forgets the run when none is left.
+    fn poke(&self, run_id: &str, frames: Vec<(String, WireFrame)>) {
         let mut watched = self
             .shared
             .appended
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(sender) = watched.get(run_id) {
-            if sender.receiver_count() == 0 {
+        if let Some(run) = watched.get_mut(run_id) {
+            if run.woken.receiver_count() == 0 {
                 watched.remove(run_id);
             } else {
-                sender.send_modify(|n| *n = n.wrapping_add(1));
+                run.push(
+                    frames
+                        .into_iter()
+                        .filter(|(of, _)| of == run_id)
+                        .map(|(_, frame)| frame),
+                );
+                run.woken.send_modify(|n| *n = n.wrapping_add(1));
             }
         }
     }
@@ -242,13 +252,24 @@ impl SqliteStore {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         match watched.get(run_id) {
-            Some(sender) => sender.subscribe(),
+            Some(run) => run.woken.subscribe(),
             None => {
-                let (sender, receiver) = watch::channel(0);
-                watched.insert(run_id.to_owned(), sender);
+                let (run, receiver) = tail::Watched::new();
+                watched.insert(run_id.to_owned(), run);
                 receiver
             }
         }
+    }
+
+    /// What this process's own appends say of `run_id`'s log, if a stream watches it (see
+    /// [`tail`]).
+    fn tail<T>(&self, run_id: &str, read: impl FnOnce(&tail::Watched) -> T) -> Option<T> {
+        let watched = self
+            .shared
+            .appended
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        watched.get(run_id).map(read)
     }
 }
 
@@ -308,12 +329,17 @@ fn to_u64(n: i64, what: &str) -> Result<u64, StoreError> {
 /// between two model calls.
 struct WriteTx<'c> {
     conn: &'c Connection,
+    /// The events appended in this transaction, by run, as the wire carries them.
+    appended: std::cell::RefCell<Vec<(String, WireFrame)>>,
 }
 
 impl<'c> WriteTx<'c> {
     fn begin(conn: &'c Connection) -> Result<Self, StoreError> {
         run_cached(conn, "BEGIN IMMEDIATE")?;
-        Ok(WriteTx { conn })
+        Ok(WriteTx {
+            conn,
+            appended: std::cell::RefCell::default(),
+        })
     }
 
     fn commit(self) -> Result<(), StoreError> {
