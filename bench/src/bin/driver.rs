@@ -102,7 +102,8 @@ enum Cmd {
         no_record: bool,
     },
     /// The serve path's floor: the reference run's 7 calls made by a bare client, `concurrency`
-    /// runs at a time; this process's CPU and peak RSS.
+    /// runs at a time; this process's CPU and peak RSS. On one thread by default, the leanest
+    /// such client (`--runtime multi`: a work-stealing runtime, a worker per core).
     BareFloor {
         #[arg(long)]
         base_url: String,
@@ -110,6 +111,8 @@ enum Cmd {
         runs: usize,
         #[arg(long, default_value_t = 1)]
         concurrency: usize,
+        #[arg(long, value_enum, default_value_t = Flavor::Current)]
+        runtime: Flavor,
     },
     /// Exec of `orchestrator run --json` on the offline model to its first frame, ms: each
     /// of `n` tries, and their median.
@@ -170,14 +173,15 @@ enum Cmd {
     },
 }
 
-/// The runtimes the `orchestrator` binary uses (cli/src/main.rs).
+/// The runtimes a measurement runs on: `orchestrator` runs every command on one thread (and
+/// `serve` on one such thread per core, cli/src/main.rs); the Lambda functions steal work.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum Flavor {
-    /// `orchestrator serve`: a worker thread per core.
+    /// A work-stealing runtime, a worker thread per core.
     #[default]
     Multi,
-    /// `orchestrator run`, `resume`, `approve`: one thread.
+    /// One thread, as every `orchestrator` command.
     Current,
 }
 
@@ -299,7 +303,8 @@ fn serve_command(command: Cmd) -> anyhow::Result<()> {
             base_url,
             runs,
             concurrency,
-        } => print_json(&Flavor::Current.runtime()?.block_on(bare_floor(
+            runtime,
+        } => print_json(&runtime.runtime()?.block_on(bare_floor(
             &base_url,
             runs,
             concurrency,
