@@ -304,11 +304,11 @@ fn serve_command(command: Cmd) -> anyhow::Result<()> {
             runs,
             concurrency,
             runtime,
-        } => print_json(&runtime.runtime()?.block_on(bare_floor(
-            &base_url,
-            runs,
-            concurrency,
-        ))?),
+        } => print_json(
+            &runtime
+                .runtime()?
+                .block_on(bare_floor(&base_url, runs, concurrency))?,
+        ),
         Cmd::ExecFirst { orchestrator, n } => exec_first(&orchestrator, n),
         _ => bail!("not a serve-path command"),
     }
