@@ -160,15 +160,19 @@ impl EventLog for SqliteStore {
         // Subscribe before looking, so an append that lands between the look and the wait
         // still wakes us (the receiver has seen only the value current at subscription).
         let mut appended = self.watch_appends(run_id);
-        // Caught up with this process's own appends to the run: the database would say the
-        // same, so the first look is skipped (another process's appends are seen at the poll).
-        let mut look = self.tail(run_id, tail::Watched::last_seq).flatten() != Some(after);
+        let mut first = true;
         loop {
-            match self.tail(run_id, tail::Watched::last_seq).flatten() {
-                Some(last) if last > after => return Ok(()),
-                _ if look && self.has_beyond(run_id, after).await? => return Ok(()),
-                _ => look = true,
+            let known = self.tail(run_id, tail::Watched::last_seq).flatten();
+            if known.is_some_and(|last| last > after) {
+                return Ok(());
             }
+            // Caught up with this process's own appends to the run: the database would say the
+            // same, so the first look is skipped (another process's appends are seen at the poll).
+            let caught_up = first && known == Some(after);
+            if !caught_up && self.has_beyond(run_id, after).await? {
+                return Ok(());
+            }
+            first = false;
             let now = tokio::time::Instant::now();
             if now >= deadline {
                 return Ok(());

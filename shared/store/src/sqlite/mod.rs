@@ -224,11 +224,7 @@ impl SqliteStore {
     /// Wakes the `wait_beyond` callers of `run_id` in this store and its clones, keeping the
     /// run's `frames` just committed for them to read; forgets the run when none is left.
     fn poke(&self, run_id: &str, frames: Vec<(String, WireFrame)>) {
-        let mut watched = self
-            .shared
-            .appended
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut watched = self.watched();
         if let Some(run) = watched.get_mut(run_id) {
             if run.woken.receiver_count() == 0 {
                 watched.remove(run_id);
@@ -246,11 +242,7 @@ impl SqliteStore {
 
     /// A receiver that changes with every append to `run_id`'s log in this process.
     fn watch_appends(&self, run_id: &str) -> watch::Receiver<u64> {
-        let mut watched = self
-            .shared
-            .appended
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut watched = self.watched();
         match watched.get(run_id) {
             Some(run) => run.woken.subscribe(),
             None => {
@@ -261,14 +253,18 @@ impl SqliteStore {
         }
     }
 
+    /// The runs streams wait on. Held only to look up or change an entry, never across SQL.
+    fn watched(&self) -> std::sync::MutexGuard<'_, HashMap<String, tail::Watched>> {
+        self.shared
+            .appended
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// What this process's own appends say of `run_id`'s log, if a stream watches it (see
     /// [`tail`]).
     fn tail<T>(&self, run_id: &str, read: impl FnOnce(&tail::Watched) -> T) -> Option<T> {
-        let watched = self
-            .shared
-            .appended
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let watched = self.watched();
         watched.get(run_id).map(read)
     }
 }
