@@ -154,6 +154,11 @@ impl Tail {
             tracing::warn!(run_id = %self.run_id, error = %e, "event stream stopped");
             return None;
         }
+        // A watcher comes after the run's own work: the commit that woke this stream usually
+        // also dispatched the next model call, whose request then goes out first (a frame a
+        // few hundred microseconds later is invisible; the same delay on the request is on
+        // the run's critical path), and frames committed meanwhile go out in the same chunk.
+        tokio::task::yield_now().await;
         match self
             .store
             .read_wire_after(&self.run_id, self.after, PAGE)
