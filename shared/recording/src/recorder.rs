@@ -1,6 +1,8 @@
 //! [`Recorder`]: a model whose calls, made within a unit of a run ([`crate::within`]), are
-//! stored with the run (redacted) as they finish. What the inner model answers passes through
-//! unchanged; a record that cannot be written is logged and never fails the run.
+//! handed to the run's store (redacted) as they finish; the store writes them no later than
+//! the write that follows (see the SQLite adapter's `record_call`). What the inner model
+//! answers passes through unchanged; a record that cannot be written is logged and never
+//! fails the run.
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -573,3 +573,119 @@ async fn a_stream_reads_every_frame_once_in_order_when_two_processes_append() {
         (1..=TOTAL as u64).collect::<Vec<_>>()
     );
 }
+
+/// The units of the calls another connection on `path` (another process) finds for `run_id`.
+async fn calls_seen_by_another_process(path: &Path, run_id: &str) -> Vec<u32> {
+    let other = SqliteStore::open(path).unwrap();
+    let calls = other.calls(run_id).await.unwrap();
+    calls.into_iter().map(|c| c.index).collect()
+}
+
+fn plan_call(index: u32) -> orchestrator_core::ports::RecordedCall {
+    let unit = orchestrator_core::ports::CallUnit::Plan { version: 1 };
+    conformance::call(unit, index, "plan")
+}
+
+#[tokio::test]
+async fn a_recorded_call_is_in_the_file_when_the_step_result_after_it_is() {
+    // GIVEN a run, and a model call of it just recorded
+    let (dir, s) = fresh();
+    s.create_run(&state("run-c", 1_000), &[]).await.unwrap();
+    s.record_call("run-c", &plan_call(0)).await.unwrap();
+
+    // WHEN the step's result is written
+    let result = conformance::step_result("s1", 1, serde_json::json!({"ok": true}));
+    s.put_step_result("run-c", &result).await.unwrap();
+
+    // THEN another process finds the call in the file, with the result
+    assert_eq!(
+        calls_seen_by_another_process(&db_path(&dir), "run-c").await,
+        [0]
+    );
+    assert!(
+        SqliteStore::open(&db_path(&dir))
+            .unwrap()
+            .get_step_result("run-c", "s1", 1)
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+#[tokio::test]
+async fn a_recorded_call_with_no_write_after_it_is_written_on_its_own() {
+    // GIVEN a run with a call recorded, and nothing written after it
+    let (dir, s) = fresh();
+    s.create_run(&state("run-c", 1_000), &[]).await.unwrap();
+    s.record_call("run-c", &plan_call(0)).await.unwrap();
+
+    // WHEN another process looks, for up to five seconds
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut seen = Vec::new();
+    while seen.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        seen = calls_seen_by_another_process(&db_path(&dir), "run-c").await;
+    }
+
+    // THEN it finds the call (written alone once no write came to carry it)
+    assert_eq!(seen, [0]);
+    drop(s);
+}
+
+#[tokio::test]
+async fn a_call_queued_before_a_refused_write_goes_with_the_next_one() {
+    // GIVEN a run leased to B (token 2), and a call recorded
+    let (dir, s) = fresh();
+    s.create_run(&state("run-c", 1_000), &[]).await.unwrap();
+    s.acquire_lease("run-c", "A", 60_000, None).await.unwrap();
+    s.acquire_lease("run-c", "B", 60_000, Some("A"))
+        .await
+        .unwrap();
+    s.record_call("run-c", &plan_call(0)).await.unwrap();
+
+    // WHEN A's fenced append is refused, and B then appends
+    let refused = s
+        .append_fenced("run-c", &messages("run-c", &["late"]), Some(1))
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::LeaseLost(_))),
+        "{refused:?}"
+    );
+    s.append_fenced("run-c", &messages("run-c", &["on time"]), Some(2))
+        .await
+        .unwrap();
+
+    // THEN the call is in the file, and so is only B's event
+    assert_eq!(
+        calls_seen_by_another_process(&db_path(&dir), "run-c").await,
+        [0]
+    );
+    let log: Vec<String> = s
+        .read_after("run-c", 0, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e.event.kind {
+            EventKind::Message { message } => Some(message),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(log, ["on time"]);
+}
+
+#[tokio::test]
+async fn a_store_closed_with_a_call_queued_writes_it_first() {
+    // GIVEN a run with a call recorded
+    let (dir, s) = fresh();
+    s.create_run(&state("run-c", 1_000), &[]).await.unwrap();
+    s.record_call("run-c", &plan_call(3)).await.unwrap();
+
+    // WHEN the store is closed at once
+    drop(s);
+
+    // THEN the call is in the file
+    assert_eq!(
+        calls_seen_by_another_process(&db_path(&dir), "run-c").await,
+        [3]
+    );
+}

@@ -74,6 +74,41 @@ struct Shared {
     appended: std::sync::Mutex<HashMap<String, tail::Watched>>,
     /// The file (or `:memory:`), for error messages and `Debug`.
     location: String,
+    /// Recorded model calls waiting for the next write transaction (see `record_call`).
+    pending_calls: std::sync::Mutex<Vec<calls::PendingCall>>,
+}
+
+impl Shared {
+    fn lock_conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn pending_calls(&self) -> std::sync::MutexGuard<'_, Vec<calls::PendingCall>> {
+        self.pending_calls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn take_pending_calls(&self) -> Vec<calls::PendingCall> {
+        std::mem::take(&mut *self.pending_calls())
+    }
+
+    /// Puts back calls whose transaction did not commit, ahead of any queued since.
+    fn requeue_calls(&self, mut calls: Vec<calls::PendingCall>) {
+        if !calls.is_empty() {
+            let mut queue = self.pending_calls();
+            calls.append(&mut queue);
+            *queue = calls;
+        }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        calls::flush_pending(self);
+    }
 }
 
 impl fmt::Debug for SqliteStore {
@@ -161,6 +196,7 @@ impl SqliteStore {
                 conn: std::sync::Mutex::new(conn),
                 appended: std::sync::Mutex::new(HashMap::new()),
                 location,
+                pending_calls: std::sync::Mutex::default(),
             }),
             clock: Arc::new(SystemClock),
             poll: CROSS_PROCESS_POLL,
@@ -186,11 +222,7 @@ impl SqliteStore {
     {
         // A panic while the connection was held rolled its transaction back (`WriteTx` rolls
         // back on drop), so the connection is still usable.
-        let mut conn = self
-            .shared
-            .conn
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut conn = self.shared.lock_conn();
         f(&mut conn)
     }
 
@@ -206,13 +238,21 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&WriteTx<'_>) -> Result<T, StoreError> + Send + 'static,
     {
+        let shared = self.shared.clone();
         let (written, frames) = self
             .call(move |conn| {
                 let tx = WriteTx::begin(conn)?;
-                let written = f(&tx)?;
-                let frames = tx.appended.take();
-                tx.commit()?;
-                Ok((written, frames))
+                // The model calls recorded since the last write go with this one.
+                let calls = shared.take_pending_calls();
+                calls::insert_pending(&tx, &calls);
+                let committed = f(&tx).and_then(|written| {
+                    let frames = tx.appended.take();
+                    tx.commit().map(|()| (written, frames))
+                });
+                if committed.is_err() {
+                    shared.requeue_calls(calls);
+                }
+                committed
             })
             .await?;
         if appended(&written) {
