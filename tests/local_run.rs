@@ -573,3 +573,76 @@ fn a_run_left_below_the_qa_threshold_exits_4_and_says_so() {
         stderr(&shown)
     );
 }
+
+/// The delta frames of a `run --json` with streamed text flushed every `flush_ms`: per step,
+/// how many frames and the text they carry.
+fn deltas_with_flush(flush_ms: &str) -> std::collections::BTreeMap<String, (usize, String)> {
+    let (_dir, db) = temp_db();
+    let out = bin()
+        .env("ORCHESTRATOR_OFFLINE_CHUNK_MS", "1")
+        .env("ORCHESTRATOR_DELTA_FLUSH_MS", flush_ms)
+        .arg("--db")
+        .arg(&db)
+        .args(["run", OBJECTIVE, "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    let mut steps = std::collections::BTreeMap::<String, (usize, String)>::new();
+    for (_, event, data) in frames(&stdout(&out)) {
+        if event == "delta" {
+            let step = data["data"]["stepId"].as_str().unwrap().to_owned();
+            let entry = steps.entry(step).or_default();
+            entry.0 += 1;
+            entry.1.push_str(data["message"].as_str().unwrap());
+        }
+    }
+    steps
+}
+
+#[test]
+fn the_delta_flush_setting_trades_frames_for_latency_and_keeps_the_text() {
+    // GIVEN the offline model streaming a chunk every millisecond
+    // WHEN a run flushes streamed text every millisecond, and another every ten seconds
+    let often = deltas_with_flush("1");
+    let rarely = deltas_with_flush("10000");
+    // THEN the second has fewer delta frames (flushed by size only), and every step's text
+    // is the same in both
+    let count = |d: &std::collections::BTreeMap<String, (usize, String)>| {
+        d.values().map(|(n, _)| n).sum::<usize>()
+    };
+    assert!(
+        count(&rarely) < count(&often),
+        "{} frames flushing every 10 s, {} every 1 ms",
+        count(&rarely),
+        count(&often)
+    );
+    let texts = |d: &std::collections::BTreeMap<String, (usize, String)>| {
+        d.iter()
+            .map(|(step, (_, text))| (step.clone(), text.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert!(!often.is_empty());
+    assert_eq!(texts(&often), texts(&rarely));
+}
+
+#[test]
+fn a_delta_flush_setting_it_cannot_use_is_refused_naming_it() {
+    // GIVEN ORCHESTRATOR_DELTA_FLUSH_MS=fast
+    let (_dir, db) = temp_db();
+    // WHEN a run is started
+    let out = bin()
+        .env("ORCHESTRATOR_DELTA_FLUSH_MS", "fast")
+        .arg("--db")
+        .arg(&db)
+        .args(["run", OBJECTIVE])
+        .output()
+        .unwrap();
+    // THEN it exits 2 naming the variable and its range, and stores nothing
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("ORCHESTRATOR_DELTA_FLUSH_MS=\"fast\" must be a whole number of milliseconds from 1 to 10000"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!db.exists());
+}

@@ -25,6 +25,28 @@ pub struct Config {
     /// Whether model calls are recorded, and their redaction (ORCHESTRATOR_RECORD,
     /// ORCHESTRATOR_REDACT_FILE); their retention is ORCHESTRATOR_CALLS_TTL_DAYS (in `dynamodb`).
     pub record: orchestrator_recording::RecordConfig,
+    /// How long streamed text may wait before it is written to the run's log and its
+    /// watchers (ORCHESTRATOR_DELTA_FLUSH_MS); None: the runner's default.
+    pub delta_flush_ms: Option<u64>,
+}
+
+/// The range `ORCHESTRATOR_DELTA_FLUSH_MS` accepts.
+const DELTA_FLUSH_MS: std::ops::RangeInclusive<u64> = 1..=10_000;
+
+/// ORCHESTRATOR_DELTA_FLUSH_MS, if set.
+fn delta_flush_ms() -> anyhow::Result<Option<u64>> {
+    let Some(ms) = var("ORCHESTRATOR_DELTA_FLUSH_MS") else {
+        return Ok(None);
+    };
+    match ms.trim().parse() {
+        Ok(ms) if DELTA_FLUSH_MS.contains(&ms) => Ok(Some(ms)),
+        _ => bail!(
+            "ORCHESTRATOR_DELTA_FLUSH_MS={ms:?} must be a whole number of milliseconds from {} to {} (unset it for {})",
+            DELTA_FLUSH_MS.start(),
+            DELTA_FLUSH_MS.end(),
+            orchestrator_runner::RunnerConfig::default().delta_max_age_ms
+        ),
+    }
 }
 
 /// Where runs, events and reports are kept.
@@ -137,6 +159,7 @@ impl Config {
             owner,
             max_runs_in_progress: orchestrator_runner::max_runs_in_progress_from_env()?,
             record: orchestrator_recording::RecordConfig::from_env()?,
+            delta_flush_ms: delta_flush_ms()?,
             db: var("ORCHESTRATOR_DB").map(PathBuf::from),
             store,
             dynamodb,

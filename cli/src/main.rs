@@ -525,6 +525,9 @@ fn build_runner(
                     .unwrap_or_else(orchestrator_runner::process_owner),
             },
             max_runs_in_progress: config.max_runs_in_progress,
+            delta_max_age_ms: config
+                .delta_flush_ms
+                .unwrap_or(RunnerConfig::default().delta_max_age_ms),
             ..RunnerConfig::default()
         },
     ))
