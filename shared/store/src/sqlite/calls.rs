@@ -118,16 +118,10 @@ pub(super) fn insert_pending(tx: &WriteTx<'_>, calls: &[PendingCall]) {
 /// Writes the queued calls in a transaction of their own (nothing else came to carry them,
 /// or they are about to be read, or the store is closing).
 pub(super) fn flush_pending(shared: &Shared) {
-    let conn = shared.lock_conn();
-    let calls = shared.take_pending_calls();
-    if calls.is_empty() {
+    if shared.pending_calls().is_empty() {
         return;
     }
-    let written = WriteTx::begin(&conn).and_then(|tx| {
-        insert_pending(&tx, &calls);
-        tx.commit()
-    });
-    if let Err(e) = written {
-        tracing::warn!(calls = calls.len(), error = %e, "could not record model calls");
+    if let Err(e) = shared.transact(|_| Ok(())) {
+        tracing::warn!(error = %e, "could not record model calls; the next write carries them");
     }
 }

@@ -95,6 +95,27 @@ impl Shared {
         std::mem::take(&mut *self.pending_calls())
     }
 
+    /// Runs `f` in a write transaction (`BEGIN IMMEDIATE`) that also carries the model calls
+    /// recorded since the last write, and commits it; gives back what `f` returned and the
+    /// frames it appended. The calls go back in the queue when it does not commit.
+    fn transact<T>(
+        &self,
+        f: impl FnOnce(&WriteTx<'_>) -> Result<T, StoreError>,
+    ) -> Result<(T, Vec<(String, WireFrame)>), StoreError> {
+        let conn = self.lock_conn();
+        let tx = WriteTx::begin(&conn)?;
+        let calls = self.take_pending_calls();
+        calls::insert_pending(&tx, &calls);
+        let committed = f(&tx).and_then(|written| {
+            let frames = tx.appended.take();
+            tx.commit().map(|()| (written, frames))
+        });
+        if committed.is_err() {
+            self.requeue_calls(calls);
+        }
+        committed
+    }
+
     /// Puts back calls whose transaction did not commit, ahead of any queued since.
     fn requeue_calls(&self, mut calls: Vec<calls::PendingCall>) {
         if !calls.is_empty() {
@@ -238,23 +259,8 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&WriteTx<'_>) -> Result<T, StoreError> + Send + 'static,
     {
-        let shared = self.shared.clone();
-        let (written, frames) = self
-            .call(move |conn| {
-                let tx = WriteTx::begin(conn)?;
-                // The model calls recorded since the last write go with this one.
-                let calls = shared.take_pending_calls();
-                calls::insert_pending(&tx, &calls);
-                let committed = f(&tx).and_then(|written| {
-                    let frames = tx.appended.take();
-                    tx.commit().map(|()| (written, frames))
-                });
-                if committed.is_err() {
-                    shared.requeue_calls(calls);
-                }
-                committed
-            })
-            .await?;
+        // Inline, like `call`: the model calls recorded since the last write go with this one.
+        let (written, frames) = self.shared.transact(f)?;
         if appended(&written) {
             self.poke(run_id, frames);
         }
