@@ -26,25 +26,25 @@ pub struct Config {
     /// ORCHESTRATOR_REDACT_FILE); their retention is ORCHESTRATOR_CALLS_TTL_DAYS (in `dynamodb`).
     pub record: orchestrator_recording::RecordConfig,
     /// How long streamed text may wait before it is written to the run's log and its
-    /// watchers (ORCHESTRATOR_DELTA_FLUSH_MS); None: the runner's default.
-    pub delta_flush_ms: Option<u64>,
+    /// watchers (ORCHESTRATOR_DELTA_FLUSH_MS; default: the runner's).
+    pub delta_flush_ms: u64,
 }
 
 /// The range `ORCHESTRATOR_DELTA_FLUSH_MS` accepts.
 const DELTA_FLUSH_MS: std::ops::RangeInclusive<u64> = 1..=10_000;
 
-/// ORCHESTRATOR_DELTA_FLUSH_MS, if set.
-fn delta_flush_ms() -> anyhow::Result<Option<u64>> {
+/// ORCHESTRATOR_DELTA_FLUSH_MS, or the runner's default.
+fn delta_flush_ms() -> anyhow::Result<u64> {
+    let default = orchestrator_runner::RunnerConfig::default().delta_max_age_ms;
     let Some(ms) = var("ORCHESTRATOR_DELTA_FLUSH_MS") else {
-        return Ok(None);
+        return Ok(default);
     };
     match ms.trim().parse() {
-        Ok(ms) if DELTA_FLUSH_MS.contains(&ms) => Ok(Some(ms)),
+        Ok(ms) if DELTA_FLUSH_MS.contains(&ms) => Ok(ms),
         _ => bail!(
-            "ORCHESTRATOR_DELTA_FLUSH_MS={ms:?} must be a whole number of milliseconds from {} to {} (unset it for {})",
+            "ORCHESTRATOR_DELTA_FLUSH_MS={ms:?} must be a whole number of milliseconds from {} to {} (unset it for {default})",
             DELTA_FLUSH_MS.start(),
             DELTA_FLUSH_MS.end(),
-            orchestrator_runner::RunnerConfig::default().delta_max_age_ms
         ),
     }
 }

@@ -525,9 +525,7 @@ fn build_runner(
                     .unwrap_or_else(orchestrator_runner::process_owner),
             },
             max_runs_in_progress: config.max_runs_in_progress,
-            delta_max_age_ms: config
-                .delta_flush_ms
-                .unwrap_or(RunnerConfig::default().delta_max_age_ms),
+            delta_max_age_ms: config.delta_flush_ms,
             ..RunnerConfig::default()
         },
     ))
