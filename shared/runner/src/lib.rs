@@ -3,13 +3,8 @@
 //! run as concurrent tasks), repeat. The same engine runs on AWS behind the `advance` function.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-use futures::future::BoxFuture;
-use futures::stream::FuturesUnordered;
-use futures::{FutureExt, StreamExt};
 
 use orchestrator_agents::{Planner, Specialists};
 use orchestrator_core::engine::{Input, Move, PlannerState, ReplanReason, RunState};
@@ -22,6 +17,7 @@ use orchestrator_core::types::{RunReport, RunRequest, RunStatus, StepResult, Val
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
+mod inflight;
 mod lease;
 mod log_sink;
 mod planning;
@@ -30,6 +26,7 @@ pub mod spans;
 mod steps;
 mod transitions;
 
+use inflight::{Ahead, InFlight, Work};
 pub use lease::{LeaseConfig, process_owner};
 pub use log_sink::LogSink;
 pub use planning::propose;
@@ -448,6 +445,9 @@ impl Runner {
             .drive_leased(state, keeper.as_mut())
             .instrument(span.clone())
             .await;
+        // The run's last frames go out to its watchers on this thread before the lease's
+        // release is written: nobody waits on the release.
+        tokio::task::yield_now().await;
         if let Some(lease) = keeper.and_then(lease::Keeper::stop)
             && let Err(e) = self.store().release_lease(&lease).await
         {
@@ -490,54 +490,41 @@ impl Runner {
             live: self.live.clone(),
             run_id: run_id.clone(),
         };
-        let mut work = InFlight::default();
-        // The launch's steps were not opened with its transition: each step opens itself.
-        let mut opened: HashMap<Work, OpenedStep> = HashMap::new();
+        let mut drive = Drive {
+            // A run never planned has no results yet: its first hand-off can start ahead too.
+            results: (state.plan.version == 0).then(Vec::new),
+            ..Drive::default()
+        };
         let mut tick = tokio::time::interval(self.transitions.config().tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let input = match self.transitions.engine().next(&state) {
                 Move::Finished { status, .. } => return Ok(status),
-                Move::AwaitApproval { .. } if work.is_empty() => return Ok(RunStatus::PendingHitl),
-                Move::AwaitApproval { .. } => None,
-                Move::Stalled { error } => Some(Input::Aborted { error }),
-                Move::Plan { reason } => {
-                    if work.running.insert(Work::Planner) {
-                        let this = self.clone();
-                        let snapshot = state.clone();
-                        let planned = async move {
-                            StepEnd::Input(this.call_planner(snapshot, reason).await)
-                        };
-                        work.futures.push(guarded(Work::Planner, planned));
-                    }
-                    None
+                Move::AwaitApproval { .. } if drive.work.is_empty() => {
+                    return Ok(RunStatus::PendingHitl);
                 }
-                Move::Dispatch { steps } => {
-                    for d in steps {
-                        let key = Work::Step(d.step_id.clone(), d.attempt);
-                        if work.running.insert(key.clone()) {
-                            let (runner, snapshot) = (self.steps.clone(), state.clone());
-                            let opening = opened.remove(&key);
-                            let ran = async move { runner.run_local(snapshot, d, opening).await };
-                            work.futures.push(guarded(key, ran));
-                        }
-                    }
+                Move::Stalled { error } => Some(Input::Aborted { error }),
+                _ => {
+                    self.launch(&state, &mut drive.work, &mut drive.opened, None);
                     None
                 }
             };
             let (input, ended) = match input {
                 Some(input) => (input, None),
                 None => tokio::select! {
-                    Some((key, end)) = work.futures.next() => {
-                        work.running.remove(&key);
-                        match end {
-                            Ok(StepEnd::Input(input)) => (input, None),
-                            Ok(StepEnd::Result { result, trailing }) => {
-                                (outcome_of(result.clone()), Some((result, trailing)))
+                    Some(ended) = drive.work.next() => match ended {
+                        Some((key, end)) => {
+                            drive.work.running.remove(&key);
+                            match end {
+                                Ok(StepEnd::Input(input)) => (input, None),
+                                Ok(StepEnd::Result { result, trailing }) => {
+                                    (outcome_of(result.clone()), Some((result, trailing)))
+                                }
+                                // A panicking specialist is a failed attempt, not a dead run.
+                                Err(panic) => (key.crashed(panic), None),
                             }
-                            // A panicking specialist is a failed attempt, not a dead run.
-                            Err(panic) => (key.crashed(panic), None),
                         }
+                        None => continue, // called off; its replacement is in flight
                     },
                     Some(input) = rx.recv() => (input, None),
                     _ = tick.tick() => (Input::BudgetTick, None),
@@ -546,53 +533,141 @@ impl Runner {
                     }
                 },
             };
-            let advanced = self.advance(state, input, ended, &work.running).await?;
-            state = advanced.state;
-            opened.extend(advanced.opened);
+            state = self.advance(state, input, ended, &mut drive).await?;
+        }
+    }
+
+    /// Starts the planner call or the steps the engine's next move names that are not
+    /// running, each step with its opening from `opened` (without one it opens itself).
+    /// `ahead`: before the transition that names them is committed, and only the steps that
+    /// have an opening in `opened`.
+    fn launch(
+        &self,
+        state: &RunState,
+        work: &mut InFlight,
+        opened: &mut HashMap<Work, OpenedStep>,
+        mut ahead: Option<&mut Ahead>,
+    ) {
+        match self.transitions.engine().next(state) {
+            Move::Plan { reason } => {
+                let (this, snapshot) = (self.clone(), state.clone());
+                let planned =
+                    async move { StepEnd::Input(this.call_planner(snapshot, reason).await) };
+                work.start(Work::Planner, planned, ahead);
+            }
+            Move::Dispatch { steps } => {
+                for d in steps {
+                    let key = Work::Step(d.step_id.clone(), d.attempt);
+                    let unopened = ahead.is_some() && !opened.contains_key(&key);
+                    if work.running.contains(&key) || unopened {
+                        continue;
+                    }
+                    let (runner, snapshot) = (self.steps.clone(), state.clone());
+                    let opening = opened.remove(&key);
+                    let ran = async move { runner.run_local(snapshot, d, opening).await };
+                    work.start(key, ran, ahead.as_deref_mut());
+                }
+            }
+            _ => {}
         }
     }
 
     /// Applies an input and writes the transition, with the step result it came from (if
     /// any) and the openings of the steps it starts (those `next` names that are not
-    /// `running`). When the attempt already had a result (another writer's), the transition
-    /// is made again from that one.
+    /// running). Those steps, and a planner call it asks for, are started before the write
+    /// goes in (see `inflight`). When the attempt already had a result (another writer's),
+    /// the transition is made again from that one.
     async fn advance(
         &self,
         state: RunState,
         input: Input,
         ended: Option<(StepResult, Vec<Event>)>,
-        running: &HashSet<Work>,
-    ) -> Result<Advanced, RunError> {
+        drive: &mut Drive,
+    ) -> Result<RunState, RunError> {
         let now = self.transitions.clock().now_ms();
         let (next, transition) = self.transitions.engine().apply(state, input, now);
         let (result, trailing) = match ended {
             Some((result, trailing)) => (Some(result), trailing),
             None => (None, Vec::new()),
         };
-        let openings = self.openings(&next, running);
+        let openings = self.openings(&next, &drive.work.running);
+        let ahead = self
+            .start_ahead(&next, &openings, result.as_ref(), drive)
+            .await;
         let with = With {
             result: result.as_ref(),
             trailing: trailing.clone(),
             opens: &openings.opens,
         };
         match self.transitions.commit(&next, &transition, with).await? {
+            Some(Committed::Written { opened, .. }) => {
+                drive.written(result, &opened);
+                ahead.settle(
+                    &next,
+                    openings.keys,
+                    opened,
+                    &mut drive.work,
+                    &mut drive.opened,
+                );
+                Ok(next)
+            }
             Some(Committed::ResultTaken(stored)) => {
+                ahead.call_off(&mut drive.work);
+                drive.results = None;
                 let ours = result.as_ref().unwrap_or(&stored).clone();
                 let input = stored_input(stored, &ours);
                 let mut state = self.transitions.load(&next.run_id).await?;
                 state.lease_token = next.lease_token;
                 let (next, transition) = self.transitions.engine().apply(state, input, now);
-                let openings = self.openings(&next, running);
+                let openings = self.openings(&next, &drive.work.running);
                 let with = With {
                     result: None,
                     trailing,
                     opens: &openings.opens,
                 };
                 let committed = self.transitions.commit(&next, &transition, with).await?;
-                Ok(Advanced::new(next, openings, committed))
+                if let Some(Committed::Written { opened, .. }) = committed {
+                    drive.opened.extend(openings.keys.into_iter().zip(opened));
+                }
+                Ok(next)
             }
-            committed => Ok(Advanced::new(next, openings, committed)),
+            None => {
+                ahead.call_off(&mut drive.work);
+                Ok(next)
+            }
         }
+    }
+
+    /// Starts what the transition to `next` names before it is committed: the planner call,
+    /// and the steps it opens when the run's results are known (those stored, and `result`,
+    /// which goes with this write). What starts is polled once and the task yields, so the
+    /// model requests go out before the write.
+    async fn start_ahead(
+        &self,
+        next: &RunState,
+        openings: &Openings,
+        result: Option<&StepResult>,
+        drive: &mut Drive,
+    ) -> Ahead {
+        let mut guessed: HashMap<Work, OpenedStep> = HashMap::new();
+        let ahead = match &drive.results {
+            Some(stored) => {
+                let guess: Vec<StepResult> = stored.iter().chain(result).cloned().collect();
+                for key in &openings.keys {
+                    let results = guess.clone();
+                    guessed.insert(key.clone(), OpenedStep::Open { results });
+                }
+                Ahead::new(guess)
+            }
+            None => Ahead::default(),
+        };
+        let mut ahead = ahead;
+        self.launch(next, &mut drive.work, &mut guessed, Some(&mut ahead));
+        if !ahead.is_empty() {
+            drive.work.poll_once().await;
+            tokio::task::yield_now().await;
+        }
+        ahead
     }
 
     /// The openings of the steps the next move names that are not running yet; a step that
@@ -623,63 +698,6 @@ impl Runner {
     }
 }
 
-/// What the driver waits on.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Work {
-    Planner,
-    Step(String, u32),
-}
-impl Work {
-    fn crashed(self, panic: String) -> Input {
-        match self {
-            Work::Planner => Input::PlanFailed {
-                error: format!("the planner crashed: {panic}"),
-            },
-            Work::Step(step_id, attempt) => Input::StepFailed {
-                step_id,
-                attempt,
-                error: format!("the specialist crashed: {panic}"),
-                retryable: true,
-            },
-        }
-    }
-}
-
-/// A piece of work whose panic is caught and reported as its outcome.
-fn guarded(
-    key: Work,
-    work: impl Future<Output = StepEnd> + Send + 'static,
-) -> BoxFuture<'static, (Work, Result<StepEnd, String>)> {
-    Box::pin(async move {
-        let end = AssertUnwindSafe(work)
-            .catch_unwind()
-            .await
-            .map_err(|panic| {
-                panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "it panicked".to_owned())
-            });
-        (key, end)
-    })
-}
-
-type Running = BoxFuture<'static, (Work, Result<StepEnd, String>)>;
-
-/// The work a drive has in flight: the futures, and which moves they carry out.
-#[derive(Default)]
-struct InFlight {
-    futures: FuturesUnordered<Running>,
-    running: HashSet<Work>,
-}
-
-impl InFlight {
-    fn is_empty(&self) -> bool {
-        self.futures.is_empty()
-    }
-}
-
 /// The openings a transition writes, and the steps they are for, in the same order.
 #[derive(Default)]
 struct Openings {
@@ -687,21 +705,30 @@ struct Openings {
     opens: Vec<StepOpening>,
 }
 
-/// A transition made by the driver, and what the store answered for each opening.
-struct Advanced {
-    state: RunState,
-    opened: Vec<(Work, OpenedStep)>,
+/// What a drive keeps between its transitions.
+#[derive(Default)]
+struct Drive {
+    work: InFlight,
+    /// Steps opened by a committed transition and not started yet.
+    opened: HashMap<Work, OpenedStep>,
+    /// The run's stored results, in the order written, when known (from the last opening
+    /// the store handed back, and the results written since): what a step started ahead of
+    /// its opening is given.
+    results: Option<Vec<StepResult>>,
 }
 
-impl Advanced {
-    fn new(state: RunState, openings: Openings, committed: Option<Committed>) -> Self {
-        let opened = match committed {
-            Some(Committed::Written { opened, .. }) => {
-                openings.keys.into_iter().zip(opened).collect()
-            }
-            _ => Vec::new(),
-        };
-        Self { state, opened }
+impl Drive {
+    /// A transition was written with `result` (if any), opening steps as `opened` says.
+    fn written(&mut self, result: Option<StepResult>, opened: &[OpenedStep]) {
+        let handed = opened.iter().find_map(|o| match o {
+            OpenedStep::Open { results } => Some(results),
+            OpenedStep::Stored(_) => None,
+        });
+        match (handed, result, self.results.as_mut()) {
+            (Some(results), _, _) => self.results = Some(results.clone()),
+            (None, Some(result), Some(results)) => results.push(result),
+            _ => {}
+        }
     }
 }
 

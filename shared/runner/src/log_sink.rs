@@ -39,6 +39,7 @@ impl DeltaSink for LogSink {
             correlation_id: self.correlation_id.clone(),
             run_id: self.run_id.clone(),
         };
+        crate::inflight::after_commit().await;
         // A lost warning is no reason to stop planning; the log says why it is missing.
         if let Err(e) = self
             .store

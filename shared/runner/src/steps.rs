@@ -143,7 +143,7 @@ impl StepRunner {
         };
         let inputs = match opened {
             OpenedStep::Stored(stored) => return StepEnd::Input(outcome_of(stored)),
-            OpenedStep::Open { results } => inputs_for(&state, &ready.step.id, results),
+            OpenedStep::Open { results } => inputs_for(&state, &ready.step.id, &results),
         };
         match self.execute(&state, &dispatch, ready, inputs).await {
             Ok(Ran::NeedsHuman(input)) => StepEnd::Input(input),
@@ -190,7 +190,7 @@ impl StepRunner {
         // ancestors' outputs go on.
         let inputs = match self.open(state, dispatch).await? {
             OpenedStep::Stored(stored) => return Ok(outcome_of(stored)),
-            OpenedStep::Open { results } => inputs_for(state, &ready.step.id, results),
+            OpenedStep::Open { results } => inputs_for(state, &ready.step.id, &results),
         };
         match self.execute(state, dispatch, ready, inputs).await? {
             Ran::NeedsHuman(input) => Ok(input),
@@ -414,7 +414,11 @@ fn resume_of(state: &RunState, dispatch: &Dispatch) -> Option<Resume> {
 
 /// The outputs of the step's ancestors (transitive dependencies), latest attempt each, in plan
 /// order: the filtered context a handoff carries.
-fn inputs_for(state: &RunState, step_id: &str, results: Vec<StepResult>) -> Vec<PriorOutput> {
+pub(crate) fn inputs_for(
+    state: &RunState,
+    step_id: &str,
+    results: &[StepResult],
+) -> Vec<PriorOutput> {
     let mut ancestors = BTreeSet::new();
     let mut stack = vec![step_id.to_owned()];
     while let Some(id) = stack.pop() {
@@ -547,6 +551,7 @@ impl BatchingSink {
 
     async fn write(&self, text: String) {
         let event = self.delta_event(text);
+        crate::inflight::after_commit().await;
         if let Err(e) = self
             .store
             .append_fenced(&event.run_id, std::slice::from_ref(&event), self.fence)
@@ -602,6 +607,7 @@ impl DeltaSink for BatchingSink {
         }
         let mut event = self.template.clone();
         event.kind = kind;
+        crate::inflight::after_commit().await;
         if let Err(e) = self
             .store
             .append_fenced(&event.run_id, &[event.clone()], self.fence)

@@ -8,13 +8,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::stream::BoxStream;
 use orchestrator_agents::{Planner, default_specialists};
 use orchestrator_core::engine::RunState;
 use orchestrator_core::event::{Event, EventKind, Frame};
 use orchestrator_core::fakes::ScriptedModel;
 use orchestrator_core::ports::{
-    ActiveRun, CallLog, Claim, Committed, Created, EventLog, Lease, OpenedStep, RecordedCall,
-    RunCursor, RunStore, StoreError, SystemClock, TransitionWrite,
+    ActiveRun, CallLog, Claim, Committed, Created, EventLog, Lease, Model, ModelError, ModelInfo,
+    ModelRequest, ModelResponse, OpenedStep, RecordedCall, RunCursor, RunStore, StoreError,
+    StreamItem, SystemClock, TransitionWrite,
 };
 use orchestrator_core::types::{RunReport, RunRequest, RunStatus, RunSummary, StepResult};
 use orchestrator_runner::{Runner, RunnerConfig, Started};
@@ -42,6 +44,10 @@ struct Recording {
     inner: SqliteStore,
     calls: Mutex<Vec<&'static str>>,
     race: Mutex<Option<StepResult>>,
+    /// Stored by "another writer" just before the transition that opens its attempt.
+    answered_before_opening: Mutex<Option<StepResult>>,
+    /// The results the driver's transitions carried, as (step, attempt).
+    carried: Mutex<Vec<(String, u32)>>,
 }
 
 impl Recording {
@@ -50,6 +56,8 @@ impl Recording {
             inner: SqliteStore::open_in_memory().unwrap(),
             calls: Mutex::new(Vec::new()),
             race: Mutex::new(race),
+            answered_before_opening: Mutex::new(None),
+            carried: Mutex::new(Vec::new()),
         }
     }
 
@@ -161,6 +169,21 @@ impl RunStore for Recording {
     }
     async fn commit_transition(&self, w: TransitionWrite<'_>) -> Result<Committed, StoreError> {
         self.saw("commit_transition");
+        if let Some(r) = w.result {
+            let carried = (r.step_id.clone(), r.attempt);
+            self.carried.lock().unwrap().push(carried);
+        }
+        let answered = {
+            let mut answered = self.answered_before_opening.lock().unwrap();
+            let due = matches!(&*answered, Some(a) if w.opens.iter().any(|o| o.step_id == a.step_id && o.attempt == a.attempt));
+            if due { answered.take() } else { None }
+        };
+        if let Some(answered) = answered {
+            self.inner
+                .put_step_result(&w.state.run_id, &answered)
+                .await
+                .unwrap();
+        }
         let other = {
             let mut race = self.race.lock().unwrap();
             let due = matches!((&*race, w.result), (Some(o), Some(r)) if o.step_id == r.step_id && o.attempt == r.attempt);
@@ -216,12 +239,60 @@ impl EventLog for Recording {
     }
 }
 
+/// The scripted model, noting how many transitions the store had been asked to write when
+/// each request was made.
+struct Watching {
+    inner: ScriptedModel,
+    store: Arc<Recording>,
+    commits_at_request: Mutex<Vec<usize>>,
+}
+
+impl Watching {
+    fn note(&self) {
+        let commits = self.store.calls("commit_transition");
+        self.commits_at_request.lock().unwrap().push(commits);
+    }
+}
+
+#[async_trait]
+impl Model for Watching {
+    fn info(&self) -> ModelInfo {
+        self.inner.info()
+    }
+    async fn complete(&self, request: ModelRequest) -> Result<ModelResponse, ModelError> {
+        self.note();
+        self.inner.complete(request).await
+    }
+    fn stream(&self, request: ModelRequest) -> BoxStream<'_, Result<StreamItem, ModelError>> {
+        self.note();
+        self.inner.stream(request)
+    }
+}
+
 async fn run(store: Arc<Recording>) -> (String, RunStatus) {
-    let model = Arc::new(ScriptedModel::new(script()));
+    run_watched(store).await.0
+}
+
+async fn run_watched(store: Arc<Recording>) -> ((String, RunStatus), Arc<Watching>) {
+    run_watched_with(store, |_| {}).await
+}
+
+/// A run whose script `edit` changes first.
+async fn run_watched_with(
+    store: Arc<Recording>,
+    edit: impl FnOnce(&mut Vec<Result<String, ModelError>>),
+) -> ((String, RunStatus), Arc<Watching>) {
+    let mut replies = script();
+    edit(&mut replies);
+    let model = Arc::new(Watching {
+        inner: ScriptedModel::new(replies),
+        store: store.clone(),
+        commits_at_request: Mutex::new(Vec::new()),
+    });
     let runner = Runner::new(
         store.clone(),
         Planner::new(model.clone()),
-        default_specialists(model),
+        default_specialists(model.clone()),
         Arc::new(SystemClock),
         RunnerConfig::default(),
     );
@@ -231,7 +302,7 @@ async fn run(store: Arc<Recording>) -> (String, RunStatus) {
     };
     let run_id = launch.state.run_id.clone();
     let status = runner.drive(*launch).await.unwrap();
-    (run_id, status)
+    ((run_id, status), model)
 }
 
 async fn frames(store: &Recording, run_id: &str) -> Vec<Frame> {
@@ -301,14 +372,106 @@ async fn a_result_another_writer_stored_first_wins() {
     };
     let store = Arc::new(Recording::new(Some(theirs.clone())));
 
-    // WHEN the run goes on
-    let (run_id, status) = run(store.clone()).await;
+    // WHEN the run goes on (QA, asked ahead about the driver's own draft, is asked again)
+    let ((run_id, status), model) = run_watched_with(store.clone(), |script| {
+        script.push(Ok(
+            r#"{"score": 0.8, "pass": true, "issues": [], "criteria": []}"#.into(),
+        ));
+    })
+    .await;
 
     // THEN it completes on the stored draft: the report holds theirs, once, and QA reviewed it
     assert_eq!(status, RunStatus::Completed);
     let report = store.get_report(&run_id).await.unwrap().unwrap();
     let drafts: Vec<&StepResult> = report.steps.iter().filter(|r| r.step_id == "s2").collect();
     assert_eq!(drafts, vec![&theirs]);
+    let requests = model.inner.requests();
+    let last = serde_json::to_string(&requests.last().unwrap().messages).unwrap();
+    assert!(last.contains("The other writer's draft."), "{last}");
+    // AND the log stays gap-free
+    let frames = frames(&store, &run_id).await;
+    let seqs: Vec<u64> = frames.iter().map(|f| f.seq).collect();
+    assert_eq!(seqs, (1..=frames.len() as u64).collect::<Vec<_>>());
+}
+
+/// The step each event of a step's own (its text, its tools) belongs to, and each step's
+/// `occurred` handoff, in log order.
+fn step_of(frame: &Frame) -> Option<(&str, bool)> {
+    match &frame.event.kind {
+        EventKind::Handoff { message, data } => {
+            let occurred = format!("{message:?}").starts_with("Occurred");
+            occurred.then_some((data.step_id.as_str(), true))
+        }
+        EventKind::Delta { data, .. } => Some((data.step_id.as_str(), false)),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn the_next_model_request_goes_out_before_the_hand_off_is_written() {
+    // GIVEN a runner on SQLite whose model answers at once
+    let store = Arc::new(Recording::new(None));
+
+    // WHEN a run goes plan -> strategy -> draft -> QA -> finalize
+    let ((run_id, status), model) = run_watched(store.clone()).await;
+    assert_eq!(status, RunStatus::Completed);
+
+    // THEN each step's request was made before the transition that opens it was written:
+    // strategy's before the plan's, the draft's before strategy's hand-off, QA's before the
+    // draft's (waiting for each would give [0, 1, 2, 3])
+    let at = model.commits_at_request.lock().unwrap().clone();
+    assert_eq!(at, vec![0, 0, 1, 2], "transitions written at each request");
+
+    // AND each step was asked once, and nothing a step wrote precedes its opening: every
+    // streamed text of a step follows that step's `occurred` handoff
+    let frames = frames(&store, &run_id).await;
+    let mut opened = Vec::new();
+    for (step, is_opening) in frames.iter().filter_map(step_of) {
+        if is_opening {
+            opened.push(step);
+        } else {
+            assert!(
+                opened.contains(&step),
+                "{step}'s text came before its opening"
+            );
+        }
+    }
+    assert!(frames.iter().any(|f| f.event.kind.name() == "delta"));
+}
+
+#[tokio::test]
+async fn a_step_started_ahead_whose_attempt_was_answered_meanwhile_is_called_off() {
+    // GIVEN a store where another writer stores QA's verdict for s3's first attempt just
+    // before the driver writes the hand-off that opens it (after QA was asked)
+    let theirs = StepResult {
+        step_id: "s3".into(),
+        attempt: 1,
+        output: json!({"score": 0.95, "pass": true, "issues": [], "criteria": []}),
+        error: None,
+        retryable: false,
+        metrics: orchestrator_core::types::StepMetrics {
+            duration_ms: 1,
+            attempt: 1,
+            capability_id: "qa".into(),
+            input_tokens: 1,
+            output_tokens: 1,
+        },
+    };
+    let store = Arc::new(Recording::new(None));
+    *store.answered_before_opening.lock().unwrap() = Some(theirs.clone());
+
+    // WHEN the run goes on
+    let ((run_id, status), model) = run_watched(store.clone()).await;
+
+    // THEN QA was asked ahead, but its answer was dropped: the run completes on the stored
+    // verdict, and no transition carried a QA result of the driver's own
+    assert_eq!(status, RunStatus::Completed);
+    assert_eq!(model.commits_at_request.lock().unwrap().len(), 4);
+    let report = store.get_report(&run_id).await.unwrap().unwrap();
+    let verdicts: Vec<&StepResult> = report.steps.iter().filter(|r| r.step_id == "s3").collect();
+    assert_eq!(verdicts, vec![&theirs]);
+    let carried = store.carried.lock().unwrap().clone();
+    assert!(!carried.iter().any(|(step, _)| step == "s3"), "{carried:?}");
     // AND the log stays gap-free
     let frames = frames(&store, &run_id).await;
     let seqs: Vec<u64> = frames.iter().map(|f| f.seq).collect();
