@@ -177,8 +177,9 @@ impl Ahead {
     }
 
     /// The commit was written and opened `keys` as `got` says: a step whose opening would
-    /// give it other inputs than it was started on (or none: its attempt was answered) is called off, and every opening it did not start is left in `opened` for the
-    /// driver to start from.
+    /// give it other inputs than it was started on (or none: its attempt was answered) is
+    /// called off, and every opening it did not start is left in `opened` for the driver to
+    /// start from.
     pub(crate) fn settle(
         self,
         state: &RunState,

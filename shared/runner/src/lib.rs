@@ -650,18 +650,15 @@ impl Runner {
         drive: &mut Drive,
     ) -> Ahead {
         let mut guessed: HashMap<Work, OpenedStep> = HashMap::new();
-        let ahead = match &drive.results {
-            Some(stored) => {
-                let guess: Vec<StepResult> = stored.iter().chain(result).cloned().collect();
-                for key in &openings.keys {
-                    let results = guess.clone();
-                    guessed.insert(key.clone(), OpenedStep::Open { results });
-                }
-                Ahead::new(guess)
+        let mut ahead = Ahead::default();
+        if let Some(stored) = &drive.results {
+            let guess: Vec<StepResult> = stored.iter().chain(result).cloned().collect();
+            for key in &openings.keys {
+                let results = guess.clone();
+                guessed.insert(key.clone(), OpenedStep::Open { results });
             }
-            None => Ahead::default(),
-        };
-        let mut ahead = ahead;
+            ahead = Ahead::new(guess);
+        }
         self.launch(next, &mut drive.work, &mut guessed, Some(&mut ahead));
         if !ahead.is_empty() {
             drive.work.poll_once().await;
